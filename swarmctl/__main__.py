@@ -1,0 +1,5 @@
+"""``python -m swarmctl``."""
+
+from swarmctl.cli import main
+
+main()

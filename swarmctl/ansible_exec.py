@@ -1,0 +1,284 @@
+"""Run the healing and maintenance playbooks through ansible-runner.
+
+This is the one place swarmctl starts Ansible: the self-healing levels 2 (restart a drone's
+service, ``drone-restart.yml``) and 3 (reboot it, ``drone-reboot.yml``) call
+:func:`run_playbook` and get a :class:`PlaybookResult` with one line per host.
+
+Secrets never reach a command line, a log or the summary: extra vars are written to
+``env/extravars`` (mode 0600) inside a private data dir (mode 0700) that ansible-runner reads
+with ``-e @file``; Ansible's own output is not echoed; values of extra vars whose names look
+secret (token, password, secret, key, vault) are masked in every message returned. Playbooks
+mark the tasks that handle tokens ``no_log: true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("swarmctl.ansible_exec")
+
+#: Extra-var names whose values are masked in messages (and never logged).
+SECRET_NAME_RE = re.compile(r"token|passw|secret|key|vault|credential", re.IGNORECASE)
+MASK = "********"
+#: Longest failure message kept per host in a summary line.
+MAX_MSG = 240
+
+
+@dataclass(frozen=True)
+class PlaybookResult:
+    """What one playbook run did.
+
+    Attributes:
+        ok: True when ansible-playbook succeeded (rc 0) on every targeted host.
+        rc: ansible-playbook's exit code (0 ok, 2 a task failed, 4 a host unreachable, ...).
+        status: ansible-runner's status: successful, failed, timeout, canceled or error.
+        hosts: One summary line per host, e.g. ``"failed: Refuse a protected host.: h2 is protected"``.
+        summary: One line for logs: the playbook, the status and each host's line.
+        artifact_dir: Where ansible-runner kept this run's artifacts (events, stdout).
+    """
+
+    ok: bool
+    rc: int
+    status: str
+    hosts: dict[str, str]
+    summary: str
+    artifact_dir: Path | None = field(default=None, compare=False)
+
+
+def run_playbook(
+    playbook: str,
+    inventory: str | Path,
+    limit: str,
+    extra_vars: Mapping[str, Any],
+    private_data_dir_root: Path,
+    keep_artifacts: int = 10,
+    *,
+    timeout: int | None = None,
+    playbook_dir: str | Path | None = None,
+) -> PlaybookResult:
+    """Run ``playbook`` against ``limit`` in ``inventory`` and summarise it per host.
+
+    Args:
+        playbook: Path of the playbook, or a bare name (``drone-restart.yml``) looked up in
+            ``playbook_dir`` (default: the repo's ``playbooks/``).
+        inventory: Inventory file or directory.
+        limit: Ansible host pattern the run is limited to (e.g. one drone's name).
+        extra_vars: Extra variables; written to a mode-0600 file, never put on a command line.
+        private_data_dir_root: Directory under which each run gets its own private data dir.
+        keep_artifacts: Run dirs kept under ``private_data_dir_root`` (older ones are deleted).
+        timeout: Seconds before the run is cancelled (None: no limit).
+        playbook_dir: Where bare playbook names are looked up.
+
+    Returns:
+        The run's :class:`PlaybookResult`. Ansible failures are results, not exceptions.
+
+    Raises:
+        FileNotFoundError: The playbook or the inventory does not exist.
+    """
+    import ansible_runner  # slow import: only when a playbook really runs
+
+    play_path = _resolve_playbook(playbook, playbook_dir)
+    inv_path = Path(inventory).resolve()
+    if not inv_path.exists():
+        raise FileNotFoundError(f"inventory not found: {inv_path}")
+    root = Path(private_data_dir_root)
+    root.mkdir(parents=True, exist_ok=True)
+    data_dir = root / f"{time.strftime('%Y%m%dT%H%M%S')}-{play_path.stem}-{uuid.uuid4().hex[:8]}"
+    (data_dir / "env").mkdir(parents=True)
+    (data_dir / "tmp").mkdir()
+    os.chmod(data_dir, 0o700)
+    _write_private(data_dir / "env" / "extravars", json.dumps(dict(extra_vars)))
+
+    secrets = _secret_values(extra_vars)
+    envvars = _environment(data_dir, play_path)
+    log.info("running %s on %s (data dir %s)", play_path.name, limit, data_dir)
+    runner = ansible_runner.run(
+        private_data_dir=str(data_dir),
+        playbook=str(play_path),
+        inventory=str(inv_path),
+        limit=limit,
+        envvars=envvars,
+        quiet=True,
+        rotate_artifacts=keep_artifacts,
+        timeout=timeout,
+        ident="run",
+    )
+    rc = runner.rc if isinstance(runner.rc, int) else 1
+    status = str(runner.status)
+    hosts = summarize_events(runner.events, runner.stats or {})
+    hosts = {h: mask(line, secrets) for h, line in hosts.items()}
+    ok = status == "successful" and rc == 0
+    summary = f"{play_path.name} [{limit}]: {status} rc={rc}"
+    if hosts:
+        summary += "; " + "; ".join(f"{h}: {line}" for h, line in sorted(hosts.items()))
+    elif not ok:
+        summary += "; " + mask(_stdout_tail(runner), secrets)
+    artifact_dir = Path(runner.config.artifact_dir) if getattr(runner, "config", None) else None
+    _prune(root, keep_artifacts, data_dir)
+    return PlaybookResult(
+        ok=ok, rc=rc, status=status, hosts=hosts, summary=summary, artifact_dir=artifact_dir
+    )
+
+
+def summarize_events(events: Iterable[Mapping[str, Any]], stats: Mapping[str, Any]) -> dict[str, str]:
+    """Reduce ansible-runner events to one line per host.
+
+    The line starts with the host's outcome (``ok``, ``changed``, ``failed``, ``unreachable``,
+    ``skipped``) and the counters; a failed or unreachable host gets the first failing
+    task's name and message appended.
+
+    Args:
+        events: ``Runner.events`` (dicts with ``event`` and ``event_data``).
+        stats: ``Runner.stats`` (``ok``/``changed``/``failures``/``dark``/... per host).
+
+    Returns:
+        host -> summary line.
+    """
+    first_failure: dict[str, str] = {}
+    for ev in events:
+        kind = ev.get("event", "")
+        data = ev.get("event_data") or {}
+        host = data.get("host")
+        if not host or host in first_failure:
+            continue
+        if kind == "runner_on_failed" and data.get("ignore_errors"):
+            continue
+        if kind in ("runner_on_failed", "runner_on_unreachable"):
+            res = data.get("res") or {}
+            task = (data.get("task") or "").strip()
+            first_failure[host] = f"{task}: {_result_message(res)}" if task else _result_message(res)
+
+    def count(key: str, host: str) -> int:
+        return int((stats.get(key) or {}).get(host, 0))
+
+    names = set(first_failure)
+    for key in ("ok", "changed", "failures", "dark", "skipped", "processed"):
+        names.update((stats.get(key) or {}).keys())
+    lines = {}
+    for host in sorted(names):
+        failures, dark = count("failures", host), count("dark", host)
+        if dark:
+            state = "unreachable"
+        elif failures or (host in first_failure and not stats):
+            state = "failed"
+        elif count("changed", host):
+            state = "changed"
+        elif count("ok", host):
+            state = "ok"
+        else:
+            state = "skipped"
+        line = (
+            f"{state} ok={count('ok', host)} changed={count('changed', host)} "
+            f"failed={failures} unreachable={dark}"
+        )
+        if state in ("failed", "unreachable") and host in first_failure:
+            line += f" - {first_failure[host]}"
+        lines[host] = line
+    return lines
+
+
+def mask(text: str, secrets: Iterable[str]) -> str:
+    """Replace every occurrence of each secret value in ``text`` with ``********``."""
+    for value in sorted(set(secrets), key=len, reverse=True):
+        if value:
+            text = text.replace(value, MASK)
+    return text
+
+
+def _secret_values(extra_vars: Mapping[str, Any]) -> list[str]:
+    """String values (at any depth) of extra vars whose names look secret."""
+    found: list[str] = []
+
+    def walk(value: Any, secret: bool) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(v, secret or bool(SECRET_NAME_RE.search(str(k))))
+        elif isinstance(value, list | tuple):
+            for v in value:
+                walk(v, secret)
+        elif secret and value is not None and len(str(value)) >= 4:
+            found.append(str(value))
+
+    walk(extra_vars, False)
+    return found
+
+
+def _result_message(res: Mapping[str, Any]) -> str:
+    if res.get("censored"):
+        return str(res["censored"])
+    msg = res.get("msg") or res.get("stderr") or res.get("reason") or ""
+    if not msg and res.get("rc") is not None:
+        msg = f"rc={res['rc']}"
+    text = " ".join(str(msg).split())
+    return text if len(text) <= MAX_MSG else text[: MAX_MSG - 3] + "..."
+
+
+def _resolve_playbook(playbook: str, playbook_dir: str | Path | None) -> Path:
+    path = Path(playbook)
+    if not path.is_absolute() and not path.exists():
+        base = Path(playbook_dir) if playbook_dir else Path(__file__).resolve().parents[1] / "playbooks"
+        path = base / playbook
+    path = path.resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"playbook not found: {path}")
+    return path
+
+
+def _environment(data_dir: Path, play_path: Path) -> dict[str, str]:
+    """Environment of ansible-playbook: our venv first on PATH, UTF-8, temp inside the data dir."""
+    bindir = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env = {
+        "PATH": f"{bindir}{os.pathsep}{path}",
+        "LC_ALL": "C.UTF-8",
+        "LANG": "C.UTF-8",
+        "ANSIBLE_LOCAL_TEMP": str(data_dir / "tmp"),
+        "ANSIBLE_RETRY_FILES_ENABLED": "False",
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+    }
+    roles = [str(p) for p in (play_path.parent / "roles", play_path.parent.parent / "roles") if p.is_dir()]
+    if os.environ.get("ANSIBLE_ROLES_PATH"):
+        roles.append(os.environ["ANSIBLE_ROLES_PATH"])
+    if roles:
+        env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(roles)
+    return env
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(path, 0o600)
+
+
+def _stdout_tail(runner: Any, lines: int = 3) -> str:
+    try:
+        text = runner.stdout.read()
+    except Exception:
+        return "no output"
+    tail = [ln.strip() for ln in text.splitlines() if ln.strip()][-lines:]
+    return " | ".join(tail)[:MAX_MSG] or "no output"
+
+
+def _prune(root: Path, keep_runs: int, current: Path) -> None:
+    """Delete the oldest run dirs under ``root`` so at most ``keep_runs`` remain (never ``current``)."""
+    runs = sorted((p for p in root.iterdir() if p.is_dir() and (p / "env").is_dir()), key=lambda p: p.name)
+    excess = len(runs) - max(keep_runs, 1)
+    for old in runs:
+        if excess <= 0:
+            break
+        if old != current:
+            shutil.rmtree(old, ignore_errors=True)
+            excess -= 1

@@ -1,0 +1,1 @@
+"""The binhost: verifies uploaded gpkg files, publishes them atomically, keeps ``Packages``."""

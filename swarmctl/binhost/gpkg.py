@@ -1,0 +1,168 @@
+"""Verify a gpkg binary package and read what it says it is.
+
+A gpkg (``<PF>-<BUILD_ID>.gpkg.tar``) is an uncompressed tar holding one directory
+with ``gpkg-1``, ``metadata.tar.zst``, ``image.tar.zst`` and a ``Manifest`` listing the
+size and checksums of the other members. :func:`inspect_gpkg` lets portage's own
+reader check that Manifest (every member, every byte) and then reads the metadata
+(CATEGORY, PF, BUILD_ID, dependencies...) the index needs.
+
+Portage's gpkg reader only wants a handful of settings from a full portage config
+(FEATURES, compression flags, MAKEOPTS), so the binhost does not need a portage
+prefix to verify uploads: :class:`_ReaderSettings` stands in for one. The swarm does
+not sign packages (the binhost checks SHA256 and the Manifest instead), so signature
+checks are off; a signed package is still accepted if its Manifest matches.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from swarmctl.atoms import validate_cpv
+from swarmctl.exceptions import InvalidAtom, SwarmError
+
+logger = logging.getLogger("swarmctl.binhost.gpkg")
+
+#: Package file name suffix.
+GPKG_SUFFIX = ".gpkg.tar"
+
+#: Largest metadata member accepted (it is decompressed in memory by portage).
+MAX_METADATA_BYTES = 32 * 1024 * 1024
+
+_BUILD_ID_NAME = re.compile(r"^(?P<pf>.+)-(?P<build_id>[1-9]\d{0,9})\.gpkg\.tar$")
+# Metadata files that are not one text value (ebuild copy, compressed environment).
+_SKIPPED_METADATA = re.compile(r"(\.ebuild$|\.bz2$|^environment)")
+
+
+class GpkgError(SwarmError):
+    """The file is not a valid gpkg, or its Manifest does not match its content."""
+
+
+@dataclass(frozen=True)
+class GpkgInfo:
+    """What a verified gpkg says about itself.
+
+    Attributes:
+        cpv: ``CATEGORY/PF`` from the package's metadata.
+        category: CATEGORY.
+        pf: PF (package name, version and revision).
+        build_id: BUILD_ID (multi-instance number), None when the package has none.
+        build_time: BUILD_TIME in seconds since the epoch, None when absent.
+        basename: The directory name inside the tar (``PF-BUILD_ID`` or ``PF``).
+        metadata: Every single-value text metadata entry, stripped (USE, SLOT,
+            DEPEND, RDEPEND, CHOST, repository...).
+    """
+
+    cpv: str
+    category: str
+    pf: str
+    build_id: int | None
+    build_time: int | None
+    basename: str
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def file_name(self) -> str:
+        """The multi-instance file name portage uses: ``PF-BUILD_ID.gpkg.tar``."""
+        suffix = f"-{self.build_id}" if self.build_id is not None else ""
+        return f"{self.pf}{suffix}{GPKG_SUFFIX}"
+
+
+class _ReaderSettings(dict):  # type: ignore[type-arg]
+    """The part of ``portage.config`` that portage's gpkg reader touches."""
+
+    features: frozenset[str] = frozenset({"binpkg-ignore-signature"})
+
+    def environ(self) -> dict[str, str]:
+        return dict(self)
+
+
+def inspect_gpkg(path: Path, settings: Any = None) -> GpkgInfo:
+    """Verify ``path``'s Manifest and return its identity and metadata.
+
+    Args:
+        path: A ``.gpkg.tar`` file.
+        settings: A ``portage.config`` to use instead of the minimal stand-in.
+
+    Returns:
+        The package's identity and metadata.
+
+    Raises:
+        GpkgError: Not a gpkg, a member does not match the Manifest (truncated,
+            flipped byte, extra or missing member), or its metadata names no valid CPV.
+    """
+    reader = _open(Path(path), settings)
+    _check_metadata_size(Path(path))
+    try:
+        reader._verify_binpkg()
+        raw = reader.get_metadata()
+    except Exception as exc:  # portage raises many types (DigestException, tarfile, OSError...)
+        raise GpkgError(f"{Path(path).name}: {_describe(exc)}") from None
+    metadata = {
+        key: value.decode("utf-8", "replace").strip()
+        for key, value in raw.items()
+        if isinstance(value, bytes) and not _SKIPPED_METADATA.search(key)
+    }
+    category = metadata.get("CATEGORY", "")
+    pf = metadata.get("PF", "")
+    try:
+        cpv = validate_cpv(f"{category}/{pf}")
+    except InvalidAtom:
+        raise GpkgError(f"{Path(path).name}: metadata names no valid package "
+                        f"(CATEGORY={category!r}, PF={pf!r})") from None
+    return GpkgInfo(
+        cpv=cpv, category=category, pf=pf,
+        build_id=_int_or_none(metadata.get("BUILD_ID")),
+        build_time=_int_or_none(metadata.get("BUILD_TIME")),
+        basename=str(reader.prefix or ""),
+        metadata=metadata,
+    )
+
+
+def parse_file_name(name: str) -> tuple[str, int | None]:
+    """``("hello-1", 3)`` for ``hello-1-3.gpkg.tar``; ``(pf, None)`` without BUILD_ID.
+
+    Raises:
+        GpkgError: The name does not end in ``.gpkg.tar``.
+    """
+    if not name.endswith(GPKG_SUFFIX):
+        raise GpkgError(f"{name}: not a .gpkg.tar file name")
+    match = _BUILD_ID_NAME.match(name)
+    if match is None:
+        return name[: -len(GPKG_SUFFIX)], None
+    return match["pf"], int(match["build_id"])
+
+
+def _open(path: Path, settings: Any) -> Any:
+    try:
+        from portage.gpkg import gpkg
+    except ImportError as exc:  # pragma: no cover - portage is a hard requirement here
+        raise GpkgError(f"portage is not installed: {exc}") from None
+    return gpkg(settings if settings is not None else _ReaderSettings(MAKEOPTS="-j1"), None,
+                str(path), verify_signature=False)
+
+
+def _check_metadata_size(path: Path) -> None:
+    try:
+        with tarfile.open(path, "r:") as container:
+            for member in container.getmembers():
+                if "/metadata.tar" in member.name and member.size > MAX_METADATA_BYTES:
+                    raise GpkgError(f"{path.name}: metadata member too large ({member.size} bytes)")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise GpkgError(f"{path.name}: not a readable tar file ({_describe(exc)})") from None
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return int(text) if text else None
+    except ValueError:
+        return None
+
+
+def _describe(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:300]

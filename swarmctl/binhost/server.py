@@ -1,0 +1,383 @@
+"""The binhost's HTTP server: verified uploads in, read-only PKGDIR out.
+
+``PUT /upload`` (``POST`` too) with these headers::
+
+    X-Swarm-Drone     drone name            X-Swarm-Token   its enrollment token
+    X-Swarm-Lease     the job's lease       X-Swarm-Cpv     the job's CPV
+    X-Swarm-Sha256    declared checksum     Content-Length  declared size
+    X-Swarm-Duration  build seconds (optional, passed to Queue.complete)
+
+Everything that can be checked from the headers -- declaration, size limit, token
+(``DroneRegistry.authenticate``) and ownership (``Queue.owner_of``) -- is checked
+before a byte of the body is read; with ``Expect: 100-continue`` the refusal arrives
+before the client sends the body at all. The body is then handed to
+:class:`~swarmctl.binhost.publish.Publisher`, with a per-read socket timeout and an
+overall deadline (size / minimum rate) against slow senders. Ownership is checked
+once more under the index lock just before publishing; on success the job is
+completed in the queue with the artifact.
+
+Replies are one JSON object on one line: ``{"status": "accepted"|"refused",
+"code": ..., "reason": ...}``.
+
+Any other ``GET``/``HEAD`` serves files below PKGDIR for portage clients; hidden
+entries (the upload temp dir, the lock), directories, symlinks leaving PKGDIR and
+``..`` are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import posixpath
+import select
+import socket
+import threading
+import time
+import urllib.parse
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Protocol
+
+from swarmctl.binhost.publish import Publisher, PublishRefused
+
+logger = logging.getLogger("swarmctl.binhost.server")
+
+UPLOAD_PATH = "/upload"
+_STATUS_OF_CODE = {
+    "bad_request": HTTPStatus.BAD_REQUEST,
+    "length_required": HTTPStatus.LENGTH_REQUIRED,
+    "unauthorized": HTTPStatus.UNAUTHORIZED,
+    "not_owner": HTTPStatus.CONFLICT,
+    "duplicate": HTTPStatus.CONFLICT,
+    "too_large": HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    "truncated": HTTPStatus.BAD_REQUEST,
+    "timeout": HTTPStatus.REQUEST_TIMEOUT,
+    "checksum_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "bad_package": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "cpv_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "busy": HTTPStatus.SERVICE_UNAVAILABLE,
+    "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
+    "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
+}
+_CONTENT_TYPES = {".tar": "application/x-tar", "": "text/plain; charset=utf-8"}
+_LINGER_SECONDS = 2.0
+_LINGER_BYTES = 4 * 1024 * 1024
+
+
+class Gate(Protocol):
+    """Who may upload what: the queue and drone registry, or a stand-in in tests."""
+
+    def authenticate(self, drone: str, token: str) -> bool: ...
+
+    def owner_of(self, cpv: str) -> tuple[str | None, str | None]: ...
+
+    def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
+                 artifact: dict[str, Any]) -> str: ...
+
+
+class QueueGate:
+    """The real :class:`Gate`: ``DroneRegistry`` for tokens, ``Queue`` for ownership."""
+
+    def __init__(self, registry: Any, queue: Any) -> None:
+        self.registry = registry
+        self.queue = queue
+
+    def authenticate(self, drone: str, token: str) -> bool:
+        return bool(self.registry.authenticate(drone, token))
+
+    def owner_of(self, cpv: str) -> tuple[str | None, str | None]:
+        return self.queue.owner_of(cpv)  # type: ignore[no-any-return]
+
+    def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
+                 artifact: dict[str, Any]) -> str:
+        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact))
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Tunables of the binhost server (see the ``binhost.*`` config settings).
+
+    Attributes:
+        max_upload_bytes: Largest package accepted (413 above it).
+        read_timeout: Seconds a single socket read may stall.
+        min_upload_rate: Bytes/second an upload must average (deadline =
+            read_timeout + size / rate).
+        max_uploads: Concurrent uploads; more get 503.
+    """
+
+    max_upload_bytes: int = 4 * 1024**3
+    read_timeout: float = 30.0
+    min_upload_rate: float = 64 * 1024
+    max_uploads: int = 8
+
+
+class _Refusal(Exception):
+    def __init__(self, code: str, reason: str, **details: Any) -> None:
+        super().__init__(reason)
+        self.code, self.reason, self.details = code, reason, details
+
+
+class BinhostServer(ThreadingHTTPServer):
+    """The server; one per PKGDIR."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], pkgdir: Path, gate: Gate,
+                 settings: ServerSettings | None = None) -> None:
+        self.pkgdir = Path(pkgdir).absolute()
+        self.gate = gate
+        self.settings = settings or ServerSettings()
+        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes)
+        self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Handler)
+
+    @property
+    def url(self) -> str:
+        """Base URL clients use (``http://host:port``)."""
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: BinhostServer
+    protocol_version = "HTTP/1.1"
+    server_version = "build-swarm-binhost"
+
+    def setup(self) -> None:
+        self.timeout = self.server.settings.read_timeout
+        super().setup()
+        self._preflight: tuple[str, str, str, str, int] | None = None
+
+    # -- uploads -------------------------------------------------------------------
+
+    def handle_expect_100(self) -> bool:
+        if self._is_upload():
+            try:
+                self._preflight = self._check_headers()
+            except _Refusal as refusal:
+                self._reply_refusal(refusal, linger=False)
+                return False
+        return super().handle_expect_100()
+
+    def do_PUT(self) -> None:
+        if not self._is_upload():
+            self._reply_json(HTTPStatus.NOT_FOUND, "refused", "not_found", f"no upload endpoint at {self.path}")
+            return
+        if not self.server.upload_slots.acquire(blocking=False):
+            self._reply_refusal(_Refusal("busy", "too many uploads in progress; retry later"))
+            return
+        try:
+            self._upload()
+        finally:
+            self.server.upload_slots.release()
+
+    do_POST = do_PUT
+
+    def _upload(self) -> None:
+        try:
+            cpv, drone, token, lease, size = self._preflight or self._check_headers()
+        except _Refusal as refusal:
+            self._reply_refusal(refusal)
+            return
+        sha256 = self.headers.get("X-Swarm-Sha256", "").strip().lower()
+        duration = _float(self.headers.get("X-Swarm-Duration"))
+        settings = self.server.settings
+        deadline = time.monotonic() + settings.read_timeout + size / max(1.0, settings.min_upload_rate)
+
+        def still_owner() -> str | None:
+            owner, current = self.server.gate.owner_of(cpv)
+            if owner != drone or current != lease:
+                return f"{drone} no longer owns {cpv} (lost it during the upload)"
+            return None
+
+        try:
+            published = self.server.publisher.receive(self.rfile, cpv, sha256, size, deadline=deadline,
+                                                      commit_check=still_owner)
+        except PublishRefused as exc:
+            # A refused body may be partly unread: close the connection after replying.
+            unread = exc.code not in ("checksum_mismatch", "bad_package", "cpv_mismatch", "duplicate",
+                                      "not_owner")
+            self._reply_refusal(_Refusal(exc.code, str(exc), **exc.details), linger=unread)
+            return
+        outcome = "unknown"
+        try:
+            outcome = self.server.gate.complete(cpv, drone, token, lease, duration, published.as_artifact())
+        except Exception as exc:  # published is published; the drone can report again
+            logger.warning("published %s but Queue.complete failed: %s", published.rel_path, exc)
+            outcome = f"error: {_one_line(exc)}"
+        logger.info("accepted %s from %s (queue: %s)", published.rel_path, drone, outcome)
+        self._reply_json(HTTPStatus.CREATED, "accepted", "published", f"{cpv} published", path=published.rel_path,
+                         build_id=published.build_id, sha256=published.sha256, size=published.size,
+                         queue=outcome)
+
+    def _check_headers(self) -> tuple[str, str, str, str, int]:
+        headers = self.headers
+        drone = headers.get("X-Swarm-Drone", "").strip()
+        token = headers.get("X-Swarm-Token", "").strip()
+        lease = headers.get("X-Swarm-Lease", "").strip()
+        cpv = headers.get("X-Swarm-Cpv", "").strip()
+        sha256 = headers.get("X-Swarm-Sha256", "").strip().lower()
+        missing = [name for name, value in (("X-Swarm-Drone", drone), ("X-Swarm-Token", token),
+                                            ("X-Swarm-Lease", lease), ("X-Swarm-Cpv", cpv),
+                                            ("X-Swarm-Sha256", sha256)) if not value]
+        if missing:
+            raise _Refusal("bad_request", f"missing header(s): {', '.join(missing)}")
+        if headers.get("Transfer-Encoding"):
+            raise _Refusal("length_required", "chunked uploads are not accepted; send Content-Length")
+        length = headers.get("Content-Length")
+        if length is None:
+            raise _Refusal("length_required", "Content-Length is required")
+        try:
+            size = int(length)
+        except ValueError:
+            raise _Refusal("bad_request", f"bad Content-Length {length!r}") from None
+        try:
+            cpv = self.server.publisher.check_declaration(cpv, sha256, size)
+        except PublishRefused as exc:
+            raise _Refusal(exc.code, str(exc)) from None
+        try:
+            if not self.server.gate.authenticate(drone, token):
+                raise _Refusal("unauthorized", f"drone {drone!r} is not enrolled or its token is wrong")
+            owner, current = self.server.gate.owner_of(cpv)
+        except _Refusal:
+            raise
+        except Exception as exc:
+            raise _Refusal("unavailable", f"queue unavailable: {_one_line(exc)}") from None
+        if owner != drone:
+            raise _Refusal("not_owner", f"{cpv} is not delegated to {drone}")
+        if current != lease:
+            raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {cpv}")
+        return cpv, drone, token, lease, size
+
+    def _is_upload(self) -> bool:
+        return self.command in ("PUT", "POST") and urllib.parse.urlsplit(self.path).path == UPLOAD_PATH
+
+    # -- downloads -----------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        self._serve(head=False)
+
+    def do_HEAD(self) -> None:
+        self._serve(head=True)
+
+    def _serve(self, head: bool) -> None:
+        target = self._resolve(self.path)
+        if target is None:
+            self._reply_json(HTTPStatus.NOT_FOUND, "refused", "not_found", "no such file")
+            return
+        try:
+            handle = open(target, "rb")  # noqa: SIM115 - closed below after sendfile
+        except OSError:
+            self._reply_json(HTTPStatus.NOT_FOUND, "refused", "not_found", "no such file")
+            return
+        with handle:
+            st = os.fstat(handle.fileno())
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", _CONTENT_TYPES.get(target.suffix, "application/octet-stream"))
+            self.send_header("Content-Length", str(st.st_size))
+            self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
+            self.end_headers()
+            if not head:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    self.wfile.flush()
+                    self.connection.sendfile(handle)
+
+    def _resolve(self, raw_path: str) -> Path | None:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(raw_path).path)
+        if "\x00" in path or "\\" in path:
+            return None
+        parts = [p for p in path.split("/") if p not in ("", ".")]
+        if not parts or any(p == ".." or p.startswith(".") for p in parts):
+            return None
+        if posixpath.normpath("/" + "/".join(parts)) != "/" + "/".join(parts):
+            return None
+        root = self.server.pkgdir.resolve()
+        candidate = (root / Path(*parts)).resolve()
+        try:
+            candidate.relative_to(root)
+        except ValueError:
+            return None
+        return candidate if candidate.is_file() else None
+
+    # -- replies -------------------------------------------------------------------
+
+    def _reply_refusal(self, refusal: _Refusal, linger: bool = True) -> None:
+        """Reply and close the connection (part of the body may still be on its way)."""
+        status = _STATUS_OF_CODE.get(refusal.code, HTTPStatus.BAD_REQUEST)
+        logger.info("refused upload from %s: %s (%s)", self.client_address[0], refusal.reason, refusal.code)
+        self._reply_json(status, "refused", refusal.code, refusal.reason, close=True, **refusal.details)
+        if linger:
+            self._linger()
+
+    def _reply_json(self, status: HTTPStatus, verdict: str, code: str, reason: str, close: bool = False,
+                    **extra: Any) -> None:
+        payload = {"status": verdict, "code": code, "reason": _one_line(reason), **extra}
+        body = (json.dumps(payload, sort_keys=True) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.wfile.flush()
+
+    def _linger(self) -> None:
+        """Half-close and drain briefly so the client can read the refusal (no RST)."""
+        sock = self.connection
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_SECONDS
+            drained = 0
+            while drained < _LINGER_BYTES:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    break
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s %s", self.client_address[0], format % args)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``("127.0.0.1", 8770)`` from ``127.0.0.1:8770`` (``[::1]:8770`` for IPv6).
+
+    Raises:
+        ValueError: Not ``HOST:PORT`` with a port in 0..65535.
+    """
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings | None = None) -> BinhostServer:
+    """Bind a :class:`BinhostServer` (port 0 picks a free port; see ``.url``)."""
+    host, port = parse_listen(listen)
+    return BinhostServer((host, port), pkgdir, gate, settings)
+
+
+def _float(text: str | None) -> float:
+    try:
+        value = float(text) if text else 0.0
+    except ValueError:
+        return 0.0
+    return value if value >= 0 and value == value else 0.0
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())[:500]

@@ -1,0 +1,130 @@
+"""``swarmctl drone`` and ``swarmctl drones``: enrollment, the daemon, the fleet."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from pathlib import Path
+
+import click
+
+from swarmctl import paths
+from swarmctl.cli import terminal
+from swarmctl.cli.context import AppContext, pass_app
+from swarmctl.drone.builders import CommandBuilder, Watchdog
+from swarmctl.drone.daemon import DroneDaemon
+from swarmctl.drones import validate_name
+from swarmctl.exceptions import ConfigError
+
+
+@click.group()
+def drone() -> None:
+    """Enroll, run and manage drones."""
+
+
+@drone.command("enroll")
+@click.argument("name")
+@click.option("--machine-id", help="The host's /etc/machine-id, checked before any reboot.")
+@pass_app
+def enroll(app: AppContext, name: str, machine_id: str | None) -> None:
+    """Enroll a drone and print its token (re-enrolling replaces the old token)."""
+    token = app.registry.enroll(name, machine_id)
+    click.echo(token)
+    terminal.note(f"drone {name} enrolled; start it with --token or SWARM_DRONE_TOKEN")
+
+
+@drone.command("revoke")
+@click.argument("name")
+@pass_app
+def revoke(app: AppContext, name: str) -> None:
+    """Revoke a drone's token; its jobs go back to the queue."""
+    taken = app.registry.revoke(name, app.queue)
+    terminal.ok(f"revoked {name}; {len(taken)} job(s) returned to the queue")
+
+
+@drone.command("ground")
+@click.argument("name")
+@click.option("--minutes", type=float, default=None, help="How long (default: breaker.ground_seconds).")
+@pass_app
+def ground(app: AppContext, name: str, minutes: float | None) -> None:
+    """Ground a drone by hand (no work) and take its jobs back."""
+    seconds = minutes * 60 if minutes is not None else app.config.breaker.ground_seconds
+    taken = app.registry.ground(name, seconds, app.queue)
+    terminal.ok(f"grounded {name} for {seconds:.0f} s; {len(taken)} job(s) returned to the queue")
+
+
+@drone.command("release")
+@click.argument("name")
+@pass_app
+def release(app: AppContext, name: str) -> None:
+    """Lift a drone's grounding."""
+    app.registry.release(name)
+    terminal.ok(f"released {name}")
+
+
+def make_builder(app: AppContext, builder: str, on_hung=None):  # type: ignore[no-untyped-def]
+    cfg = app.config.drone
+    watchdog = Watchdog(idle=cfg.hung_idle_seconds, kill=cfg.hung_kill_seconds, on_hung=on_hung)
+    if builder == "command":
+        return CommandBuilder(cfg.command, watchdog)
+    if builder == "portage":
+        from swarmctl.drone.portage_builder import PortageBuilder  # optional: needs portage
+
+        return PortageBuilder.from_config(app.config, watchdog=watchdog)
+    raise ConfigError(f"drone.builder: unknown builder {builder!r} (command or portage)")
+
+
+@drone.command("run")
+@click.option("--name", help="This drone's name (or drone.name).")
+@click.option("--token", envvar="SWARM_DRONE_TOKEN", help="Enrollment token (or SWARM_DRONE_TOKEN).")
+@click.option("--builder", type=click.Choice(["command", "portage"]), help="Builder (or drone.builder).")
+@click.option("--command", "command", help="Argv template for the command builder, e.g. 'make-pkg {cpv}'.")
+@click.option("--state-dir", type=click.Path(file_okay=False), help="Where build logs go.")
+@click.option("--max-builds", type=int, help="Exit after this many builds (for tests).")
+@pass_app
+def run(app: AppContext, name: str | None, token: str | None, builder: str | None, command: str | None,
+        state_dir: str | None, max_builds: int | None) -> None:
+    """Run the drone daemon: heartbeat, claim, build, report."""
+    app.config = app.config.with_overrides(drone__name=name, drone__token=token, drone__builder=builder,
+                                           drone__command=shlex.split(command) if command else None,
+                                           drone__state_dir=state_dir)
+    cfg = app.config.drone
+    if not cfg.name:
+        raise click.UsageError("a drone needs a name: --name or drone.name")
+    validate_name(cfg.name)
+    if not cfg.token:
+        raise click.UsageError("a drone needs its token: --token, SWARM_DRONE_TOKEN or drone.token")
+    logging.getLogger("swarmctl").setLevel(min(logging.getLogger().level, logging.INFO))
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    directory = Path(cfg.state_dir) if cfg.state_dir else paths.state_home() / "drones" / cfg.name
+    daemon: DroneDaemon | None = None
+
+    def on_hung(hung: bool) -> None:
+        if daemon is not None:
+            daemon._on_hung(hung)
+
+    built = make_builder(app, cfg.builder, on_hung)
+    publisher = getattr(built, "publisher", None)
+    if not app.registry.authenticate(cfg.name, cfg.token):
+        raise click.ClickException(f"drone {cfg.name!r} is not enrolled, revoked, or its token is wrong "
+                                   "(enroll it with: swarmctl drone enroll NAME)")
+    daemon = DroneDaemon(app.client, app.config, cfg.name, cfg.token, built, directory,
+                         publisher=publisher(app, cfg.name, cfg.token) if callable(publisher) else None)
+    daemon.install_signal_handlers()
+    terminal.note(f"drone {cfg.name} (pid {os.getpid()}) working; logs in {directory / 'logs'}")
+    code = daemon.run(max_builds=max_builds)
+    raise SystemExit(code)
+
+
+@click.command("drones")
+@click.option("--json", "as_json", is_flag=True, help="JSON list of drones.")
+@pass_app
+def drones(app: AppContext, as_json: bool) -> None:
+    """List every drone: status, task, cpu, mem, heartbeat, failures, grounding."""
+    fleet = app.registry.list()
+    if as_json:
+        terminal.print_json([d.as_dict() for d in fleet])
+    else:
+        terminal.console.print(terminal.drones_table(fleet))

@@ -1,0 +1,142 @@
+"""One YAML file, environment overrides, documented defaults.
+
+Precedence, lowest first: defaults (swarmctl.defaults), the config file
+(``--config``, else ``$XDG_CONFIG_HOME/build-swarm/swarm.yml``, else
+``/etc/build-swarm/swarm.yml``), environment variables ``SWARM_<SECTION>_<KEY>``,
+then command-line options.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+from swarmctl import paths
+from swarmctl.defaults import SECTIONS, SETTINGS, SYSTEM_CONFIG, Setting
+from swarmctl.exceptions import ConfigError
+
+_BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def default_config_path() -> Path | None:
+    """The config file used when none is given, if one exists."""
+    for candidate in (paths.config_home() / "swarm.yml", Path(SYSTEM_CONFIG)):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def coerce(setting: Setting, value: Any, origin: str) -> Any:
+    """Turn a raw value into the setting's type, or raise ConfigError naming the key."""
+    if value is None:
+        return None
+    kind = setting.type
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+            raise ValueError(value)
+        if kind is list:
+            if isinstance(value, list):
+                return [str(v) for v in value]
+            if isinstance(value, str):
+                parsed = yaml.safe_load(value) if value.strip().startswith("[") else value.split()
+                if isinstance(parsed, list):
+                    return [str(v) for v in parsed]
+            raise ValueError(value)
+        if kind in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{origin}: {setting.name} must be {kind.__name__}, got {value!r}"
+        ) from None
+
+
+class Config:
+    """Resolved settings; ``config.queue.policy`` or ``config.get("queue.policy")``."""
+
+    def __init__(self, values: dict[str, Any], source: Path | None = None) -> None:
+        self._values = values
+        self.source = source
+        for section in SECTIONS:
+            keys = {s.key: values[s.name] for s in SETTINGS if s.section == section}
+            setattr(self, section, SimpleNamespace(**keys))
+
+    def get(self, name: str) -> Any:
+        return self._values[name]
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """A copy with ``section_key=value`` overrides applied (None values ignored)."""
+        values = dict(self._values)
+        for flat, value in overrides.items():
+            if value is None:
+                continue
+            name = flat.replace("__", ".")
+            if name not in _BY_NAME:
+                raise ConfigError(f"unknown setting {name}")
+            values[name] = coerce(_BY_NAME[name], value, "option")
+        return Config(values, self.source)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for setting in SETTINGS:
+            out.setdefault(setting.section, {})[setting.key] = self._values[setting.name]
+        return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                environ: dict[str, str] | None = None) -> Config:
+    """Read defaults, then the file, then environment overrides."""
+    env = os.environ if environ is None else environ
+    values = {s.name: s.default for s in SETTINGS}
+    source = Path(path) if path else (
+        Path(env["SWARM_CONFIG"]) if env.get("SWARM_CONFIG") else default_config_path())
+    if source is not None:
+        values.update(_read_file(source))
+    for setting in SETTINGS:
+        if setting.env in env:
+            values[setting.name] = coerce(setting, env[setting.env], setting.env)
+    return Config(values, source)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    values: dict[str, Any] = {}
+    for section, body in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{path}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise ConfigError(f"{path}: section {section} must be a mapping")
+        for key, raw in body.items():
+            name = f"{section}.{key}"
+            if name not in _BY_NAME:
+                raise ConfigError(f"{path}: unknown key {name}")
+            values[name] = coerce(_BY_NAME[name], raw, str(path))
+    return values

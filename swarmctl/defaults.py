@@ -1,0 +1,111 @@
+"""Every setting swarmctl knows, with its default and what it does.
+
+This list is the single source of truth for the configuration file, the
+environment overrides (``SWARM_<SECTION>_<KEY>``) and the generated reference
+in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: ``section.key``, its default, type and doc."""
+
+    section: str
+    key: str
+    default: Any
+    type: type
+    doc: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return f"SWARM_{self.section.upper()}_{self.key.upper()}"
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # Redis: where the queue lives.
+    Setting("redis", "url", None, str,
+            "redis://, rediss:// or unix:// URL of the server. Empty: the embedded local server."),
+    Setting("redis", "username", None, str, "ACL user name (overrides the URL's)."),
+    Setting("redis", "password", None, str, "Password (overrides the URL's)."),
+    Setting("redis", "sentinels", [], list, "Redis Sentinel addresses as host:port; set with service_name."),
+    Setting("redis", "service_name", "build-swarm", str, "Sentinel service (master) name."),
+    Setting("redis", "socket_timeout", 5.0, float, "Seconds before a Redis call times out."),
+    Setting("redis", "data_dir", None, str,
+            "Embedded server's data dir. Empty: $XDG_DATA_HOME/build-swarm/redis."),
+    # Queue: jobs, priorities, blocking.
+    Setting("queue", "policy", "critical-path", str,
+            "Which ready job goes first: critical-path (longest remaining chain) or fifo."),
+    Setting("queue", "default_estimate", 600.0, float,
+            "Estimated build seconds for a package with no recorded history."),
+    Setting("queue", "block_after_drones", 2, int,
+            "A package that fails on this many different drones is blocked (the package's fault)."),
+    Setting("queue", "max_attempts", 6, int, "Attempts before a job is marked failed for good."),
+    Setting("queue", "claim_scan", 64, int,
+            "Ready jobs a claim looks at, best first (bounds claim cost whatever the queue length)."),
+    Setting("queue", "events_max", 10000, int, "Events kept in the event stream (older ones trimmed)."),
+    Setting("queue", "log_tail_lines", 40, int, "Lines of a failed build's log kept with the job."),
+    # Drone daemon.
+    Setting("drone", "name", None, str, "This drone's name (or --name)."),
+    Setting("drone", "token", None, str, "Enrollment token (or --token / SWARM_DRONE_TOKEN)."),
+    Setting("drone", "state_dir", None, str,
+            "Where build logs live. Empty: $XDG_STATE_HOME/build-swarm/drones/NAME."),
+    Setting("drone", "heartbeat_interval", 2.0, float, "Seconds between heartbeats."),
+    Setting("drone", "poll_interval", 1.0, float, "Seconds between claims while the queue is empty."),
+    Setting("drone", "builder", "command", str, "Builder: command or portage."),
+    Setting("drone", "command", [], list,
+            "Argv template for the command builder; {cpv} {category} {pn} {pv} are substituted."),
+    Setting("drone", "log_keep_jobs", 50, int, "Build logs kept (the newest N jobs)."),
+    Setting("drone", "log_max_bytes", 200 * 1024 * 1024, int, "Total bytes of build logs kept."),
+    Setting("drone", "hung_idle_seconds", 1800.0, float,
+            "A build with no log output and no CPU for this long is flagged as hung."),
+    Setting("drone", "hung_kill_seconds", 3600.0, float,
+            "A build hung for this long is killed and its job returned to the queue."),
+    Setting("drone", "overdue_factor", 4.0, float,
+            "A build running longer than factor x its estimate is flagged as overdue."),
+    # Orchestrator.
+    Setting("orchestrator", "interval", 2.0, float, "Seconds between maintenance sweeps."),
+    Setting("orchestrator", "offline_after", 10.0, float,
+            "A drone silent for this long is offline and its jobs are reclaimed."),
+    Setting("orchestrator", "leader_ttl", 6.0, float,
+            "Seconds the leader lease lasts; a standby takes over after it expires."),
+    Setting("orchestrator", "metrics_port", 0, int, "Prometheus metrics port (0: off)."),
+    Setting("orchestrator", "metrics_address", "127.0.0.1", str, "Address the metrics server binds."),
+    # Circuit breaker.
+    Setting("breaker", "failures", 5, int, "Consecutive failures that ground a drone."),
+    Setting("breaker", "ground_seconds", 300.0, float, "How long a grounding lasts."),
+    Setting("breaker", "backoff_factor", 1.0, float,
+            "Each repeated grounding lasts factor^(n-1) times longer (3 is Hydra's); 1 disables."),
+    Setting("breaker", "ground_max_seconds", 86400.0, float, "Longest grounding with backoff."),
+    # Self-healing.
+    Setting("healing", "enabled", False, bool, "Run restart/reboot playbooks for grounded drones."),
+    Setting("healing", "inventory", None, str, "Ansible inventory for the healing playbooks."),
+    Setting("healing", "playbook_dir", None, str, "Where drone-restart.yml and drone-reboot.yml live."),
+    Setting("healing", "restarts_before_reboot", 2, int, "Failed restarts before a reboot is considered."),
+    Setting("healing", "allow_reboot", False, bool, "Allow level-3 reboots without an operator."),
+    Setting("healing", "cooldown_seconds", 600.0, float, "Minimum seconds between actions on one drone."),
+    # Binhost.
+    Setting("binhost", "url", None, str, "Binhost base URL for uploads and --getbinpkg."),
+    Setting("binhost", "dir", None, str, "PKGDIR the binhost serves (binhost serve --dir)."),
+    Setting("binhost", "listen", "127.0.0.1:8770", str, "Address:port the binhost serves on."),
+    Setting("binhost", "max_upload_bytes", 4 * 1024**3, int, "Largest upload accepted."),
+    Setting("binhost", "read_timeout", 30.0, float, "Seconds an upload may stall before it is dropped."),
+    Setting("binhost", "upload_retries", 5, int, "Upload attempts before giving up."),
+    # Nightly.
+    Setting("nightly", "status_file", None, str,
+            "Where the nightly playbook logs STARTED/FINISHED. Empty: /var/lib/build-swarm/nightly.status."),
+    Setting("nightly", "world_file", None, str, "World file the nightly run resolves."),
+)
+
+SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in SETTINGS))
+
+#: Where a system install keeps its configuration.
+SYSTEM_CONFIG = "/etc/build-swarm/swarm.yml"

@@ -1,0 +1,1 @@
+"""The drone: a daemon per build machine that claims, builds and reports."""

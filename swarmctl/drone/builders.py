@@ -1,0 +1,185 @@
+"""Builders: how a drone turns a CPV into a built package.
+
+A builder writes all build output to the job's log file, honours the abort
+event (killing its whole process group), and reports a BuildResult whose
+``fault`` tells the breaker whose fault a failure is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+from swarmctl.atoms import split_cpv
+from swarmctl.exceptions import ConfigError
+
+#: ok / the build failed / a dependency could not be fetched / drone misconfigured / hung.
+FAULTS = ("none", "build", "dependency", "drone", "hung")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file a build produced, with what the binhost will check."""
+
+    path: Path
+    cpv: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class BuildResult:
+    ok: bool
+    fault: str = "none"
+    reason: str = ""
+    artifacts: list[Artifact] = field(default_factory=list)
+    aborted: bool = False
+
+
+class Builder(Protocol):
+    def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult: ...
+
+
+def sha256_file(path: Path, chunk: int = 1024 * 1024) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def artifact_for(path: Path, cpv: str) -> Artifact:
+    return Artifact(path=path, cpv=cpv, sha256=sha256_file(path), size=path.stat().st_size)
+
+
+@dataclass
+class Watchdog:
+    """When a build counts as hung: no log output and no CPU for ``idle`` seconds.
+
+    ``on_hung(True)`` is called when that starts, ``on_hung(False)`` if it recovers;
+    past ``kill`` seconds of no progress the build is killed.
+    """
+
+    idle: float = 1800.0
+    kill: float = 3600.0
+    on_hung: Callable[[bool], None] | None = None
+
+
+def _tree_cpu(proc: psutil.Process) -> float:
+    total = 0.0
+    try:
+        for p in [proc, *proc.children(recursive=True)]:
+            times = p.cpu_times()
+            total += times.user + times.system
+    except psutil.Error:
+        pass
+    return total
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def run_supervised(argv: Sequence[str], log_path: Path, abort: threading.Event,
+                   env: Mapping[str, str] | None = None, cwd: Path | None = None,
+                   watchdog: Watchdog | None = None, poll: float = 0.5) -> tuple[int | None, str]:
+    """Run argv (never a shell) with output to log_path, watching abort and progress.
+
+    Returns (exit code, "") when it finished, (None, "aborted"), (None, "hung") or
+    (None, "cannot start: ...").
+    """
+    watchdog = watchdog or Watchdog()
+    with open(log_path, "ab") as log:
+        try:
+            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env=dict(env) if env is not None else None, cwd=cwd,
+                                    start_new_session=True)
+        except OSError as exc:
+            log.write(f"swarmctl: cannot start {argv[0]}: {exc.strerror or exc}\n".encode())
+            return None, f"cannot start {argv[0]}: {exc.strerror or exc}"
+        try:
+            ps = psutil.Process(proc.pid)
+        except psutil.Error:
+            ps = None
+        last_size, last_cpu, last_progress, hung = -1, -1.0, time.monotonic(), False
+        while True:
+            try:
+                code = proc.wait(timeout=poll)
+                return code, ""
+            except subprocess.TimeoutExpired:
+                pass
+            if abort.is_set():
+                _kill_group(proc)
+                return None, "aborted"
+            size = log_path.stat().st_size
+            cpu = _tree_cpu(ps) if ps else 0.0
+            now = time.monotonic()
+            if size != last_size or cpu > last_cpu + 0.05:
+                last_size, last_cpu, last_progress = size, cpu, now
+                if hung:
+                    hung = False
+                    if watchdog.on_hung:
+                        watchdog.on_hung(False)
+            idle = now - last_progress
+            if not hung and idle >= watchdog.idle:
+                hung = True
+                if watchdog.on_hung:
+                    watchdog.on_hung(True)
+            if idle >= watchdog.kill:
+                log.write(f"\nswarmctl: no progress for {idle:.0f} s; killing the build\n".encode())
+                log.flush()
+                _kill_group(proc)
+                return None, "hung"
+
+
+def substitute(template: Sequence[str], cpv: str) -> list[str]:
+    """Fill {cpv} {category} {pn} {pv} into each argv item (plain replacement, no format())."""
+    category, pn, pv = split_cpv(cpv)
+    values = {"{cpv}": cpv, "{category}": category, "{pn}": pn, "{pv}": pv}
+    argv = []
+    for item in template:
+        for placeholder, value in values.items():
+            item = item.replace(placeholder, value)
+        argv.append(item)
+    return argv
+
+
+class CommandBuilder:
+    """Runs a configured argv template per job; a non-zero exit fails the job."""
+
+    def __init__(self, template: Sequence[str], watchdog: Watchdog | None = None) -> None:
+        if not template:
+            raise ConfigError("drone.command: the command builder needs an argv template")
+        self.template = list(template)
+        self.watchdog = watchdog
+
+    def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult:
+        code, problem = run_supervised(substitute(self.template, cpv), log_path, abort, watchdog=self.watchdog)
+        if problem == "aborted":
+            return BuildResult(ok=False, fault="none", reason="aborted", aborted=True)
+        if problem == "hung":
+            return BuildResult(ok=False, fault="hung", reason="no progress; killed")
+        if problem:
+            return BuildResult(ok=False, fault="drone", reason=problem)
+        if code != 0:
+            return BuildResult(ok=False, fault="build", reason=f"command exited {code}")
+        return BuildResult(ok=True)

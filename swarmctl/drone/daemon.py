@@ -1,0 +1,272 @@
+"""The drone daemon: heartbeat, claim, build, report; graceful on SIGTERM.
+
+- Heartbeats run in their own thread, so a long build never looks offline.
+- First SIGTERM/SIGINT: stop claiming, finish the current build, report, exit 0.
+  Second: abort the build, give the job back to the queue, exit.
+- Reports (built/failed/released) are retried through Redis outages; the lease
+  they carry makes a late one harmless (refused as stale).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import psutil
+import redis
+
+from swarmctl import __version__
+from swarmctl.backoff import delays
+from swarmctl.config import Config
+from swarmctl.connection import TRANSIENT
+from swarmctl.drone.builders import Builder, BuildResult
+from swarmctl.drone.logs import BuildLogs, tail
+from swarmctl.drones import DroneRegistry
+from swarmctl.exceptions import NotEnrolled
+from swarmctl.queue import Claim, Grounded, Queue, Unauthorized
+
+log = logging.getLogger("swarmctl.drone")
+
+
+class Publisher(Protocol):
+    """Delivers a successful build (e.g. uploads it to the binhost, which marks it built).
+
+    Returns "ok" (built), "stale" (the job is no longer ours) or "retry-later" (give the
+    job back unbuilt: the upload failed, which is not the package's fault).
+    """
+
+    def publish(self, claim: Claim, result: BuildResult, duration: float) -> str: ...
+
+
+def machine_id() -> str | None:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError:
+            continue
+    return None
+
+
+@dataclass
+class Current:
+    claim: Claim
+    started: float
+    abort: threading.Event
+    lost: bool = False
+
+
+class DroneDaemon:
+    """One build machine's worker loop."""
+
+    def __init__(self, client: redis.Redis, config: Config, name: str, token: str, builder: Builder,
+                 state_dir: Path, publisher: Publisher | None = None) -> None:
+        self.redis = client
+        self.config = config
+        self.name = name
+        self.token = token
+        self.builder = builder
+        self.publisher = publisher
+        self.queue = Queue(client, config)
+        self.registry = DroneRegistry(client, config)
+        cfg = config.drone
+        self.logs = BuildLogs(state_dir / "logs", cfg.log_keep_jobs, cfg.log_max_bytes)
+        self.stopping = threading.Event()
+        self.aborting = threading.Event()
+        self.finished = threading.Event()
+        self.current: Current | None = None
+        self.grounded_until = 0.0
+        self.hung = False
+        self.machine_id = machine_id()
+        self.builds = 0
+        psutil.cpu_percent(None)  # prime the counter: the first call always says 0.0
+
+    # -- signals ---------------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if not self.stopping.is_set():
+            log.info("signal %d: finishing the current build, then exiting", signum)
+            self.stopping.set()
+            return
+        log.warning("second signal %d: aborting the build and giving the job back", signum)
+        self.aborting.set()
+        if self.current is not None:
+            self.current.abort.set()
+
+    # -- heartbeat -------------------------------------------------------------------------
+
+    def status(self) -> str:
+        if self.finished.is_set():
+            return "offline"
+        if self.stopping.is_set():
+            return "stopping"
+        if self.grounded_until > time.time():
+            return "grounded"
+        return "building" if self.current is not None else "idle"
+
+    def heartbeat_once(self) -> None:
+        current = self.current
+        fields = {
+            "status": self.status(),
+            "task": current.claim.cpv if current else "",
+            "task_started": f"{current.started:.3f}" if current else "",
+            "cpu": f"{psutil.cpu_percent(None):.1f}",
+            "mem": f"{psutil.virtual_memory().percent:.1f}",
+            "hung": 1 if self.hung else 0,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "machine_id_seen": self.machine_id or "",
+        }
+        reply = self.registry.heartbeat(self.name, self.token, fields,
+                                        current.claim.cpv if current else None,
+                                        current.claim.lease if current else None,
+                                        self.config.queue.events_max)
+        self.grounded_until = reply.grounded_until
+        if current is not None and not reply.owns_current and not current.lost:
+            # Reclaimed while we were unreachable and taken by another drone: stop wasting time.
+            log.warning("%s was reclaimed and re-delegated; abandoning the build", current.claim.cpv)
+            current.lost = True
+            current.abort.set()
+
+    def _heartbeat_loop(self) -> None:
+        waits = None
+        interval = self.config.drone.heartbeat_interval
+        while not self.finished.is_set():
+            try:
+                self.heartbeat_once()
+                waits = None
+                self.finished.wait(interval)
+            except TRANSIENT as exc:
+                waits = waits or delays(base=0.5, cap=interval * 5)
+                wait = next(waits)
+                log.warning("heartbeat failed (%s); retrying in %.1f s", exc, wait)
+                self.finished.wait(wait)
+            except NotEnrolled as exc:
+                log.error("%s; stopping", exc)
+                self.stopping.set()
+                self.finished.wait(interval)
+
+    def _on_hung(self, hung: bool) -> None:
+        self.hung = hung
+        if hung and self.current is not None:
+            log.warning("%s shows no progress (no output, no CPU)", self.current.claim.cpv)
+
+    # -- the work loop ---------------------------------------------------------------------
+
+    def _with_redis(self, what: str, call: Callable[[], Any]) -> Any:
+        """Retry a Redis call through outages (until it works or we are told to abort)."""
+        waits = delays(base=0.5, cap=15.0)
+        while True:
+            try:
+                return call()
+            except TRANSIENT as exc:
+                wait = next(waits)
+                log.warning("%s: Redis unavailable (%s); retrying in %.1f s", what, exc, wait)
+                time.sleep(wait)
+
+    def run(self, max_builds: int | None = None) -> int:
+        """Work until stopped; returns the process exit code."""
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        waits = None
+        try:
+            while not self.stopping.is_set():
+                if max_builds is not None and self.builds >= max_builds:
+                    break
+                try:
+                    claim = self.queue.claim(self.name, self.token)
+                    waits = None
+                except Grounded as grounded:
+                    self.grounded_until = grounded.until
+                    self.stopping.wait(min(5.0, max(0.5, grounded.until - time.time())))
+                    continue
+                except Unauthorized as exc:
+                    log.error("%s", exc)
+                    return 3
+                except TRANSIENT as exc:
+                    waits = waits or delays(base=0.5, cap=15.0)
+                    wait = next(waits)
+                    log.warning("claim failed: Redis unavailable (%s); retrying in %.1f s", exc, wait)
+                    self.stopping.wait(wait)
+                    continue
+                if claim is None:
+                    self.stopping.wait(self.config.drone.poll_interval)
+                    continue
+                self._build(claim)
+            return 0
+        finally:
+            self.finished.set()
+            beat.join(timeout=5)
+            self._sign_off()
+
+    def _sign_off(self) -> None:
+        """Say we are gone, so the fleet view does not show a stopped drone as building."""
+        try:
+            self.registry.heartbeat(self.name, self.token, {"status": "offline", "task": "", "cpu": "",
+                                                            "mem": "", "hung": 0})
+        except (NotEnrolled, *TRANSIENT):
+            pass
+
+    def _build(self, claim: Claim) -> None:
+        current = Current(claim=claim, started=time.time(), abort=threading.Event())
+        if self.aborting.is_set():
+            current.abort.set()
+        self.current = current
+        log_path = self.logs.path_for(claim.cpv)
+        self.logs.rotate(keep=None)
+        log.info("building %s (attempt %d)", claim.cpv, claim.attempts)
+        try:
+            self._with_redis("heartbeat", self.heartbeat_once)
+            result = self.builder.build(claim.cpv, log_path, current.abort)
+        except Exception as exc:  # a builder bug is this drone's problem, never a lost job
+            log.exception("builder crashed on %s", claim.cpv)
+            result = BuildResult(ok=False, fault="drone", reason=f"builder error: {exc}")
+        duration = time.time() - current.started
+        self.hung = False
+        try:
+            self._report(current, result, duration, log_path)
+        finally:
+            self.current = None
+            self.builds += 1
+            self.logs.rotate(keep=None)
+
+    def _report(self, current: Current, result: BuildResult, duration: float, log_path: Path) -> None:
+        claim = current.claim
+        q = self.queue
+        if current.lost:
+            log.info("%s: not reporting, the job belongs to another drone now", claim.cpv)
+            return
+        if result.aborted:
+            outcome = self._with_redis("release", lambda: q.release(
+                claim.cpv, self.name, self.token, claim.lease, "build aborted on shutdown"))
+            log.info("%s released back to the queue (%s)", claim.cpv, outcome)
+            return
+        if result.ok:
+            if self.publisher is not None:
+                outcome = self.publisher.publish(claim, result, duration)
+                if outcome == "retry-later":
+                    outcome = self._with_redis("release", lambda: q.release(
+                        claim.cpv, self.name, self.token, claim.lease, "upload failed; built again later"))
+            else:
+                outcome = self._with_redis("complete", lambda: q.complete(
+                    claim.cpv, self.name, self.token, claim.lease, duration))
+            log.info("%s built in %.1f s (%s)", claim.cpv, duration, outcome)
+            return
+        log_tail = tail(log_path, self.config.queue.log_tail_lines)
+        outcome, grounded_until = self._with_redis("fail", lambda: q.fail(
+            claim.cpv, self.name, self.token, claim.lease, result.fault, result.reason, log_tail))
+        if grounded_until:
+            self.grounded_until = grounded_until
+        log.warning("%s failed (%s: %s) -> %s", claim.cpv, result.fault, result.reason, outcome)

@@ -1,0 +1,63 @@
+"""Per-job build logs on disk, rotated by count and total size.
+
+Build output goes straight from the build process to a file; the daemon only
+ever reads a bounded tail of it, so nothing accumulates in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+TAIL_BYTES = 64 * 1024
+
+
+class BuildLogs:
+    """A directory of ``<time>-<category>--<pf>.log`` files."""
+
+    def __init__(self, directory: Path, keep_jobs: int, max_bytes: int) -> None:
+        self.dir = directory
+        self.keep_jobs = max(1, keep_jobs)
+        self.max_bytes = max_bytes
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, cpv: str) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        return self.dir / f"{stamp}-{time.time_ns() % 1_000_000:06d}-{cpv.replace('/', '--')}.log"
+
+    def files(self) -> list[Path]:
+        """Logs, oldest first."""
+        logs = [p for p in self.dir.glob("*.log") if p.is_file()]
+        return sorted(logs, key=lambda p: (p.stat().st_mtime, p.name))
+
+    def rotate(self, keep: Path | None = None) -> list[Path]:
+        """Delete the oldest logs beyond the count and size limits (never ``keep``)."""
+        logs = self.files()
+        removed: list[Path] = []
+        excess = len(logs) - self.keep_jobs
+        total = sum(p.stat().st_size for p in logs)
+        for path in logs:
+            if path == keep:
+                continue
+            if excess <= 0 and total <= self.max_bytes:
+                break
+            size = path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed.append(path)
+            excess -= 1
+            total -= size
+        return removed
+
+
+def tail(path: Path, lines: int = 40, max_bytes: int = TAIL_BYTES) -> str:
+    """The last ``lines`` lines of a file, reading at most ``max_bytes``."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

@@ -1,0 +1,193 @@
+"""Drone enrollment, tokens, heartbeats and the fleet view.
+
+A drone must be enrolled (a per-drone token, stored only as a SHA-256 digest)
+to heartbeat, take work or upload: a forgotten container that starts a drone
+daemon gets nothing, unlike the seed project's "ghost drone".
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from swarmctl import keys
+from swarmctl.config import Config
+from swarmctl.events import Events
+from swarmctl.exceptions import NotEnrolled, SwarmError
+from swarmctl.queue import Queue, token_sha
+from swarmctl.scripts import Scripts, decode
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+STATUSES = ("building", "idle", "grounded", "stopping", "offline")
+
+
+def validate_name(name: str) -> str:
+    """Drone names reach file names, events and Ansible limits: keep them plain."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise SwarmError(f"invalid drone name {name!r} (letters, digits, '.', '_', '-'; at most 63)")
+    return name
+
+
+@dataclass
+class DroneInfo:
+    """One drone as the fleet view shows it."""
+
+    name: str
+    status: str
+    task: str | None
+    task_started: float | None
+    cpu: float | None
+    mem: float | None
+    last_heartbeat: float | None
+    heartbeat_age: float | None
+    failures: int
+    grounded_until: float | None
+    built: int
+    revoked: bool
+    hung: bool
+    machine_id: str | None
+    host: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class HeartbeatReply:
+    grounded_until: float
+    server_time: float
+    owns_current: bool
+
+
+class DroneRegistry:
+    """Enrolled drones and their live state in Redis."""
+
+    def __init__(self, client: redis.Redis, config: Config | None = None) -> None:
+        self.redis = client
+        self.config = config
+        self.scripts = Scripts(client)
+
+    def enroll(self, name: str, machine_id: str | None = None) -> str:
+        """Enroll (or re-enroll, invalidating the old token) and return the new token."""
+        validate_name(name)
+        token = secrets.token_urlsafe(32)
+        fields: dict[str, Any] = {"token_sha256": token_sha(token), "revoked": 0,
+                                  "enrolled_at": int(time.time() * 1000)}
+        if machine_id:
+            fields["machine_id"] = machine_id
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.drone(name), mapping=fields)
+            pipe.sadd(keys.DRONES, name)
+            pipe.execute()
+        Events(self.redis).emit("enrolled", drone=name)
+        return token
+
+    def revoke(self, name: str, queue: Queue) -> list[str]:
+        """Revoke a drone: it gets no work and its jobs go back to the queue."""
+        self._require(name)
+        self.redis.hset(keys.drone(name), "revoked", 1)
+        taken = queue.reclaim(name, None, "drone revoked")
+        Events(self.redis).emit("revoked", drone=name)
+        return taken
+
+    def authenticate(self, name: str, token: str) -> bool:
+        """True when ``name`` is enrolled, not revoked, and ``token`` is its token."""
+        if not _NAME_RE.match(name or "") or not token:
+            return False
+        stored, revoked = self.redis.hmget(keys.drone(name), "token_sha256", "revoked")
+        return bool(stored) and revoked != "1" and secrets.compare_digest(stored, token_sha(token))
+
+    def _require(self, name: str) -> None:
+        validate_name(name)
+        if not self.redis.sismember(keys.DRONES, name):
+            raise NotEnrolled(f"no drone named {name!r} is enrolled")
+
+    def heartbeat(self, name: str, token: str, fields: dict[str, Any], current: str | None = None,
+                  lease: str | None = None, max_events: int = 10000) -> HeartbeatReply:
+        """Record liveness and status; raises NotEnrolled for an unknown or revoked drone."""
+        flat: list[str] = []
+        for key, value in fields.items():
+            flat += [key, "" if value is None else str(value)]
+        reply = decode(self.scripts.heartbeat(keys=list(keys.QUEUE_KEYS), args=[
+            name, token_sha(token), current or "", lease or "", max_events, *flat]))
+        if reply[0] != "ok":
+            raise NotEnrolled(f"drone {name!r} is not enrolled, revoked, or its token is wrong")
+        return HeartbeatReply(int(reply[1]) / 1000.0, int(reply[2]) / 1000.0, reply[3] == "1")
+
+    def ground(self, name: str, seconds: float, queue: Queue) -> list[str]:
+        """Ground a drone by hand for ``seconds`` and take its work back."""
+        self._require(name)
+        until_ms = int((self.server_time() + seconds) * 1000)
+        self.redis.hset(keys.drone(name), mapping={"grounded_until": until_ms, "failures": 0})
+        taken = queue.reclaim(name, None, "drone grounded by operator")
+        Events(self.redis).emit("grounded", drone=name, reason=f"by operator for {seconds:.0f} s")
+        return taken
+
+    def release(self, name: str) -> None:
+        """End a grounding early."""
+        self._require(name)
+        self.redis.hset(keys.drone(name), mapping={"grounded_until": 0, "failures": 0})
+        Events(self.redis).emit("released", drone=name, reason="grounding lifted by operator")
+
+    def server_time(self) -> float:
+        seconds, micros = self.redis.time()
+        return seconds + micros / 1e6
+
+    def names(self) -> list[str]:
+        return sorted(self.redis.smembers(keys.DRONES))
+
+    def list(self, offline_after: float | None = None) -> list[DroneInfo]:
+        """Every enrolled drone with its derived status (offline when silent too long)."""
+        if offline_after is None:
+            offline_after = self.config.orchestrator.offline_after if self.config else 10.0
+        names = self.names()
+        now = self.server_time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(keys.drone(name))
+            rows = pipe.execute()
+        return [self._info(name, row, now, offline_after) for name, row in zip(names, rows, strict=True)]
+
+    @staticmethod
+    def _info(name: str, row: dict[str, str], now: float, offline_after: float) -> DroneInfo:
+        def num(key: str) -> float | None:
+            value = row.get(key)
+            try:
+                return float(value) if value not in (None, "") else None
+            except ValueError:
+                return None
+
+        last = row.get("last_seen")
+        last_s = int(last) / 1000.0 if last else None
+        age = max(0.0, now - last_s) if last_s else None
+        grounded_ms = num("grounded_until") or 0.0
+        grounded_until = grounded_ms / 1000.0 if grounded_ms / 1000.0 > now else None
+        revoked = row.get("revoked") == "1"
+        reported = row.get("status") or "idle"
+        if revoked or age is None or age > offline_after:
+            status = "offline"
+        elif grounded_until:
+            status = "grounded"
+        else:
+            status = reported if reported in STATUSES else "idle"
+        started = num("task_started")
+        return DroneInfo(
+            name=name, status=status, task=row.get("task") or None,
+            task_started=started, cpu=num("cpu"), mem=num("mem"), last_heartbeat=last_s,
+            heartbeat_age=round(age, 1) if age is not None else None,
+            failures=int(num("failures") or 0), grounded_until=grounded_until,
+            built=int(num("built") or 0), revoked=revoked, hung=row.get("hung") == "1",
+            machine_id=row.get("machine_id") or None, host=row.get("host") or None,
+        )
+
+    def offline(self, offline_after: float) -> list[str]:
+        """Drones with jobs whose heartbeat is older than the threshold (server clock)."""
+        cutoff = (self.server_time() - offline_after) * 1000
+        silent = self.redis.zrangebyscore(keys.HEARTBEATS, "-inf", cutoff)
+        never_seen = [n for n in self.names() if self.redis.zscore(keys.HEARTBEATS, n) is None]
+        return [n for n in silent + never_seen if self.redis.scard(keys.drone_jobs(n))]

@@ -1,0 +1,98 @@
+"""Every Redis key swarmctl uses, in one place, under the ``swarm:`` namespace.
+
+Fixed keys reach Lua scripts through KEYS (in the order of QUEUE_KEYS); the
+per-job and per-drone keys are built in Lua by the prelude that
+swarmctl.scripts generates from the prefixes below, so no other file spells
+a key.
+"""
+
+from __future__ import annotations
+
+NAMESPACE = "swarm:"
+
+JOB_PREFIX = NAMESPACE + "job:"
+DRONE_PREFIX = NAMESPACE + "drone:"
+HISTORY_PREFIX = NAMESPACE + "history:"
+
+# Suffixes of the per-job and per-drone keys (the prelude uses these too).
+JOB_GATES = ":gates"            # set: jobs this one waits for
+JOB_DEPENDENTS = ":dependents"  # set: jobs waiting for this one
+JOB_BLAME = ":failed-by"        # set: healthy drones whose failure blames the package
+JOB_AVOID = ":avoid"            # set: drones that failed it (not handed it again)
+JOB_TAILS = ":tails"            # hash: drone -> tail of its failed build log
+DRONE_JOBS = ":jobs"            # set: jobs delegated to the drone
+DRONE_STREAK = ":streak"        # set: jobs failed in the drone's current failure streak
+
+READY = NAMESPACE + "queue:ready"        # zset: claimable jobs, best first
+SEQ = NAMESPACE + "queue:seq"            # counter: order of arrival (fifo)
+DRONES = NAMESPACE + "drones"            # set: enrolled drone names
+HEARTBEATS = NAMESPACE + "heartbeats"    # zset: drone -> last heartbeat (ms)
+EVENTS = NAMESPACE + "events"            # stream: every state change
+STATS = NAMESPACE + "stats"              # hash: counters (stale, reclaimed, ...)
+LEADER = NAMESPACE + "orchestrator:leader"
+HEALING = NAMESPACE + "healing"          # hash: drone -> JSON of its heal record
+META = NAMESPACE + "meta"                # hash: sync time, world size, ...
+
+STATES = ("needed", "delegated", "built", "failed", "blocked")
+
+
+def state_set(state: str) -> str:
+    """Set of the CPVs in one state."""
+    return f"{NAMESPACE}queue:{state}"
+
+
+def job(cpv: str) -> str:
+    return JOB_PREFIX + cpv
+
+
+def job_gates(cpv: str) -> str:
+    return JOB_PREFIX + cpv + JOB_GATES
+
+
+def job_dependents(cpv: str) -> str:
+    return JOB_PREFIX + cpv + JOB_DEPENDENTS
+
+
+def job_blame(cpv: str) -> str:
+    return JOB_PREFIX + cpv + JOB_BLAME
+
+
+def job_avoid(cpv: str) -> str:
+    return JOB_PREFIX + cpv + JOB_AVOID
+
+
+def job_tails(cpv: str) -> str:
+    return JOB_PREFIX + cpv + JOB_TAILS
+
+
+def drone(name: str) -> str:
+    return DRONE_PREFIX + name
+
+
+def drone_jobs(name: str) -> str:
+    return DRONE_PREFIX + name + DRONE_JOBS
+
+
+def history(cp: str) -> str:
+    """List of recent build durations of a package (JSON records)."""
+    return HISTORY_PREFIX + cp
+
+
+#: The fixed keys every queue script receives, in this order.
+QUEUE_KEYS: tuple[str, ...] = (
+    READY,
+    state_set("needed"),
+    state_set("delegated"),
+    state_set("built"),
+    state_set("failed"),
+    state_set("blocked"),
+    EVENTS,
+    HEARTBEATS,
+    STATS,
+    SEQ,
+)
+
+
+def job_keys(cpv: str) -> list[str]:
+    """All keys of one job (for deletion)."""
+    return [job(cpv), job_gates(cpv), job_dependents(cpv), job_blame(cpv), job_avoid(cpv), job_tails(cpv)]

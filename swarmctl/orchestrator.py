@@ -1,0 +1,143 @@
+"""The orchestrator: one active leader running the maintenance loop.
+
+Each sweep reclaims the work of offline drones (self-healing level 1), flags
+hung or overdue builds, and hands grounded or silent drones to the healing
+policy (levels 2 and 3 are Ansible playbooks run by an executor). A second
+orchestrator waits as a hot standby and takes the lease when the leader dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import redis
+
+from swarmctl import keys
+from swarmctl.backoff import delays
+from swarmctl.config import Config
+from swarmctl.connection import TRANSIENT
+from swarmctl.drones import DroneInfo, DroneRegistry
+from swarmctl.events import Events
+from swarmctl.queue import Queue
+from swarmctl.scripts import Scripts
+
+log = logging.getLogger("swarmctl.orchestrator")
+
+
+class Healer(Protocol):
+    """Decides and acts on drones that need more than reclaiming (see swarmctl.healing)."""
+
+    def consider(self, drones: list[DroneInfo]) -> None: ...
+
+
+@dataclass
+class SweepReport:
+    reclaimed: dict[str, list[str]] = field(default_factory=dict)
+    overdue: list[str] = field(default_factory=list)
+
+
+class Orchestrator:
+    """Leader election plus the periodic maintenance sweep."""
+
+    def __init__(self, client: redis.Redis, config: Config, healer: Healer | None = None,
+                 ident: str | None = None) -> None:
+        self.redis = client
+        self.config = config
+        self.queue = Queue(client, config)
+        self.registry = DroneRegistry(client, config)
+        self.events = Events(client, config.queue.events_max)
+        self.scripts = Scripts(client)
+        self.healer = healer
+        self.id = ident or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stop = threading.Event()
+        self.is_leader = False
+        self._overdue_flagged: set[str] = set()
+
+    def hold_lease(self) -> bool:
+        """Take or renew the leader lease; True while this process leads."""
+        ttl_ms = int(self.config.orchestrator.leader_ttl * 1000)
+        leading = bool(self.scripts.leader(keys=[keys.LEADER], args=[self.id, ttl_ms]))
+        if leading and not self.is_leader:
+            self.events.emit("leader", reason=f"orchestrator {self.id} took the lead")
+            log.info("took the leader lease as %s", self.id)
+        self.is_leader = leading
+        return leading
+
+    def resign(self) -> None:
+        if self.is_leader:
+            self.scripts.resign(keys=[keys.LEADER], args=[self.id])
+            self.is_leader = False
+
+    def sweep(self) -> SweepReport:
+        """One maintenance pass (leader only)."""
+        report = SweepReport()
+        offline_after = self.config.orchestrator.offline_after
+        for name in self.registry.offline(offline_after):
+            taken = self.queue.reclaim(name, offline_after, f"drone offline for over {offline_after:.0f} s")
+            if taken:
+                report.reclaimed[name] = taken
+                log.warning("reclaimed %d job(s) from offline drone %s", len(taken), name)
+        drones = self.registry.list(offline_after)
+        report.overdue = self._flag_overdue(drones)
+        if self.healer is not None:
+            try:
+                self.healer.consider(drones)
+            except Exception:  # a healing bug must not stop reclaiming
+                log.exception("healing policy failed")
+        return report
+
+    def _flag_overdue(self, drones: list[DroneInfo]) -> list[str]:
+        """Events for builds running far past their estimate (once per build)."""
+        factor = self.config.drone.overdue_factor
+        now = self.registry.server_time()
+        flagged = []
+        for drone in drones:
+            if drone.status != "building" or not drone.task or not drone.task_started:
+                continue
+            marker = f"{drone.name}:{drone.task}:{drone.task_started}"
+            estimate = float(self.redis.hget(keys.job(drone.task), "estimate") or 0)
+            if estimate and now - drone.task_started > factor * estimate and marker not in self._overdue_flagged:
+                self._overdue_flagged.add(marker)
+                self.events.emit("overdue", job=drone.task, drone=drone.name,
+                                 reason=f"running {now - drone.task_started:.0f} s, estimate {estimate:.0f} s")
+                flagged.append(drone.task)
+        return flagged
+
+    def run(self, on_tick: Callable[[SweepReport | None], None] | None = None) -> None:
+        """Loop until ``stop`` is set: lead when possible, sweep every interval."""
+        interval = self.config.orchestrator.interval
+        waits = None
+        while not self.stop.is_set():
+            try:
+                report = self.sweep() if self.hold_lease() else None
+                waits = None
+                if on_tick is not None:
+                    on_tick(report)
+                self.stop.wait(interval)
+            except TRANSIENT as exc:
+                waits = waits or delays(base=0.5, cap=15.0)
+                wait = next(waits)
+                log.warning("Redis unavailable (%s); retrying in %.1f s", exc, wait)
+                self.is_leader = False
+                self.stop.wait(wait)
+        with suppress(*TRANSIENT):
+            self.resign()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
+    """Poll until ``predicate`` holds or ``timeout`` passes (for tools and tests)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()

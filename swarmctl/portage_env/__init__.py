@@ -1,0 +1,1 @@
+"""Running real portage (from PyPI) in self-contained prefixes."""

@@ -1,0 +1,321 @@
+"""A self-contained portage prefix: one per drone, per binhost, per test.
+
+Portage installed from PyPI (``pip install portage``) runs on any Linux once it
+is pointed at a prefix with ``PORTAGE_OVERRIDE_EPREFIX``: configuration, the
+installed-package database (vdb), build directories, locks and the installed
+files then all live below that one directory, so a drone never touches the
+host's ``/etc/portage`` or ``/var/db/pkg``.
+
+Layout written by :func:`make_prefix` (``E`` is the prefix root)::
+
+    E/etc/portage/make.conf            one variable per line, see _make_conf()
+    E/etc/portage/make.profile  ->     REPO/profiles/<profile>
+    E/etc/portage/repos.conf/swarm.conf
+    E/etc/portage/binrepos.conf        only when a binhost URL is given
+    E/share/portage/config/make.globals       -> VENV/share/portage/config/make.globals
+    E/share/portage/config/sets/portage.conf  -> VENV/share/portage/config/sets/portage.conf
+    E/var/db/pkg  E/var/cache/{binpkgs,distfiles,edb}  E/var/tmp  E/var/lib/portage/world
+
+About the two links into the venv: portage installed as a Python module looks for
+its global defaults in ``$EPREFIX/share/portage/config`` and, with
+``PORTAGE_OVERRIDE_EPREFIX`` set, that is inside the prefix, not the venv where the
+wheel put them. Every prefix therefore gets a symlink to the venv's one copy.
+Consequences, all deliberate:
+
+* all prefixes made from one venv share byte-identical ``make.globals`` content,
+  which is what makes a single shared file work; anything per prefix (PKGDIR,
+  FEATURES, binhost) goes into that prefix's ``make.conf``, which overrides
+  ``make.globals``;
+* the shared file is never written through a link: links are (re)created with
+  ``symlink`` to a temporary name plus ``rename``, which replaces the link itself
+  atomically, so many prefixes can be created concurrently from many processes
+  and re-running :func:`make_prefix` is idempotent;
+* a portage upgrade in the venv is seen by every prefix at once (no stale copies).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger("swarmctl.portage_env.prefix")
+
+#: FEATURES that need a Gentoo host (sandbox, portage user, gpg, namespaces) are off.
+FEATURES = (
+    "-sandbox -usersandbox -userpriv -usersync -userfetch -network-sandbox -pid-sandbox "
+    "-ipc-sandbox -binpkg-signing -gpg-keepalive -news -merge-wait"
+)
+
+#: The binrepos.conf section name a prefix uses for the swarm's binhost.
+BINREPO_NAME = "swarm"
+
+#: Variables inherited from the caller that would redirect portage elsewhere.
+_SCRUBBED_ENV = (
+    "ROOT", "SYSROOT", "EPREFIX", "BROOT", "PORTAGE_CONFIGROOT", "PORTAGE_OVERRIDE_EPREFIX",
+    "PKGDIR", "DISTDIR", "PORTAGE_TMPDIR", "PORTAGE_BINHOST", "PORTAGE_REPOSITORIES",
+    "PORTDIR", "PORTDIR_OVERLAY", "FEATURES", "USE", "EMERGE_DEFAULT_OPTS", "BINPKG_FORMAT",
+    "PYTHONPATH", "PYTHONHOME",
+)
+_SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_GLOBAL_CONFIG = Path("share/portage/config")
+
+
+@dataclass(frozen=True)
+class PortagePrefix:
+    """A prefix made by :func:`make_prefix`; paths and the environment to run portage in.
+
+    Attributes:
+        root: The prefix directory (EPREFIX).
+        repo: The ebuild repository this prefix builds from.
+        repo_name: That repository's name (``profiles/repo_name``).
+        venv: The Python environment whose portage runs here.
+        binhost_url: Base URL of the binhost in binrepos.conf, if any.
+    """
+
+    root: Path
+    repo: Path
+    repo_name: str
+    venv: Path
+    binhost_url: str | None = None
+
+    @property
+    def pkgdir(self) -> Path:
+        """Where ``--buildpkg`` writes packages and ``--getbinpkg`` caches them."""
+        return self.root / "var/cache/binpkgs"
+
+    @property
+    def distdir(self) -> Path:
+        """Where source tarballs are fetched to."""
+        return self.root / "var/cache/distfiles"
+
+    @property
+    def tmpdir(self) -> Path:
+        """PORTAGE_TMPDIR: build directories live in ``tmpdir/portage``."""
+        return self.root / "var/tmp"
+
+    @property
+    def vdb(self) -> Path:
+        """The installed-package database."""
+        return self.root / "var/db/pkg"
+
+    @property
+    def config_dir(self) -> Path:
+        """``E/etc/portage``."""
+        return self.root / "etc/portage"
+
+    @property
+    def world_file(self) -> Path:
+        """The prefix's own world file (``--oneshot`` builds never add to it)."""
+        return self.root / "var/lib/portage/world"
+
+    @property
+    def bindir(self) -> Path:
+        """The venv's bin directory holding emerge, ebuild and emaint."""
+        return self.venv / "bin"
+
+    def tool(self, name: str) -> str:
+        """Absolute path of one of portage's launchers (``emerge``, ``emaint``...)."""
+        return str(self.bindir / name)
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The environment for portage subprocesses running in this prefix.
+
+        Args:
+            base: Environment to start from (default: ``os.environ``). Variables that
+                would point portage at another root or config are removed from it.
+
+        Returns:
+            A new dict: ``PORTAGE_OVERRIDE_EPREFIX`` set to the prefix, ``PATH`` with
+            the venv's bin first, a C.UTF-8 locale so log messages are stable.
+        """
+        env = dict(os.environ if base is None else base)
+        for name in _SCRUBBED_ENV:
+            env.pop(name, None)
+        inherited = env.get("PATH") or _SYSTEM_PATH
+        parts = [str(self.bindir)] + [p for p in inherited.split(os.pathsep) if p and p != str(self.bindir)]
+        env["PATH"] = os.pathsep.join(parts)
+        env["PORTAGE_OVERRIDE_EPREFIX"] = str(self.root)
+        env["LC_ALL"] = "C.UTF-8"
+        env["LANG"] = "C.UTF-8"
+        env.setdefault("HOME", str(self.root / "var/tmp"))
+        return env
+
+
+def default_venv() -> Path:
+    """The environment of the running interpreter (where portage is installed)."""
+    return Path(sys.prefix)
+
+
+def make_prefix(
+    root: Path,
+    repo: Path,
+    binhost_url: str | None = None,
+    *,
+    venv: Path | None = None,
+    profile: str = "default/linux/amd64",
+    make_conf: Mapping[str, str] | None = None,
+    pkgdir: Path | None = None,
+) -> PortagePrefix:
+    """Create (or refresh) a self-contained portage prefix.
+
+    Safe to call again on an existing prefix: configuration files are rewritten
+    atomically and the vdb, packages and world file are kept.
+
+    Args:
+        root: Prefix directory; created if missing.
+        repo: An ebuild repository with ``profiles/repo_name`` and the profile below
+            ``profiles/<profile>`` (e.g. the bundled overlay, see
+            :func:`swarmctl.overlay.install_overlay`).
+        binhost_url: Base URL of a binhost for ``--getbinpkg``; written to
+            ``binrepos.conf`` with ``verify-signature = false`` (the swarm's binhost
+            verifies SHA256 and the gpkg Manifest instead of GPG signatures).
+        venv: Environment with portage installed (default: the running one).
+        profile: Profile path inside ``repo/profiles``.
+        make_conf: Extra ``make.conf`` variables (e.g. ``{"MAKEOPTS": "-j2"}``); they
+            override the defaults written here.
+        pkgdir: Use this PKGDIR instead of ``root/var/cache/binpkgs``.
+
+    Returns:
+        The prefix.
+
+    Raises:
+        FileNotFoundError: ``repo`` has no ``profiles/repo_name``, the profile is
+            missing, or the venv has no portage config to link.
+        ValueError: ``binhost_url`` is not an http(s) or file URL.
+    """
+    root = Path(root).absolute()
+    repo = Path(repo).absolute()
+    venv = Path(venv if venv is not None else default_venv()).absolute()
+    repo_name_file = repo / "profiles/repo_name"
+    if not repo_name_file.is_file():
+        raise FileNotFoundError(f"{repo} is not an ebuild repository (no profiles/repo_name)")
+    repo_name = repo_name_file.read_text(encoding="utf-8").strip()
+    profile_dir = repo / "profiles" / profile
+    if not profile_dir.is_dir():
+        raise FileNotFoundError(f"profile {profile} not found in {repo}/profiles")
+    if binhost_url is not None and not binhost_url.startswith(("http://", "https://", "file://")):
+        raise ValueError(f"binhost URL must be http://, https:// or file://, got {binhost_url!r}")
+
+    prefix = PortagePrefix(root=root, repo=repo, repo_name=repo_name, venv=venv,
+                           binhost_url=binhost_url)
+    for directory in (
+        prefix.config_dir / "repos.conf", prefix.vdb, prefix.distdir, prefix.tmpdir,
+        root / "var/cache/edb", root / "var/lib/portage", root / _GLOBAL_CONFIG / "sets",
+        pkgdir if pkgdir is not None else prefix.pkgdir,
+    ):
+        directory.mkdir(parents=True, exist_ok=True)
+
+    link_global_config(root, venv)
+    _replace_symlink(prefix.config_dir / "make.profile", profile_dir)
+    settings = _make_conf(prefix, pkgdir)
+    settings.update(make_conf or {})
+    _write_atomic(prefix.config_dir / "make.conf", "".join(
+        f'{key}="{_quote(value)}"\n' for key, value in settings.items()))
+    _write_atomic(prefix.config_dir / "repos.conf/swarm.conf",
+                  f"[DEFAULT]\nmain-repo = {repo_name}\n\n[{repo_name}]\nlocation = {repo}\n")
+    binrepos = prefix.config_dir / "binrepos.conf"
+    if binhost_url is None:
+        with contextlib.suppress(FileNotFoundError):
+            binrepos.unlink()
+    else:
+        _write_atomic(binrepos, binrepos_conf(binhost_url))
+    counter = root / "var/cache/edb/counter"
+    if not counter.exists():
+        _write_atomic(counter, "100")
+    if not prefix.world_file.exists():
+        _write_atomic(prefix.world_file, "")
+    logger.debug("portage prefix ready at %s (repo %s)", root, repo_name)
+    return prefix
+
+
+def binrepos_conf(url: str) -> str:
+    """The binrepos.conf text for the swarm binhost at ``url``.
+
+    ``verify-signature = false`` because portage >= 3.0.74 refuses unsigned
+    binary packages by default and the swarm's integrity check is the binhost's
+    SHA256 + gpkg Manifest verification plus the index's MD5/SHA1.
+    """
+    return (f"[{BINREPO_NAME}]\npriority = 10\nsync-uri = {url.rstrip('/')}\n"
+            "verify-signature = false\n")
+
+
+def link_global_config(root: Path, venv: Path) -> None:
+    """Point ``root``'s global config (make.globals, sets) at the venv's copies.
+
+    Idempotent and race-free: an existing correct link is left alone, a wrong one is
+    replaced atomically; the venv's files are never opened for writing.
+
+    Raises:
+        FileNotFoundError: The venv has no portage global config.
+    """
+    source = venv / _GLOBAL_CONFIG
+    for relative in ("make.globals", "sets/portage.conf"):
+        target = source / relative
+        if not target.is_file():
+            raise FileNotFoundError(f"{target} missing: is portage installed in {venv}?")
+        _replace_symlink(root / _GLOBAL_CONFIG / relative, target)
+
+
+def _make_conf(prefix: PortagePrefix, pkgdir: Path | None) -> dict[str, str]:
+    return {
+        "FEATURES": FEATURES,
+        "BINPKG_FORMAT": "gpkg",
+        "BINPKG_COMPRESS": "zstd",
+        "PKGDIR": str(pkgdir if pkgdir is not None else prefix.pkgdir),
+        "DISTDIR": str(prefix.distdir),
+        "PORTAGE_TMPDIR": str(prefix.tmpdir),
+        "PORTAGE_USERNAME": "root",
+        "PORTAGE_GRPNAME": "root",
+        "PORTAGE_INST_UID": "0",
+        "PORTAGE_INST_GID": "0",
+        "PORTAGE_TRUST_HELPER": "",
+        "ACCEPT_LICENSE": "*",
+        "CLEAN_DELAY": "0",
+        "EMERGE_WARNING_DELAY": "0",
+    }
+
+
+def _quote(value: str) -> str:
+    if any(c in value for c in '"\\$`\n'):
+        raise ValueError(f"make.conf value must not contain quotes, $, ` or newlines: {value!r}")
+    return value
+
+
+def _replace_symlink(link: Path, target: Path) -> None:
+    with contextlib.suppress(OSError):
+        if os.readlink(link) == str(target):
+            return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    temp = link.with_name(f".{link.name}.{os.getpid()}.{os.urandom(4).hex()}")
+    os.symlink(target, temp)
+    try:
+        os.replace(temp, link)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except OSError:
+        pass
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temp, 0o644)
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise

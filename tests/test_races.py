@@ -1,0 +1,180 @@
+"""Every atomic queue script raced from several real processes against one Redis."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import time
+
+import redis
+
+from swarmctl import keys
+from swarmctl.config import load_config
+from swarmctl.drones import DroneRegistry
+from swarmctl.events import Events
+from swarmctl.graph import JobSpec
+from swarmctl.orchestrator import Orchestrator
+from swarmctl.queue import Queue
+
+WORKERS = 8
+
+
+def _queue(url: str, **overrides: object) -> Queue:
+    config = load_config(environ={"SWARM_REDIS_URL": url}).with_overrides(**overrides)
+    return Queue(redis.Redis.from_url(url, decode_responses=True), config)
+
+
+def _claim_and_complete(url: str, name: str, token: str, start: mp.Barrier) -> list[str]:
+    queue = _queue(url)
+    start.wait()
+    built = []
+    while (claim := queue.claim(name, token)) is not None:
+        if queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok":
+            built.append(claim.cpv)
+    return built
+
+
+def _enroll_all(client: redis.Redis, n: int) -> dict[str, str]:
+    registry = DroneRegistry(client)
+    tokens = {f"d{i}": registry.enroll(f"d{i}") for i in range(n)}
+    for name, token in tokens.items():
+        registry.heartbeat(name, token, {"status": "idle"})
+    return tokens
+
+
+def _run(target, args_list):  # type: ignore[no-untyped-def]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(len(args_list)) as pool:
+        return pool.starmap(target, args_list)
+
+
+def test_eight_processes_claim_1000_jobs_each_built_exactly_once(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    cpvs = [f"app-misc/pkg{i}-1" for i in range(1000)]
+    queue.add([JobSpec(c, estimate=1) for c in cpvs])
+    tokens = _enroll_all(redis_client, WORKERS)
+    barrier = mp.get_context("fork").Manager().Barrier(WORKERS)
+    results = _run(_claim_and_complete, [(redis_url, n, t, barrier) for n, t in tokens.items()])
+    built = [c for r in results for c in r]
+    assert sorted(built) == sorted(cpvs)  # every job once, none twice
+    assert sum(1 for r in results if r) >= 2  # the work really was shared
+    assert queue.counts()["built"] == 1000
+    claimed = [e for e in Events(redis_client, 100000).since() if e.kind == "claimed"]
+    assert len(claimed) == 1000
+
+
+def _complete_late(url: str, name: str, token: str, start: mp.Barrier) -> tuple[int, int]:
+    """Claim, sleep a little, then complete: races the reclaimer below."""
+    queue = _queue(url)
+    start.wait()
+    ok = stale = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        claim = queue.claim(name, token)
+        if claim is None:
+            if queue.counts()["built"] == 300:
+                break
+            time.sleep(0.005)
+            continue
+        time.sleep(random.random() / 500)
+        outcome = queue.complete(claim.cpv, name, token, claim.lease, 0.0)
+        ok += outcome == "ok"
+        stale += outcome == "stale"
+    return ok, stale
+
+
+def _reclaimer(url: str, names: list[str], start: mp.Barrier) -> int:
+    queue = _queue(url)
+    start.wait()
+    taken = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and queue.counts()["built"] < 300:
+        taken += len(queue.reclaim(random.choice(names), None, "race"))
+    return taken
+
+
+def test_reclaim_racing_completions_never_double_builds(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    queue.add([JobSpec(f"app-misc/r{i}-1", estimate=1) for i in range(300)])
+    tokens = _enroll_all(redis_client, 6)
+    barrier = mp.get_context("fork").Manager().Barrier(8)
+    args = [(redis_url, n, t, barrier) for n, t in tokens.items()]
+    ctx = mp.get_context("fork")
+    with ctx.Pool(8) as pool:
+        reclaimers = [pool.apply_async(_reclaimer, (redis_url, list(tokens), barrier)) for _ in range(2)]
+        builders = pool.starmap(_complete_late, args)
+        taken = sum(r.get() for r in reclaimers)
+    ok = sum(b[0] for b in builders)
+    stale = sum(b[1] for b in builders)
+    assert ok == 300  # each job applied once
+    assert queue.counts()["built"] == 300
+    assert int(redis_client.hget(keys.STATS, "stale") or 0) == stale
+    assert taken > 0  # the race really happened
+
+
+def _add_overlapping(url: str, offset: int, start: mp.Barrier) -> int:
+    queue = _queue(url)
+    start.wait()
+    specs = [JobSpec(f"app-misc/o{i}-1", build=[f"app-misc/o{i - 1}-1"] if i else []) for i in range(offset, 200)]
+    return len(queue.add(specs).added)
+
+
+def test_concurrent_adds_add_each_job_once(redis_client: redis.Redis, redis_url: str) -> None:
+    barrier = mp.get_context("fork").Manager().Barrier(WORKERS)
+    added = _run(_add_overlapping, [(redis_url, i * 10, barrier) for i in range(WORKERS)])
+    assert sum(added) == 200
+    queue = _queue(redis_url)
+    assert queue.counts() | {"ready": 1} == {"needed": 200, "delegated": 0, "built": 0, "failed": 0,
+                                             "blocked": 0, "ready": 1, "waiting": 199}
+    assert queue.counts()["ready"] == 1  # only the chain's head is claimable
+
+
+def _fail_everything(url: str, name: str, token: str, start: mp.Barrier) -> list[str]:
+    queue = _queue(url)
+    start.wait()
+    outcomes = []
+    while (claim := queue.claim(name, token)) is not None:
+        outcomes.append(queue.fail(claim.cpv, name, token, claim.lease, "build", "boom", "tail")[0])
+    return outcomes
+
+
+def test_concurrent_failures_block_each_package_once(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url, breaker__failures=10_000)
+    queue.add([JobSpec(f"app-misc/b{i}-1") for i in range(100)])
+    tokens = _enroll_all(redis_client, 4)
+    barrier = mp.get_context("fork").Manager().Barrier(4)
+    outcomes = [o for r in _run(_fail_everything, [(redis_url, n, t, barrier) for n, t in tokens.items()]) for o in r]
+    assert outcomes.count("blocked") == 100
+    assert queue.counts()["blocked"] == 100
+    for job in queue.jobs("blocked"):
+        assert len(queue.tails(job.cpv)) == 2
+
+
+def _contend_for_lead(url: str, ident: str, start: mp.Barrier) -> list[tuple[float, float, str]]:
+    """Record the intervals in which this process believed it led."""
+    config = load_config(environ={"SWARM_REDIS_URL": url}).with_overrides(orchestrator__leader_ttl=0.3)
+    orch = Orchestrator(redis.Redis.from_url(url, decode_responses=True), config, ident=ident)
+    start.wait()
+    held: list[tuple[float, float, str]] = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        if orch.hold_lease():
+            began = time.time()
+            time.sleep(random.random() / 20)  # well inside the 0.3 s lease
+            held.append((began, time.time(), ident))
+            if random.random() < 0.3:
+                orch.resign()
+        time.sleep(random.random() / 50)
+    return held
+
+
+def test_leader_lease_has_one_holder_at_a_time(redis_client: redis.Redis, redis_url: str) -> None:
+    barrier = mp.get_context("fork").Manager().Barrier(4)
+    spans = sorted(s for r in _run(_contend_for_lead, [(redis_url, f"o{i}", barrier) for i in range(4)])
+                   for s in r)
+    assert len({ident for _, _, ident in spans}) >= 2  # the lead really changed hands
+    latest_end: dict[str, float] = {}
+    for began, ended, ident in spans:
+        others = [end for who, end in latest_end.items() if who != ident]
+        assert not others or began >= max(others), "two orchestrators led at once"
+        latest_end[ident] = max(ended, latest_end.get(ident, 0.0))
