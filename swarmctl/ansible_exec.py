@@ -33,6 +33,8 @@ SECRET_NAME_RE = re.compile(r"token|passw|secret|key|vault|credential", re.IGNOR
 MASK = "********"
 #: Longest failure message kept per host in a summary line.
 MAX_MSG = 240
+#: The repo's roles, always on the roles path (playbooks outside the repo may use them).
+REPO_ROLES = Path(__file__).resolve().parents[1] / "roles"
 
 
 @dataclass(frozen=True)
@@ -248,7 +250,8 @@ def _environment(data_dir: Path, play_path: Path) -> dict[str, str]:
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
     }
-    roles = [str(p) for p in (play_path.parent / "roles", play_path.parent.parent / "roles") if p.is_dir()]
+    candidates = (play_path.parent / "roles", play_path.parent.parent / "roles", REPO_ROLES)
+    roles = list(dict.fromkeys(str(p) for p in candidates if p.is_dir()))
     if os.environ.get("ANSIBLE_ROLES_PATH"):
         roles.append(os.environ["ANSIBLE_ROLES_PATH"])
     if roles:

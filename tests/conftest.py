@@ -118,8 +118,8 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture
-def swarm_env(redis_url: str, tmp_path: Path) -> dict[str, str]:
-    """Environment for swarmctl subprocesses: the test Redis, private XDG dirs."""
+def swarm_env(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> dict[str, str]:
+    """Environment for swarmctl subprocesses: the test Redis (emptied), private XDG dirs."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
     env.update({
         "SWARM_REDIS_URL": redis_url,
@@ -146,3 +146,47 @@ def run_cli(args: list[str], env: dict[str, str], check: bool = True,
     if check and proc.returncode != 0:
         raise AssertionError(f"swarmctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+class Spawner:
+    """Starts swarmctl subprocesses and always stops them at teardown."""
+
+    def __init__(self, env: dict[str, str], logdir: Path) -> None:
+        self.env = env
+        self.logdir = logdir
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __call__(self, args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed with the process)
+        proc = subprocess.Popen([*SWARMCTL, *args], env={**self.env, **(env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
+        proc.log_path = log.name  # type: ignore[attr-defined]
+        self.procs.append(proc)
+        return proc
+
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def spawn(swarm_env: dict[str, str], tmp_path: Path) -> Iterator[Spawner]:
+    spawner = Spawner(swarm_env, tmp_path)
+    yield spawner
+    spawner.stop_all()
+
+
+def wait_until(predicate, timeout: float, step: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll until predicate() is truthy; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(step)

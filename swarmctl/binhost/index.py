@@ -298,7 +298,7 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
     Raises:
         BinhostIndexError: emaint failed (the previous index is left in place).
     """
-    from swarmctl.portage_env.prefix import make_prefix  # portage tooling only here
+    from swarmctl.portage_env.prefix import load_prefix, make_prefix  # portage tooling only here
 
     pkgdir = Path(pkgdir).absolute()
     store = IndexStore(pkgdir)
@@ -307,17 +307,20 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
             from swarmctl.overlay import install_overlay
 
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-reindex-")))
-            prefix = make_prefix(scratch / "prefix", install_overlay(scratch / "repo"),
-                                 make_conf={"FEATURES": _reindex_features()})
+            prefix = make_prefix(scratch / "prefix", install_overlay(scratch / "repo"))
         else:
-            prefix = make_prefix(Path(prefix_root), _repo_of(Path(prefix_root)),
-                                 make_conf={"FEATURES": _reindex_features()})
+            try:
+                prefix = load_prefix(Path(prefix_root))
+            except FileNotFoundError as exc:
+                raise BinhostIndexError(str(exc)) from None
         with store.locked():
             aside = pkgdir / f".{INDEX_NAME}.before-reindex"
             if full and store.path.exists():
                 os.replace(store.path, aside)
             env = prefix.env()
             env["PKGDIR"] = str(pkgdir)
+            # Incremental on top of make.conf: one plain Packages, built from the files.
+            env["FEATURES"] = "-compress-index -pkgdir-index-trusted"
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
@@ -336,21 +339,6 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
                     entry["SHA256"] = FileDigests.of(file_path).sha256
             store.save(index)
             return len(index.entries)
-
-
-def _reindex_features() -> str:
-    from swarmctl.portage_env.prefix import FEATURES
-
-    # One plain Packages file, rebuilt from the package files themselves.
-    return f"{FEATURES} -compress-index -pkgdir-index-trusted"
-
-
-def _repo_of(root: Path) -> Path:
-    conf = root / "etc/portage/repos.conf/swarm.conf"
-    for line in conf.read_text(encoding="utf-8").splitlines():
-        if line.strip().startswith("location"):
-            return Path(line.split("=", 1)[1].strip())
-    raise BinhostIndexError(f"{root} is not a swarm portage prefix (no repos.conf/swarm.conf)")
 
 
 def _blocks(text: str) -> Iterator[dict[str, str]]:

@@ -234,6 +234,34 @@ def make_prefix(
     return prefix
 
 
+def load_prefix(root: Path, venv: Path | None = None) -> PortagePrefix:
+    """Describe an existing prefix made by :func:`make_prefix` (nothing is written).
+
+    Raises:
+        FileNotFoundError: ``root`` is not such a prefix.
+    """
+    root = Path(root).absolute()
+    conf = root / "etc/portage/repos.conf/swarm.conf"
+    try:
+        lines = conf.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        raise FileNotFoundError(f"{root} is not a build-swarm portage prefix (no {conf})") from None
+    repo = next((Path(line.split("=", 1)[1].strip()) for line in lines
+                 if line.strip().startswith("location")), None)
+    if repo is None:
+        raise FileNotFoundError(f"{conf} names no repository location")
+    binhost_url = None
+    with contextlib.suppress(OSError):
+        for line in (root / "etc/portage/binrepos.conf").read_text(encoding="utf-8").splitlines():
+            key, sep, value = line.partition("=")
+            if sep and key.strip() == "sync-uri":
+                binhost_url = value.strip()
+    repo_name = (repo / "profiles/repo_name").read_text(encoding="utf-8").strip()
+    return PortagePrefix(root=root, repo=repo, repo_name=repo_name,
+                         venv=Path(venv if venv is not None else default_venv()).absolute(),
+                         binhost_url=binhost_url)
+
+
 def binrepos_conf(url: str) -> str:
     """The binrepos.conf text for the swarm binhost at ``url``.
 

@@ -1,0 +1,114 @@
+"""The command line as a user runs it: one-line errors, stable JSON, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import free_port, run_cli
+
+
+def test_queue_add_list_json(swarm_env: dict[str, str]) -> None:
+    run_cli(["queue", "add", "sys-libs/zlib-1.3"], swarm_env)
+    run_cli(["queue", "add", "dev-libs/libxml2-2.13", "--after", "sys-libs/zlib-1.3"], swarm_env)
+    jobs = json.loads(run_cli(["queue", "list", "--json"], swarm_env).stdout)
+    by_cpv = {j["cpv"]: j for j in jobs}
+    assert by_cpv["dev-libs/libxml2-2.13"]["after"] == ["sys-libs/zlib-1.3"]
+    for job in jobs:
+        assert {"cpv", "state", "drone", "attempts", "after"} <= job.keys()
+        assert job["state"] == "needed" and job["drone"] is None and job["attempts"] == 0
+    needed = json.loads(run_cli(["queue", "list", "--state", "built", "--json"], swarm_env).stdout)
+    assert needed == []
+
+
+def test_bad_atom_is_one_line_and_nothing_is_added(swarm_env: dict[str, str]) -> None:
+    proc = run_cli(["queue", "add", "app-misc/ok-1", "app-misc/x-1;reboot"], swarm_env, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("\n") == 1 and "not a valid Gentoo package" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert json.loads(run_cli(["queue", "list", "--json"], swarm_env).stdout) == []
+
+
+def test_unreachable_redis_is_one_clear_line(swarm_env: dict[str, str]) -> None:
+    env = {**swarm_env, "SWARM_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    for args in (["queue", "list"], ["drones", "--json"], ["drone", "enroll", "x"]):
+        proc = run_cli(args, env, check=False)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("error: cannot reach redis://127.0.0.1:")
+        assert proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_password_never_shown_in_errors(swarm_env: dict[str, str]) -> None:
+    env = {**swarm_env, "SWARM_REDIS_URL": f"redis://:hunter2secret@127.0.0.1:{free_port()}/0"}
+    proc = run_cli(["queue", "list"], env, check=False)
+    assert proc.returncode == 2 and "hunter2secret" not in proc.stderr + proc.stdout
+
+
+def test_malformed_config_names_the_key(swarm_env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "swarm.yml"
+    bad.write_text("breaker:\n  failures: five\n")
+    proc = run_cli(["--config", str(bad), "queue", "list"], swarm_env, check=False)
+    assert proc.returncode == 1 and "breaker.failures must be int" in proc.stderr
+    bad.write_text("breaker:\n  falures: 5\n")
+    proc = run_cli(["--config", str(bad), "queue", "list"], swarm_env, check=False)
+    assert "unknown key breaker.falures" in proc.stderr
+    bad.write_text("breaker: [\n")
+    proc = run_cli(["--config", str(bad), "queue", "list"], swarm_env, check=False)
+    assert proc.returncode == 1 and "not valid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_enroll_revoke_and_drones_json(swarm_env: dict[str, str]) -> None:
+    token = run_cli(["drone", "enroll", "drone-Izar"], swarm_env).stdout.strip()
+    assert len(token) >= 40
+    fleet = json.loads(run_cli(["drones", "--json"], swarm_env).stdout)
+    assert [d["name"] for d in fleet] == ["drone-Izar"]
+    keys = {"name", "status", "task", "cpu", "mem", "heartbeat_age", "failures", "grounded_until"}
+    assert keys <= fleet[0].keys() and fleet[0]["status"] == "offline"
+    assert token not in json.dumps(fleet)
+    run_cli(["drone", "revoke", "drone-Izar"], swarm_env)
+    proc = run_cli(["drone", "run", "--name", "drone-Izar", "--token", token, "--command", "true"],
+                   swarm_env, check=False)
+    assert proc.returncode != 0 and "not enrolled, revoked" in proc.stderr
+
+
+def test_ground_and_release(swarm_env: dict[str, str]) -> None:
+    run_cli(["drone", "enroll", "tarn"], swarm_env)
+    run_cli(["drone", "ground", "tarn", "--minutes", "5"], swarm_env)
+    fleet = json.loads(run_cli(["drones", "--json"], swarm_env).stdout)
+    assert fleet[0]["grounded_until"] is not None
+    run_cli(["drone", "release", "tarn"], swarm_env)
+    assert json.loads(run_cli(["drones", "--json"], swarm_env).stdout)[0]["grounded_until"] is None
+    proc = run_cli(["drone", "ground", "nobody"], swarm_env, check=False)
+    assert proc.returncode == 1 and "no drone named 'nobody'" in proc.stderr
+
+
+def test_clear_needs_yes(swarm_env: dict[str, str]) -> None:
+    run_cli(["queue", "add", "app-misc/a-1"], swarm_env)
+    proc = run_cli(["queue", "clear"], swarm_env, check=False)
+    assert proc.returncode != 0 and "--yes" in proc.stderr
+    assert len(json.loads(run_cli(["queue", "list", "--json"], swarm_env).stdout)) == 1
+    run_cli(["queue", "clear", "--yes"], swarm_env)
+    assert json.loads(run_cli(["queue", "list", "--json"], swarm_env).stdout) == []
+
+
+def test_events_json(swarm_env: dict[str, str]) -> None:
+    run_cli(["queue", "add", "app-misc/a-1"], swarm_env)
+    lines = run_cli(["events", "--json"], swarm_env).stdout.splitlines()
+    event = json.loads(lines[-1])
+    assert event["kind"] == "added" and event["job"] == "app-misc/a-1"
+
+
+def test_embedded_server_is_shared_persistent_and_stoppable(swarm_env: dict[str, str], tmp_path: Path) -> None:
+    env = {k: v for k, v in swarm_env.items() if k != "SWARM_REDIS_URL"}
+    run_cli(["queue", "add", "app-misc/a-1"], env)
+    sock = tmp_path / "xdg-data" / "build-swarm" / "redis" / "redis.sock"
+    try:
+        assert sock.exists()
+        listed = json.loads(run_cli(["queue", "list", "--json"], env).stdout)  # a second process sees it
+        assert [j["cpv"] for j in listed] == ["app-misc/a-1"]
+        assert "stopped" in run_cli(["local", "stop"], env).stdout
+        assert run_cli(["local", "status"], env, check=False).returncode == 1
+        listed = json.loads(run_cli(["queue", "list", "--json"], env).stdout)  # restarted from its AOF
+        assert [j["cpv"] for j in listed] == ["app-misc/a-1"]
+    finally:
+        run_cli(["local", "stop"], env, check=False)
