@@ -128,9 +128,7 @@ def run_playbook(
         summary += "; " + mask(_stdout_tail(runner), secrets)
     artifact_dir = Path(runner.config.artifact_dir) if getattr(runner, "config", None) else None
     _prune(root, keep_artifacts, data_dir)
-    return PlaybookResult(
-        ok=ok, rc=rc, status=status, hosts=hosts, summary=summary, artifact_dir=artifact_dir
-    )
+    return PlaybookResult(ok=ok, rc=rc, status=status, hosts=hosts, summary=summary, artifact_dir=artifact_dir)
 
 
 def summarize_events(events: Iterable[Mapping[str, Any]], stats: Mapping[str, Any]) -> dict[str, str]:
@@ -180,10 +178,7 @@ def summarize_events(events: Iterable[Mapping[str, Any]], stats: Mapping[str, An
             state = "ok"
         else:
             state = "skipped"
-        line = (
-            f"{state} ok={count('ok', host)} changed={count('changed', host)} "
-            f"failed={failures} unreachable={dark}"
-        )
+        line = f"{state} ok={count('ok', host)} changed={count('changed', host)} failed={failures} unreachable={dark}"
         if state in ("failed", "unreachable") and host in first_failure:
             line += f" - {first_failure[host]}"
         lines[host] = line
@@ -249,6 +244,10 @@ def _environment(data_dir: Path, play_path: Path) -> dict[str, str]:
         "ANSIBLE_RETRY_FILES_ENABLED": "False",
         "ANSIBLE_NOCOLOR": "1",
         "ANSIBLE_FORCE_COLOR": "0",
+        # One ssh round trip per task instead of three (root logins: no requiretty issue).
+        "ANSIBLE_PIPELINING": os.environ.get("ANSIBLE_PIPELINING", "True"),
+        # The ssh plugin retries a failed connection with exponential backoff.
+        "ANSIBLE_SSH_RETRIES": os.environ.get("ANSIBLE_SSH_RETRIES", "2"),
     }
     candidates = (play_path.parent / "roles", play_path.parent.parent / "roles", REPO_ROLES)
     roles = list(dict.fromkeys(str(p) for p in candidates if p.is_dir()))

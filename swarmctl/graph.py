@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from itertools import pairwise
 
 #: How strongly an edge binds, weakest first: cycles are broken at the weakest edge.
 KIND_STRENGTH = {"post": 0, "run": 1, "build": 2}
@@ -80,48 +79,147 @@ def gates_of(specs: Mapping[str, JobSpec]) -> dict[str, dict[str, str]]:
     return gates
 
 
-def _find_cycle(graph: Mapping[str, Mapping[str, str]]) -> list[str] | None:
-    """One cycle as a list of nodes [a, b, ..., a], or None (iterative DFS)."""
-    colour: dict[str, int] = {}
+def strongly_connected(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one node (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
     for root in graph:
-        if colour.get(root):
+        if root in index:
             continue
-        colour[root] = 1
-        path = [root]
-        iters = [iter(graph[root])]
-        while iters:
-            advanced = False
-            for nxt in iters[-1]:
+        work = [(root, iter(graph[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            for nxt in edges:
                 if nxt not in graph:
                     continue
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(graph[nxt])))
+                    break
+                if nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+            else:
+                work.pop()
+                if work:
+                    parent = work[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                if low[node] == index[node]:
+                    component = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.append(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        found.append(component)
+    return found
+
+
+def _back_edges(nodes: list[str], edges: Mapping[str, list[str]]) -> list[tuple[str, str]]:
+    """Edges that close a cycle in one depth-first pass; removing them all leaves a DAG."""
+    colour: dict[str, int] = {}
+    back: list[tuple[str, str]] = []
+    for root in nodes:
+        if root in colour:
+            continue
+        colour[root] = 1
+        work = [(root, iter(edges.get(root, ())))]
+        while work:
+            node, it = work[-1]
+            for nxt in it:
                 state = colour.get(nxt, 0)
                 if state == 1:
-                    return [*path[path.index(nxt):], nxt]
-                if state == 0:
+                    back.append((node, nxt))
+                elif state == 0:
                     colour[nxt] = 1
-                    path.append(nxt)
-                    iters.append(iter(graph[nxt]))
-                    advanced = True
+                    work.append((nxt, iter(edges.get(nxt, ()))))
                     break
-            if not advanced:
-                colour[path.pop()] = 2
-                iters.pop()
-    return None
+            else:
+                colour[node] = 2
+                work.pop()
+    return back
+
+
+def _topological_rank(nodes: list[str], edges: Mapping[str, list[str]]) -> dict[str, int]:
+    """Position of each node in an order where a job comes after every job it waits for."""
+    waiting_on = {n: 0 for n in nodes}
+    dependents: dict[str, list[str]] = {n: [] for n in nodes}
+    for job in nodes:
+        for gate in edges.get(job, ()):
+            waiting_on[job] += 1
+            dependents[gate].append(job)
+    order = [n for n in nodes if waiting_on[n] == 0]
+    for node in order:
+        for job in dependents[node]:
+            waiting_on[job] -= 1
+            if waiting_on[job] == 0:
+                order.append(job)
+    return {n: i for i, n in enumerate(order)}
+
+
+def _break_component(component: list[str], gates: dict[str, dict[str, str]],
+                     strength: Mapping[str, int]) -> list[BrokenEdge]:
+    """Make one strongly connected component acyclic, keeping the strongest gates.
+
+    Gates are taken strongest kind first. Within the strongest kind, cycles are
+    broken at the back edges of one depth-first pass. Every weaker gate is kept
+    when it agrees with a topological order of the gates kept so far (so it can
+    close no cycle) and dropped otherwise. Linear in the component's size.
+    """
+    members = set(component)
+    nodes = sorted(component)
+    inner = [(job, gate, kind) for job in nodes for gate, kind in sorted(gates[job].items()) if gate in members]
+    broken: list[BrokenEdge] = []
+    kept: dict[str, list[str]] = {}
+    levels = sorted({strength[kind] for _, _, kind in inner}, reverse=True)
+    for level in levels:
+        batch = [(job, gate, kind) for job, gate, kind in inner if strength[kind] == level]
+        if level == levels[0]:
+            for job, gate, _ in batch:
+                kept.setdefault(job, []).append(gate)
+            drop = set(_back_edges(nodes, kept))
+            for job, gate in sorted(drop):
+                kept[job].remove(gate)
+        else:
+            rank = _topological_rank(nodes, kept)
+            drop = {(job, gate) for job, gate, _ in batch if rank[gate] > rank[job]}
+            for job, gate, _ in batch:
+                if (job, gate) not in drop:
+                    kept.setdefault(job, []).append(gate)
+        for job, gate in sorted(drop):
+            broken.append(BrokenEdge(job=job, gate=gate, kind=gates[job].pop(gate)))
+    return broken
 
 
 def break_cycles(gates: dict[str, dict[str, str]],
                  strength: Mapping[str, int] = KIND_STRENGTH) -> list[BrokenEdge]:
-    """Remove the weakest gate of every cycle, in place; return what was removed.
+    """Make the gate graph acyclic, in place, dropping weak gates first; return what was dropped.
 
-    Never drops a job: only the edge that made one job wait for another.
-    ``strength`` ranks edge kinds (weakest dropped first).
+    Never drops a job: only gates (one job waiting for another). Cycles are found
+    as strongly connected components; within each, a gate of a weaker kind
+    (``strength`` ranks them, e.g. post < run < build) is dropped before a
+    stronger one, and a gate of the strongest kind only when the cycle has
+    nothing weaker (see ``_break_component``).
     """
     broken: list[BrokenEdge] = []
-    while (cycle := _find_cycle(gates)) is not None:
-        edges = list(pairwise(cycle))
-        job, gate = min(edges, key=lambda e: strength[gates[e[0]][e[1]]])
-        broken.append(BrokenEdge(job=job, gate=gate, kind=gates[job].pop(gate)))
+    for component in strongly_connected(gates):
+        broken.extend(_break_component(component, gates, strength))
     return broken
+
+
+def find_cycle(gates: Mapping[str, Iterable[str]]) -> list[str] | None:
+    """The members of one dependency cycle (sorted), or None when the graph is acyclic."""
+    components = strongly_connected(gates)
+    return sorted(components[0]) if components else None
 
 
 def critical_path(gates: Mapping[str, Iterable[str]], estimates: Mapping[str, float]) -> dict[str, float]:

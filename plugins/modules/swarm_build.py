@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: build-swarm contributors
 # MIT License (see pyproject.toml)
 
@@ -135,12 +134,12 @@ would_build:
   elements: str
 """
 
-import threading
-import time
-from pathlib import Path
+import threading  # noqa: E402 - Ansible modules import after their docs
+import time  # noqa: E402 - Ansible modules import after their docs
+from pathlib import Path  # noqa: E402 - Ansible modules import after their docs
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.swarm_core import artifact_dict, require_swarmctl
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - Ansible modules import after their docs
+from ansible.module_utils.swarm_core import artifact_dict, require_swarmctl  # noqa: E402 - Ansible modules import after their docs
 
 
 def _default_log(prefix, cpv):

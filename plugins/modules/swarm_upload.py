@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: build-swarm contributors
 # MIT License (see pyproject.toml)
 
@@ -133,10 +132,10 @@ outcome:
   type: str
 """
 
-from pathlib import Path
+from pathlib import Path  # noqa: E402 - Ansible modules import after their docs
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.swarm_core import require_swarmctl
+from ansible.module_utils.basic import AnsibleModule  # noqa: E402 - Ansible modules import after their docs
+from ansible.module_utils.swarm_core import require_swarmctl  # noqa: E402 - Ansible modules import after their docs
 
 
 def main():

@@ -191,14 +191,20 @@ class BinhostPublisher:
         return outcome
 
 
+#: Refusals that sending the same file again cannot fix.
+PERMANENT_REFUSALS = frozenset({"bad_package", "cpv_mismatch", "too_large", "duplicate", "bad_request"})
+
+
 def outcome_of(verdict: UploadVerdict) -> str:
-    """``ok``, ``stale`` or ``retry-later`` for the daemon."""
+    """``ok``, ``stale``, ``failed`` or ``retry-later`` for the daemon."""
     if verdict.accepted:
         return "stale" if verdict.payload.get("queue") == "stale" else "ok"
     if verdict.code == "not_owner":
         return "stale"
     if verdict.code == "duplicate" and verdict.payload.get("same_content"):
         return "ok"  # an earlier attempt was published; its reply got lost
+    if verdict.code in PERMANENT_REFUSALS:
+        return "failed"  # sending the same file again cannot help: report a failed build
     return "retry-later"
 
 

@@ -101,7 +101,7 @@ def inspect_gpkg(path: Path, settings: Any = None) -> GpkgInfo:
         reader._verify_binpkg()
         raw = reader.get_metadata()
     except Exception as exc:  # portage raises many types (DigestException, tarfile, OSError...)
-        raise GpkgError(f"{Path(path).name}: {_describe(exc)}") from None
+        raise GpkgError(f"{Path(path).name}: {_describe(exc).replace(str(path), Path(path).name)}") from None
     metadata = {
         key: value.decode("utf-8", "replace").strip()
         for key, value in raw.items()

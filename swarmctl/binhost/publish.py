@@ -164,7 +164,8 @@ class Publisher:
             try:
                 info = inspect_gpkg(temp)
             except GpkgError as exc:
-                raise PublishRefused("bad_package", f"gpkg verification failed: {exc}") from None
+                detail = str(exc).replace(temp.name, "upload")
+                raise PublishRefused("bad_package", f"gpkg verification failed: {detail}") from None
             if info.cpv != cpv:
                 raise PublishRefused("cpv_mismatch", f"package is {info.cpv}, the job is {cpv}")
             if info.build_id is None:

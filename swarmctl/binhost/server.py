@@ -250,11 +250,18 @@ class _Handler(BaseHTTPRequestHandler):
             raise
         except Exception as exc:
             raise _Refusal("unavailable", f"queue unavailable: {_one_line(exc)}") from None
-        if owner != drone:
-            raise _Refusal("not_owner", f"{cpv} is not delegated to {drone}")
-        if current != lease:
+        if owner != drone or current != lease:
+            if self._already_published(cpv, sha256):
+                # A replay of an accepted upload whose reply was lost: say so, idempotently.
+                raise _Refusal("duplicate", f"{cpv} with this sha256 is already published", same_content=True)
+            if owner != drone:
+                raise _Refusal("not_owner", f"{cpv} is not delegated to {drone}")
             raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {cpv}")
         return cpv, drone, token, lease, size
+
+    def _already_published(self, cpv: str, sha256: str) -> bool:
+        index = self.server.publisher.store.snapshot()
+        return any(entry.get("CPV") == cpv and entry.get("SHA256") == sha256 for entry in index.entries.values())
 
     def _is_upload(self) -> bool:
         return self.command in ("PUT", "POST") and urllib.parse.urlsplit(self.path).path == UPLOAD_PATH

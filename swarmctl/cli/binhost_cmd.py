@@ -38,8 +38,8 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
     settings = ServerSettings(
         max_upload_bytes=cfg.max_upload_bytes,
         read_timeout=cfg.read_timeout,
-        min_upload_rate=float(getattr(cfg, "min_upload_rate", ServerSettings.min_upload_rate)),
-        max_uploads=int(getattr(cfg, "max_uploads", ServerSettings.max_uploads)),
+        min_upload_rate=cfg.min_upload_rate,
+        max_uploads=cfg.max_uploads,
     )
     client = obj.redis()
     from swarmctl.drones import DroneRegistry

@@ -12,8 +12,8 @@ import click
 from swarmctl import paths
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
-from swarmctl.drone.builders import CommandBuilder, Watchdog
-from swarmctl.drone.daemon import DroneDaemon
+from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
+from swarmctl.drone.daemon import DroneDaemon, Publisher
 from swarmctl.drones import validate_name
 from swarmctl.exceptions import ConfigError
 
@@ -63,16 +63,38 @@ def release(app: AppContext, name: str) -> None:
     terminal.ok(f"released {name}")
 
 
-def make_builder(app: AppContext, builder: str, on_hung=None):  # type: ignore[no-untyped-def]
+def make_builder(app: AppContext) -> Builder:
+    """The configured builder (drone.builder); the daemon hooks into its watchdog."""
     cfg = app.config.drone
-    watchdog = Watchdog(idle=cfg.hung_idle_seconds, kill=cfg.hung_kill_seconds, on_hung=on_hung)
-    if builder == "command":
+    watchdog = Watchdog(idle=cfg.hung_idle_seconds, kill=cfg.hung_kill_seconds)
+    if cfg.builder == "command":
         return CommandBuilder(cfg.command, watchdog)
-    if builder == "portage":
-        from swarmctl.drone.portage_builder import PortageBuilder  # optional: needs portage
+    if cfg.builder != "portage":
+        raise ConfigError(f"drone.builder: unknown builder {cfg.builder!r} (command or portage)")
+    from swarmctl.drone.portage_builder import PortageBuilder
+    from swarmctl.portage_env.prefix import load_prefix, make_prefix
 
-        return PortageBuilder.from_config(app.config, watchdog=watchdog)
-    raise ConfigError(f"drone.builder: unknown builder {builder!r} (command or portage)")
+    if not cfg.prefix:
+        return PortageBuilder(None, app.config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog)
+    try:
+        prefix = load_prefix(Path(cfg.prefix))
+    except FileNotFoundError:
+        if not cfg.repo:
+            raise ConfigError(f"drone.prefix: {cfg.prefix} is not a portage prefix yet; "
+                              "set drone.repo to create it from a repository") from None
+        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), app.config.binhost.url)
+    return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog)
+
+
+def make_publisher(app: AppContext, name: str, token: str) -> Publisher | None:
+    """Portage builds go to the binhost (which marks the job built); others complete directly."""
+    cfg = app.config
+    if cfg.drone.builder != "portage" or not cfg.binhost.url:
+        return None
+    from swarmctl.binhost.client import BinhostClient, BinhostPublisher
+
+    return BinhostPublisher(BinhostClient(cfg.binhost.url, name, token, attempts=cfg.binhost.upload_retries,
+                                          timeout=cfg.binhost.read_timeout))
 
 
 @drone.command("run")
@@ -95,23 +117,14 @@ def run(app: AppContext, name: str | None, token: str | None, builder: str | Non
     validate_name(cfg.name)
     if not cfg.token:
         raise click.UsageError("a drone needs its token: --token, SWARM_DRONE_TOKEN or drone.token")
-    logging.getLogger("swarmctl").setLevel(min(logging.getLogger().level, logging.INFO))
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
     directory = Path(cfg.state_dir) if cfg.state_dir else paths.state_home() / "drones" / cfg.name
-    daemon: DroneDaemon | None = None
-
-    def on_hung(hung: bool) -> None:
-        if daemon is not None:
-            daemon._on_hung(hung)
-
-    built = make_builder(app, cfg.builder, on_hung)
-    publisher = getattr(built, "publisher", None)
     if not app.registry.authenticate(cfg.name, cfg.token):
         raise click.ClickException(f"drone {cfg.name!r} is not enrolled, revoked, or its token is wrong "
                                    "(enroll it with: swarmctl drone enroll NAME)")
-    daemon = DroneDaemon(app.client, app.config, cfg.name, cfg.token, built, directory,
-                         publisher=publisher(app, cfg.name, cfg.token) if callable(publisher) else None)
+    daemon = DroneDaemon(app.client, app.config, cfg.name, cfg.token, make_builder(app), directory,
+                         publisher=make_publisher(app, cfg.name, cfg.token))
     daemon.install_signal_handlers()
     terminal.note(f"drone {cfg.name} (pid {os.getpid()}) working; logs in {directory / 'logs'}")
     code = daemon.run(max_builds=max_builds)

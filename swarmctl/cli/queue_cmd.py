@@ -1,14 +1,21 @@
-"""``swarmctl queue``: add, list, show, unblock, retry, clear."""
+"""``swarmctl queue``: add, import, list, show, unblock, retry, clear."""
 
 from __future__ import annotations
+
+from collections import Counter
 
 import click
 
 from swarmctl.atoms import validate_cpv
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
-from swarmctl.graph import JobSpec
+from swarmctl.dag import load_dag
+from swarmctl.graph import BrokenEdge, JobSpec
 from swarmctl.keys import STATES
+from swarmctl.queue import AddReport
+
+#: Broken cycle edges listed one by one; beyond that only counted by kind.
+SHOW_BROKEN = 20
 
 
 @click.group()
@@ -19,20 +26,63 @@ def queue() -> None:
 @queue.command("add")
 @click.argument("atoms", nargs=-1, required=True)
 @click.option("--after", "after", multiple=True, metavar="ATOM",
-              help="A package these build against (repeatable); they wait until it is built.")
+              help="A build-time dependency (DEPEND, repeatable): they wait until it and its run-time "
+                   "dependencies are built.")
+@click.option("--run", "run", multiple=True, metavar="ATOM",
+              help="A run-time dependency (RDEPEND, repeatable): does not gate these packages, but gates "
+                   "whatever builds against them.")
+@click.option("--post", "post", multiple=True, metavar="ATOM",
+              help="A post dependency (PDEPEND, repeatable): like --run, the weakest kind in cycles.")
 @click.option("--estimate", type=float, help="Estimated build seconds (default: from history).")
 @pass_app
-def add(app: AppContext, atoms: tuple[str, ...], after: tuple[str, ...], estimate: float | None) -> None:
+def add(app: AppContext, atoms: tuple[str, ...], after: tuple[str, ...], run: tuple[str, ...],
+        post: tuple[str, ...], estimate: float | None) -> None:
     """Queue packages (exact versions, e.g. sys-devel/llvm-19.1.7)."""
     cpvs = [validate_cpv(a) for a in atoms]
-    deps = [validate_cpv(a) for a in after]
-    report = app.queue.add([JobSpec(cpv, build=list(deps), estimate=estimate) for cpv in cpvs])
+    build, runtime, later = ([validate_cpv(a) for a in group] for group in (after, run, post))
+    report = app.queue.add([JobSpec(cpv, build=list(build), run=list(runtime), post=list(later),
+                                    estimate=estimate) for cpv in cpvs])
     for cpv in report.added:
         terminal.ok(f"queued {cpv}")
     for cpv in report.existing:
         terminal.note(f"{cpv} is already queued")
-    for edge in report.broken:
+    _report_cycles(report.broken)
+
+
+def _report_cycles(broken: list[BrokenEdge]) -> None:
+    for edge in broken[:SHOW_BROKEN]:
         terminal.note(f"cycle: {edge.job} no longer waits for {edge.gate} ({edge.kind} edge)")
+    if len(broken) > SHOW_BROKEN:
+        kinds = Counter(e.kind for e in broken[SHOW_BROKEN:])
+        terminal.note(f"cycle: {len(broken) - SHOW_BROKEN} more gate(s) dropped ("
+                      + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + "); see swarmctl events")
+
+
+@queue.command("import")
+@click.argument("path", metavar="DAG.json", type=click.Path(exists=True, dir_okay=False))
+@click.option("--keep-cycle-edges", is_flag=True,
+              help="Also load the edges the resolver removed to break cycles, and let the queue break "
+                   "those cycles itself by edge kind.")
+@click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+@pass_app
+def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool) -> None:
+    """Queue a whole dependency graph resolved by portage (nodes plus typed edges)."""
+    dag = load_dag(path, keep_cycle_edges=keep_cycle_edges)
+    report: AddReport = app.queue.add(dag.specs)
+    if as_json:
+        terminal.print_json({"added": len(report.added), "existing": len(report.existing),
+                             "edges": dag.edges, "removed_edges_not_loaded": len(dag.removed),
+                             "dangling_edges": len(dag.dangling),
+                             "cycle_gates_dropped": [vars(e) for e in report.broken]})
+        return
+    terminal.ok(f"queued {len(report.added)} package(s) with {dag.edges} edge(s) from {path}"
+                + (f"; {len(report.existing)} already queued" if report.existing else ""))
+    if dag.removed:
+        terminal.note(f"{len(dag.removed)} edge(s) the resolver removed to break cycles were not loaded "
+                      "(--keep-cycle-edges loads them)")
+    if dag.dangling:
+        terminal.note(f"{len(dag.dangling)} edge(s) naming a package that is not a node were ignored")
+    _report_cycles(report.broken)
 
 
 @queue.command("list")

@@ -128,3 +128,99 @@ def events_lines(events: Iterable[Any]) -> list[Text]:
             text.append(f"  {event.reason}", style="dim")
         lines.append(text)
     return lines
+
+
+# -- monitor, status and doctor ----------------------------------------------------------------
+
+MONITOR_TITLE = "Build Swarm Monitor"
+MONITOR_BORDER = "blue"
+LABEL_STYLE = "bold"
+HUNG_STYLE = "bold magenta"
+OFFLINE_ROW_STYLE = "grey50"
+COUNT_STYLE = {
+    "needed": "cyan",
+    "building": "green",
+    "built": "green",
+    "failed": "red",
+    "blocked": "bold red",
+}
+SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
+CHECK_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "grey50"}
+CHECK_MARK = {"ok": " ok ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+
+
+def duration(seconds: float | None) -> str:
+    """Compact elapsed time: 42s, 12m05s, 3h07m, 2d04h; '-' when unknown."""
+    if seconds is None:
+        return "-"
+    total = max(0, int(seconds))
+    if total < 60:
+        return f"{total}s"
+    if total < 3600:
+        return f"{total // 60}m{total % 60:02d}s"
+    if total < 86400:
+        return f"{total // 3600}h{total % 3600 // 60:02d}m"
+    return f"{total // 86400}d{total % 86400 // 3600:02d}h"
+
+
+def stamp(epoch: float | None) -> str:
+    """Local wall-clock time of an epoch, minutes precision."""
+    return "never" if epoch is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
+
+
+def labelled(label: str, value: str, style: str = "") -> Text:
+    """'Label: value' with the value styled."""
+    text = Text(f"{label}: ", style=LABEL_STYLE)
+    text.append(value, style=style)
+    return text
+
+
+def pack_line(items: Sequence[Text], width: int, sep: str = "  ") -> list[Text]:
+    """Lay items out left to right, starting a new line rather than splitting an item."""
+    lines: list[Text] = []
+    current = Text()
+    for item in items:
+        piece = item.copy()
+        piece.truncate(max(1, width), overflow="ellipsis")
+        if current.cell_len and current.cell_len + len(sep) + piece.cell_len > width:
+            lines.append(current)
+            current = Text()
+        if current.cell_len:
+            current.append(sep)
+        current.append_text(piece)
+    if current.cell_len or not lines:
+        lines.append(current)
+    return lines
+
+
+def fit(text: Text, width: int) -> Text:
+    """One line, cut with an ellipsis at ``width`` cells."""
+    line = text.copy()
+    line.no_wrap = True
+    line.truncate(max(1, width), overflow="ellipsis")
+    return line
+
+
+def frame_console(width: int | None = None) -> Console:
+    """The stdout console, or one of a fixed width (for --once --width N)."""
+    return console if width is None else Console(width=width)
+
+
+def print_frame(renderable: Any, width: int | None = None) -> None:
+    frame_console(width).print(renderable)
+
+
+def demo_summary(summary: Any) -> Table:
+    """The demo's closing table: every package built once, verified, indexed."""
+    table = Table(title="Local swarm summary", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("jobs", str(summary.jobs))
+    table.add_row("built", Text(f"{len(summary.built)}", style="green"))
+    once = all(n == 1 for n in summary.builds_per_job.values())
+    table.add_row("built exactly once", Text("yes" if once else "NO", style="green" if once else "bold red"))
+    table.add_row("blocked", Text(", ".join(summary.blocked) or "-", style="red" if summary.blocked else ""))
+    table.add_row("binhost index", Text("verified" if summary.index_ok else "PROBLEMS",
+                                        style="green" if summary.index_ok else "bold red"))
+    table.add_row("time", f"{summary.seconds:.0f} s")
+    return table

@@ -39,8 +39,9 @@ log = logging.getLogger("swarmctl.drone")
 class Publisher(Protocol):
     """Delivers a successful build (e.g. uploads it to the binhost, which marks it built).
 
-    Returns "ok" (built), "stale" (the job is no longer ours) or "retry-later" (give the
-    job back unbuilt: the upload failed, which is not the package's fault).
+    Returns "ok" (built), "stale" (the job is no longer ours), "retry-later" (give the
+    job back unbuilt: the upload failed, which is not the package's fault) or "failed"
+    (the binhost refused the package for good: a failed build on this drone).
     """
 
     def publish(self, claim: Claim, result: BuildResult, duration: float) -> str: ...
@@ -87,6 +88,9 @@ class DroneDaemon:
         self.machine_id = machine_id()
         self.builds = 0
         psutil.cpu_percent(None)  # prime the counter: the first call always says 0.0
+        watchdog = getattr(builder, "watchdog", None)
+        if watchdog is not None:
+            watchdog.on_hung = self.set_hung
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -158,7 +162,8 @@ class DroneDaemon:
                 self.stopping.set()
                 self.finished.wait(interval)
 
-    def _on_hung(self, hung: bool) -> None:
+    def set_hung(self, hung: bool) -> None:
+        """The builder's watchdog says the build stopped (or resumed) making progress."""
         self.hung = hung
         if hung and self.current is not None:
             log.warning("%s shows no progress (no output, no CPU)", self.current.claim.cpv)
@@ -254,19 +259,30 @@ class DroneDaemon:
             log.info("%s released back to the queue (%s)", claim.cpv, outcome)
             return
         if result.ok:
-            if self.publisher is not None:
-                outcome = self.publisher.publish(claim, result, duration)
-                if outcome == "retry-later":
-                    outcome = self._with_redis("release", lambda: q.release(
-                        claim.cpv, self.name, self.token, claim.lease, "upload failed; built again later"))
-            else:
-                outcome = self._with_redis("complete", lambda: q.complete(
-                    claim.cpv, self.name, self.token, claim.lease, duration))
-            log.info("%s built in %.1f s (%s)", claim.cpv, duration, outcome)
-            return
+            result = self._deliver(claim, result, duration)
+            if result.ok:
+                return
         log_tail = tail(log_path, self.config.queue.log_tail_lines)
         outcome, grounded_until = self._with_redis("fail", lambda: q.fail(
             claim.cpv, self.name, self.token, claim.lease, result.fault, result.reason, log_tail))
         if grounded_until:
             self.grounded_until = grounded_until
         log.warning("%s failed (%s: %s) -> %s", claim.cpv, result.fault, result.reason, outcome)
+
+    def _deliver(self, claim: Claim, result: BuildResult, duration: float) -> BuildResult:
+        """Hand a good build over; a failed result comes back if the binhost refused it for good."""
+        q = self.queue
+        if self.publisher is None:
+            outcome = self._with_redis("complete", lambda: q.complete(
+                claim.cpv, self.name, self.token, claim.lease, duration))
+        else:
+            outcome = self.publisher.publish(claim, result, duration)
+            if outcome == "failed":
+                verdict = getattr(self.publisher, "last_verdict", None)
+                return BuildResult(ok=False, fault="drone",
+                                   reason=f"the binhost refused the package: {getattr(verdict, 'reason', '?')}")
+            if outcome == "retry-later":
+                outcome = self._with_redis("release", lambda: q.release(
+                    claim.cpv, self.name, self.token, claim.lease, "upload failed; built again later"))
+        log.info("%s built in %.1f s (%s)", claim.cpv, duration, outcome)
+        return result

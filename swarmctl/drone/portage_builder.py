@@ -63,11 +63,13 @@ class PlannedMerge:
         cpv: Package version.
         kind: ``ebuild`` (built from source) or ``binary`` (from a binary package).
         flags: The flag letters between the brackets (``N``, ``R``, ``U``...).
+        build_id: For a binary, the BUILD_ID portage picked (None otherwise).
     """
 
     cpv: str
     kind: str
     flags: str
+    build_id: int | None = None
 
 
 class PortageBuilder:
@@ -156,7 +158,9 @@ class PortageBuilder:
         for line in done.stdout.splitlines():
             match = _PRETEND_LINE.match(line.strip())
             if match:
-                merges.append(PlannedMerge(cpv=match[3], kind=match[1], flags=match[2].strip()))
+                cpv_text, build_id = _split_build_id(match[3]) if match[1] == "binary" else (match[3], None)
+                merges.append(PlannedMerge(cpv=cpv_text, kind=match[1], flags=match[2].strip(),
+                                           build_id=build_id))
         return merges
 
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult:
@@ -238,6 +242,17 @@ class PortageBuilder:
                         re.escape(pf) + r"-\d+\.gpkg\.tar", entry.name):
                     found.add(entry)
         return found
+
+
+def _split_build_id(text: str) -> tuple[str, int | None]:
+    """``("a/b-1", 3)`` for emerge's ``a/b-1-3`` (binary packages carry their BUILD_ID)."""
+    head, _, tail = text.rpartition("-")
+    if tail.isdigit():
+        try:
+            return validate_cpv(head), int(tail)
+        except ValueError:
+            pass
+    return text, None
 
 
 def read_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:

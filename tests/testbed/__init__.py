@@ -190,9 +190,7 @@ class TestBed:
         bed = cls(data["n_hosts"], prefix, restart_delay=data["restart_delay"], workdir=data["workdir"])
         bed.workdir = Path(data["workdir"])
         bed._hosts = [bed._make_host(i) for i in range(1, bed.n_hosts + 1)]
-        bed._hosts = [
-            Host(**{**h.__dict__, "machine_id": data["machine_ids"][str(h.index)]}) for h in bed._hosts
-        ]
+        bed._hosts = [Host(**{**h.__dict__, "machine_id": data["machine_ids"][str(h.index)]}) for h in bed._hosts]
         bed._supervisors = {int(k): v for k, v in data["supervisors"].items()}
         bed._started = True
         return bed
@@ -320,9 +318,7 @@ class TestBed:
             "HOME": "/root",
         }
         cmd = ["nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", "--wd=/", "--", *argv]
-        return subprocess.run(
-            cmd, check=check, timeout=timeout, input=input, capture_output=True, text=True, env=env
-        )
+        return subprocess.run(cmd, check=check, timeout=timeout, input=input, capture_output=True, text=True, env=env)
 
     def ssh(self, i: int, command: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
         """Run ``command`` on host ``hI`` over real ssh (checks the host key)."""
@@ -487,9 +483,7 @@ class TestBed:
             ]
         _net.ip_batch(lines)
         for h in self._hosts:
-            _net.ip_batch(
-                [f"addr add {h.address}/24 dev eth0", "link set eth0 up", "link set lo up"], netns=h.netns
-            )
+            _net.ip_batch([f"addr add {h.address}/24 dev eth0", "link set eth0 up", "link set lo up"], netns=h.netns)
 
         for h in self._hosts:
             proc = subprocess.Popen(
@@ -512,8 +506,7 @@ class TestBed:
             "restart_delay": self.restart_delay,
             "owner": os.getpid(),
             "supervisors": {
-                str(i): (p.pid if isinstance(p, subprocess.Popen) else p)
-                for i, p in self._supervisors.items()
+                str(i): (p.pid if isinstance(p, subprocess.Popen) else p) for i, p in self._supervisors.items()
             },
             "machine_ids": {str(h.index): h.machine_id for h in self._hosts},
         }
@@ -609,9 +602,7 @@ def teardown_prefix(prefix: str) -> None:
     veth_re = re.compile(rf"^{re.escape(prefix)}v-h\d+$")
     links = [name for name in _net.link_names() if veth_re.match(name) or name == f"{prefix}br0"]
     if links or namespaces:
-        _net.ip_batch(
-            [f"link del {name}" for name in links] + [f"netns del {ns}" for ns in namespaces], force=True
-        )
+        _net.ip_batch([f"link del {name}" for name in links] + [f"netns del {ns}" for ns in namespaces], force=True)
     if workdir and Path(workdir, _MARKER).exists():
         for mnt in _net.mounts_under(workdir):
             subprocess.run(["umount", "-l", mnt], capture_output=True)

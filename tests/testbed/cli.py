@@ -33,9 +33,7 @@ def _parse_value(text: str) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start hosts and write an inventory")
     up.add_argument("--hosts", type=int, default=1)

@@ -1,0 +1,230 @@
+"""Scheduling on a real workload: the 896-package KDE graph through the real swarm.
+
+For each policy (critical-path, fifo) and drone count (4, 8, 16) this starts a
+fresh private redis-server, imports build history with ``swarmctl history
+import`` (an emerge.log written from the shared durations data), starts real
+drone processes (``swarmctl drone run`` with the command builder, whose
+command sleeps each package's *true* duration, scaled down), queues the graph
+with ``swarmctl queue import``, and waits until everything is built.
+
+The scheduler sees only estimates from history, never the true durations:
+where the data has several samples of a package, the true duration is the
+graph node's duration times a seeded log-normal factor (sigma 0.3); packages
+without any duration take the scheduler's default both ways.
+
+Reported per run: makespan (first claim to last completion, wall seconds),
+the lower bound max(critical path over gating edges, total work / drones) in
+the same scaled seconds, their ratio, drone utilisation (time drones held a
+job / drones x makespan) and efficiency (true work / drones x makespan).
+
+    python bench/schedule.py [--drones 4 8 16] [--hour 7] [--out schedule-bench.json]
+
+Needs ../shared/data (or SWARM_SHARED_DATA); exits 0 with SKIP when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._common import private_redis, require_data, spawn_drone, stop, swarm_env
+from swarmctl import keys
+from swarmctl.config import load_config
+from swarmctl.dag import load_dag
+from swarmctl.drones import DroneRegistry
+from swarmctl.graph import break_cycles, critical_path, gates_of
+
+JITTER_SIGMA = 0.3
+LOG_EPOCH = 1_500_000_000
+
+
+@dataclass
+class Run:
+    policy: str
+    drones: int
+    makespan: float
+    lower_bound: float
+    critical_path: float
+    work_per_drone: float
+    ratio: float
+    utilisation: float
+    efficiency: float
+    mean_overhead: float
+    jobs: int
+    built: int
+    failed: int
+    import_seconds: float
+    estimate_error: float  # median |estimate / true - 1| over packages with real durations
+
+
+def write_history_log(durations: list[dict], path: Path) -> int:
+    """An emerge.log in real format with one serial merge per recorded version median."""
+    ts, n, lines = LOG_EPOCH, 0, []
+    entries = [(cpv, int(seconds)) for e in durations for cpv, seconds in sorted(e["per_cpv_median"].items())]
+    lines.append(f"{ts}: Started emerge on: Jul 14, 2017 02:40:00")
+    lines.append(f"{ts}:  *** emerge --oneshot --usepkg=n (history for the schedule bench)")
+    for i, (cpv, seconds) in enumerate(entries, start=1):
+        lines.append(f"{ts}:  >>> emerge ({i} of {len(entries)}) {cpv} to /")
+        ts += max(1, seconds)
+        lines.append(f"{ts}:  ::: completed emerge ({i} of {len(entries)}) {cpv} to /")
+        ts += 1
+        n += 1
+    lines.append(f"{ts}:  *** exiting successfully.")
+    path.write_text("\n".join(lines) + "\n")
+    return n
+
+
+def true_durations(dag_seconds: dict[str, float | None], samples: dict[str, int], cp_of: dict[str, str],
+                   default: float, seed: int) -> dict[str, float]:
+    """What each build really takes: the node's duration, jittered where the data has several samples."""
+    rng = random.Random(seed)
+    out: dict[str, float] = {}
+    for cpv in sorted(dag_seconds):
+        seconds = dag_seconds[cpv]
+        if seconds is None:
+            out[cpv] = default
+        elif samples.get(cp_of[cpv], 1) > 1:
+            out[cpv] = max(1.0, seconds * math.exp(rng.gauss(0.0, JITTER_SIGMA)))
+        else:
+            out[cpv] = float(seconds)
+    return out
+
+
+def write_sleepers(truth: dict[str, float], scale: float, directory: Path) -> None:
+    """One tiny script per CPV (DIR/category/pn-pv) that sleeps its scaled true duration."""
+    for cpv, seconds in truth.items():
+        path = directory / cpv
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"exec sleep {seconds * scale:.4f}\n")
+
+
+def cli(args: list[str], env: dict[str, str]) -> str:
+    proc = subprocess.run([sys.executable, "-m", "swarmctl", *args], env=env, capture_output=True, text=True,
+                          timeout=300)
+    if proc.returncode:
+        raise RuntimeError(f"swarmctl {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
+def run_once(url: str, home: Path, policy: str, drones: int, dag_path: Path, log_path: Path,
+             truth: dict[str, float], measured: set[str], scale: float, sleepers: Path,
+             bound: tuple[float, float], timeout: float) -> Run:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    client.flushall()
+    env = swarm_env(url, home, SWARM_QUEUE_POLICY=policy, SWARM_DRONE_POLL_INTERVAL="0.05",
+                    SWARM_DRONE_HEARTBEAT_INTERVAL="1")
+    cli(["history", "import", str(log_path)], env)
+    registry = DroneRegistry(client, load_config(environ=env))
+    names = [f"d{i:02d}" for i in range(drones)]
+    tokens = {name: registry.enroll(name) for name in names}
+    procs = [spawn_drone(name, tokens[name], f"sh {sleepers}/{{cpv}}", env, home / "drones" / f"{policy}-{drones}")
+             for name in names]
+    try:
+        deadline = time.monotonic() + 60
+        while client.zcard(keys.HEARTBEATS) < drones:
+            if time.monotonic() > deadline:
+                raise RuntimeError("drones did not come up within 60 s")
+            time.sleep(0.1)
+        started = time.monotonic()
+        cli(["queue", "import", str(dag_path)], env)
+        import_seconds = time.monotonic() - started
+        deadline = time.monotonic() + timeout
+        total = len(truth)
+        while True:
+            built, failed, blocked = (client.scard(keys.state_set(s)) for s in ("built", "failed", "blocked"))
+            if built + failed + blocked >= total or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+    finally:
+        stop(procs)
+    rows = {}
+    with client.pipeline(transaction=False) as pipe:
+        for cpv in truth:
+            pipe.hmget(keys.job(cpv), "claimed_at", "finished_at", "state", "estimate")
+        for cpv, row in zip(truth, pipe.execute(), strict=True):
+            rows[cpv] = row
+    done = {c: (int(r[0]) / 1000.0, int(r[1]) / 1000.0) for c, r in rows.items() if r[2] == "built"}
+    start = min(s for s, _ in done.values())
+    makespan = max(e for _, e in done.values()) - start
+    busy = sum(e - s for s, e in done.values())
+    work = sum(truth[c] * scale for c in done)
+    overhead = statistics.mean((e - s) - truth[c] * scale for c, (s, e) in done.items())
+    errors = [abs(float(r[3]) / truth[c] - 1) for c, r in rows.items() if r[3] and c in measured]
+    cp, per_drone = bound[0] * scale, bound[1] * scale / drones
+    lower = max(cp, per_drone)
+    client.close()
+    return Run(policy=policy, drones=drones, makespan=round(makespan, 2), lower_bound=round(lower, 2),
+               critical_path=round(cp, 2), work_per_drone=round(per_drone, 2), ratio=round(makespan / lower, 3),
+               utilisation=round(busy / (drones * makespan), 3), efficiency=round(work / (drones * makespan), 3),
+               mean_overhead=round(overhead, 4), jobs=total, built=len(done),
+               failed=sum(1 for r in rows.values() if r[2] in ("failed", "blocked")),
+               import_seconds=round(import_seconds, 2),
+               estimate_error=round(statistics.median(errors), 3) if errors else 0.0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drones", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--policies", nargs="+", default=["critical-path", "fifo"])
+    parser.add_argument("--hour", type=float, default=7.0, help="Wall seconds one real build hour takes.")
+    parser.add_argument("--seed", type=int, default=2014)
+    parser.add_argument("--timeout", type=float, default=600.0, help="Longest one run may take (s).")
+    parser.add_argument("--out", default="schedule-bench.json", help="Where the JSON results go.")
+    args = parser.parse_args()
+
+    durations_path, dag_path = require_data("gentoo-build-durations.json", "gentoo-kde-2014.dag.json")
+    durations = json.loads(durations_path.read_text())
+    default = load_config(environ={}).queue.default_estimate
+    dag = load_dag(dag_path)
+    raw = json.loads(dag_path.read_text())
+    cp_of = {n["cpv"]: n["cp"] for n in raw["nodes"]}
+    samples = {e["cp"]: int(e["n_samples"]) for e in durations}
+    truth = true_durations(dag.seconds, samples, cp_of, default, args.seed)
+    measured = {cpv for cpv, seconds in dag.seconds.items() if seconds is not None}
+    gates = gates_of({s.cpv: s for s in dag.specs})
+    break_cycles(gates)
+    bound = (max(critical_path(gates, truth).values()), sum(truth.values()))
+    scale = args.hour / 3600.0
+
+    with tempfile.TemporaryDirectory(prefix="swarm-schedule-") as tmp:
+        home = Path(tmp)
+        log_path = home / "emerge.log"
+        merges = write_history_log(durations, log_path)
+        write_sleepers(truth, scale, home / "sleep")
+        print(f"graph: {len(truth)} packages, {dag.edges} edges; history: {merges} merges; "
+              f"true work {bound[1] / 3600:.1f} h, critical path {bound[0] / 3600:.1f} h; "
+              f"1 h -> {args.hour:g} s; default estimate {default:g} s", flush=True)
+        runs: list[Run] = []
+        with private_redis(home / "redis") as url:
+            for policy in args.policies:
+                for drones in args.drones:
+                    run = run_once(url, home, policy, drones, dag_path, log_path, truth, measured, scale,
+                                   home / "sleep", bound, args.timeout)
+                    runs.append(run)
+                    print(f"{policy:>13} {drones:>2} drones: makespan {run.makespan:7.1f} s, lower bound "
+                          f"{run.lower_bound:7.1f} s, ratio {run.ratio:.3f}, utilisation {run.utilisation:.1%}, "
+                          f"efficiency {run.efficiency:.1%}, overhead/job {run.mean_overhead * 1000:.0f} ms, "
+                          f"estimate error {run.estimate_error:.0%}, built {run.built}/{run.jobs}", flush=True)
+    result = {"hour_seconds": args.hour, "seed": args.seed, "jitter_sigma": JITTER_SIGMA,
+              "default_estimate": default, "true_work_hours": round(bound[1] / 3600, 2),
+              "critical_path_hours": round(bound[0] / 3600, 2), "runs": [asdict(r) for r in runs]}
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,297 @@
+"""``swarmctl status``: the swarm at a glance, and whether someone needs to look at it.
+
+Like the story's ``apkg status``: Sync, World, Binary, Swarm, plus the queue.
+:func:`gather_status` reads Redis (and the nightly status file when this host
+has it); :func:`assess` lists what needs attention; :func:`exit_code` turns that
+into the process's exit status, monitoring-plugin style:
+
+    0  all well
+    1  warning: needs a look (blocked or failed packages, sync never recorded,
+       no orchestrator leading while work is open)
+    2  critical: the farm is not doing its job (sync older than the limit or the
+       last nightly FAILED, no drone available while work is queued); also what
+       swarmctl exits with when Redis cannot be reached
+
+``--json`` prints :func:`as_json`, described by :data:`JSON_SCHEMA`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+from rich.console import Group
+from rich.text import Text
+
+from swarmctl import keys
+from swarmctl.cli import terminal
+from swarmctl.config import Config
+from swarmctl.drones import DroneRegistry
+from swarmctl.meta import NightlyMark, SwarmMeta, last_nightly, nightly_status_path, read_nightly_file
+
+SCHEMA_ID = "build-swarm/status/1"
+#: Default oldest acceptable portage sync (the story's "red when older than a day").
+MAX_SYNC_AGE = 86400.0
+
+OK, WARNING, CRITICAL = 0, 1, 2
+SEVERITY_CODE = {"warning": WARNING, "critical": CRITICAL}
+
+
+@dataclass(frozen=True)
+class Attention:
+    """One thing an operator should look at, with a stable machine-readable code."""
+
+    code: str
+    severity: str  # warning | critical
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass
+class SwarmCounts:
+    drones_total: int = 0
+    drones_online: int = 0
+    drones_available: int = 0  # online and not grounded or stopping
+    drones_grounded: int = 0
+    building: int = 0
+
+
+@dataclass
+class StatusReport:
+    """What ``swarmctl status`` knows, read at ``now`` (Redis clock)."""
+
+    now: float
+    meta: SwarmMeta
+    nightly: NightlyMark | None
+    queue: dict[str, int]
+    swarm: SwarmCounts
+    leader: str | None
+    max_sync_age: float = MAX_SYNC_AGE
+    attention: list[Attention] = field(default_factory=list)
+
+    @property
+    def sync_age(self) -> float | None:
+        return None if self.meta.sync_time is None else max(0.0, self.now - self.meta.sync_time)
+
+    @property
+    def sync_bad(self) -> bool:
+        """Red: older than the limit, or the last nightly failed."""
+        stale = self.sync_age is not None and self.sync_age > self.max_sync_age
+        return stale or (self.nightly is not None and self.nightly.event == "FAILED")
+
+    @property
+    def open_jobs(self) -> int:
+        return self.queue.get("needed", 0) + self.queue.get("delegated", 0)
+
+
+def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX_SYNC_AGE) -> StatusReport:
+    """Read everything status shows in one pipelined round trip plus the drones."""
+    with client.pipeline(transaction=False) as pipe:
+        pipe.time()
+        for state in keys.STATES:
+            pipe.scard(keys.state_set(state))
+        pipe.zcard(keys.READY)
+        pipe.hgetall(keys.META)
+        pipe.get(keys.LEADER)
+        replies = pipe.execute()
+    seconds, micros = replies[0]
+    n = len(keys.STATES)
+    queue = dict(zip(keys.STATES, replies[1:1 + n], strict=True))
+    queue["ready"] = replies[1 + n]
+    queue["waiting"] = queue["needed"] - queue["ready"]
+    meta = SwarmMeta.from_hash(replies[2 + n])
+    drones = [d for d in DroneRegistry(client, config).list() if not d.revoked]
+    swarm = SwarmCounts(
+        drones_total=len(drones),
+        drones_online=sum(1 for d in drones if d.status != "offline"),
+        drones_available=sum(1 for d in drones if d.status in ("building", "idle")),
+        drones_grounded=sum(1 for d in drones if d.status == "grounded"),
+        building=queue["delegated"],
+    )
+    report = StatusReport(now=seconds + micros / 1e6, meta=meta,
+                          nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
+                          queue=queue, swarm=swarm, leader=replies[3 + n], max_sync_age=max_sync_age)
+    report.attention = assess(report)
+    return report
+
+
+def assess(report: StatusReport) -> list[Attention]:
+    """Everything that needs attention, most severe first."""
+    found: list[Attention] = []
+    age = report.sync_age
+    if report.meta.sync_time is None:
+        found.append(Attention("sync_unknown", "warning",
+                               "no portage sync recorded yet (has the nightly run ever finished?)"))
+    elif age is not None and age > report.max_sync_age:
+        found.append(Attention("sync_stale", "critical",
+                               f"last sync {age / 3600:.1f} h ago (limit {report.max_sync_age / 3600:g} h)"))
+    if report.nightly is not None and report.nightly.event == "FAILED":
+        detail = f": {report.nightly.detail}" if report.nightly.detail else ""
+        found.append(Attention("nightly_failed", "critical", f"the last nightly run FAILED{detail}"))
+    queued = report.open_jobs
+    if queued and report.swarm.drones_available == 0:
+        why = ("no drones enrolled" if report.swarm.drones_total == 0 else
+               f"{report.swarm.drones_online}/{report.swarm.drones_total} online, "
+               f"{report.swarm.drones_grounded} grounded")
+        found.append(Attention("no_drone_online", "critical",
+                               f"{queued} job(s) queued but no drone can take work ({why})"))
+    if queued and not report.leader:
+        found.append(Attention("no_orchestrator", "warning",
+                               "no orchestrator is leading: work of drones that die is not reclaimed"))
+    blocked = report.queue.get("blocked", 0)
+    if blocked:
+        found.append(Attention("blocked", "warning",
+                               f"{blocked} package(s) blocked (failed on several drones): "
+                               "swarmctl queue list --state blocked"))
+    failed = report.queue.get("failed", 0)
+    if failed:
+        found.append(Attention("failed", "warning",
+                               f"{failed} package(s) failed for good: swarmctl queue list --state failed"))
+    return sorted(found, key=lambda a: -SEVERITY_CODE[a.severity])
+
+
+def exit_code(attention: list[Attention]) -> int:
+    return max((SEVERITY_CODE[a.severity] for a in attention), default=OK)
+
+
+def render_status(report: StatusReport) -> Group:
+    """The human view: the story's four lines, the queue, then what needs attention."""
+    meta, q, swarm = report.meta, report.queue, report.swarm
+    bad = terminal.SEVERITY_STYLE["critical"]
+    if meta.sync_time is None:
+        sync = Text("never recorded", style=terminal.SEVERITY_STYLE["warning"])
+    else:
+        sync = Text(f"{terminal.stamp(meta.sync_time)} ({terminal.ago(report.sync_age)} ago)",
+                    style=bad if report.sync_bad else "")
+    if report.nightly is not None:
+        sync.append(f"  nightly {report.nightly.event} {terminal.stamp(report.nightly.time)}",
+                    style=bad if report.nightly.event == "FAILED" else "dim")
+    world = "unknown" if meta.world_size is None else f"{meta.world_size:,} packages"
+    if meta.binhost_percent is None:
+        binary = Text("unknown", style="dim")
+    else:
+        binary = Text(f"{meta.binhost_percent:.1f}% available ({meta.binhost_available:,}/{meta.binhost_total:,})")
+    drones = Text(f"{swarm.drones_online}/{swarm.drones_total} drones online, {swarm.building} packages building",
+                  style=bad if report.open_jobs and not swarm.drones_available else "")
+    if swarm.drones_grounded:
+        drones.append(f", {swarm.drones_grounded} grounded", style=terminal.STATUS_STYLE["grounded"])
+    queue = Text(f"{q['needed']} needed ({q['ready']} ready, {q['waiting']} waiting), {q['delegated']} building, "
+                 f"{q['built']} built, ")
+    queue.append(f"{q['failed']} failed", style=terminal.STATE_STYLE["failed"] if q["failed"] else "")
+    queue.append(", ")
+    queue.append(f"{q['blocked']} blocked", style=terminal.STATE_STYLE["blocked"] if q["blocked"] else "")
+    lines = [terminal.labelled(label, "").append_text(value if isinstance(value, Text) else Text(value))
+             for label, value in (("Sync", sync), ("World", world), ("Binary", binary), ("Swarm", drones),
+                                  ("Queue", queue))]
+    if report.attention:
+        lines.append(Text(""))
+        for item in report.attention:
+            line = Text(f"{item.severity.upper():>8} ", style=terminal.SEVERITY_STYLE[item.severity])
+            line.append(f"{item.code}: ", style="bold")
+            line.append(item.message)
+            lines.append(line)
+    else:
+        lines.append(Text("all well", style=terminal.SEVERITY_STYLE["ok"]))
+    return Group(*lines)
+
+
+def as_json(report: StatusReport) -> dict[str, Any]:
+    """The ``--json`` document (see JSON_SCHEMA)."""
+    meta = report.meta
+    return {
+        "schema": SCHEMA_ID,
+        "time": round(report.now, 3),
+        "sync": {
+            "time": meta.sync_time,
+            "age_seconds": None if report.sync_age is None else round(report.sync_age, 1),
+            "max_age_seconds": report.max_sync_age,
+            "ok": meta.sync_time is not None and not report.sync_bad,
+            "nightly": report.nightly.as_dict() if report.nightly else None,
+        },
+        "world": {"packages": meta.world_size},
+        "binary": {
+            "available": meta.binhost_available,
+            "total": meta.binhost_total,
+            "percent": None if meta.binhost_percent is None else round(meta.binhost_percent, 2),
+        },
+        "swarm": asdict(report.swarm) | {"leader": report.leader},
+        "queue": dict(report.queue),
+        "attention": [a.as_dict() for a in report.attention],
+        "exit_code": exit_code(report.attention),
+    }
+
+
+_COUNT = {"type": "integer", "minimum": 0}
+_NULLABLE_COUNT = {"type": ["integer", "null"], "minimum": 0}
+_NULLABLE_TIME = {"type": ["number", "null"]}
+
+#: JSON Schema (draft 2020-12) of ``swarmctl status --json``; docs/operator-guide.md explains it.
+JSON_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SCHEMA_ID,
+    "title": "swarmctl status --json",
+    "type": "object",
+    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "attention", "exit_code"],
+    "additionalProperties": False,
+    "properties": {
+        "schema": {"const": SCHEMA_ID},
+        "time": {"type": "number", "description": "Redis server time, epoch seconds"},
+        "sync": {
+            "type": "object",
+            "required": ["time", "age_seconds", "max_age_seconds", "ok", "nightly"],
+            "additionalProperties": False,
+            "properties": {
+                "time": _NULLABLE_TIME | {"description": "last successful emerge --sync, epoch seconds"},
+                "age_seconds": _NULLABLE_TIME,
+                "max_age_seconds": {"type": "number"},
+                "ok": {"type": "boolean", "description": "recorded, younger than the limit, nightly not FAILED"},
+                "nightly": {
+                    "oneOf": [
+                        {"type": "null"},
+                        {"type": "object", "required": ["event", "time", "detail"], "additionalProperties": False,
+                         "properties": {"event": {"enum": ["STARTED", "FINISHED", "FAILED"]},
+                                        "time": {"type": "number"}, "detail": {"type": "string"}}},
+                    ],
+                },
+            },
+        },
+        "world": {"type": "object", "required": ["packages"], "additionalProperties": False,
+                  "properties": {"packages": _NULLABLE_COUNT}},
+        "binary": {
+            "type": "object", "required": ["available", "total", "percent"], "additionalProperties": False,
+            "properties": {"available": _NULLABLE_COUNT, "total": _NULLABLE_COUNT,
+                           "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100}},
+        },
+        "swarm": {
+            "type": "object",
+            "required": ["drones_total", "drones_online", "drones_available", "drones_grounded", "building",
+                         "leader"],
+            "additionalProperties": False,
+            "properties": {"drones_total": _COUNT, "drones_online": _COUNT, "drones_available": _COUNT,
+                           "drones_grounded": _COUNT, "building": _COUNT,
+                           "leader": {"type": ["string", "null"], "description": "orchestrator holding the lease"}},
+        },
+        "queue": {
+            "type": "object",
+            "required": [*keys.STATES, "ready", "waiting"],
+            "additionalProperties": False,
+            "properties": {name: _COUNT for name in (*keys.STATES, "ready", "waiting")},
+        },
+        "attention": {
+            "type": "array",
+            "items": {
+                "type": "object", "required": ["code", "severity", "message"], "additionalProperties": False,
+                "properties": {
+                    "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "no_drone_online",
+                                      "no_orchestrator", "blocked", "failed"]},
+                    "severity": {"enum": ["warning", "critical"]},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+        "exit_code": {"enum": [OK, WARNING, CRITICAL]},
+    },
+}

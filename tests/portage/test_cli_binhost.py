@@ -1,0 +1,52 @@
+"""``swarmctl binhost serve|reindex|verify`` as a user runs them."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from swarmctl.binhost.publish import Publisher
+from tests.conftest import run_cli, wait_until
+
+pytestmark = pytest.mark.portage
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+    ok = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], swarm_env)
+    assert "1 package(s) verified" in ok.stdout + ok.stderr
+    (pkgdir / "Packages").unlink()
+    bad = run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env, check=False)
+    assert bad.returncode != 0 and "no index" in bad.stdout + bad.stderr
+    done = run_cli(["binhost", "reindex", "--dir", str(pkgdir)], swarm_env)
+    assert "indexed 1 package(s)" in done.stdout + done.stderr
+    run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env)
+
+
+def test_missing_dir_is_one_line(swarm_env: dict[str, str], tmp_path: Path) -> None:
+    done = run_cli(["binhost", "reindex", "--dir", str(tmp_path / "nope")], swarm_env, check=False)
+    assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_serve_answers_portage_clients(drone, pkgdir: Path, spawn) -> None:  # type: ignore[no-untyped-def]
+    Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+    port = free_port()
+    proc = spawn(["binhost", "serve", "--dir", str(pkgdir), "--listen", f"127.0.0.1:{port}"], name="binhost")
+
+    def fetch() -> bytes | None:
+        try:
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/Packages", timeout=2).read()
+        except OSError:
+            return None
+
+    index = wait_until(fetch, timeout=15)
+    assert index and b"CPV: app-misc/hello-1" in index, spawn.output(proc)

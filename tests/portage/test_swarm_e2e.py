@@ -1,0 +1,31 @@
+"""The whole swarm with real portage: drones in prefixes build the sample overlay through the queue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from swarmctl.binhost.index import verify
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.portage
+
+def test_demo_builds_everything_once_blocks_the_broken_package_and_serves_a_client(
+        swarm_env: dict[str, str], tmp_path: Path) -> None:
+    env = {k: v for k, v in swarm_env.items() if k != "SWARM_REDIS_URL"}  # the demo's own embedded Redis
+    workdir = tmp_path / "demo"
+    proc = run_cli(["demo", "--workdir", str(workdir), "--with-broken", "--drones", "3"], env, check=False,
+                   timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "built exactly once │ yes" in out and "app-broken/broken-1" in out
+    assert "installed app-misc/swarm-world from the binhost" in out
+    packages = (workdir / "binhost" / "Packages").read_text()
+    for field in ("MD5:", "SHA1:", "SIZE:", "SHA256:"):
+        assert field in packages
+    assert "CPV: app-broken/broken-1" not in packages
+    assert verify(workdir / "binhost").ok
+    assert not (workdir / "redis" / "redis.sock").exists()  # the demo stopped its Redis
+    logs = {p.parent.parent.parent.name for p in (workdir / "drones").glob("*/state/logs/*.log")}
+    assert len(logs) >= 2  # the work was spread over several drones
