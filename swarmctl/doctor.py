@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from rich.console import Group
+from rich.table import Table
 from rich.text import Text
 
 from swarmctl import keys
@@ -351,15 +351,16 @@ def as_json(checks: list[Check]) -> dict[str, Any]:
     return {"checks": [c.as_dict() for c in checks], "exit_code": exit_code(checks)}
 
 
-def render_checks(checks: list[Check]) -> Group:
-    """One line per check (state, name, what was seen), the fix indented under problems."""
-    width = max(len(c.name) for c in checks) if checks else 0
-    lines: list[Text] = []
+def render_checks(checks: list[Check]) -> Table:
+    """One row per check (state, name, what was seen); the fix under each problem, wrapped in its column."""
+    table = Table.grid(padding=(0, 1))
+    table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True, style="bold")
+    table.add_column(ratio=1)
     for check in checks:
-        line = Text(f"[{terminal.CHECK_MARK[check.state]}] ", style=terminal.CHECK_STYLE[check.state])
-        line.append(f"{check.name:<{width}}  ", style="bold")
-        line.append(check.summary)
-        lines.append(line)
+        body = Text(check.summary)
         if check.hint and check.state in ("warn", "fail"):
-            lines.append(Text(f"{'':>{width + 9}}fix: {check.hint}", style="dim"))
-    return Group(*lines)
+            body.append(f"\nfix: {check.hint}", style="dim")
+        table.add_row(Text(f"[{terminal.CHECK_MARK[check.state]}]", style=terminal.CHECK_STYLE[check.state]),
+                      check.name, body)
+    return table

@@ -19,11 +19,12 @@ from typing import Any
 import redis
 
 from swarmctl import keys
-from swarmctl.atoms import validate_cpv
+from swarmctl.atoms import cp_of, validate_cpv
 from swarmctl.config import Config
 from swarmctl.exceptions import NoSuchJob, SwarmError
 from swarmctl.graph import KIND_STRENGTH, BrokenEdge, JobSpec, break_cycles, critical_path, gates_of
-from swarmctl.history import BuildRecord, History
+from swarmctl.history import KEEP as HISTORY_KEEP
+from swarmctl.history import History
 from swarmctl.scripts import Scripts, decode
 
 log = logging.getLogger("swarmctl.queue")
@@ -262,11 +263,11 @@ class Queue:
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
                  artifact: dict[str, Any] | None = None) -> str:
         """Mark built if ``drone`` still owns the job: "ok", "stale" or "unauthorized"."""
-        outcome = self._run(self.scripts.complete, cpv, drone, token_sha(token), lease, round(duration, 3),
-                            json.dumps(artifact or {}), self._max_events)[0]
-        if outcome == "ok":
-            self.history.record(BuildRecord(cpv=cpv, seconds=round(duration, 3)))
-        return outcome
+        # The build's duration joins the package's history in the same script.
+        reply = self.scripts.complete(keys=[*keys.QUEUE_KEYS, keys.history(cp_of(cpv))], args=[
+            cpv, drone, token_sha(token), lease, round(duration, 3), json.dumps(artifact or {}),
+            self._max_events, HISTORY_KEEP])
+        return decode(reply)[0]
 
     def fail(self, cpv: str, drone: str, token: str, lease: str, fault: str, reason: str,
              log_tail: str = "") -> tuple[str, float]:

@@ -173,8 +173,9 @@ return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostri
 """
 
 COMPLETE = PRELUDE + """
--- A drone reports a job built. ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
--- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max.
+-- A drone reports a job built. KEYS[11] the package's build history list.
+-- ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
+-- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept.
 -- Returns {'ok'} | {'stale'} | {'unauthorized'}.
 local cpv, name, lease = ARGV[1], ARGV[2], ARGV[4]
 local refusal = refuse_drone(name, ARGV[3])
@@ -190,6 +191,9 @@ redis.call('HSET', drone_key(name), 'failures', 0, 'groundings', 0)
 redis.call('HINCRBY', drone_key(name), 'built', 1)
 redis.call('DEL', streak_key(name))
 redis.call('HINCRBY', KEYS[9], 'built', 1)
+redis.call('LPUSH', KEYS[11], cjson.encode({cpv = cpv, seconds = tonumber(ARGV[5]), parallel = false,
+                                            source = 'swarm'}))
+redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[8]) - 1)
 for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
   if redis.call('SISMEMBER', gates_key(dep), cpv) == 1 then
     redis.call('HINCRBY', job_key(dep), 'pending', -1)

@@ -174,7 +174,8 @@ def render_status(report: StatusReport) -> Group:
         binary = Text("unknown", style="dim")
     else:
         binary = Text(f"{meta.binhost_percent:.1f}% available ({meta.binhost_available:,}/{meta.binhost_total:,})")
-    drones = Text(f"{swarm.drones_online}/{swarm.drones_total} drones online, {swarm.building} packages building",
+    plural = "package" if swarm.building == 1 else "packages"
+    drones = Text(f"{swarm.drones_online}/{swarm.drones_total} drones online, {swarm.building} {plural} building",
                   style=bad if report.open_jobs and not swarm.drones_available else "")
     if swarm.drones_grounded:
         drones.append(f", {swarm.drones_grounded} grounded", style=terminal.STATUS_STYLE["grounded"])

@@ -41,6 +41,8 @@ def test_claim_complete_unlocks_dependents(queue: Queue, registry: DroneRegistry
     second = queue.claim("izar", tokens["izar"])
     assert second is not None and second.cpv == "dev-libs/libxml2-2.13"
     assert queue.get("sys-libs/zlib-1.3").state == "built"
+    assert [r.seconds for r in queue.history.records("sys-libs/zlib")] == [3.0]  # recorded with the completion
+    assert queue.history.estimate("sys-libs/zlib-1.3") == 3.0
 
 
 def test_dependency_queued_later_still_gates(queue: Queue, registry: DroneRegistry) -> None:
