@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -48,11 +49,27 @@ def connect(config: Config) -> redis.Redis:
         return sentinel.master_for(cfg.service_name, **common, **auth)
     if cfg.url:
         if urlsplit(cfg.url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"redis.url: {cfg.url!r} must start with redis://, rediss:// or unix://")
+            raise ConfigError(f"redis.url: {describe(config)} must start with redis://, rediss:// or unix://")
+        refuse_open_server(config)
         return redis.Redis.from_url(cfg.url, **common, **auth)
     embedded = EmbeddedRedis(cfg.data_dir)
     embedded.ensure_running()
     return embedded.client(socket_timeout=cfg.socket_timeout, health_check_interval=30)
+
+
+def refuse_open_server(config: Config) -> None:
+    """A queue on the network with no password is anyone's root shell on every drone: refuse it."""
+    cfg = config.redis
+    parts = urlsplit(cfg.url or "")
+    if parts.scheme == "unix" or cfg.password or parts.password or cfg.allow_no_password:
+        return
+    try:
+        loopback = ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        loopback = parts.hostname == "localhost"
+    if not loopback:
+        raise ConfigError(f"refusing {describe(config)}: a Redis server on the network needs a password "
+                          "(redis.password, or redis://:PASSWORD@host); set redis.allow_no_password to override")
 
 
 def unavailable(config: Config, exc: BaseException) -> BackendUnavailable:

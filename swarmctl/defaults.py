@@ -39,6 +39,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis", "sentinels", [], list, "Redis Sentinel addresses as host:port; set with service_name."),
     Setting("redis", "service_name", "build-swarm", str, "Sentinel service (master) name."),
     Setting("redis", "socket_timeout", 5.0, float, "Seconds before a Redis call times out."),
+    Setting("redis", "allow_no_password", False, bool,
+            "Allow a server on a non-loopback address without a password (refused by default)."),
     Setting("redis", "data_dir", None, str,
             "Embedded server's data dir. Empty: $XDG_DATA_HOME/build-swarm/redis."),
     # Queue: jobs, priorities, blocking.

@@ -113,3 +113,20 @@ def test_embedded_server_is_shared_persistent_and_stoppable(swarm_env: dict[str,
         assert [j["cpv"] for j in listed] == ["app-misc/a-1"]
     finally:
         run_cli(["local", "stop"], env, check=False)
+
+
+def test_redis_on_the_network_without_password_is_refused(swarm_env: dict[str, str]) -> None:
+    # Refused before any connection is attempted (nothing is sent to that address).
+    env = {**swarm_env, "SWARM_REDIS_URL": "redis://192.0.2.10:6379/0"}
+    proc = run_cli(["queue", "list"], env, check=False)
+    assert proc.returncode == 1 and "needs a password" in proc.stderr
+
+
+def test_open_server_check_passes_loopback_passwords_and_override() -> None:
+    from swarmctl.config import load_config
+    from swarmctl.connection import refuse_open_server
+
+    for env in ({"SWARM_REDIS_URL": "redis://127.0.0.1:6379/0"}, {"SWARM_REDIS_URL": "redis://localhost/0"},
+                {"SWARM_REDIS_URL": "redis://:pw@192.0.2.10:6379/0"}, {"SWARM_REDIS_URL": "unix:///run/r.sock"},
+                {"SWARM_REDIS_URL": "redis://192.0.2.10/0", "SWARM_REDIS_ALLOW_NO_PASSWORD": "yes"}):
+        refuse_open_server(load_config(environ=env))
