@@ -27,6 +27,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/claims.py
 	$(BIN)/python bench/recovery.py
 	$(BIN)/python bench/scale.py
+	$(BIN)/python bench/monitor.py
+	$(BIN)/python bench/publish.py
+	$(BIN)/python bench/schedule.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -18,11 +18,11 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import private_redis  # noqa: E402
-from swarmctl.config import load_config  # noqa: E402
-from swarmctl.drones import DroneRegistry  # noqa: E402
-from swarmctl.graph import JobSpec  # noqa: E402
-from swarmctl.queue import Queue  # noqa: E402
+from bench._common import private_redis
+from swarmctl.config import load_config
+from swarmctl.drones import DroneRegistry
+from swarmctl.graph import JobSpec
+from swarmctl.queue import Queue
 
 JOBS_PER_RUN = 12_000
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -19,12 +19,12 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import private_redis, spawn_drone, stop, swarm_env  # noqa: E402
-from swarmctl import keys  # noqa: E402
-from swarmctl.config import load_config  # noqa: E402
-from swarmctl.drones import DroneRegistry  # noqa: E402
-from swarmctl.graph import JobSpec  # noqa: E402
-from swarmctl.queue import Queue  # noqa: E402
+from bench._common import private_redis, spawn_drone, stop, swarm_env
+from swarmctl import keys
+from swarmctl.config import load_config
+from swarmctl.drones import DroneRegistry
+from swarmctl.graph import JobSpec
+from swarmctl.queue import Queue
 
 ROUNDS = 10
 RESULTS = Path(__file__).resolve().parent / "results"

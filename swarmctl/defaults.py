@@ -109,6 +109,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Bytes per second an upload must average (deadline: read_timeout + size / rate)."),
     Setting("binhost", "max_uploads", 8, int, "Uploads received at once; more are answered 503 (busy)."),
     Setting("binhost", "upload_retries", 5, int, "Upload attempts before giving up."),
+    # Logs.
+    Setting("log", "json", False, bool, "Log one JSON object a line (for log shippers)."),
+    Setting("log", "file", None, str, "Also log to this file, rotated."),
+    Setting("log", "max_bytes", 10 * 1024 * 1024, int, "Rotate the log file at this size."),
+    Setting("log", "backups", 5, int, "Rotated log files kept."),
     # Nightly.
     Setting("nightly", "status_file", None, str,
             "Where the nightly playbook logs STARTED/FINISHED. Empty: /var/lib/build-swarm/nightly.status."),

@@ -20,14 +20,9 @@ import logging.handlers
 import os
 import sys
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-ENV_JSON = "SWARM_LOG_JSON"
-ENV_FILE = "SWARM_LOG_FILE"
-ENV_MAX_BYTES = "SWARM_LOG_MAX_BYTES"
-ENV_BACKUPS = "SWARM_LOG_BACKUPS"
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_BACKUPS = 5
 TEXT_FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -59,36 +54,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _int(value: str | None, default: int) -> int:
-    try:
-        return int(value) if value else default
-    except ValueError:
-        return default
-
-
-def setup_logging(verbosity: int = 0, json_lines: bool | None = None, log_file: str | os.PathLike[str] | None = None,
-                  max_bytes: int | None = None, backups: int | None = None, stream: IO[str] | None = None,
-                  environ: Mapping[str, str] | None = None) -> logging.Logger:
-    """Configure the root logger; returns it.
+def setup_logging(verbosity: int = 0, json_lines: bool = False, log_file: str | os.PathLike[str] | None = None,
+                  max_bytes: int = DEFAULT_MAX_BYTES, backups: int = DEFAULT_BACKUPS,
+                  stream: IO[str] | None = None) -> logging.Logger:
+    """Configure the root logger; returns it. The CLI passes the ``log.*`` settings.
 
     Args:
         verbosity: 0 warnings, 1 info, 2+ debug (the CLI's ``-v`` count).
-        json_lines: One JSON object a line (default: ``SWARM_LOG_JSON``).
-        log_file: Also log to this file, rotated (default: ``SWARM_LOG_FILE``).
-        max_bytes: Rotate the file at this size (default: ``SWARM_LOG_MAX_BYTES`` or 10 MiB).
-        backups: Rotated files kept (default: ``SWARM_LOG_BACKUPS`` or 5).
+        json_lines: One JSON object a line.
+        log_file: Also log to this file, rotated.
+        max_bytes: Rotate the file at this size.
+        backups: Rotated files kept.
         stream: Where console logs go (default: stderr).
-        environ: Environment to read (default: ``os.environ``).
     """
-    env = os.environ if environ is None else environ
-    json_lines = _truthy(env.get(ENV_JSON)) if json_lines is None else json_lines
-    log_file = log_file if log_file is not None else (env.get(ENV_FILE) or None)
-    max_bytes = max_bytes if max_bytes is not None else _int(env.get(ENV_MAX_BYTES), DEFAULT_MAX_BYTES)
-    backups = backups if backups is not None else _int(env.get(ENV_BACKUPS), DEFAULT_BACKUPS)
     formatter: logging.Formatter = JsonFormatter() if json_lines else logging.Formatter(TEXT_FORMAT)
 
     root = logging.getLogger()

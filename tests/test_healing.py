@@ -89,7 +89,7 @@ def test_cooldown_prevents_restart_storms(setup, redis_client: redis.Redis) -> N
 
 
 def test_unidentified_host_is_never_rebooted(setup, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
-    cfg, registry, executor, _queue = setup
+    cfg, _registry, executor, _queue = setup
     redis_client.hdel(keys.drone("tarn"), "machine_id")
     outcome = Healer(redis_client, cfg, executor).act("tarn", "reboot", operator=True)
     assert not outcome.ok and "no machine id" in outcome.summary and executor.calls == []

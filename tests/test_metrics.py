@@ -18,7 +18,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from swarmctl import metrics
-from swarmctl.config import Config
+from swarmctl.config import Config, load_config
 from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.graph import JobSpec
@@ -179,7 +179,7 @@ def test_json_lines(tmp_path: Path, restore_logging: None) -> None:
     import io
 
     stream = io.StringIO()
-    setup_logging(verbosity=1, json_lines=True, stream=stream, environ={})
+    setup_logging(verbosity=1, json_lines=True, stream=stream)
     log = logging.getLogger("swarmctl.test")
     log.info("reclaimed %d job(s) from %s", 3, "drone-Tarn", extra={"drone": "drone-Tarn", "jobs": 3})
     log.debug("hidden at -v")
@@ -202,8 +202,10 @@ def test_rotation_and_env(tmp_path: Path, restore_logging: None) -> None:
     path = tmp_path / "logs" / "orchestrator.log"
     env = {"SWARM_LOG_JSON": "1", "SWARM_LOG_FILE": str(path), "SWARM_LOG_MAX_BYTES": "2000",
            "SWARM_LOG_BACKUPS": "2"}
-    setup_logging(verbosity=1, stream=io.StringIO(), environ=env)
-    setup_logging(verbosity=1, stream=io.StringIO(), environ=env)  # again: handlers replaced, not doubled
+    log = load_config(environ=env).log
+    for _ in range(2):  # again: handlers replaced, not doubled
+        setup_logging(verbosity=1, json_lines=log.json, log_file=log.file, max_bytes=log.max_bytes,
+                      backups=log.backups, stream=io.StringIO())
     assert sum(1 for h in logging.getLogger().handlers if getattr(h, "_swarmctl_handler", False)) == 2
     log = logging.getLogger("swarmctl.test")
     for i in range(200):

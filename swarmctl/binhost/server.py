@@ -16,6 +16,13 @@ overall deadline (size / minimum rate) against slow senders. Ownership is checke
 once more under the index lock just before publishing; on success the job is
 completed in the queue with the artifact.
 
+Slow or idle clients cannot hold the server: every connection must deliver its request
+line and headers within ``header_timeout`` seconds in total (the idle wait between
+keep-alive requests counts too), an upload body must keep averaging ``min_upload_rate``
+after a ``read_timeout`` grace (checked on every socket read, not only between chunks),
+and at most ``max_connections`` connections are served at once; the next one gets an
+immediate 503 and is closed, so a flood of idle sockets costs no threads.
+
 Replies are one JSON object on one line: ``{"status": "accepted"|"refused",
 "code": ..., "reason": ...}``.
 
@@ -27,6 +34,7 @@ entries (the upload temp dir, the lock), directories, symlinks leaving PKGDIR an
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -107,12 +115,67 @@ class ServerSettings:
         min_upload_rate: Bytes/second an upload must average (deadline =
             read_timeout + size / rate).
         max_uploads: Concurrent uploads; more get 503.
+        header_timeout: Seconds a connection has to deliver a request line and all
+            its headers (also the keep-alive idle limit between requests).
+        max_connections: Connections served at once; more are answered 503 and closed.
     """
 
     max_upload_bytes: int = 4 * 1024**3
     read_timeout: float = 30.0
     min_upload_rate: float = 64 * 1024
     max_uploads: int = 8
+    header_timeout: float = 10.0
+    max_connections: int = 64
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket as the handler reads it, with a deadline on every ``recv``.
+
+    A plain socket timeout bounds one ``recv`` only: a client sending one byte just
+    before each timeout keeps a ``readline`` (or a buffered ``read``) going forever.
+    Here each ``recv`` gets at most the time left until ``deadline``, and in body mode
+    the bytes received must keep up with ``min_rate`` after ``grace`` seconds.
+    Falling behind raises :class:`TimeoutError`, which ends the request.
+    """
+
+    def __init__(self, sock: socket.socket, idle_timeout: float) -> None:
+        super().__init__()
+        self.sock = sock
+        self.idle_timeout = idle_timeout
+        self.deadline: float | None = None
+        self.rate: tuple[float, float, float] | None = None  # (start, min bytes/s, grace s)
+        self.received = 0
+
+    def arm(self, seconds: float) -> None:
+        """Everything read from now on must arrive within ``seconds``."""
+        self.deadline, self.rate = time.monotonic() + seconds, None
+
+    def body(self, deadline: float | None, min_rate: float, grace: float) -> None:
+        """Body mode: an overall deadline plus a running minimum rate."""
+        self.deadline, self.rate, self.received = deadline, (time.monotonic(), min_rate, grace), 0
+
+    def disarm(self) -> None:
+        self.deadline, self.rate = None, None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        now = time.monotonic()
+        timeout = self.idle_timeout
+        if self.deadline is not None:
+            left = self.deadline - now
+            if left <= 0:
+                raise TimeoutError("deadline passed")
+            timeout = min(timeout, left)
+        if self.rate is not None:
+            start, min_rate, grace = self.rate
+            if self.received < min_rate * (now - start - grace):
+                raise TimeoutError(f"too slow: {self.received} bytes in {now - start:.1f} s")
+        self.sock.settimeout(max(timeout, 0.001))
+        count = self.sock.recv_into(buffer)
+        self.received += count
+        return count
 
 
 class _Refusal(Exception):
@@ -134,9 +197,28 @@ class BinhostServer(ThreadingHTTPServer):
         self.settings = settings or ServerSettings()
         self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes)
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
+        self.connection_slots = threading.BoundedSemaphore(max(1, self.settings.max_connections))
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the connection in a thread, or refuse it at once when at the cap."""
+        if not self.connection_slots.acquire(blocking=False):
+            _refuse_connection(request)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connection_slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connection_slots.release()
 
     @property
     def url(self) -> str:
@@ -153,7 +235,22 @@ class _Handler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.settings.read_timeout
         super().setup()
+        self._reader = _DeadlineReader(self.connection, self.server.settings.read_timeout)
+        self.rfile.close()  # the plain makefile() reader; ours replaces it
+        self.rfile = io.BufferedReader(self._reader)
         self._preflight: tuple[str, str, str, str, int] | None = None
+
+    def handle_one_request(self) -> None:
+        # The request line and the headers (and the keep-alive idle wait) share one deadline.
+        self._reader.arm(self.server.settings.header_timeout)
+        self._preflight = None  # never carried over to the next request on a keep-alive connection
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self._reader.disarm()
+        self.connection.settimeout(self.server.settings.read_timeout)
+        return ok
 
     # -- uploads -------------------------------------------------------------------
 
@@ -190,6 +287,8 @@ class _Handler(BaseHTTPRequestHandler):
         duration = _float(self.headers.get("X-Swarm-Duration"))
         settings = self.server.settings
         deadline = time.monotonic() + settings.read_timeout + size / max(1.0, settings.min_upload_rate)
+        # Checked on every recv: a trickling body cannot stretch one buffered read past it.
+        self._reader.body(deadline, settings.min_upload_rate, settings.read_timeout)
 
         def still_owner() -> str | None:
             owner, current = self.server.gate.owner_of(cpv)
@@ -358,6 +457,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.client_address[0], format % args)
+
+
+def _refuse_connection(sock: socket.socket) -> None:
+    """Answer 503 without reading the request (runs in the accept loop: never blocks long)."""
+    body = (json.dumps({"code": "busy", "reason": "too many connections; retry later", "status": "refused"},
+                       sort_keys=True) + "\n").encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    try:
+        sock.settimeout(0.2)
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import click
@@ -14,6 +13,7 @@ from swarmctl.cli.context import AppContext
 from swarmctl.config import Config, load_config
 from swarmctl.connection import TRANSIENT, unavailable
 from swarmctl.exceptions import SwarmError
+from swarmctl.logging_setup import setup_logging
 
 _LOADED: dict[str, Config] = {}  # the invocation's config, for error messages after click unwound
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -28,9 +28,9 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None, redis_url: str | None, verbose: int) -> None:
     """Run a self-healing build farm for Gentoo binary packages."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = load_config(config_path).with_overrides(redis__url=redis_url)
+    setup_logging(verbose, json_lines=config.log.json, log_file=config.log.file, max_bytes=config.log.max_bytes,
+                  backups=config.log.backups)
     _LOADED["config"] = config
     ctx.obj = AppContext(config)
 

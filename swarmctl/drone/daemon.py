@@ -132,6 +132,7 @@ class DroneDaemon:
             "pid": os.getpid(),
             "version": __version__,
             "machine_id_seen": self.machine_id or "",
+            "clock": f"{time.time():.3f}",  # lets doctor measure this drone's clock skew
         }
         reply = self.registry.heartbeat(self.name, self.token, fields,
                                         current.claim.cpv if current else None,
