@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -167,7 +168,8 @@ class Queue:
                 stored = {c: float(v or 0) for c, v in zip(earlier, pipe.execute(), strict=True)}
             chain = critical_path(graph, {**stored, **estimates})
         order = sorted(batch, key=lambda c: -chain.get(c, 0.0)) if not fifo else list(batch)
-        with self.redis.pipeline(transaction=False) as pipe:
+        # One MULTI/EXEC: a batch (a nightly sync, an import) lands whole or not at all.
+        with self.redis.pipeline(transaction=True) as pipe:
             for cpv in order:
                 spec = batch[cpv]
                 self.scripts.add(keys=list(keys.QUEUE_KEYS), client=pipe, args=[
@@ -187,7 +189,7 @@ class Queue:
                         len(report.broken) - shown)
         with self.redis.pipeline(transaction=False) as pipe:  # plain commands: no script, no MULTI needed
             for edge in report.broken:
-                pipe.xadd(keys.EVENTS, {"ts": 0, "kind": "cycle", "job": edge.job, "drone": "",
+                pipe.xadd(keys.EVENTS, {"ts": int(time.time() * 1000), "kind": "cycle", "job": edge.job, "drone": "",
                                         "reason": f"stopped waiting for {edge.gate} ({edge.kind} edge) "
                                                   "to break a dependency cycle"},
                           maxlen=self._max_events, approximate=True)

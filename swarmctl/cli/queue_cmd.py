@@ -85,6 +85,50 @@ def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool
     _report_cycles(report.broken)
 
 
+@queue.command("sync")
+@click.option("--world", "world_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="World file (one atom per line) to resolve.")
+@click.option("--binhost", "binhost", metavar="DIR|URL",
+              help="The binhost's PKGDIR, Packages file or URL (default: binhost.dir, then binhost.url).")
+@click.option("--prefix", type=click.Path(file_okay=False),
+              help="Portage prefix to resolve with (default: drone.prefix; none: this host's portage).")
+@click.option("--dry-run", is_flag=True, help="Resolve and report; queue nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+@pass_app
+def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | None, dry_run: bool,
+         as_json: bool) -> None:
+    """Resolve what world needs with portage and queue what the binhost lacks (all or nothing)."""
+    from pathlib import Path
+
+    from swarmctl.meta import Meta
+    from swarmctl.portage_env.prefix import load_prefix
+    from swarmctl.resolver import PackageResolver
+
+    prefix_dir = prefix or app.config.drone.prefix
+    try:
+        portage_prefix = load_prefix(Path(prefix_dir)) if prefix_dir else None
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    source = binhost or app.config.binhost.dir or app.config.binhost.url
+    resolution = PackageResolver(portage_prefix).resolve(Path(world_file), source)
+    specs = resolution.job_specs()
+    report = AddReport() if dry_run else app.queue.add(specs)
+    if not dry_run:
+        meta = Meta(app.client)
+        meta.set_world_size(len(resolution.needed))
+        meta.set_binhost(len(resolution.needed) - len(resolution.missing), len(resolution.needed))
+    summary = {"world": len(resolution.needed), "available": len(resolution.needed) - len(resolution.missing),
+               "missing": [p.cpv for p in resolution.missing], "added": report.added,
+               "already_queued": report.existing, "dry_run": dry_run}
+    if as_json:
+        terminal.print_json(summary)
+        return
+    terminal.ok(f"world needs {summary['world']} package(s); the binhost has {summary['available']}; "
+                + (f"{len(specs)} would be queued" if dry_run else
+                   f"queued {len(report.added)}, {len(report.existing)} already queued"))
+    _report_cycles(report.broken)
+
+
 @queue.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
 @click.option("--json", "as_json", is_flag=True, help="JSON list of jobs.")
