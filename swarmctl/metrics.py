@@ -36,6 +36,7 @@ from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.drones import STATUSES, DroneRegistry
 from swarmctl.meta import SwarmMeta
+from swarmctl.queue import queue_counts, read_counts
 
 log = logging.getLogger("swarmctl.metrics")
 
@@ -155,9 +156,7 @@ class SwarmCollector(Collector):
         self._tally.update()
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
-            for state in keys.STATES:
-                pipe.scard(keys.state_set(state))
-            pipe.zcard(keys.READY)
+            n = queue_counts(pipe)
             pipe.smembers(keys.DRONES)
             pipe.hgetall(keys.STATS)
             pipe.hgetall(keys.META)
@@ -165,11 +164,8 @@ class SwarmCollector(Collector):
             replies = pipe.execute()
         seconds, micros = replies[0]
         now = seconds + micros / 1e6
-        n = len(keys.STATES)
-        counts = dict(zip(keys.STATES, replies[1:1 + n], strict=True))
-        counts["ready"] = replies[1 + n]
-        counts["waiting"] = counts["needed"] - counts["ready"]
-        names, stats, meta_hash, leader = replies[2 + n:6 + n]
+        counts = read_counts(replies[1:1 + n])
+        names, stats, meta_hash, leader = replies[1 + n:5 + n]
         names = sorted(names)
         with self.redis.pipeline(transaction=False) as pipe:
             for name in names:

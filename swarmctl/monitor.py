@@ -43,6 +43,7 @@ from swarmctl.connection import TRANSIENT
 from swarmctl.drones import DroneInfo, DroneRegistry
 from swarmctl.events import Event, _event
 from swarmctl.meta import SwarmMeta
+from swarmctl.queue import queue_counts, read_counts
 
 log = logging.getLogger("swarmctl.monitor")
 
@@ -198,9 +199,7 @@ def gather(client: redis.Redis, config: Config, rate: BuiltRate | None = None, t
     rate = rate or BuiltRate()
     with client.pipeline(transaction=False) as pipe:
         pipe.time()
-        for state in keys.STATES:
-            pipe.scard(keys.state_set(state))
-        pipe.zcard(keys.READY)
+        n = queue_counts(pipe)
         pipe.zrevrange(keys.READY, 0, 0, withscores=True)
         pipe.smembers(keys.DRONES)
         pipe.smembers(keys.state_set("delegated"))
@@ -211,12 +210,9 @@ def gather(client: redis.Redis, config: Config, rate: BuiltRate | None = None, t
         replies = pipe.execute()
     seconds, micros = replies[0]
     now = seconds + micros / 1e6
-    n = len(keys.STATES)
-    counts = dict(zip(keys.STATES, replies[1:1 + n], strict=True))
-    counts["ready"] = replies[1 + n]
-    counts["waiting"] = counts["needed"] - counts["ready"]
-    top, names, delegated, recent, meta, leader = replies[2 + n:8 + n]
-    rate.absorb(replies[8 + n:8 + n + n_rate], now)
+    counts = read_counts(replies[1:1 + n])
+    top, names, delegated, recent, meta, leader = replies[1 + n:7 + n]
+    rate.absorb(replies[7 + n:7 + n + n_rate], now)
 
     names = sorted(names)
     delegated = sorted(delegated)

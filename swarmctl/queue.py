@@ -360,12 +360,26 @@ class Queue:
     def counts(self) -> dict[str, int]:
         """Jobs per state, plus ``ready`` (claimable now) and ``waiting`` (needed, gated)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            for state in keys.STATES:
-                pipe.scard(keys.state_set(state))
-            pipe.zcard(keys.READY)
-            replies = pipe.execute()
-        counts = dict(zip(keys.STATES, replies[:-1], strict=True))
-        counts["ready"] = replies[-1]
-        counts["waiting"] = counts["needed"] - counts["ready"]
-        return counts
+            queue_counts(pipe)
+            return read_counts(pipe.execute())
+
+
+#: Replies queue_counts() adds to a pipeline.
+COUNT_REPLIES = len(keys.STATES) + 1
+
+
+def queue_counts(pipe: redis.client.Pipeline) -> int:
+    """Queue the reads behind counts() on a pipeline shared with other reads; returns COUNT_REPLIES."""
+    for state in keys.STATES:
+        pipe.scard(keys.state_set(state))
+    pipe.zcard(keys.READY)
+    return COUNT_REPLIES
+
+
+def read_counts(replies: list[Any]) -> dict[str, int]:
+    """Counts from the COUNT_REPLIES replies of queue_counts()."""
+    counts = dict(zip(keys.STATES, replies[:len(keys.STATES)], strict=True))
+    counts["ready"] = replies[len(keys.STATES)]
+    counts["waiting"] = counts["needed"] - counts["ready"]
+    return counts
 

@@ -29,6 +29,7 @@ from swarmctl.cli import terminal
 from swarmctl.config import Config
 from swarmctl.drones import DroneRegistry
 from swarmctl.meta import NightlyMark, SwarmMeta, last_nightly, nightly_status_path, read_nightly_file
+from swarmctl.queue import queue_counts, read_counts
 
 SCHEMA_ID = "build-swarm/status/1"
 #: Default oldest acceptable portage sync (the story's "red when older than a day").
@@ -91,18 +92,13 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
     """Read everything status shows in one pipelined round trip plus the drones."""
     with client.pipeline(transaction=False) as pipe:
         pipe.time()
-        for state in keys.STATES:
-            pipe.scard(keys.state_set(state))
-        pipe.zcard(keys.READY)
+        n = queue_counts(pipe)
         pipe.hgetall(keys.META)
         pipe.get(keys.LEADER)
         replies = pipe.execute()
     seconds, micros = replies[0]
-    n = len(keys.STATES)
-    queue = dict(zip(keys.STATES, replies[1:1 + n], strict=True))
-    queue["ready"] = replies[1 + n]
-    queue["waiting"] = queue["needed"] - queue["ready"]
-    meta = SwarmMeta.from_hash(replies[2 + n])
+    queue = read_counts(replies[1:1 + n])
+    meta = SwarmMeta.from_hash(replies[1 + n])
     drones = [d for d in DroneRegistry(client, config).list() if not d.revoked]
     swarm = SwarmCounts(
         drones_total=len(drones),
@@ -113,7 +109,7 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
     )
     report = StatusReport(now=seconds + micros / 1e6, meta=meta,
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
-                          queue=queue, swarm=swarm, leader=replies[3 + n], max_sync_age=max_sync_age)
+                          queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age)
     report.attention = assess(report)
     return report
 

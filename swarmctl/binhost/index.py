@@ -28,6 +28,7 @@ from pathlib import Path
 
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.exceptions import SwarmError
+from swarmctl.files import write_atomic
 
 logger = logging.getLogger("swarmctl.binhost.index")
 
@@ -124,7 +125,7 @@ class PackagesIndex:
         older compressed copy.
         """
         path = Path(path)
-        _write_atomic(path, self.render())
+        write_atomic(path, self.render())
         with contextlib.suppress(FileNotFoundError):
             path.with_name(path.name + ".gz").unlink()
 
@@ -409,16 +410,3 @@ def _flock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise

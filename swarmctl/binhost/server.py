@@ -20,8 +20,9 @@ Slow or idle clients cannot hold the server: every connection must deliver its r
 line and headers within ``header_timeout`` seconds in total (the idle wait between
 keep-alive requests counts too), an upload body must keep averaging ``min_upload_rate``
 after a ``read_timeout`` grace (checked on every socket read, not only between chunks),
-and at most ``max_connections`` connections are served at once; the next one gets an
-immediate 503 and is closed, so a flood of idle sockets costs no threads.
+and at most ``max_connections`` connections (``max_connections_per_address`` from one
+address) are served at once; the next one gets an immediate 503 and is closed, so a
+flood of idle sockets costs no threads and cannot lock other hosts out.
 
 Replies are one JSON object on one line: ``{"status": "accepted"|"refused",
 "code": ..., "reason": ...}``.
@@ -118,6 +119,8 @@ class ServerSettings:
         header_timeout: Seconds a connection has to deliver a request line and all
             its headers (also the keep-alive idle limit between requests).
         max_connections: Connections served at once; more are answered 503 and closed.
+        max_connections_per_address: Connections one client address may hold at once,
+            so one host's idle sockets cannot take every slot.
     """
 
     max_upload_bytes: int = 4 * 1024**3
@@ -126,6 +129,7 @@ class ServerSettings:
     max_uploads: int = 8
     header_timeout: float = 10.0
     max_connections: int = 64
+    max_connections_per_address: int = 16
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -197,28 +201,58 @@ class BinhostServer(ThreadingHTTPServer):
         self.settings = settings or ServerSettings()
         self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes)
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
-        self.connection_slots = threading.BoundedSemaphore(max(1, self.settings.max_connections))
+        self._connections: dict[str, int] = {}
+        self._connections_lock = threading.Lock()
+        self._last_cap_warning = -10.0
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """Serve the connection in a thread, or refuse it at once when at the cap."""
-        if not self.connection_slots.acquire(blocking=False):
+        """Serve the connection in a thread, or refuse it at once when at a cap."""
+        if not self._take_slot(client_address[0]):
             _refuse_connection(request)
             self.shutdown_request(request)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.connection_slots.release()
+            self._give_slot(client_address[0])
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.connection_slots.release()
+            self._give_slot(client_address[0])
+
+    def open_connections(self) -> int:
+        """Connections being served right now."""
+        with self._connections_lock:
+            return sum(self._connections.values())
+
+    def _take_slot(self, address: str) -> bool:
+        settings = self.settings
+        with self._connections_lock:
+            held = self._connections.get(address, 0)
+            if held >= max(1, settings.max_connections_per_address) or \
+                    sum(self._connections.values()) >= max(1, settings.max_connections):
+                now = time.monotonic()
+                if now - self._last_cap_warning >= 10.0:  # at most one line per 10 s under a flood
+                    self._last_cap_warning = now
+                    logger.warning("refusing connections (from %s and maybe others): connection limit "
+                                   "reached", address)
+                return False
+            self._connections[address] = held + 1
+            return True
+
+    def _give_slot(self, address: str) -> None:
+        with self._connections_lock:
+            held = self._connections.get(address, 0) - 1
+            if held > 0:
+                self._connections[address] = held
+            else:
+                self._connections.pop(address, None)
 
     @property
     def url(self) -> str:

@@ -39,10 +39,11 @@ import contextlib
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from swarmctl.files import write_atomic
 
 logger = logging.getLogger("swarmctl.portage_env.prefix")
 
@@ -331,19 +332,9 @@ def _replace_symlink(link: Path, target: Path) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Rewrite a config file only when its content changes (keeps reruns idempotent)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(OSError):
         if path.read_text(encoding="utf-8") == text:
             return
-    except OSError:
-        pass
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
+    write_atomic(path, text, fsync=False)
