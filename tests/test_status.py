@@ -226,3 +226,18 @@ def test_nightly_file_tail(tmp_path: Path) -> None:
     assert marks[-1].event == "FINISHED" and marks[-1].time == 7200
     assert all(m.event in ("STARTED", "FINISHED") for m in marks)
     assert read_nightly_file(tmp_path / "missing") == []
+
+
+def test_nightly_marks_reach_status(swarm_env: dict[str, str]) -> None:
+    import json
+
+    from tests.conftest import run_cli
+
+    run_cli(["nightly", "mark", "STARTED"], swarm_env)
+    run_cli(["nightly", "mark", "SYNCED"], swarm_env)
+    run_cli(["nightly", "mark", "FAILED", "--detail", "emerge-webrsync failed"], swarm_env)
+    run_cli(["nightly", "cron-check", "--ok", "--detail", "next run in 5 h"], swarm_env)
+    report = json.loads(run_cli(["status", "--json"], swarm_env, check=False).stdout)
+    text = json.dumps(report)
+    assert "FAILED" in text and "emerge-webrsync failed" in text
+    assert report["sync"]["time"] is not None

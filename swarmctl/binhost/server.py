@@ -193,6 +193,9 @@ class BinhostServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver's default backlog is 5: under a connection flood the kernel would drop
+    # everyone's handshakes (legitimate clients included) instead of letting us answer 503.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], pkgdir: Path, gate: Gate,
                  settings: ServerSettings | None = None) -> None:
@@ -225,6 +228,15 @@ class BinhostServer(ThreadingHTTPServer):
             super().process_request_thread(request, client_address)
         finally:
             self._give_slot(client_address[0])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-reply is routine, not a traceback on stderr."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            logger.debug("connection from %s dropped: %s", client_address[0], sys.exc_info()[1])
+            return
+        super().handle_error(request, client_address)
 
     def open_connections(self) -> int:
         """Connections being served right now."""

@@ -44,7 +44,7 @@ def _register() -> None:
     cli.add_command(orchestrator_cmd.orchestrator)
     cli.add_command(orchestrator_cmd.events)
     cli.add_command(local_cmd.local)
-    for optional in ("binhost_cmd", "ops_cmd", "history_cmd", "heal_cmd", "demo_cmd"):
+    for optional in ("binhost_cmd", "ops_cmd", "history_cmd", "heal_cmd", "demo_cmd", "nightly_cmd"):
         try:
             module = __import__(f"swarmctl.cli.{optional}", fromlist=["COMMANDS"])
         except ModuleNotFoundError as exc:

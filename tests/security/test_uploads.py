@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - the portage fixtures imported below are used as test parameters
 """Threat family: what reaches the binhost. Ownership, replays, traversal, size, slow clients.
 
 Every refused upload leaves PKGDIR, its index and the directories around it byte-for-byte
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import socket
 import subprocess
 import tarfile
@@ -41,7 +43,8 @@ def swarm(redis_client: redis.Redis, config: Config) -> Swarm:
 
 
 @pytest.fixture
-def binhost(swarm: Swarm, pkgdir: Path, serve):  # type: ignore[no-untyped-def]  # noqa: F811
+def binhost(swarm: Swarm, pkgdir: Path, serve):  # type: ignore[no-untyped-def]
+    (pkgdir / "probe.txt").write_text("a file to GET while attackers try to hold the server\n")
     return serve(pkgdir, swarm.gate, SETTINGS)
 
 
@@ -73,7 +76,19 @@ def connect(url: str, source: str = "127.0.0.1") -> socket.socket:
     return sock
 
 
-def get_seconds(url: str, path: str = "/Packages") -> float:
+def read_reply(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes (or goes quiet for a second)."""
+    sock.settimeout(1.0)
+    reply = b""
+    try:
+        while chunk := sock.recv(65536):
+            reply += chunk
+    except TimeoutError:
+        pass
+    return reply
+
+
+def get_seconds(url: str, path: str = "/probe.txt") -> float:
     started = time.monotonic()
     with urllib.request.urlopen(url + path, timeout=10) as reply:
         reply.read()
@@ -82,7 +97,7 @@ def get_seconds(url: str, path: str = "/Packages") -> float:
 
 # -- ownership and replays -------------------------------------------------------------------------
 
-def test_upload_for_a_job_the_drone_does_not_own(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_upload_for_a_job_the_drone_does_not_own(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
     hello = drone.gpkg(HELLO)
     before = whole_tree(pkgdir.parent)
     lease = swarm.leases[HELLO]
@@ -94,7 +109,7 @@ def test_upload_for_a_job_the_drone_does_not_own(drone, swarm, binhost, pkgdir) 
     assert swarm.queue.get(HELLO).state == "delegated"
 
 
-def test_replayed_upload_after_the_job_moved_on(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_replayed_upload_after_the_job_moved_on(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
     """An old upload (old lease) replayed after the job was reclaimed and re-delegated."""
     hello = drone.gpkg(HELLO)
     old_lease = swarm.leases[HELLO]
@@ -119,7 +134,7 @@ def test_replayed_upload_after_the_job_moved_on(drone, swarm, binhost, pkgdir) -
     assert swarm.queue.get(HELLO).built_by == "d2"
 
 
-def test_keep_alive_request_does_not_inherit_the_previous_checks(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_keep_alive_request_does_not_inherit_the_previous_checks(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
     """Two requests on one connection: the second is checked on its own headers."""
     hello = drone.gpkg(HELLO)
     body = hello.read_bytes()
@@ -136,7 +151,7 @@ def test_keep_alive_request_does_not_inherit_the_previous_checks(drone, swarm, b
         forged = {**good, "X-Swarm-Token": "wrong", "X-Swarm-Cpv": GREETER, "X-Swarm-Sha256": "a" * 64}
         head = "".join(f"{k}: {v}\r\n" for k, v in forged.items())
         sock.sendall(f"PUT /upload HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + body)
-        second = sock.recv(65536)
+        second = read_reply(sock)
     assert second.startswith(b"HTTP/1.1 401"), second[:200]
 
 
@@ -147,7 +162,7 @@ def test_keep_alive_request_does_not_inherit_the_previous_checks(drone, swarm, b
     "app-misc/..%2f..%2fx-1", "app-misc/hello-1\\..\\..\\x", "./app-misc/hello-1", "app-misc/.hidden-1",
     "app-misc/hello-1/", "app-misc//hello-1", "app-misc/hel lo-1", "..\\x/y-1", ".../x-1", "..-1/x-1",
 ])
-def test_traversal_in_the_cpv_header(cpv: str, drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_traversal_in_the_cpv_header(cpv: str, drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
     hello = drone.gpkg(HELLO)
     before = whole_tree(pkgdir.parent)
     status, reply = raw_put(binhost.url, headers_for(swarm, HELLO, hello, **{"X-Swarm-Cpv": cpv}), hello.read_bytes())
@@ -168,9 +183,9 @@ def forged_gpkg(real: Path, dest: Path, *, metadata: dict[str, str] | None = Non
         members = {m.name.split("/", 1)[1]: outer.extractfile(m).read()  # type: ignore[union-attr]
                    for m in outer.getmembers() if m.isfile()}
         old_top = outer.getmembers()[0].name.split("/", 1)[0]
-    inner = tarfile.open(fileobj=io.BytesIO(_zstd(members["metadata.tar.zst"], decompress=True)))
     rebuilt = io.BytesIO()
-    with tarfile.open(fileobj=rebuilt, mode="w", format=tarfile.GNU_FORMAT) as out:
+    with tarfile.open(fileobj=io.BytesIO(_zstd(members["metadata.tar.zst"], decompress=True))) as inner, \
+            tarfile.open(fileobj=rebuilt, mode="w", format=tarfile.GNU_FORMAT) as out:
         for member in inner.getmembers():
             data = inner.extractfile(member).read() if member.isfile() else b""  # type: ignore[union-attr]
             key = member.name.split("/", 1)[-1]
@@ -197,7 +212,7 @@ def forged_gpkg(real: Path, dest: Path, *, metadata: dict[str, str] | None = Non
     return dest
 
 
-def test_forged_gpkg_helper_makes_packages_that_verify(drone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_forged_gpkg_helper_makes_packages_that_verify(drone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The control for the next test: a re-packed, unchanged package is still accepted."""
     same = forged_gpkg(drone.gpkg(HELLO), tmp_path / "hello-1-1.gpkg.tar")
     published = Publisher(tmp_path / "pkgdir").publish_file(same, HELLO)
@@ -205,7 +220,7 @@ def test_forged_gpkg_helper_makes_packages_that_verify(drone, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("case", ["category", "pf", "build_id", "top_dir", "metadata_member", "absolute_member"])
-def test_traversal_in_names_inside_the_gpkg(case: str, drone, swarm, binhost, pkgdir, tmp_path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_traversal_in_names_inside_the_gpkg(case: str, drone, swarm, binhost, pkgdir, tmp_path) -> None:  # type: ignore[no-untyped-def]
     forged = {
         "category": {"metadata": {"CATEGORY": "../../../tmp"}},
         "pf": {"metadata": {"PF": "../../../hello-1"}},
@@ -238,7 +253,7 @@ def test_traversal_in_names_inside_the_gpkg(case: str, drone, swarm, binhost, pk
     ("0", "bad_request"), ("1e9", "bad_request"), ("0x10", "bad_request"),
 ])
 def test_oversize_and_bogus_lengths_are_refused_before_the_body(length: str, code: str, drone, swarm,  # type: ignore[no-untyped-def]
-                                                                binhost, pkgdir, sockets) -> None:  # noqa: F811
+                                                                binhost, pkgdir, sockets) -> None:
     hello = drone.gpkg(HELLO)
     before = whole_tree(pkgdir.parent)
     sock = connect(binhost.url)
@@ -247,21 +262,25 @@ def test_oversize_and_bogus_lengths_are_refused_before_the_body(length: str, cod
     head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     started = time.monotonic()
     sock.sendall(f"PUT /upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n{head}\r\n".encode())
-    reply = sock.recv(65536)
+    reply = read_reply(sock)
     assert time.monotonic() - started < 1.0
     assert b"100 Continue" not in reply and f'"code": "{code}"'.encode() in reply, reply[:300]
     assert whole_tree(pkgdir.parent) == before
 
 
-def test_body_longer_than_declared_is_not_read_past_the_declaration(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_body_longer_than_declared_is_not_read_past_the_declaration(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
     hello = drone.gpkg(HELLO)
-    status, reply = raw_put(binhost.url, headers_for(swarm, HELLO, hello), hello.read_bytes() + b"\0" * 4096 * 64,
-                            close_early=True)
-    assert status == 201 and reply["size"] == hello.stat().st_size
+    with connect(binhost.url) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers_for(swarm, HELLO, hello).items())
+        sock.sendall(f"PUT /upload HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode() + hello.read_bytes()
+                     + b"\0" * 4096 * 64)
+        first = read_reply(sock).split(b"\r\n\r\n", 1)[1].split(b"\n", 1)[0]  # the rest answers the excess
+    reply = json.loads(first)
+    assert reply["status"] == "accepted" and reply["size"] == hello.stat().st_size
     assert (pkgdir / reply["path"]).read_bytes() == hello.read_bytes()
 
 
-def test_chunked_upload_is_refused(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_chunked_upload_is_refused(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
     hello = drone.gpkg(HELLO)
     headers = headers_for(swarm, HELLO, hello)
     del headers["Content-Length"]
@@ -292,7 +311,7 @@ def _closed_by_server(sock: socket.socket, timeout: float) -> bool:
         return not isinstance(exc, TimeoutError)
 
 
-def test_slow_loris_headers_are_cut_and_do_not_hold_the_server(drone, swarm, binhost, pkgdir, sockets) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_slow_loris_headers_are_cut_and_do_not_hold_the_server(drone, swarm, binhost, pkgdir, sockets) -> None:  # type: ignore[no-untyped-def]
     """Six clients trickle their headers a byte every 0.2 s; everyone else is served meanwhile."""
     hello = drone.gpkg(HELLO)
     stop = threading.Event()
@@ -331,7 +350,7 @@ def wait_for(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
     return True
 
 
-def test_slow_loris_body_is_cut_and_does_not_hold_the_server(drone, swarm, binhost, pkgdir, sockets) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_slow_loris_body_is_cut_and_does_not_hold_the_server(drone, swarm, binhost, pkgdir, sockets) -> None:  # type: ignore[no-untyped-def]
     """The owner itself trickles its body (authenticated: the only way to reach the body stage);
     an unauthenticated client trickling a body is dropped after the refusal's short linger."""
     hello, greeter = drone.gpkg(HELLO), drone.gpkg(GREETER)
@@ -357,6 +376,8 @@ def test_slow_loris_body_is_cut_and_does_not_hold_the_server(drone, swarm, binho
         assert verdict.accepted, verdict.reason
         owner.settimeout(SETTINGS.read_timeout + 3)
         reply = owner.recv(65536)
+        while b"}" not in reply:
+            reply += owner.recv(65536)
         assert reply.startswith(b"HTTP/1.1 408") and b'"timeout"' in reply, reply[:200]
         assert _closed_by_server(owner, 3) and _closed_by_server(stranger, 4)
         assert time.monotonic() - started < SETTINGS.read_timeout + 5
@@ -371,10 +392,9 @@ def test_slow_loris_body_is_cut_and_does_not_hold_the_server(drone, swarm, binho
     assert list((pkgdir / ".swarm-tmp").iterdir()) == []
 
 
-def test_many_idle_connections_cost_no_threads_and_lock_nobody_out(swarm, binhost, pkgdir, sockets) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+def test_many_idle_connections_cost_no_threads_and_lock_nobody_out(swarm, binhost, pkgdir, sockets) -> None:  # type: ignore[no-untyped-def]
     """200 idle sockets from one host: it gets its per-address share, the rest an instant 503;
     other hosts are served throughout; the idle ones are closed at the header deadline."""
-    (pkgdir / "Packages").write_text("\n")
     threads_before = threading.active_count()
     for _ in range(200):
         sockets.append(connect(binhost.url, "127.0.0.2"))
@@ -383,10 +403,11 @@ def test_many_idle_connections_cost_no_threads_and_lock_nobody_out(swarm, binhos
     assert binhost.server.open_connections() <= SETTINGS.max_connections_per_address
     latencies = [get_seconds(binhost.url) for _ in range(10)]
     assert max(latencies) < 0.5, latencies
-    refused = 0
-    for sock in sockets[SETTINGS.max_connections_per_address:]:
-        sock.settimeout(2)
-        refused += sock.recv(4096).startswith(b"HTTP/1.1 503")
-    assert refused >= 200 - SETTINGS.max_connections_per_address - 2
+    answers = []
+    for sock in sockets:  # every socket ends: an instant 503, or closed unanswered at the header deadline
+        sock.settimeout(SETTINGS.header_timeout + 2)
+        answers.append(sock.recv(4096)[:12])
+    assert set(answers) <= {b"HTTP/1.1 503", b""}, set(answers)
+    assert answers.count(b"HTTP/1.1 503") >= 150, answers.count(b"HTTP/1.1 503")
     assert wait_for(lambda: binhost.server.open_connections() == 0, SETTINGS.header_timeout + 2)
     assert get_seconds(binhost.url) < 0.5
