@@ -96,7 +96,7 @@ class Orchestrator:
         return report
 
     def _flag_overdue(self, drones: list[DroneInfo]) -> list[str]:
-        """Events for builds running far past their estimate (once per build)."""
+        """Events for hung builds and builds running far past their estimate (once per build)."""
         factor = self.config.drone.overdue_factor
         now = self.registry.server_time()
         flagged = []
@@ -104,6 +104,10 @@ class Orchestrator:
             if drone.status != "building" or not drone.task or not drone.task_started:
                 continue
             marker = f"{drone.name}:{drone.task}:{drone.task_started}"
+            if drone.hung and f"hung:{marker}" not in self._overdue_flagged:
+                self._overdue_flagged.add(f"hung:{marker}")
+                self.events.emit("hung", job=drone.task, drone=drone.name,
+                                 reason="no log output and no CPU; killed if it stays so")
             estimate = float(self.redis.hget(keys.job(drone.task), "estimate") or 0)
             if estimate and now - drone.task_started > factor * estimate and marker not in self._overdue_flagged:
                 self._overdue_flagged.add(marker)

@@ -132,7 +132,9 @@ def test_hung_build_is_flagged_then_killed_and_requeued(spawn: Spawner, queue: Q
     queue.add([JobSpec("app-misc/stuck-1")])
     start_drone(spawn, registry, "izar", "sleep 600",
                 SWARM_DRONE_HUNG_IDLE_SECONDS="1", SWARM_DRONE_HUNG_KILL_SECONDS="4")
+    spawn(["orchestrator", "run"], env=FAST, name="orch")
     assert wait_until(lambda: any(d.hung for d in registry.list()), 15)
+    assert wait_until(lambda: [e for e in spawn_events(queue) if e.kind == "hung" and e.drone == "izar"], 10)
     assert wait_until(lambda: [e for e in spawn_events(queue)
                                if e.kind == "requeued" and e.reason.startswith("hung")], 20)
     assert queue.get("app-misc/stuck-1").attempts >= 1

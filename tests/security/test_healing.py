@@ -1,0 +1,92 @@
+"""Threat family: destructive actions (level-3 reboots) aimed at the wrong host.
+
+The playbook side -- a protected host and an identity mismatch are refused on real
+SSH hosts -- is proven end to end in tests/ansible/test_playbooks.py. Here: the
+healing policy never asks for a reboot it cannot aim, and the playbook checks come
+before the reboot task.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from swarmctl import keys
+from swarmctl.config import Config
+from swarmctl.drones import DroneRegistry
+from swarmctl.events import Events
+from swarmctl.exceptions import SwarmError
+from swarmctl.healing import Healer, default_playbook_dir
+from swarmctl.queue import Queue
+
+
+class Recorder:
+    """Stands in for ansible_exec.run_playbook and records what it was asked to run."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __call__(self, playbook: str, inventory: Path, limit: str, extra: dict[str, Any], data_root: Path,
+                 **_: Any) -> Any:
+        self.calls.append((playbook, limit, dict(extra)))
+        return type("Result", (), {"ok": True, "summary": f"{playbook} [{limit}]: successful"})()
+
+
+@pytest.fixture
+def fleet(redis_client: redis.Redis, config: Config, tmp_path: Path):  # type: ignore[no-untyped-def]
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text("all: {}\n")
+    cfg = config.with_overrides(healing__inventory=str(inventory), healing__cooldown_seconds=0,
+                                healing__restarts_before_reboot=1, healing__allow_reboot=True)
+    registry = DroneRegistry(redis_client, cfg)
+    return cfg, registry, Queue(redis_client, cfg), Recorder()
+
+
+@pytest.mark.parametrize("recorded", [None, ""])
+def test_no_reboot_without_a_recorded_machine_id(recorded: str | None, fleet, redis_client) -> None:  # type: ignore[no-untyped-def]
+    cfg, registry, queue, recorder = fleet
+    token = registry.enroll("tarn")
+    if recorded is not None:
+        redis_client.hset(keys.drone("tarn"), "machine_id", recorded)
+    registry.heartbeat("tarn", token, {"status": "idle"})
+    healer = Healer(redis_client, cfg, recorder)
+    outcome = healer.act("tarn", "reboot", operator=True)  # even an operator's explicit request
+    assert not outcome.ok and "no machine id" in outcome.summary
+    for _ in range(3):  # and the automatic policy, with reboots allowed, after restarts failed
+        registry.ground("tarn", 300, queue)
+        healer.consider(registry.list())
+        healer.wait(10)
+    assert [c[0] for c in recorder.calls if c[0] == "drone-reboot.yml"] == []
+    assert recorder.calls and all(c[0] == "drone-restart.yml" for c in recorder.calls)
+    refusals = [e for e in Events(redis_client).since() if e.kind == "heal-refused"]
+    assert refusals and all("refusing to reboot an unidentified host" in e.reason for e in refusals)
+
+
+def test_a_reboot_is_aimed_at_one_named_host_with_its_identity(fleet, redis_client) -> None:  # type: ignore[no-untyped-def]
+    cfg, registry, _queue, recorder = fleet
+    registry.enroll("tarn", machine_id="0123456789abcdef0123456789abcdef")
+    Healer(redis_client, cfg, recorder).act("tarn", "reboot", operator=True)
+    assert recorder.calls == [("drone-reboot.yml", "tarn", {
+        "target": "tarn", "expected_machine_id": "0123456789abcdef0123456789abcdef"})]
+
+
+def test_no_action_on_a_drone_that_is_not_enrolled(fleet, redis_client) -> None:  # type: ignore[no-untyped-def]
+    cfg, _registry, _queue, recorder = fleet
+    with pytest.raises(SwarmError, match="no drone named"):
+        Healer(redis_client, cfg, recorder).act("all", "reboot", operator=True)
+    assert recorder.calls == []
+
+
+def test_reboot_playbook_refuses_before_it_reboots() -> None:
+    play = yaml.safe_load((default_playbook_dir() / "drone-reboot.yml").read_text())[0]
+    names = [t["name"] for t in play["tasks"]]
+    reboot = next(i for i, t in enumerate(play["tasks"]) if "ansible.builtin.reboot" in t)
+    before = " ".join(names[:reboot]).lower()
+    assert "protected" in before and "not the expected drone" in before and "explicit target" in before
+    assert play["serial"] == 1 and "target" in play["hosts"]
+    guard = play["tasks"][0]["ansible.builtin.assert"]["that"]
+    assert any("'all'" in cond for cond in guard), "a target of 'all' must be refused"
