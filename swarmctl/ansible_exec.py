@@ -13,7 +13,6 @@ mark the tasks that handle tokens ``no_log: true``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -25,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 log = logging.getLogger("swarmctl.ansible_exec")
 
@@ -100,7 +101,7 @@ def run_playbook(
     (data_dir / "env").mkdir(parents=True)
     (data_dir / "tmp").mkdir()
     os.chmod(data_dir, 0o700)
-    _write_private(data_dir / "env" / "extravars", json.dumps(dict(extra_vars)))
+    _write_private(data_dir / "env" / "extravars", unsafe_yaml(dict(extra_vars)))
 
     secrets = _secret_values(extra_vars)
     envvars = _environment(data_dir, play_path)
@@ -127,6 +128,8 @@ def run_playbook(
     elif not ok:
         summary += "; " + mask(_stdout_tail(runner), secrets)
     artifact_dir = Path(runner.config.artifact_dir) if getattr(runner, "config", None) else None
+    # The secrets file has served its purpose: do not keep tokens in the artifacts we keep.
+    (data_dir / "env" / "extravars").unlink(missing_ok=True)
     _prune(root, keep_artifacts, data_dir)
     return PlaybookResult(ok=ok, rc=rc, status=status, hosts=hosts, summary=summary, artifact_dir=artifact_dir)
 
@@ -256,6 +259,35 @@ def _environment(data_dir: Path, play_path: Path) -> dict[str, str]:
     if roles:
         env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(roles)
     return env
+
+
+class _Unsafe(str):
+    """A string Ansible must never template (a drone controls some of these values)."""
+
+
+def _represent_unsafe(dumper: yaml.SafeDumper, value: _Unsafe) -> yaml.Node:
+    return dumper.represent_scalar("!unsafe", str(value))
+
+
+class _UnsafeDumper(yaml.SafeDumper):
+    pass
+
+
+_UnsafeDumper.add_representer(_Unsafe, _represent_unsafe)
+
+
+def unsafe_yaml(values: Any) -> str:
+    """Extra vars as YAML with every string tagged ``!unsafe``: no ``{{ }}`` ever renders."""
+    def mark(value: Any) -> Any:
+        if isinstance(value, str):
+            return _Unsafe(value)
+        if isinstance(value, Mapping):
+            return {str(k): mark(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [mark(v) for v in value]
+        return value
+
+    return yaml.dump(mark(values), Dumper=_UnsafeDumper, default_flow_style=False)
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -108,6 +108,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("binhost", "min_upload_rate", 65536.0, float,
             "Bytes per second an upload must average (deadline: read_timeout + size / rate)."),
     Setting("binhost", "max_uploads", 8, int, "Uploads received at once; more are answered 503 (busy)."),
+    Setting("binhost", "header_timeout", 10.0, float,
+            "Seconds a connection has to send its request line and headers (against slow-loris)."),
+    Setting("binhost", "max_connections", 64, int, "Connections served at once; more get 503 at once."),
+    Setting("binhost", "max_connections_per_address", 16, int, "Connections one client address may hold."),
     Setting("binhost", "upload_retries", 5, int, "Upload attempts before giving up."),
     # Logs.
     Setting("log", "json", False, bool, "Log one JSON object a line (for log shippers)."),

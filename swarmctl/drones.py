@@ -22,15 +22,23 @@ from swarmctl.exceptions import NotEnrolled, SwarmError
 from swarmctl.queue import Queue, token_sha
 from swarmctl.scripts import Scripts, decode
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+_MACHINE_ID_RE = re.compile(r"[0-9a-f]{32}")
 STATUSES = ("building", "idle", "grounded", "stopping", "offline")
 
 
 def validate_name(name: str) -> str:
     """Drone names reach file names, events and Ansible limits: keep them plain."""
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise SwarmError(f"invalid drone name {name!r} (letters, digits, '.', '_', '-'; at most 63)")
     return name
+
+
+def validate_machine_id(machine_id: str) -> str:
+    """A systemd/OpenRC machine id: 32 lowercase hex digits (it reaches the reboot playbook)."""
+    if not isinstance(machine_id, str) or not _MACHINE_ID_RE.fullmatch(machine_id):
+        raise SwarmError(f"invalid machine id {machine_id!r} (32 hex digits, as in /etc/machine-id)")
+    return machine_id
 
 
 @dataclass
@@ -79,7 +87,7 @@ class DroneRegistry:
         fields: dict[str, Any] = {"token_sha256": token_sha(token), "revoked": 0,
                                   "enrolled_at": int(time.time() * 1000)}
         if machine_id:
-            fields["machine_id"] = machine_id
+            fields["machine_id"] = validate_machine_id(machine_id.strip().lower())
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.drone(name), mapping=fields)
             pipe.sadd(keys.DRONES, name)
@@ -97,7 +105,7 @@ class DroneRegistry:
 
     def authenticate(self, name: str, token: str) -> bool:
         """True when ``name`` is enrolled, not revoked, and ``token`` is its token."""
-        if not _NAME_RE.match(name or "") or not token:
+        if not _NAME_RE.fullmatch(name or "") or not token:
             return False
         stored, revoked = self.redis.hmget(keys.drone(name), "token_sha256", "revoked")
         return bool(stored) and revoked != "1" and secrets.compare_digest(stored, token_sha(token))

@@ -30,7 +30,7 @@ import redis
 
 from swarmctl import keys, paths
 from swarmctl.config import Config
-from swarmctl.drones import DroneInfo, DroneRegistry
+from swarmctl.drones import DroneInfo, DroneRegistry, validate_machine_id
 from swarmctl.events import Events
 from swarmctl.exceptions import SwarmError
 
@@ -175,7 +175,7 @@ class Healer:
                                                "refusing to reboot an unidentified host")
                 self.events.emit("heal-refused", drone=name, reason=outcome.summary)
                 return outcome
-            extra["expected_machine_id"] = machine_id
+            extra["expected_machine_id"] = validate_machine_id(machine_id)
         self._save(name, record)
         who = "operator" if operator else "orchestrator"
         self.events.emit(f"{kind}ing", drone=name, reason=f"level {2 if kind == 'restart' else 3}, by {who}")

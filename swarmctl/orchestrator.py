@@ -61,6 +61,8 @@ class Orchestrator:
         self.stop = threading.Event()
         self.is_leader = False
         self._overdue_flagged: set[str] = set()
+        #: Since when (monotonic) this process has reached Redis without an error; None while it cannot.
+        self.reachable_since: float | None = None
 
     def hold_lease(self) -> bool:
         """Take or renew the leader lease; True while this process leads."""
@@ -81,7 +83,7 @@ class Orchestrator:
         """One maintenance pass (leader only)."""
         report = SweepReport()
         offline_after = self.config.orchestrator.offline_after
-        for name in self.registry.offline(offline_after):
+        for name in self.registry.offline(offline_after) if self.can_judge_silence(offline_after) else []:
             taken = self.queue.reclaim(name, offline_after, f"drone offline for over {offline_after:.0f} s")
             if taken:
                 report.reclaimed[name] = taken
@@ -94,6 +96,20 @@ class Orchestrator:
             except Exception:  # a healing bug must not stop reclaiming
                 log.exception("healing policy failed")
         return report
+
+    def can_judge_silence(self, offline_after: float) -> bool:
+        """Is a drone's silence its own? Not while Redis itself was out of reach or restarting.
+
+        Drones cannot heartbeat while Redis is down or cut off, so for offline_after after
+        this process reaches Redis again (or after Redis restarted) nobody is reclaimed:
+        otherwise every healthy drone's work would be taken back after each outage.
+        """
+        if self.reachable_since is None:
+            self.reachable_since = time.monotonic()
+        if time.monotonic() - self.reachable_since < offline_after:
+            return False
+        uptime = self.redis.info("server").get("uptime_in_seconds")
+        return uptime is None or float(uptime) >= offline_after
 
     def _flag_overdue(self, drones: list[DroneInfo]) -> list[str]:
         """Events for hung builds and builds running far past their estimate (once per build)."""
@@ -122,7 +138,10 @@ class Orchestrator:
         waits = None
         while not self.stop.is_set():
             try:
-                report = self.sweep() if self.hold_lease() else None
+                leading = self.hold_lease()
+                if self.reachable_since is None:
+                    self.reachable_since = time.monotonic()
+                report = self.sweep() if leading else None
                 waits = None
                 if on_tick is not None:
                     on_tick(report)
@@ -132,6 +151,7 @@ class Orchestrator:
                 wait = next(waits)
                 log.warning("Redis unavailable (%s); retrying in %.1f s", exc, wait)
                 self.is_leader = False
+                self.reachable_since = None
                 self.stop.wait(wait)
         with suppress(*TRANSIENT):
             self.resign()

@@ -110,6 +110,9 @@ class Grounded(SwarmError):
         super().__init__(f"grounded until {until:.0f}")
         self.until = until
 
+    def __reduce__(self) -> tuple[type[Grounded], tuple[float]]:
+        return Grounded, (self.until,)  # picklable across processes
+
 
 class Unauthorized(SwarmError):
     """Unknown drone, wrong token or revoked."""

@@ -316,17 +316,26 @@ end
 return taken
 """
 
+#: The only fields a drone's heartbeat may write into its record (never its token, its
+#: recorded machine id, its breaker state or its grounding).
+HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
+                    "machine_id_seen", "clock")
+
 HEARTBEAT = PRELUDE + """
 -- A drone's heartbeat. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] current job ('' if none),
--- ARGV[4] its lease, ARGV[5] events max, ARGV[6..] field/value pairs for the drone hash.
+-- ARGV[4] its lease, ARGV[5] events max, ARGV[6..] field/value pairs for the drone hash (only the
+-- HEARTBEAT_FIELDS are written; anything else is dropped).
 -- Returns {'ok', grounded_until, server_ms, owns_current ('1'/'0')} | {'unauthorized'}.
 local name, cpv, lease = ARGV[1], ARGV[3], ARGV[4]
 local refusal = refuse_drone(name, ARGV[2])
 if refusal then return {refusal} end
 local now = now_ms()
 local dk = drone_key(name)
+local allowed = {""" + ", ".join(f"['{f}'] = true" for f in HEARTBEAT_FIELDS) + """}
 local fields = {}
-for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
+for i = 6, #ARGV - 1, 2 do
+  if allowed[ARGV[i]] then table.insert(fields, ARGV[i]); table.insert(fields, ARGV[i + 1]) end
+end
 if #fields > 0 then redis.call('HSET', dk, unpack(fields)) end
 redis.call('HSET', dk, 'last_seen', now)
 redis.call('ZADD', KEYS[8], now, name)

@@ -8,8 +8,9 @@ into the process's exit status, monitoring-plugin style:
     0  all well
     1  warning: needs a look (blocked or failed packages, sync never recorded,
        no orchestrator leading while work is open)
-    2  critical: the farm is not doing its job (sync older than the limit or the
-       last nightly FAILED, no drone available while work is queued); also what
+    2  critical: the farm is not doing its job (sync older than the limit, the
+       last nightly FAILED or the last cron verification FAILED: the nightly job
+       is not scheduled, no drone available while work is queued); also what
        swarmctl exits with when Redis cannot be reached
 
 ``--json`` prints :func:`as_json`, described by :data:`JSON_SCHEMA`.
@@ -127,6 +128,11 @@ def assess(report: StatusReport) -> list[Attention]:
     if report.nightly is not None and report.nightly.event == "FAILED":
         detail = f": {report.nightly.detail}" if report.nightly.detail else ""
         found.append(Attention("nightly_failed", "critical", f"the last nightly run FAILED{detail}"))
+    cron = report.meta.cron_verify
+    if cron is not None and not cron.ok:
+        detail = f": {cron.detail}" if cron.detail else ""
+        found.append(Attention("cron_failed", "critical",
+                               f"the last cron verification FAILED, the nightly job will not run{detail}"))
     queued = report.open_jobs
     if queued and report.swarm.drones_available == 0:
         why = ("no drones enrolled" if report.swarm.drones_total == 0 else
@@ -207,6 +213,7 @@ def as_json(report: StatusReport) -> dict[str, Any]:
             "max_age_seconds": report.max_sync_age,
             "ok": meta.sync_time is not None and not report.sync_bad,
             "nightly": report.nightly.as_dict() if report.nightly else None,
+            "cron": meta.cron_verify.as_dict() if meta.cron_verify else None,
         },
         "world": {"packages": meta.world_size},
         "binary": {
@@ -238,7 +245,7 @@ JSON_SCHEMA: dict[str, Any] = {
         "time": {"type": "number", "description": "Redis server time, epoch seconds"},
         "sync": {
             "type": "object",
-            "required": ["time", "age_seconds", "max_age_seconds", "ok", "nightly"],
+            "required": ["time", "age_seconds", "max_age_seconds", "ok", "nightly", "cron"],
             "additionalProperties": False,
             "properties": {
                 "time": _NULLABLE_TIME | {"description": "last successful emerge --sync, epoch seconds"},
@@ -251,6 +258,15 @@ JSON_SCHEMA: dict[str, Any] = {
                         {"type": "object", "required": ["event", "time", "detail"], "additionalProperties": False,
                          "properties": {"event": {"enum": ["STARTED", "FINISHED", "FAILED"]},
                                         "time": {"type": "number"}, "detail": {"type": "string"}}},
+                    ],
+                },
+                "cron": {
+                    "description": "last check that the nightly cron job is really scheduled (cron-verify)",
+                    "oneOf": [
+                        {"type": "null"},
+                        {"type": "object", "required": ["ok", "time", "detail"], "additionalProperties": False,
+                         "properties": {"ok": {"type": "boolean"}, "time": {"type": "number"},
+                                        "detail": {"type": "string"}}},
                     ],
                 },
             },
@@ -282,7 +298,7 @@ JSON_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object", "required": ["code", "severity", "message"], "additionalProperties": False,
                 "properties": {
-                    "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "no_drone_online",
+                    "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "cron_failed", "no_drone_online",
                                       "no_orchestrator", "blocked", "failed"]},
                     "severity": {"enum": ["warning", "critical"]},
                     "message": {"type": "string"},

@@ -5,6 +5,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import redis
 
@@ -17,6 +20,16 @@ from swarmctl.orchestrator import Orchestrator
 from swarmctl.queue import Queue
 
 WORKERS = 8
+# Fresh interpreters, not fork(): earlier tests in the session may have left threads holding
+# locks, and a forked child inherits those locks held forever.
+CTX = mp.get_context("spawn")
+
+
+@contextmanager
+def start_line(parties: int) -> Iterator[Any]:
+    """A barrier every worker waits at, so the race starts at once (its manager is shut down)."""
+    with CTX.Manager() as manager:
+        yield manager.Barrier(parties)
 
 
 def _queue(url: str, **overrides: object) -> Queue:
@@ -43,8 +56,7 @@ def _enroll_all(client: redis.Redis, n: int) -> dict[str, str]:
 
 
 def _run(target, args_list):  # type: ignore[no-untyped-def]
-    ctx = mp.get_context("fork")
-    with ctx.Pool(len(args_list)) as pool:
+    with CTX.Pool(len(args_list)) as pool:
         return pool.starmap(target, args_list)
 
 
@@ -53,8 +65,8 @@ def test_eight_processes_claim_1000_jobs_each_built_exactly_once(redis_client: r
     cpvs = [f"app-misc/pkg{i}-1" for i in range(1000)]
     queue.add([JobSpec(c, estimate=1) for c in cpvs])
     tokens = _enroll_all(redis_client, WORKERS)
-    barrier = mp.get_context("fork").Manager().Barrier(WORKERS)
-    results = _run(_claim_and_complete, [(redis_url, n, t, barrier) for n, t in tokens.items()])
+    with start_line(WORKERS) as barrier:
+        results = _run(_claim_and_complete, [(redis_url, n, t, barrier) for n, t in tokens.items()])
     built = [c for r in results for c in r]
     assert sorted(built) == sorted(cpvs)  # every job once, none twice
     assert sum(1 for r in results if r) >= 2  # the work really was shared
@@ -97,10 +109,8 @@ def test_reclaim_racing_completions_never_double_builds(redis_client: redis.Redi
     queue = _queue(redis_url)
     queue.add([JobSpec(f"app-misc/r{i}-1", estimate=1) for i in range(300)])
     tokens = _enroll_all(redis_client, 6)
-    barrier = mp.get_context("fork").Manager().Barrier(8)
-    args = [(redis_url, n, t, barrier) for n, t in tokens.items()]
-    ctx = mp.get_context("fork")
-    with ctx.Pool(8) as pool:
+    with start_line(8) as barrier, CTX.Pool(8) as pool:
+        args = [(redis_url, n, t, barrier) for n, t in tokens.items()]
         reclaimers = [pool.apply_async(_reclaimer, (redis_url, list(tokens), barrier)) for _ in range(2)]
         builders = pool.starmap(_complete_late, args)
         taken = sum(r.get() for r in reclaimers)
@@ -120,8 +130,8 @@ def _add_overlapping(url: str, offset: int, start: mp.Barrier) -> int:
 
 
 def test_concurrent_adds_add_each_job_once(redis_client: redis.Redis, redis_url: str) -> None:
-    barrier = mp.get_context("fork").Manager().Barrier(WORKERS)
-    added = _run(_add_overlapping, [(redis_url, i * 10, barrier) for i in range(WORKERS)])
+    with start_line(WORKERS) as barrier:
+        added = _run(_add_overlapping, [(redis_url, i * 10, barrier) for i in range(WORKERS)])
     assert sum(added) == 200
     queue = _queue(redis_url)
     assert queue.counts() | {"ready": 1} == {"needed": 200, "delegated": 0, "built": 0, "failed": 0,
@@ -130,7 +140,7 @@ def test_concurrent_adds_add_each_job_once(redis_client: redis.Redis, redis_url:
 
 
 def _fail_everything(url: str, name: str, token: str, start: mp.Barrier) -> list[str]:
-    queue = _queue(url)
+    queue = _queue(url, breaker__failures=10_000)  # every drone fails everything: no grounding here
     start.wait()
     outcomes = []
     deadline = time.monotonic() + 30
@@ -150,8 +160,9 @@ def test_concurrent_failures_block_each_package_once(redis_client: redis.Redis, 
     queue = _queue(redis_url, breaker__failures=10_000)
     queue.add([JobSpec(f"app-misc/b{i}-1") for i in range(100)])
     tokens = _enroll_all(redis_client, 4)
-    barrier = mp.get_context("fork").Manager().Barrier(4)
-    outcomes = [o for r in _run(_fail_everything, [(redis_url, n, t, barrier) for n, t in tokens.items()]) for o in r]
+    with start_line(4) as barrier:
+        runs = _run(_fail_everything, [(redis_url, n, t, barrier) for n, t in tokens.items()])
+    outcomes = [o for r in runs for o in r]
     assert outcomes.count("blocked") == 100
     assert queue.counts()["blocked"] == 100
     for job in queue.jobs("blocked"):
@@ -177,9 +188,9 @@ def _contend_for_lead(url: str, ident: str, start: mp.Barrier) -> list[tuple[flo
 
 
 def test_leader_lease_has_one_holder_at_a_time(redis_client: redis.Redis, redis_url: str) -> None:
-    barrier = mp.get_context("fork").Manager().Barrier(4)
-    spans = sorted(s for r in _run(_contend_for_lead, [(redis_url, f"o{i}", barrier) for i in range(4)])
-                   for s in r)
+    with start_line(4) as barrier:
+        runs = _run(_contend_for_lead, [(redis_url, f"o{i}", barrier) for i in range(4)])
+    spans = sorted(s for r in runs for s in r)
     assert len({ident for _, _, ident in spans}) >= 2  # the lead really changed hands
     latest_end: dict[str, float] = {}
     for began, ended, ident in spans:

@@ -157,10 +157,10 @@ def _check_metadata_size(path: Path) -> None:
 
 
 def _int_or_none(text: str | None) -> int | None:
-    try:
-        return int(text) if text else None
-    except ValueError:
-        return None
+    """A positive decimal number as portage writes it (1-10 digits), else None."""
+    if text and re.fullmatch(r"[1-9][0-9]{0,9}", text.strip()):
+        return int(text)
+    return None
 
 
 def _describe(exc: BaseException) -> str:

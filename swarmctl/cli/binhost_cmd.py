@@ -40,6 +40,9 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         read_timeout=cfg.read_timeout,
         min_upload_rate=cfg.min_upload_rate,
         max_uploads=cfg.max_uploads,
+        header_timeout=cfg.header_timeout,
+        max_connections=cfg.max_connections,
+        max_connections_per_address=cfg.max_connections_per_address,
     )
     client = obj.redis()
     from swarmctl.drones import DroneRegistry

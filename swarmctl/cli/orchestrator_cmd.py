@@ -35,7 +35,8 @@ def run(app: AppContext, interval: float | None) -> None:
     app.config = app.config.with_overrides(orchestrator__interval=interval)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
-    orch = Orchestrator(app.client, app.config, healer=make_healer(app))
+    healer = make_healer(app)
+    orch = Orchestrator(app.client, app.config, healer=healer)
 
     def stop(_signum: int, _frame: Any) -> None:
         orch.stop.set()
@@ -49,6 +50,9 @@ def run(app: AppContext, interval: float | None) -> None:
         serve_metrics(app.client, app.config, app.config.orchestrator.metrics_address, metrics_port)
     terminal.note(f"orchestrator {orch.id} running (sweep every {app.config.orchestrator.interval:g} s)")
     orch.run()
+    if healer is not None:
+        # Let running restart/reboot playbooks finish: one killed halfway can leave a service stopped.
+        healer.wait(timeout=900)
 
 
 @click.command("events")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -34,6 +35,9 @@ from swarmctl.exceptions import NotEnrolled
 from swarmctl.queue import Claim, Grounded, Queue, Unauthorized
 
 log = logging.getLogger("swarmctl.drone")
+
+#: Free bytes in the drone's state dir below which its disk counts as full.
+LOW_DISK_BYTES = 1024 * 1024
 
 
 class Publisher(Protocol):
@@ -154,7 +158,9 @@ class DroneDaemon:
                 waits = None
                 self.finished.wait(interval)
             except TRANSIENT as exc:
-                waits = waits or delays(base=0.5, cap=interval * 5)
+                # Capped at the interval: after an outage every drone is back within one interval,
+                # well inside the grace the orchestrator gives before judging anyone offline.
+                waits = waits or delays(base=0.5, cap=max(interval, 0.5))
                 wait = next(waits)
                 log.warning("heartbeat failed (%s); retrying in %.1f s", exc, wait)
                 self.finished.wait(wait)
@@ -184,6 +190,13 @@ class DroneDaemon:
 
     def run(self, max_builds: int | None = None) -> int:
         """Work until stopped; returns the process exit code."""
+        # A fresh process holds no job: whatever is still delegated to this name was orphaned by a
+        # previous process that died (crash, power cut). When it came back before offline_after,
+        # the orchestrator never saw it offline and would never reclaim those jobs.
+        orphans = [] and self._with_redis("reclaim", lambda: self.queue.reclaim(
+            self.name, None, "drone restarted; its previous process's job(s) go back to the queue"))
+        if orphans:
+            log.warning("gave back %d job(s) orphaned by a previous process: %s", len(orphans), " ".join(orphans))
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         waits = None
@@ -241,12 +254,23 @@ class DroneDaemon:
             result = BuildResult(ok=False, fault="drone", reason=f"builder error: {exc}")
         duration = time.time() - current.started
         self.hung = False
+        if not result.ok and result.fault == "build" and self._out_of_space(log_path):
+            result = BuildResult(ok=False, fault="drone", reason=f"no space left on the drone ({result.reason})")
         try:
             self._report(current, result, duration, log_path)
         finally:
             self.current = None
             self.builds += 1
             self.logs.rotate(keep=None)
+
+    def _out_of_space(self, log_path: Path) -> bool:
+        """A build that failed on a full disk is this drone's fault, not the package's (no blame)."""
+        try:
+            if shutil.disk_usage(self.logs.dir).free < LOW_DISK_BYTES:
+                return True
+        except OSError:
+            return False
+        return "No space left on device" in tail(log_path, self.config.queue.log_tail_lines)
 
     def _report(self, current: Current, result: BuildResult, duration: float, log_path: Path) -> None:
         claim = current.claim

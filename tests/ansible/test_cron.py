@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.ansible_exec import PlaybookResult, run_playbook
+from tests.ansible.conftest import SWARMCTL_BIN, BedSwarm
 from tests.testbed import TestBed
 from tests.testbed.fixtures import require_testbed
 
@@ -65,9 +67,17 @@ def bed(cronie: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
         yield testbed, inventory, work / "runs"
 
 
-def _verify(bed: tuple[TestBed, Path, Path]) -> PlaybookResult:
+def _verify(bed: tuple[TestBed, Path, Path], **extra: object) -> PlaybookResult:
     _, inventory, runs = bed
-    return run_playbook("cron-verify.yml", inventory, "binhost", {}, runs)
+    return run_playbook("cron-verify.yml", inventory, "binhost", extra, runs)
+
+
+@pytest.fixture(scope="module")
+def swarm(bed: tuple[TestBed, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[BedSwarm]:
+    """A swarm (Redis on the bridge) the binhost's cron check reports to."""
+    swarm = BedSwarm(bed[0], tmp_path_factory.mktemp("cron-swarm"))
+    yield swarm
+    swarm.close()
 
 
 @pytest.fixture
@@ -149,3 +159,25 @@ def test_build_script_is_idempotent(cronie: Path) -> None:
     proc = subprocess.run([str(ROOT / "scripts/build-cronie.sh"), str(cronie)], capture_output=True, text=True)
     assert proc.returncode == 0
     assert "already built" in proc.stderr
+
+
+def test_the_verification_is_recorded_in_the_swarm(bed: tuple[TestBed, Path, Path], cron_file: str,
+                                                    swarm: BedSwarm) -> None:
+    # The role was applied with the default swarmctl path, which this host lacks: recording
+    # failed, and that did not fail the play (the bed fixture asserted it passed).
+    report = {"swarm_cron_swarmctl": f"{SWARMCTL_BIN} --config {swarm.config_path}"}
+    assert _verify(bed, **report).ok
+    status = json.loads(swarm.cli("status", "--json", check=False).stdout)
+    cron = status["sync"]["cron"]
+    assert cron["ok"] is True and "cron verification passed" in cron["detail"]
+    assert "cron_failed" not in [a["code"] for a in status["attention"]]
+
+    bed[0].run(1, ["sh", "-c", f"echo '61 2 * * * root /bin/true' >> {CRON_FILE}"], check=True)
+    result = _verify(bed, **report)
+    assert not result.ok and "bad minute" in result.summary, "still fails loudly"
+    proc = swarm.cli("status", "--json", check=False)
+    status = json.loads(proc.stdout)
+    cron = status["sync"]["cron"]
+    assert cron["ok"] is False and "does not parse" in cron["detail"]
+    assert "cron_failed" in [a["code"] for a in status["attention"]]
+    assert proc.returncode == 2 == status["exit_code"], "a job that will not run is critical"

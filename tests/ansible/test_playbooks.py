@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.ansible_exec import PlaybookResult, run_playbook
+from tests.ansible.conftest import SWARMCTL_BIN, BedSwarm
 from tests.testbed import TestBed
 from tests.testbed.fixtures import require_testbed
 
@@ -46,6 +47,14 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestBed, Pat
         result = run_playbook("site.yml", inventory, "drones", {}, work / "runs")
         assert result.ok, result.summary
         yield testbed, inventory, work / "runs"
+
+
+@pytest.fixture(scope="module")
+def swarm(bed: tuple[TestBed, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[BedSwarm]:
+    """A swarm (Redis on the bridge) the nightly run reports to."""
+    swarm = BedSwarm(bed[0], tmp_path_factory.mktemp("playbooks-swarm"))
+    yield swarm
+    swarm.close()
 
 
 def _drone_pid(testbed: TestBed, i: int) -> int | None:
@@ -111,21 +120,43 @@ def test_drone_reboot_reboots_and_the_service_comes_back(bed: tuple[TestBed, Pat
     assert pid_after is not None and pid_after != pid_before
 
 
-def test_nightly_logs_started_then_finished_or_failed(bed: tuple[TestBed, Path, Path]) -> None:
+def test_nightly_logs_started_then_finished_or_failed(bed: tuple[TestBed, Path, Path], swarm: BedSwarm) -> None:
     testbed, _, _ = bed
     status = "/var/lib/build-swarm/nightly.status"
+    swarmctl = f"{SWARMCTL_BIN} --config {swarm.config_path}"
     common = {
         "target": "h1",
         "swarm_nightly_sync_command": "false",
         "swarm_nightly_sync_retries": 1,
         "swarm_nightly_sync_delay": 0,
         "swarm_nightly_webrsync_command": "true",
+        "swarm_nightly_swarmctl": swarmctl,
     }
-    ok = _run(bed, "nightly.yml", "h1", **common, swarm_nightly_queue_command="echo queued")
+    # The "queue" step snapshots what the swarm knows mid-run: STARTED, and the good sync.
+    midway = swarm.work / "midway.json"
+    snapshot = f"sh -c '{swarmctl} status --json > {midway}; true'"
+    ok = _run(bed, "nightly.yml", "h1", **common, swarm_nightly_queue_command=snapshot)
     assert ok.ok, ok.summary
+    during = json.loads(midway.read_text())
+    assert during["sync"]["nightly"]["event"] == "STARTED" and during["sync"]["nightly"]["detail"] == "h1"
+    assert during["sync"]["time"] is not None, "SYNCED was reported after the good (webrsync) sync"
+    after = json.loads(swarm.cli("status", "--json", check=False).stdout)
+    assert after["sync"]["nightly"]["event"] == "FINISHED" and after["sync"]["nightly"]["detail"] == "sync: webrsync"
+    assert after["sync"]["ok"] is True
+
     bad = _run(bed, "nightly.yml", "h1", **common, swarm_nightly_queue_command="false")
     assert not bad.ok
+    proc = swarm.cli("status", "--json", check=False)
+    after = json.loads(proc.stdout)
+    assert after["sync"]["nightly"]["event"] == "FAILED" and "Queue" in after["sync"]["nightly"]["detail"]
+    assert "nightly_failed" in [a["code"] for a in after["attention"]] and proc.returncode == 2
+
+    # Reporting to the swarm must never stop the run: an unreachable swarm, the run still finishes.
+    unreachable = _run(bed, "nightly.yml", "h1", **{**common, "swarm_nightly_swarmctl": "/nonexistent/swarmctl"},
+                       swarm_nightly_queue_command="echo queued")
+    assert unreachable.ok, unreachable.summary
+
     events = [json.loads(line) for line in testbed.run(1, ["cat", status]).stdout.splitlines()]
-    assert [e["event"] for e in events] == ["STARTED", "FINISHED", "STARTED", "FAILED"]
+    assert [e["event"] for e in events] == ["STARTED", "FINISHED", "STARTED", "FAILED", "STARTED", "FINISHED"]
     assert events[1]["sync"] == "webrsync", "emerge --sync failed, the fallback ran"
     assert "Queue" in events[3]["task"]

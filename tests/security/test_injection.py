@@ -79,15 +79,11 @@ def test_hostile_values_are_refused_by_the_cli(swarm_env: dict[str, str], queue:
     assert queue.jobs() == [] and DroneRegistry(queue.redis).names() == []
 
 
-@pytest.mark.xfail(strict=True, reason="weakness: drones._NAME_RE ends in '$', which also matches before a "
-                   "trailing newline (reported to the lead; fix: re.fullmatch or '\\Z')")
 def test_a_trailing_newline_does_not_slip_through_the_name_check(registry: DroneRegistry) -> None:
     with pytest.raises(SwarmError):
         registry.enroll("evil\n")
 
 
-@pytest.mark.xfail(strict=True, reason="weakness: --machine-id / enroll(machine_id=) is stored unchecked and "
-                   "later handed to Ansible (reported to the lead; fix: require 32 hex digits)")
 def test_machine_id_must_look_like_one(registry: DroneRegistry) -> None:
     with pytest.raises(SwarmError):
         registry.enroll("izar", machine_id="{{ lookup('pipe', 'id') }}")
@@ -145,10 +141,6 @@ def test_a_cpv_written_straight_into_redis_never_reaches_the_command(
     assert not marker.exists() and not list(tmp_path.glob("ran-*"))
 
 
-@pytest.mark.xfail(strict=True, reason="weakness: a drone's heartbeat can overwrite machine_id, and "
-                   "ansible_exec passes extra vars as templatable text: drone -> code on the control node "
-                   "(reported to the lead; fix: whitelist heartbeat fields, validate machine ids, mark extra vars "
-                   "!unsafe)")
 def test_a_drone_planted_identity_is_never_templated_by_ansible(
         registry: DroneRegistry, redis_client: redis.Redis, config: Config, tmp_path: Path) -> None:
     """A drone heartbeats a Jinja expression as its machine id; the reboot's identity check

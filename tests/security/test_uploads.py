@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from swarmctl.binhost.client import BinhostClient
-from swarmctl.binhost.publish import Publisher
+from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.server import ServerSettings
 from swarmctl.config import Config
 from tests.portage.conftest import drone, pkgdir, sample_repo, serve, snapshot  # noqa: F401 - fixtures
@@ -411,3 +411,9 @@ def test_many_idle_connections_cost_no_threads_and_lock_nobody_out(swarm, binhos
     assert answers.count(b"HTTP/1.1 503") >= 150, answers.count(b"HTTP/1.1 503")
     assert wait_for(lambda: binhost.server.open_connections() == 0, SETTINGS.header_timeout + 2)
     assert get_seconds(binhost.url) < 0.5
+
+
+def test_a_nonpositive_build_id_is_refused(drone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bad = forged_gpkg(drone.gpkg(HELLO), tmp_path / "neg.gpkg.tar", metadata={"BUILD_ID": "-1"})
+    with pytest.raises(PublishRefused):
+        Publisher(tmp_path / "pkgdir").publish_file(bad, HELLO)
