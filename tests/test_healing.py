@@ -41,7 +41,7 @@ def setup(redis_client: redis.Redis, config: Config, tmp_path: Path):  # type: i
     cfg = config.with_overrides(healing__inventory=str(inventory), healing__cooldown_seconds=0,
                                 healing__restarts_before_reboot=2)
     registry = DroneRegistry(redis_client, cfg)
-    token = registry.enroll("tarn", machine_id="abc123")
+    token = registry.enroll("tarn", machine_id="abc123abc123abc123abc123abc123ab")
     registry.heartbeat("tarn", token, {"status": "idle"})
     executor = RecordingExecutor()
     return cfg, registry, executor, Queue(redis_client, cfg)
@@ -75,7 +75,8 @@ def test_reboot_with_permission_passes_the_recorded_identity(setup, redis_client
     for _ in range(3):
         registry.ground("tarn", 300, queue)
         consider(healer, registry)
-    assert executor.calls[-1] == ("drone-reboot.yml", "tarn", {"target": "tarn", "expected_machine_id": "abc123"})
+    assert executor.calls[-1] == ("drone-reboot.yml", "tarn",
+                                  {"target": "tarn", "expected_machine_id": "abc123abc123abc123abc123abc123ab"})
     assert healer.record("tarn").reboots == 1
 
 
