@@ -107,7 +107,7 @@ STATE_DIR = "/var/lib/chaos-drone"  # inside each drone host; a tmpfs mounted at
 DISK_KB = 2048
 ROGUE_FLAG = "/etc/swarm-chaos/rogue"
 ENV_FILE = "/etc/swarm-chaos/drone.env"
-RECOVER_TIMEOUT = 120.0
+RECOVER_TIMEOUT = 60.0
 
 BUILD_SH = r"""#!/bin/sh
 # Stand-in build (see bench/_chaos.py): 0.2-0.5 s, needs scratch space in the drone's state

@@ -13,6 +13,7 @@ mark the tasks that handle tokens ``no_log: true``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,8 +25,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 log = logging.getLogger("swarmctl.ansible_exec")
 
@@ -261,33 +260,24 @@ def _environment(data_dir: Path, play_path: Path) -> dict[str, str]:
     return env
 
 
-class _Unsafe(str):
-    """A string Ansible must never template (a drone controls some of these values)."""
-
-
-def _represent_unsafe(dumper: yaml.SafeDumper, value: _Unsafe) -> yaml.Node:
-    return dumper.represent_scalar("!unsafe", str(value))
-
-
-class _UnsafeDumper(yaml.SafeDumper):
-    pass
-
-
-_UnsafeDumper.add_representer(_Unsafe, _represent_unsafe)
-
-
 def unsafe_yaml(values: Any) -> str:
-    """Extra vars as YAML with every string tagged ``!unsafe``: no ``{{ }}`` ever renders."""
+    """Extra vars with every string marked unsafe: no ``{{ }}`` ever renders.
+
+    Written as JSON (which Ansible's YAML loader reads) with each string as
+    ``{"__ansible_unsafe": "..."}``: unlike a ``!unsafe`` YAML tag, which ansible-core 2.19
+    resolves like an untagged scalar (so "true" became a boolean and "60" a number), this keeps
+    every string a string.
+    """
     def mark(value: Any) -> Any:
         if isinstance(value, str):
-            return _Unsafe(value)
+            return {"__ansible_unsafe": value}
         if isinstance(value, Mapping):
             return {str(k): mark(v) for k, v in value.items()}
         if isinstance(value, list | tuple):
             return [mark(v) for v in value]
         return value
 
-    return yaml.dump(mark(values), Dumper=_UnsafeDumper, default_flow_style=False)
+    return json.dumps(mark(values))
 
 
 def _write_private(path: Path, text: str) -> None:

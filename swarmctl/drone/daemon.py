@@ -193,7 +193,7 @@ class DroneDaemon:
         # A fresh process holds no job: whatever is still delegated to this name was orphaned by a
         # previous process that died (crash, power cut). When it came back before offline_after,
         # the orchestrator never saw it offline and would never reclaim those jobs.
-        orphans = [] and self._with_redis("reclaim", lambda: self.queue.reclaim(
+        orphans = self._with_redis("reclaim", lambda: self.queue.reclaim(
             self.name, None, "drone restarted; its previous process's job(s) go back to the queue"))
         if orphans:
             log.warning("gave back %d job(s) orphaned by a previous process: %s", len(orphans), " ".join(orphans))

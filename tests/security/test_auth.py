@@ -148,10 +148,12 @@ def test_revoked_token_is_refused_everywhere_and_the_daemon_stops(
         queue: Queue, registry: DroneRegistry, spawn: Spawner, swarm_env: dict[str, str]) -> None:
     queue.add([JobSpec("app-misc/slow-1"), JobSpec("app-misc/other-1")])
     token = registry.enroll("izar")
-    held = queue.claim("izar", token)
-    assert held is not None
     daemon = spawn(["drone", "run", "--name", "izar", "--command", "sleep 2"],
                    env={**FAST, "SWARM_DRONE_TOKEN": token}, name="izar")
+    # Claimed by hand once the daemon runs (a starting daemon gives back what its name held before).
+    assert wait_until(lambda: len(queue.jobs("delegated")) == 1, 15)
+    held = queue.claim("izar", token)
+    assert held is not None
     assert wait_until(lambda: len(queue.jobs("delegated")) == 2, 15)
     run_cli(["drone", "revoke", "izar"], swarm_env)
     assert {j.state for j in queue.jobs()} == {"needed"}  # its jobs went straight back
