@@ -7,8 +7,10 @@ event (killing its whole process group), and reports a BuildResult whose
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -75,6 +77,21 @@ class Watchdog:
     on_hung: Callable[[bool], None] | None = None
 
 
+def _dies_with_parent(argv: Sequence[str], env: Mapping[str, str] | None) -> list[str]:
+    """Have the build killed when the drone dies (SIGKILL, crash), instead of living on unseen.
+
+    util-linux's setpriv sets the parent-death signal and execs the build in place (no shell,
+    no preexec_fn, which is unsafe beside the heartbeat thread). Without setpriv, unchanged.
+    A program that cannot be found raises FileNotFoundError here, as Popen would.
+    """
+    path = (env or os.environ).get("PATH", os.defpath)
+    program = shutil.which(argv[0], path=path)
+    if program is None:
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", argv[0])
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "KILL", "--", program, *argv[1:]] if setpriv else [program, *argv[1:]]
+
+
 def _tree_cpu(proc: psutil.Process) -> float:
     total = 0.0
     try:
@@ -110,7 +127,8 @@ def run_supervised(argv: Sequence[str], log_path: Path, abort: threading.Event,
     watchdog = watchdog or Watchdog()
     with open(log_path, "ab") as log:
         try:
-            proc = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(_dies_with_parent(argv, env), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL,
                                     env=dict(env) if env is not None else None, cwd=cwd,
                                     start_new_session=True)
         except OSError as exc:
