@@ -18,7 +18,9 @@ import pytest
 import redis
 
 from swarmctl.config import Config, load_config
+from swarmctl.drones import DroneRegistry
 from swarmctl.embedded import RedisProcess
+from swarmctl.queue import Queue
 
 REPO = Path(__file__).resolve().parent.parent
 SWARMCTL = [sys.executable, "-m", "swarmctl"]
@@ -80,6 +82,18 @@ def swarm_env(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> dict
 @pytest.fixture
 def config(redis_url: str, swarm_env: dict[str, str]) -> Config:
     return load_config(environ=swarm_env)
+
+
+@pytest.fixture
+def queue(redis_client: redis.Redis, config: Config) -> Queue:
+    """The queue on the test Redis (emptied for each test)."""
+    return Queue(redis_client, config)
+
+
+@pytest.fixture
+def registry(redis_client: redis.Redis, config: Config) -> DroneRegistry:
+    """The drone registry on the test Redis."""
+    return DroneRegistry(redis_client, config)
 
 
 def run_cli(args: list[str], env: dict[str, str], check: bool = True,

@@ -6,7 +6,6 @@ import signal
 import time
 from pathlib import Path
 
-import pytest
 import redis
 
 from swarmctl import keys
@@ -23,16 +22,6 @@ FAST = {
     "SWARM_DRONE_HEARTBEAT_INTERVAL": "0.5",
     "SWARM_DRONE_POLL_INTERVAL": "0.2",
 }
-
-
-@pytest.fixture
-def queue(redis_client: redis.Redis, config: Config) -> Queue:
-    return Queue(redis_client, config)
-
-
-@pytest.fixture
-def registry(redis_client: redis.Redis, config: Config) -> DroneRegistry:
-    return DroneRegistry(redis_client, config)
 
 
 def start_drone(spawn: Spawner, registry: DroneRegistry, name: str, command: str, **env: str):  # type: ignore[no-untyped-def]

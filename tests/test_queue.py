@@ -13,16 +13,6 @@ from swarmctl.graph import JobSpec
 from swarmctl.queue import Grounded, Queue, Unauthorized
 
 
-@pytest.fixture
-def queue(redis_client: redis.Redis, config: Config) -> Queue:
-    return Queue(redis_client, config)
-
-
-@pytest.fixture
-def registry(redis_client: redis.Redis, config: Config) -> DroneRegistry:
-    return DroneRegistry(redis_client, config)
-
-
 def enroll(registry: DroneRegistry, *names: str) -> dict[str, str]:
     tokens = {name: registry.enroll(name) for name in names}
     for name, token in tokens.items():

@@ -19,11 +19,6 @@ from tests.conftest import Spawner, run_cli, wait_until
 
 
 @pytest.fixture
-def queue(redis_client: redis.Redis, config: Config) -> Queue:
-    return Queue(redis_client, config)
-
-
-@pytest.fixture
 def token(redis_client: redis.Redis, config: Config) -> str:
     registry = DroneRegistry(redis_client, config)
     value = registry.enroll("izar")

@@ -19,7 +19,6 @@ import pytest
 import redis
 
 from swarmctl import keys
-from swarmctl.config import Config
 from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.exceptions import NotEnrolled
@@ -64,16 +63,6 @@ while time.monotonic() < deadline:
         counts["refused" if not registry.authenticate(name, forged) else "accepted"] += 1
 print(json.dumps(counts), flush=True)
 """
-
-
-@pytest.fixture
-def queue(redis_client: redis.Redis, config: Config) -> Queue:
-    return Queue(redis_client, config)
-
-
-@pytest.fixture
-def registry(redis_client: redis.Redis, config: Config) -> DroneRegistry:
-    return DroneRegistry(redis_client, config)
 
 
 @pytest.fixture

@@ -40,16 +40,6 @@ HOSTILE_NAMES = [
 ]
 
 
-@pytest.fixture
-def queue(redis_client: redis.Redis, config: Config) -> Queue:
-    return Queue(redis_client, config)
-
-
-@pytest.fixture
-def registry(redis_client: redis.Redis, config: Config) -> DroneRegistry:
-    return DroneRegistry(redis_client, config)
-
-
 @pytest.mark.parametrize("atom", HOSTILE_ATOMS)
 def test_hostile_atoms_are_refused_by_the_queue(atom: str, queue: Queue) -> None:
     with pytest.raises(InvalidAtom):
