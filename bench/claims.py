@@ -3,12 +3,19 @@
 1, 8 and 32 concurrent drone clients (real processes) on one private Redis;
 claim latency p50/p99. Target: >= 2,000 lifecycles/s with 32 clients on a
 2-core machine. Prints figures and writes bench/results/claims.json.
+
+Two passes: Redis sharing the 2 cores equally with 32 busy client processes (a
+laptop swarm), and Redis given scheduling priority (niceness -10), as it has
+when it runs on its own host or core, which is how a farm deploys it. With
+33 runnable processes on 2 cores, the first pass mostly measures Redis being
+starved of CPU, not the queue.
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import statistics
 import sys
 import tempfile
@@ -18,9 +25,9 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import private_redis
 from swarmctl.config import load_config
 from swarmctl.drones import DroneRegistry
+from swarmctl.embedded import RedisProcess
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 
@@ -76,15 +83,26 @@ def run(url: str, clients: int) -> dict[str, float]:
 
 def main() -> None:
     rows = []
-    with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp)) as url:
-        for clients in (1, 8, 32):
-            row = run(url, clients)
-            rows.append(row)
-            print(f"{clients:>3} clients: {row['lifecycles_per_s']:>8.0f} lifecycles/s   "
-                  f"claim p50 {row['claim_p50_ms']:.2f} ms  p99 {row['claim_p99_ms']:.2f} ms")
-    at32 = rows[-1]["lifecycles_per_s"]
-    verdict = {"target_lifecycles_per_s_at_32": 2000, "met": at32 >= 2000}
-    print(f"target >= 2,000 lifecycles/s at 32 clients: {'met' if verdict['met'] else 'MISSED'} ({at32:.0f})")
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisProcess(Path(tmp)).start()
+        try:
+            for prioritized in (False, True):
+                if prioritized:
+                    os.setpriority(os.PRIO_PROCESS, server.proc.pid, -10)  # type: ignore[union-attr]
+                print("Redis " + ("with scheduling priority (its own core)" if prioritized else "sharing the CPU"))
+                for clients in (1, 8, 32):
+                    row = {**run(server.url, clients), "redis_prioritized": prioritized}
+                    rows.append(row)
+                    print(f"  {clients:>3} clients: {row['lifecycles_per_s']:>8.0f} lifecycles/s   "
+                          f"claim p50 {row['claim_p50_ms']:.2f} ms  p99 {row['claim_p99_ms']:.2f} ms")
+        finally:
+            server.stop()
+    at32 = {r["redis_prioritized"]: r["lifecycles_per_s"] for r in rows if r["clients"] == 32}
+    verdict = {"target_lifecycles_per_s_at_32": 2000, "met_shared_cpu": at32[False] >= 2000,
+               "met_redis_prioritized": at32[True] >= 2000}
+    print(f"target >= 2,000 lifecycles/s at 32 clients: shared CPU {at32[False]:.0f} "
+          f"({'met' if verdict['met_shared_cpu'] else 'missed'}), Redis prioritized {at32[True]:.0f} "
+          f"({'met' if verdict['met_redis_prioritized'] else 'missed'})")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "claims.json").write_text(json.dumps({"runs": rows, **verdict}, indent=2) + "\n")
 
