@@ -105,6 +105,13 @@ class QueueGate:
                  artifact: dict[str, Any]) -> str:
         return str(self.queue.complete(cpv, drone, token, lease, duration, artifact))
 
+    def refused(self, code: str) -> None:
+        """Count a refused upload for the metrics (best effort: Redis may be the problem)."""
+        from swarmctl.metrics import record_upload_rejection
+
+        with contextlib.suppress(Exception):
+            record_upload_rejection(self.queue.redis, code)
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -464,6 +471,9 @@ class _Handler(BaseHTTPRequestHandler):
         """Reply and close the connection (part of the body may still be on its way)."""
         status = _STATUS_OF_CODE.get(refusal.code, HTTPStatus.BAD_REQUEST)
         logger.info("refused upload from %s: %s (%s)", self.client_address[0], refusal.reason, refusal.code)
+        count = getattr(self.server.gate, "refused", None)
+        if count is not None:
+            count(refusal.code)
         self._reply_json(status, "refused", refusal.code, refusal.reason, close=True, **refusal.details)
         if linger:
             self._linger()

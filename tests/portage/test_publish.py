@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from swarmctl import keys
 from swarmctl.binhost.client import BinhostClient, BinhostPublisher
 from swarmctl.binhost.index import PackagesIndex, verify
 from swarmctl.binhost.publish import Publisher
@@ -171,6 +172,9 @@ def test_refused_uploads_leave_no_trace(case: str, drone, swarm, binhost, pkgdir
         assert (verdict.status, verdict.code) == (409, "duplicate") and verdict.payload["same_content"]
     assert_untouched(pkgdir, before)
     assert swarm.queue.get(HELLO).state == "delegated"
+    refusals = {k: int(v) for k, v in swarm.queue.redis.hgetall(keys.STATS).items()
+                if k.startswith("upload_rejected:")}
+    assert sum(refusals.values()) >= 1, "the refusal was not counted for the metrics"
 
 
 def test_replayed_upload_is_an_idempotent_duplicate(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
