@@ -13,6 +13,7 @@ NAMESPACE = "swarm:"
 JOB_PREFIX = NAMESPACE + "job:"
 DRONE_PREFIX = NAMESPACE + "drone:"
 HISTORY_PREFIX = NAMESPACE + "history:"
+HISTORY_SEEN = NAMESPACE + "history-seen"  # set: merges already imported from emerge.log files
 
 # Suffixes of the per-job and per-drone keys (the prelude uses these too).
 JOB_GATES = ":gates"            # set: jobs this one waits for

@@ -101,3 +101,13 @@ def test_cli_import_and_show(redis_client: redis.Redis, swarm_env: dict[str, str
     assert "no recorded builds" in unknown.stdout and "600 s" in unknown.stdout
     human = run_cli(["history", "import", files[2]], swarm_env)
     assert human.returncode == 0 and "7 malformed line(s)" in human.stderr
+
+
+def test_importing_a_log_again_records_nothing_twice(swarm_env: dict[str, str]) -> None:
+    log = str(DATA / "emerge-serial.log")
+    run_cli(["history", "import", log], swarm_env)
+    before = json.loads(run_cli(["history", "show", "sys-libs/zlib-1.3-r2", "--json"], swarm_env).stdout)
+    again = run_cli(["history", "import", log], swarm_env)
+    assert "imported before and are not recorded again" in again.stderr
+    after = json.loads(run_cli(["history", "show", "sys-libs/zlib-1.3-r2", "--json"], swarm_env).stdout)
+    assert after["records"] == before["records"] and len(after["records"]) >= 1

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 import click
 
+from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cp, validate_cpv
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
@@ -34,13 +35,22 @@ def import_logs(app: AppContext, files: tuple[str, ...], as_json: bool) -> None:
     merges: list[tuple[Merge, str]] = sorted(
         ((m, path) for path, r in reports.items() for m in r.merges), key=lambda item: item[0].end)
     store = _history(app)
+    # A merge is known by what and when it built: importing a log again records nothing twice.
     with app.client.pipeline(transaction=False) as pipe:
-        for merge, path in merges:
-            store.record(merge.record(source=f"emerge.log:{path}"), pipeline=pipe)
+        for merge, _path in merges:
+            pipe.sadd(keys.HISTORY_SEEN, f"{merge.cpv}@{merge.start}-{merge.end}")
+        new = pipe.execute()
+    with app.client.pipeline(transaction=False) as pipe:
+        for (merge, path), fresh in zip(merges, new, strict=True):
+            if fresh:
+                store.record(merge.record(source=f"emerge.log:{path}"), pipeline=pipe)
         pipe.execute()
+    repeats = len(new) - sum(new)
     if as_json:
         terminal.print_json({path: r.as_dict() for path, r in reports.items()})
         return
+    if repeats:
+        terminal.note(f"{repeats} build(s) were imported before and are not recorded again")
     for path, r in reports.items():
         terminal.ok(f"{path}: {len(r.merges)} build(s) recorded ({r.parallel} under --jobs)")
         skipped = {"interrupted": r.interrupted, "binary": r.binary, "without a start": r.unpaired,
