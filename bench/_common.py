@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from swarmctl.embedded import RedisProcess
+from swarmctl.paths import isolated_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,10 +44,7 @@ def private_redis(directory: Path) -> Iterator[str]:
 
 def swarm_env(url: str, home: Path, **settings: str) -> dict[str, str]:
     """Environment for swarmctl processes: this Redis, private XDG dirs, SWARM_* overrides."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
-    env.update({"SWARM_REDIS_URL": url, "XDG_CONFIG_HOME": str(home / "config"),
-                "XDG_DATA_HOME": str(home / "data"), "XDG_STATE_HOME": str(home / "state"),
-                "XDG_CACHE_HOME": str(home / "cache"), "PYTHONUNBUFFERED": "1"})
+    env = isolated_env(home, url)
     env.update(settings)
     return env
 

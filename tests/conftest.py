@@ -20,6 +20,7 @@ import redis
 from swarmctl.config import Config, load_config
 from swarmctl.drones import DroneRegistry
 from swarmctl.embedded import RedisProcess
+from swarmctl.paths import isolated_env
 from swarmctl.queue import Queue
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,17 +67,7 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def swarm_env(redis_url: str, redis_client: redis.Redis, tmp_path: Path) -> dict[str, str]:
     """Environment for swarmctl subprocesses: the test Redis (emptied), private XDG dirs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
-    env.update({
-        "SWARM_REDIS_URL": redis_url,
-        "XDG_CONFIG_HOME": str(tmp_path / "xdg-config"),
-        "XDG_DATA_HOME": str(tmp_path / "xdg-data"),
-        "XDG_STATE_HOME": str(tmp_path / "xdg-state"),
-        "XDG_CACHE_HOME": str(tmp_path / "xdg-cache"),
-        "PYTHONUNBUFFERED": "1",
-        "LC_ALL": "C.UTF-8",
-    })
-    return env
+    return isolated_env(tmp_path, redis_url)
 
 
 @pytest.fixture

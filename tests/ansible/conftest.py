@@ -9,7 +9,6 @@ share the machine's filesystem, so this checkout's venv runs inside them).
 
 from __future__ import annotations
 
-import os
 import secrets
 import subprocess
 import sys
@@ -29,6 +28,7 @@ if str(ROOT) not in sys.path:
 from swarmctl import keys  # noqa: E402
 from swarmctl.embedded import RedisProcess  # noqa: E402
 from swarmctl.events import Event, Events  # noqa: E402
+from swarmctl.paths import isolated_env  # noqa: E402
 from tests.testbed import GATEWAY, TestBed  # noqa: E402
 from tests.testbed.fixtures import testbed, testbed_factory  # noqa: E402,F401
 
@@ -64,15 +64,7 @@ class BedSwarm:
         self.redis = RedisProcess(work / "redis", bind=GATEWAY, password=self.password).start()
         self.settings = settings or {}
         self.config_path = self.write_config(work / "swarm.yml", self.settings)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
-        self.env.update({
-            "XDG_CONFIG_HOME": str(work / "xdg-config"),
-            "XDG_DATA_HOME": str(work / "xdg-data"),
-            "XDG_STATE_HOME": str(work / "xdg-state"),
-            "XDG_CACHE_HOME": str(work / "xdg-cache"),
-            "PYTHONUNBUFFERED": "1",
-            "LC_ALL": "C.UTF-8",
-        })
+        self.env = isolated_env(work)
         self.client = redis.Redis(host=GATEWAY, port=self.redis.port, password=self.password,
                                   decode_responses=True)
         self.procs: list[subprocess.Popen[bytes]] = []
