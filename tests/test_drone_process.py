@@ -161,3 +161,25 @@ def test_drone_rides_out_a_redis_restart(spawn: Spawner, tmp_path: Path, swarm_e
         assert wait_until(lambda: queue.get("app-misc/after-1").state == "built", 30)
     finally:
         server.stop()
+
+
+def test_stopping_drone_does_not_hang_when_redis_is_gone(spawn: Spawner, tmp_path: Path, config: Config) -> None:
+    """SIGTERM with Redis down: the drone keeps trying to report; a second SIGTERM makes it exit."""
+    server = RedisServer(tmp_path / "r").start()
+    try:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        cfg = config.with_overrides(redis__url=server.url)
+        queue, registry = Queue(client, cfg), DroneRegistry(client, cfg)
+        queue.add([JobSpec("app-misc/a-1")])
+        token = registry.enroll("izar")
+        drone = spawn(["drone", "run", "--name", "izar", "--token", token, "--command", "sleep 1"],
+                      env={**FAST, "SWARM_REDIS_URL": server.url}, name="izar")
+        assert wait_until(lambda: queue.get("app-misc/a-1").state == "delegated", 15)
+        server.kill()
+        drone.send_signal(signal.SIGTERM)
+        time.sleep(2.5)  # the build finished; its report cannot reach Redis
+        assert drone.poll() is None, "it gave up on a finished build's report at the first signal"
+        drone.send_signal(signal.SIGTERM)
+        assert drone.wait(timeout=10) is not None
+    finally:
+        server.stop()

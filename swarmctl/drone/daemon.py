@@ -177,16 +177,25 @@ class DroneDaemon:
 
     # -- the work loop ---------------------------------------------------------------------
 
-    def _with_redis(self, what: str, call: Callable[[], Any]) -> Any:
-        """Retry a Redis call through outages (until it works or we are told to abort)."""
+    def _with_redis(self, what: str, call: Callable[[], Any], unreported: Any = None) -> Any:
+        """Retry a Redis call through outages, until it works or a second signal says abort.
+
+        On abort (or a stop with no build in hand) ``unreported`` comes back: a job stays with
+        this drone's name, and the next daemon start (or the orchestrator, once the heartbeats
+        stop) gives it back.
+        """
         waits = delays(base=0.5, cap=15.0)
         while True:
             try:
                 return call()
             except TRANSIENT as exc:
+                # Told to abort, or stopping with no build to report: no reason to wait on.
+                if self.aborting.is_set() or (self.stopping.is_set() and self.current is None):
+                    log.error("%s: Redis unavailable (%s); giving up, stopping", what, exc)
+                    return unreported
                 wait = next(waits)
                 log.warning("%s: Redis unavailable (%s); retrying in %.1f s", what, exc, wait)
-                time.sleep(wait)
+                self.aborting.wait(wait)
 
     def run(self, max_builds: int | None = None) -> int:
         """Work until stopped; returns the process exit code."""
@@ -288,7 +297,7 @@ class DroneDaemon:
             if result.ok:
                 return
         log_tail = tail(log_path, self.config.queue.log_tail_lines)
-        outcome, grounded_until = self._with_redis("fail", lambda: q.fail(
+        outcome, grounded_until = self._with_redis("fail", unreported=("unreported", 0.0), call=lambda: q.fail(
             claim.cpv, self.name, self.token, claim.lease, result.fault, result.reason, log_tail))
         if grounded_until:
             self.grounded_until = grounded_until
