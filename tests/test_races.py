@@ -15,6 +15,7 @@ from swarmctl import keys
 from swarmctl.config import load_config
 from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
+from swarmctl.exceptions import SwarmError
 from swarmctl.graph import JobSpec
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.queue import Queue
@@ -197,3 +198,116 @@ def test_leader_lease_has_one_holder_at_a_time(redis_client: redis.Redis, redis_
         others = [end for who, end in latest_end.items() if who != ident]
         assert not others or began >= max(others), "two orchestrators led at once"
         latest_end[ident] = max(ended, latest_end.get(ident, 0.0))
+
+
+def _reattach(url: str, name: str, token: str, held: list[tuple[str, str]], start: mp.Barrier) -> list[str]:
+    """A drone back from a blip heartbeats each job it was building (reattaching it if free)."""
+    registry = DroneRegistry(redis.Redis.from_url(url, decode_responses=True))
+    start.wait()
+    return [cpv for cpv, lease in held
+            if registry.heartbeat(name, token, {"status": "building"}, cpv, lease).owns_current]
+
+
+def _claim_all(url: str, name: str, token: str, start: mp.Barrier) -> list[str]:
+    queue = _queue(url)
+    start.wait()
+    taken = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and queue.counts()["needed"]:
+        claim = queue.claim(name, token)
+        if claim is not None:
+            taken.append(claim.cpv)
+    return taken
+
+
+def test_reattach_racing_claims_gives_each_job_one_owner(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    cpvs = [f"app-misc/blip{i}-1" for i in range(300)]
+    queue.add([JobSpec(c, estimate=1) for c in cpvs])
+    tokens = _enroll_all(redis_client, 3)
+    held = []
+    while (claim := queue.claim("d0", tokens["d0"])) is not None:
+        held.append((claim.cpv, claim.lease))
+    queue.reclaim("d0", None, "blip")  # declared offline while it kept building
+    with start_line(3) as barrier, CTX.Pool(3) as pool:
+        # The returning drone walks its jobs from the other end, so the two sides meet midway.
+        back = pool.apply_async(_reattach, (redis_url, "d0", tokens["d0"], held[::-1], barrier))
+        others = pool.starmap(_claim_all, [(redis_url, n, tokens[n], barrier) for n in ("d1", "d2")])
+        kept = back.get()
+    taken = [c for o in others for c in o]
+    assert sorted(kept + taken) == sorted(cpvs)  # every job exactly one owner
+    assert kept and taken  # both sides won some
+    owners = {j.cpv: j.drone for j in queue.jobs()}
+    assert all(owners[c] == "d0" for c in kept)
+    assert all(owners[c] in ("d1", "d2") for c in taken)
+
+
+def _release_or_complete(url: str, name: str, token: str, start: mp.Barrier) -> tuple[int, int]:
+    """Claim, then give back or complete at random, racing the reclaimer."""
+    queue = _queue(url)
+    rng = random.Random(name)
+    start.wait()
+    released = completed = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and queue.counts()["built"] < 200:
+        claim = queue.claim(name, token)
+        if claim is None:
+            time.sleep(0.002)
+            continue
+        if rng.random() < 0.3:
+            released += queue.release(claim.cpv, name, token, claim.lease, "race") == "ok"
+        else:
+            completed += queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok"
+    return released, completed
+
+
+def test_release_racing_reclaim_loses_no_job(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    queue.add([JobSpec(f"app-misc/rel{i}-1", estimate=1) for i in range(200)])
+    tokens = _enroll_all(redis_client, 5)
+    with start_line(7) as barrier, CTX.Pool(7) as pool:
+        reclaimers = [pool.apply_async(_reclaimer_until, (redis_url, list(tokens), barrier)) for _ in range(2)]
+        results = pool.starmap(_release_or_complete, [(redis_url, n, t, barrier) for n, t in tokens.items()])
+        for r in reclaimers:
+            r.get()
+    assert sum(r[1] for r in results) == 200 and sum(r[0] for r in results) > 0
+    counts = queue.counts()
+    assert counts["built"] == 200 and counts["needed"] == counts["delegated"] == 0
+    assert all(j.attempts >= 0 for j in queue.jobs())
+
+
+def _reclaimer_until(url: str, names: list[str], start: mp.Barrier) -> int:
+    queue = _queue(url)
+    start.wait()
+    taken = 0
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and queue.counts()["built"] < 200:
+        taken += len(queue.reclaim(random.choice(names), None, "race"))
+    return taken
+
+
+def _retry(url: str, cpv: str, start: mp.Barrier) -> bool:
+    queue = _queue(url)
+    start.wait()
+    try:
+        queue.retry(cpv)
+        return True
+    except SwarmError:
+        return False
+
+
+def test_concurrent_retries_requeue_a_blocked_job_once(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    queue.add([JobSpec("app-misc/broken-1")])
+    tokens = _enroll_all(redis_client, 2)
+    for name in ("d0", "d1"):
+        claim = queue.claim(name, tokens[name])
+        assert claim is not None
+        queue.fail(claim.cpv, name, tokens[name], claim.lease, "build", "boom")
+    assert queue.get("app-misc/broken-1").state == "blocked"
+    with start_line(WORKERS) as barrier:
+        wins = _run(_retry, [(redis_url, "app-misc/broken-1", barrier)] * WORKERS)
+    assert wins.count(True) == 1
+    assert queue.get("app-misc/broken-1").state == "needed" and queue.counts()["ready"] == 1
+    retried = [e for e in Events(redis_client).since() if e.kind == "retried"]
+    assert len(retried) == 1
