@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from swarmctl import keys
@@ -141,45 +142,51 @@ def test_build_logs_are_rotated(spawn: Spawner, queue: Queue, registry: DroneReg
     assert "building app-misc/p" in logs[-1].read_text()
 
 
-def test_drone_rides_out_a_redis_restart(spawn: Spawner, tmp_path: Path, swarm_env: dict[str, str],
-                                         config: Config) -> None:
-    server = RedisServer(tmp_path / "r", appendonly=True).start()
-    try:
-        client = redis.Redis.from_url(server.url, decode_responses=True)
-        cfg = config.with_overrides(redis__url=server.url)
-        queue, registry = Queue(client, cfg), DroneRegistry(client, cfg)
-        queue.add([JobSpec("app-misc/before-1")])
-        token = registry.enroll("izar")
-        spawn(["drone", "run", "--name", "izar", "--token", token, "--command", "sleep 0.2"],
-              env={**FAST, "SWARM_REDIS_URL": server.url}, name="izar")
-        assert wait_until(lambda: queue.get("app-misc/before-1").state == "built", 15)
-        time.sleep(1.2)  # let the AOF reach the disk (appendfsync everysec)
-        server.kill()
-        time.sleep(2)
-        server.start()
-        queue.add([JobSpec("app-misc/after-1")])
-        assert wait_until(lambda: queue.get("app-misc/after-1").state == "built", 30)
-    finally:
-        server.stop()
+class OwnRedis:
+    """A Redis of this test's own (so it can be killed) with a queue, a registry and drones on it."""
+
+    def __init__(self, spawn: Spawner, directory: Path, config: Config) -> None:
+        self.spawn = spawn
+        self.server = RedisServer(directory, appendonly=True).start()
+        client = redis.Redis.from_url(self.server.url, decode_responses=True)
+        cfg = config.with_overrides(redis__url=self.server.url)
+        self.queue, self.registry = Queue(client, cfg), DroneRegistry(client, cfg)
+
+    def drone(self, name: str, command: str):  # type: ignore[no-untyped-def]
+        token = self.registry.enroll(name)
+        return self.spawn(["drone", "run", "--name", name, "--token", token, "--command", command],
+                          env={**FAST, "SWARM_REDIS_URL": self.server.url}, name=name)
 
 
-def test_stopping_drone_does_not_hang_when_redis_is_gone(spawn: Spawner, tmp_path: Path, config: Config) -> None:
+@pytest.fixture
+def own_redis(spawn: Spawner, tmp_path: Path, config: Config):  # type: ignore[no-untyped-def]
+    swarm = OwnRedis(spawn, tmp_path / "r", config)
+    yield swarm
+    swarm.server.stop()
+
+
+def test_drone_rides_out_a_redis_restart(own_redis: OwnRedis) -> None:
+    queue, server = own_redis.queue, own_redis.server
+    queue.add([JobSpec("app-misc/before-1")])
+    own_redis.drone("izar", "sleep 0.2")
+    assert wait_until(lambda: queue.get("app-misc/before-1").state == "built", 15)
+    time.sleep(1.2)  # let the AOF reach the disk (appendfsync everysec)
+    server.kill()
+    time.sleep(2)
+    server.start()
+    queue.add([JobSpec("app-misc/after-1")])
+    assert wait_until(lambda: queue.get("app-misc/after-1").state == "built", 30)
+
+
+def test_stopping_drone_does_not_hang_when_redis_is_gone(own_redis: OwnRedis) -> None:
     """SIGTERM with Redis down: the drone keeps trying to report; a second SIGTERM makes it exit."""
-    server = RedisServer(tmp_path / "r").start()
-    try:
-        client = redis.Redis.from_url(server.url, decode_responses=True)
-        cfg = config.with_overrides(redis__url=server.url)
-        queue, registry = Queue(client, cfg), DroneRegistry(client, cfg)
-        queue.add([JobSpec("app-misc/a-1")])
-        token = registry.enroll("izar")
-        drone = spawn(["drone", "run", "--name", "izar", "--token", token, "--command", "sleep 1"],
-                      env={**FAST, "SWARM_REDIS_URL": server.url}, name="izar")
-        assert wait_until(lambda: queue.get("app-misc/a-1").state == "delegated", 15)
-        server.kill()
-        drone.send_signal(signal.SIGTERM)
-        time.sleep(2.5)  # the build finished; its report cannot reach Redis
-        assert drone.poll() is None, "it gave up on a finished build's report at the first signal"
-        drone.send_signal(signal.SIGTERM)
-        assert drone.wait(timeout=10) is not None
-    finally:
-        server.stop()
+    queue = own_redis.queue
+    queue.add([JobSpec("app-misc/a-1")])
+    drone = own_redis.drone("izar", "sleep 1")
+    assert wait_until(lambda: queue.get("app-misc/a-1").state == "delegated", 15)
+    own_redis.server.kill()
+    drone.send_signal(signal.SIGTERM)
+    time.sleep(2.5)  # the build finished; its report cannot reach Redis
+    assert drone.poll() is None, "it gave up on a finished build's report at the first signal"
+    drone.send_signal(signal.SIGTERM)
+    assert drone.wait(timeout=10) is not None

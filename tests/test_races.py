@@ -96,12 +96,13 @@ def _complete_late(url: str, name: str, token: str, start: mp.Barrier) -> tuple[
     return ok, stale
 
 
-def _reclaimer(url: str, names: list[str], start: mp.Barrier) -> int:
+def _reclaimer(url: str, names: list[str], start: mp.Barrier, until_built: int) -> int:
+    """Reclaim random drones' jobs until ``until_built`` jobs are built."""
     queue = _queue(url)
     start.wait()
     taken = 0
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and queue.counts()["built"] < 300:
+    while time.monotonic() < deadline and queue.counts()["built"] < until_built:
         taken += len(queue.reclaim(random.choice(names), None, "race"))
     return taken
 
@@ -112,7 +113,7 @@ def test_reclaim_racing_completions_never_double_builds(redis_client: redis.Redi
     tokens = _enroll_all(redis_client, 6)
     with start_line(8) as barrier, CTX.Pool(8) as pool:
         args = [(redis_url, n, t, barrier) for n, t in tokens.items()]
-        reclaimers = [pool.apply_async(_reclaimer, (redis_url, list(tokens), barrier)) for _ in range(2)]
+        reclaimers = [pool.apply_async(_reclaimer, (redis_url, list(tokens), barrier, 300)) for _ in range(2)]
         builders = pool.starmap(_complete_late, args)
         taken = sum(r.get() for r in reclaimers)
     ok = sum(b[0] for b in builders)
@@ -266,7 +267,7 @@ def test_release_racing_reclaim_loses_no_job(redis_client: redis.Redis, redis_ur
     queue.add([JobSpec(f"app-misc/rel{i}-1", estimate=1) for i in range(200)])
     tokens = _enroll_all(redis_client, 5)
     with start_line(7) as barrier, CTX.Pool(7) as pool:
-        reclaimers = [pool.apply_async(_reclaimer_until, (redis_url, list(tokens), barrier)) for _ in range(2)]
+        reclaimers = [pool.apply_async(_reclaimer, (redis_url, list(tokens), barrier, 200)) for _ in range(2)]
         results = pool.starmap(_release_or_complete, [(redis_url, n, t, barrier) for n, t in tokens.items()])
         for r in reclaimers:
             r.get()
@@ -274,16 +275,6 @@ def test_release_racing_reclaim_loses_no_job(redis_client: redis.Redis, redis_ur
     counts = queue.counts()
     assert counts["built"] == 200 and counts["needed"] == counts["delegated"] == 0
     assert all(j.attempts >= 0 for j in queue.jobs())
-
-
-def _reclaimer_until(url: str, names: list[str], start: mp.Barrier) -> int:
-    queue = _queue(url)
-    start.wait()
-    taken = 0
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and queue.counts()["built"] < 200:
-        taken += len(queue.reclaim(random.choice(names), None, "race"))
-    return taken
 
 
 def _retry(url: str, cpv: str, start: mp.Barrier) -> bool:
