@@ -76,6 +76,12 @@ SETTINGS: tuple[Setting, ...] = (
             "A build with no log output and no CPU for this long is flagged as hung."),
     Setting("drone", "hung_kill_seconds", 3600.0, float,
             "A build hung for this long is killed and its job returned to the queue."),
+    Setting("drone", "preflight_interval", 300.0, float,
+            "Seconds between the drone's preflight checks (its builder's tools, dirs, repositories)."),
+    Setting("drone", "preflight_retry", 30.0, float,
+            "Seconds between preflight checks while a drone is misconfigured (it resumes when one passes)."),
+    Setting("drone", "preflight_min_free_mb", 256, int,
+            "Free MiB PKGDIR, PORTAGE_TMPDIR and DISTDIR need for the preflight to pass."),
     Setting("drone", "overdue_factor", 4.0, float,
             "A build running longer than factor x its estimate is flagged as overdue."),
     # Orchestrator.

@@ -8,7 +8,8 @@ What is checked, in order: Redis reachable and persistent; an orchestrator
 holding the leader lease; enrolled drones heartbeating; the nightly cron entry
 verified as scheduled; the nightly run STARTED recently (and did not FAIL); the
 binhost's ``Packages`` index consistent with its files (on the binhost, where
-``binhost.dir`` is set); clock skew between this host, the drones and Redis.
+``binhost.dir`` is set); clock skew between this host, the drones and Redis; on a
+drone (``drone.name`` set), its builder's preflight, with the fix for each problem.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def check_drones(client: redis.Redis, config: Config) -> Check:
                      "swarmctl drone enroll NAME, then deploy it with the swarm_drone role")
     silent = [d for d in fleet if d.status == "offline"]
     grounded = [d.name for d in fleet if d.status == "grounded"]
+    misconfigured = [f"{d.name} ({d.problem})" for d in fleet if d.status == "misconfigured"]
     hung = [d.name for d in fleet if d.hung and d.status != "offline"]
     beating = len(fleet) - len(silent)
     summary = f"{beating}/{len(fleet)} enrolled drones heartbeating"
@@ -124,13 +126,32 @@ def check_drones(client: redis.Redis, config: Config) -> Check:
         problems.append(f"silent: {_names(ages)}")
     if grounded:
         problems.append(f"grounded: {_names(grounded)}")
+    if misconfigured:
+        problems.append(f"misconfigured: {_names(misconfigured)}")
     if hung:
         problems.append(f"hung builds: {_names(hung)}")
     if problems:
         return Check("drones", "warn", f"{summary}; {'; '.join(problems)}",
                      "swarmctl events shows why; restart a silent drone's service, release a grounded one "
-                     "with swarmctl drone release NAME once fixed, or revoke a drone that is gone")
+                     "with swarmctl drone release NAME once fixed, or revoke a drone that is gone; "
+                     "swarmctl doctor on a misconfigured drone's host prints its fix")
     return Check("drones", "ok", summary)
+
+
+def check_preflight(config: Config) -> Check:
+    """On a drone's host: can its builder build (the check its daemon runs before claiming)?"""
+    if not config.drone.name:
+        return Check("preflight", "skip", "not a drone (drone.name is not set)")
+    from swarmctl.cli.context import AppContext
+    from swarmctl.cli.drone_cmd import make_builder
+
+    builder = make_builder(AppContext(config))
+    result = builder.preflight()
+    if result.ok:
+        return Check("preflight", "ok", f"drone {config.drone.name}: its {config.drone.builder} builder can build")
+    return Check("preflight", "fail", f"drone {config.drone.name} misconfigured: {result.reason}",
+                 "; ".join(p.fix for p in result.problems) + " (the drone resumes by itself within "
+                 f"drone.preflight_retry = {config.drone.preflight_retry:g} s)")
 
 
 def check_cron(meta: FactStore, now: float) -> Check:
@@ -337,6 +358,7 @@ def run_checks(config: Config, connect: Callable[[], redis.Redis], deep: bool = 
             checks.append(Check(name, "skip", "needs Redis"))
         checks.append(_guard("nightly", lambda: check_nightly(None, config, time.time())))
     checks.append(_guard("binhost index", lambda: check_binhost_index(config, deep)))
+    checks.append(_guard("preflight", lambda: check_preflight(config)))
     if client is not None:
         checks.append(_guard("clock", lambda: check_clock(client, config, max_skew)))
     else:

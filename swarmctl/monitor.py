@@ -52,7 +52,7 @@ QUIET_EVENTS = frozenset({"added", "claimed"})
 #: Shortest span a rate is extrapolated from (a young swarm's first build is not "60/hr").
 MIN_RATE_SPAN = 300.0
 #: Order of drones in the table: trouble first, then work, then the rest.
-STATUS_ORDER = {"grounded": 0, "building": 1, "stopping": 2, "idle": 3, "offline": 4}
+STATUS_ORDER = {"misconfigured": 0, "grounded": 0, "building": 1, "stopping": 2, "idle": 3, "offline": 4}
 #: How many raw events are read to find the tail's interesting ones.
 TAIL_SCAN = 200
 
@@ -273,6 +273,8 @@ def _status_cell(drone: DroneInfo, now: float) -> Text:
                     style=terminal.STATUS_STYLE["grounded"])
     if drone.status == "building" and drone.hung:
         return Text("HUNG", style=terminal.HUNG_STYLE)
+    if drone.status == "misconfigured":  # the reason is in the task column
+        return Text("MISCONFIG", style=terminal.STATUS_STYLE["misconfigured"])
     return terminal.styled(drone.status, terminal.STATUS_STYLE)
 
 
@@ -301,7 +303,7 @@ def drone_table(snapshot: Snapshot, inner: int, rows: int | None = None) -> Tabl
         shown = fleet[:max(0, rows - 1)]
     for drone in shown:
         style = terminal.OFFLINE_ROW_STYLE if drone.status == "offline" else None
-        cells: list[Any] = [drone.name, _status_cell(drone, snapshot.now), drone.task or "-"]
+        cells: list[Any] = [drone.name, _status_cell(drone, snapshot.now), terminal.drone_task(drone)]
         cells += [_cell(snapshot, drone, c.name) for c in optional]
         table.add_row(*cells, style=style)
     hidden = fleet[len(shown):]

@@ -74,8 +74,10 @@ def make_builder(app: AppContext) -> Builder:
     from swarmctl.drone.portage_builder import PortageBuilder
     from swarmctl.portage_env.prefix import load_prefix, make_prefix
 
+    min_free = cfg.preflight_min_free_mb * 1024 * 1024
     if not cfg.prefix:
-        return PortageBuilder(None, app.config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog)
+        return PortageBuilder(None, app.config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+                              min_free_bytes=min_free)
     try:
         prefix = load_prefix(Path(cfg.prefix))
     except FileNotFoundError:
@@ -83,7 +85,7 @@ def make_builder(app: AppContext) -> Builder:
             raise ConfigError(f"drone.prefix: {cfg.prefix} is not a portage prefix yet; "
                               "set drone.repo to create it from a repository") from None
         prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), app.config.binhost.url)
-    return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog)
+    return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog, min_free_bytes=min_free)
 
 
 def make_publisher(app: AppContext, name: str, token: str) -> Publisher | None:

@@ -20,6 +20,7 @@ STATUS_STYLE = {
     "building": "bold green",
     "idle": "yellow",
     "grounded": "bold red",
+    "misconfigured": "bold red",
     "stopping": "magenta",
     "offline": "grey50",
 }
@@ -35,6 +36,8 @@ EVENT_STYLE = {
     "failed": "red",
     "blocked": "bold red",
     "grounded": "bold red",
+    "misconfigured": "bold red",
+    "preflight-ok": "green",
     "reclaimed": "yellow",
     "stale": "magenta",
     "restarted": "cyan",
@@ -97,6 +100,13 @@ def jobs_table(jobs: Sequence[Any]) -> Table:
     return table
 
 
+def drone_task(drone: Any) -> str:
+    """What a drone is doing; for a misconfigured one, why it cannot build."""
+    if drone.status == "misconfigured" and getattr(drone, "problem", None):
+        return str(drone.problem)
+    return drone.task or "-"
+
+
 def drones_table(drones: Sequence[Any], now: float | None = None) -> Table:
     now = time.time() if now is None else now
     table = Table(title=f"{len(drones)} drone(s)")
@@ -110,7 +120,7 @@ def drones_table(drones: Sequence[Any], now: float | None = None) -> Table:
     table.add_column("GROUNDED", justify="right")
     for d in drones:
         grounded = ago(d.grounded_until - now) if d.grounded_until else "-"
-        table.add_row(d.name, styled(d.status, STATUS_STYLE), d.task or "-", percent(d.cpu), percent(d.mem),
+        table.add_row(d.name, styled(d.status, STATUS_STYLE), drone_task(d), percent(d.cpu), percent(d.mem),
                       ago(d.heartbeat_age), str(d.failures), grounded)
     return table
 

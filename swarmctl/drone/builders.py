@@ -23,6 +23,7 @@ from typing import Protocol
 import psutil
 
 from swarmctl.atoms import split_cpv
+from swarmctl.drone.preflight import CommandPreflight, PreflightResult
 from swarmctl.exceptions import ConfigError
 
 #: ok / the build failed / a dependency could not be fetched / drone misconfigured / hung.
@@ -50,6 +51,10 @@ class BuildResult:
 
 class Builder(Protocol):
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult: ...
+
+    def preflight(self) -> PreflightResult:
+        """Whether this drone can build at all (checked before it claims; see drone/preflight.py)."""
+        ...
 
 
 def sha256_file(path: Path, chunk: int = 1024 * 1024) -> str:
@@ -189,6 +194,9 @@ class CommandBuilder:
             raise ConfigError("drone.command: the command builder needs an argv template")
         self.template = list(template)
         self.watchdog = watchdog
+
+    def preflight(self) -> PreflightResult:
+        return CommandPreflight(self.template).check()
 
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult:
         code, problem = run_supervised(substitute(self.template, cpv), log_path, abort, watchdog=self.watchdog)
