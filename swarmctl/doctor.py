@@ -358,11 +358,11 @@ def run_checks(config: Config, connect: Callable[[], redis.Redis], deep: bool = 
             checks.append(Check(name, "skip", "needs Redis"))
         checks.append(_guard("nightly", lambda: check_nightly(None, config, time.time())))
     checks.append(_guard("binhost index", lambda: check_binhost_index(config, deep)))
-    checks.append(_guard("preflight", lambda: check_preflight(config)))
     if client is not None:
         checks.append(_guard("clock", lambda: check_clock(client, config, max_skew)))
     else:
         checks.append(Check("clock", "skip", "needs Redis"))
+    checks.append(_guard("preflight", lambda: check_preflight(config)))
     return checks
 
 

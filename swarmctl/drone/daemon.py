@@ -198,10 +198,12 @@ class DroneDaemon:
             return self.problem is None
         check = getattr(self.builder, "preflight", None)
         problem: str | None = None
+        fixes: list[str] = []
         if check is not None:
             try:
                 result = check()
                 problem = None if result.ok else result.reason
+                fixes = [p.fix for p in result.problems]
             except Exception as exc:  # a preflight bug must not stop the drone: report it instead
                 log.exception("preflight crashed")
                 problem = f"preflight error: {exc}"
@@ -209,8 +211,8 @@ class DroneDaemon:
         self._preflight_due = now + (cfg.preflight_interval if problem is None else cfg.preflight_retry)
         if problem != self.problem:
             if problem:
-                log.error("misconfigured: %s; claiming nothing until this is fixed "
-                          "(swarmctl doctor on this host prints the fix)", problem)
+                log.error("misconfigured: %s; claiming nothing until this is fixed (checked again every "
+                          "%g s); fix: %s", problem, cfg.preflight_retry, "; ".join(fixes) or "see swarmctl doctor")
             else:
                 log.info("preflight passed; claiming work again")
             self.problem = problem

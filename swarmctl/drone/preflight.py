@@ -4,7 +4,7 @@ A drone without its compressor, its compiler or a writable PKGDIR fails every jo
 touches, and each failure looks like the package's. The daemon runs its builder's
 preflight at start and every few minutes; while it fails the drone claims nothing and
 reports ``misconfigured`` with the reason, and ``swarmctl doctor`` on that host prints
-the fix (:func:`format_problems`).
+the fix (each :class:`Problem` carries it).
 """
 
 from __future__ import annotations
@@ -51,10 +51,6 @@ class PreflightResult:
     def reason(self) -> str:
         """One line for the fleet view: every problem, most important first."""
         return "; ".join(p.what for p in self.problems)
-
-
-def format_problems(result: PreflightResult) -> list[str]:
-    return [f"{p.what} - fix: {p.fix}" for p in result.problems]
 
 
 def tool_problem(tool: str, path: str, why: str) -> Problem | None:
