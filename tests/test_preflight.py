@@ -17,7 +17,7 @@ from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
 from tests.conftest import Spawner, run_cli, wait_until
-from tests.test_drone_process import FAST, start_drone
+from tests.test_drone_process import start_drone
 
 
 def _misconfigured(registry: DroneRegistry, name: str):  # type: ignore[no-untyped-def]
