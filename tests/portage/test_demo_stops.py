@@ -140,3 +140,20 @@ def test_a_stop_signal_stops_everything_the_demo_started(sig: signal.Signals, sw
     assert f"stopped by {sig.name}" in out
     assert_nothing_left(workdir)
     assert workdir.exists() == bool(keep)
+
+
+def test_a_run_that_stops_progressing_or_runs_out_of_time_ends_saying_so(tmp_path: Path) -> None:
+    swarm = LocalSwarm(tmp_path / "swarm", drones=0)  # nobody will ever take the job
+    try:
+        swarm.start()
+        swarm.queue.add([JobSpec("app-misc/hello-1")])
+        started = time.monotonic()
+        stalled = swarm.watch(timeout=600, stall=2, step=0.1)
+        stalled_after = time.monotonic() - started
+        timed_out = swarm.watch(timeout=time.monotonic() - swarm.started + 1, stall=600, step=0.1)
+    finally:
+        swarm.stop()
+    assert stalled is not None and stalled.reason.startswith("nothing progressed for 2 s"), stalled
+    assert "1 job(s) waiting" in stalled.reason and 2 <= stalled_after < 5
+    assert timed_out is not None and timed_out.reason.startswith("timed out: the demo's"), timed_out
+    assert_nothing_left(tmp_path / "swarm")
