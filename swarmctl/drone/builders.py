@@ -24,7 +24,7 @@ import psutil
 
 from swarmctl.atoms import split_cpv
 from swarmctl.drone.preflight import CommandPreflight, PreflightResult
-from swarmctl.exceptions import ConfigError
+from swarmctl.exceptions import ConfigError, InvalidAtom
 
 #: ok / the build failed / a dependency could not be fetched / drone misconfigured / hung.
 FAULTS = ("none", "build", "dependency", "drone", "hung")
@@ -199,7 +199,11 @@ class CommandBuilder:
         return CommandPreflight(self.template).check()
 
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult:
-        code, problem = run_supervised(substitute(self.template, cpv), log_path, abort, watchdog=self.watchdog)
+        try:
+            argv = substitute(self.template, cpv)
+        except InvalidAtom as exc:  # the job's fault (as with the portage builder), never the drone's
+            return BuildResult(ok=False, fault="build", reason=str(exc))
+        code, problem = run_supervised(argv, log_path, abort, watchdog=self.watchdog)
         if problem == "aborted":
             return BuildResult(ok=False, fault="none", reason="aborted", aborted=True)
         if problem == "hung":
