@@ -44,8 +44,6 @@ log = logging.getLogger("swarmctl.demo")
 #: Events that show the swarm moving (a heartbeat alone is not progress).
 PROGRESS_EVENTS = frozenset({"claimed", "built", "requeued", "failed", "blocked", "released", "reattached",
                              "preflight-ok"})
-#: Drone states in which it cannot build anything.
-DOWN_STATUSES = ("grounded", "misconfigured")
 #: Lines of a build log or daemon log a halt shows.
 TAIL_LINES = 15
 
