@@ -56,15 +56,15 @@ def catch_stop_signals() -> dict[int, Any]:
 
 @contextmanager
 def uninterrupted(previous: dict[int, Any]) -> Iterator[None]:
-    """Hold the stop signals off while the demo stops what it started, then restore ``previous``."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    """Ignore the stop signals while the demo stops what it started, then restore ``previous``.
+
+    (Ignored rather than blocked: a blocked signal may still reach one of the other threads.)
+    """
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
     try:
         yield
     finally:
-        # A signal that arrived meanwhile changes nothing: the demo has stopped anyway.
-        for sig in STOP_SIGNALS:
-            signal.signal(sig, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         for sig, old in previous.items():
             signal.signal(sig, old)
 
