@@ -116,3 +116,14 @@ def test_prereqs_name_each_missing_tool_with_its_install_command(tmp_path: Path)
     assert lines[1].startswith("missing: gcc") and lines[1].endswith("apt-get install -y gcc")
     assert prereqs.install_command(["zstd", "gcc"], "gentoo") == "emerge --ask --noreplace app-arch/zstd sys-devel/gcc"
     assert "(Debian/Ubuntu) or" in prereqs.install_command(["zstd"], "other")
+
+
+def test_make_test_names_what_it_skips_without_root(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(prereqs, "missing", lambda tools, path=None: [t for t in tools if t == "tmux"])
+    errors, notes = prereqs.check("test", is_root=False)
+    assert errors == []
+    assert any(n.startswith("the monitor's tmux tests will be skipped: tmux is missing") for n in notes)
+    assert any(n.startswith("not root: the test-bed tests") for n in notes)
+    errors, _ = prereqs.check("test", require_all=True, is_root=True)  # SWARM_REQUIRE_ALL: a skip is a failure
+    assert errors == ["missing: tmux - tmux (the monitor's tmux tests); install it with: "
+                      + prereqs.install_command(["tmux"])]
