@@ -20,6 +20,7 @@ class Setting:
     default: Any
     type: type
     doc: str
+    secret: bool = False
 
     @property
     def name(self) -> str:
@@ -33,9 +34,9 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     # Redis: where the queue lives.
     Setting("redis", "url", None, str,
-            "redis://, rediss:// or unix:// URL of the server. Empty: the embedded local server."),
+            "redis://, rediss:// or unix:// URL of the server. Empty: the embedded local server.", secret=True),
     Setting("redis", "username", None, str, "ACL user name (overrides the URL's)."),
-    Setting("redis", "password", None, str, "Password (overrides the URL's)."),
+    Setting("redis", "password", None, str, "Password (overrides the URL's).", secret=True),
     Setting("redis", "sentinels", [], list, "Redis Sentinel addresses as host:port; set with service_name."),
     Setting("redis", "service_name", "build-swarm", str, "Sentinel service (master) name."),
     Setting("redis", "socket_timeout", 5.0, float, "Seconds before a Redis call times out."),
@@ -57,7 +58,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queue", "log_tail_lines", 40, int, "Lines of a failed build's log kept with the job."),
     # Drone daemon.
     Setting("drone", "name", None, str, "This drone's name (or --name)."),
-    Setting("drone", "token", None, str, "Enrollment token (or --token / SWARM_DRONE_TOKEN)."),
+    Setting("drone", "token", None, str, "Enrollment token (or SWARM_DRONE_TOKEN; --token shows it in ps).",
+            secret=True),
     Setting("drone", "state_dir", None, str,
             "Where build logs live. Empty: $XDG_STATE_HOME/build-swarm/drones/NAME."),
     Setting("drone", "heartbeat_interval", 2.0, float, "Seconds between heartbeats."),
@@ -68,6 +70,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drone", "repo", None, str,
             "Ebuild repository to create the prefix from when drone.prefix does not exist yet."),
     Setting("drone", "emerge_args", [], list, "Extra emerge arguments for the portage builder."),
+    Setting("drone", "build_user", "portage", str,
+            "User a root drone runs prefix builds as (the prefix is handed to it). Empty, or no such "
+            "user: builds run as the drone's own user and can read what it can read."),
+    Setting("drone", "build_env", [], list,
+            "Environment variables passed to builds beyond PATH, HOME, TERM, TZ, locale and proxies "
+            "(SWARM_* never)."),
     Setting("drone", "command", [], list,
             "Argv template for the command builder; {cpv} {category} {pn} {pv} are substituted."),
     Setting("drone", "log_keep_jobs", 50, int, "Build logs kept (the newest N jobs)."),
