@@ -37,6 +37,7 @@ import redis
 
 from swarmctl.ansible_exec import run_playbook
 from swarmctl.binhost.client import BinhostClient
+from swarmctl.build_env import build_environment
 from swarmctl.embedded import RedisProcess, free_port
 from swarmctl.paths import isolated_env
 from swarmctl.portage_env.prefix import make_prefix
@@ -381,3 +382,28 @@ def _spy_run(mode: str, cpv: str, password: str, redis_url: str, venv: Path, sam
                 assert token.encode() not in data, f"the drone token is in {name}"
                 assert password.encode() not in data, f"the Redis password is in {name}"
     assert searched > 50
+
+
+def test_build_environment_is_an_allowlist_and_never_passes_swarm_variables() -> None:
+    base = {"PATH": "/bin", "HOME": "/root", "SWARM_DRONE_TOKEN": "t", "SWARM_REDIS_PASSWORD": "p",
+            "AWS_SECRET_ACCESS_KEY": "k", "LD_PRELOAD": "/x.so", "MAKEOPTS": "-j2", "swarm_redis_url": "u"}
+    assert build_environment(base) == {"PATH": "/bin", "HOME": "/root"}
+    assert build_environment(base, ["MAKEOPTS", "SWARM_DRONE_TOKEN", "swarm_redis_url"]) == {
+        "PATH": "/bin", "HOME": "/root", "MAKEOPTS": "-j2"}
+
+
+def test_a_config_file_with_secrets_readable_by_others_is_warned_about(
+        swarm_env: dict[str, str], registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    token = registry.enroll("izar")
+    config = tmp_path / "drone.yml"
+    config.write_text(json.dumps({"drone": {"name": "izar", "token": token, "command": ["true"]}}))
+    config.chmod(0o644)
+    env = {**swarm_env, "SWARM_DRONE_POLL_INTERVAL": "0.1"}
+    proc = run_cli(["--config", str(config), "drone", "run", "--max-builds", "0"], env, check=False)
+    assert f"{config} holds secrets but is mode 0644" in proc.stderr and f"chmod 600 {config}" in proc.stderr
+    config.chmod(0o600)
+    proc = run_cli(["--config", str(config), "drone", "run", "--max-builds", "0"], env, check=False)
+    assert "holds secrets" not in proc.stderr
+    proc = run_cli(["drone", "run", "--name", "izar", "--token", token, "--command", "true", "--max-builds", "0"],
+                   env, check=False)
+    assert "--token is visible to every local user in ps" in proc.stderr
