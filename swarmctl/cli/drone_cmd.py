@@ -36,7 +36,7 @@ def enroll(app: AppContext, name: str, machine_id: str | None) -> None:
     """Enroll a drone and print its token (re-enrolling replaces the old token)."""
     token = app.registry.enroll(name, machine_id)
     click.echo(token)
-    terminal.note(f"drone {name} enrolled; start it with --token or SWARM_DRONE_TOKEN")
+    terminal.note(f"drone {name} enrolled; give its daemon the token in SWARM_DRONE_TOKEN or a 0600 config file")
 
 
 @drone.command("revoke")
@@ -141,7 +141,8 @@ def make_publisher(app: AppContext, name: str, token: str) -> Publisher | None:
 
 @drone.command("run")
 @click.option("--name", help="This drone's name (or drone.name).")
-@click.option("--token", envvar="SWARM_DRONE_TOKEN", help="Enrollment token (or SWARM_DRONE_TOKEN).")
+@click.option("--token", envvar="SWARM_DRONE_TOKEN",
+              help="Enrollment token; prefer SWARM_DRONE_TOKEN (--token shows in ps).")
 @click.option("--builder", type=click.Choice(["command", "portage"]), help="Builder (or drone.builder).")
 @click.option("--command", "command", help="Argv template for the command builder, e.g. 'make-pkg {cpv}'.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where build logs go.")
