@@ -17,8 +17,8 @@ from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.defaults import SETTINGS
 from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
 from swarmctl.drone.daemon import DroneDaemon, Publisher
-from swarmctl.drones import validate_name
 from swarmctl.exceptions import ConfigError
+from swarmctl.registry import validate_name
 
 log = logging.getLogger("swarmctl.drone")
 

@@ -44,8 +44,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from swarmctl.atomicfile import write_atomic
 from swarmctl.build_env import BuildUser, build_environment
-from swarmctl.files import write_atomic
 
 logger = logging.getLogger("swarmctl.portage_env.prefix")
 
