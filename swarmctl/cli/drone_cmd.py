@@ -93,22 +93,24 @@ def make_builder(app: AppContext) -> Builder:
         prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), app.config.binhost.url)
     user = build_env.resolve_build_user(cfg.build_user)
     if user is not None:
+        _check_build_user(user, [("-x", prefix.root.parent, "reach"),
+                                 ("-r", prefix.repo / "profiles/repo_name", "read"),
+                                 ("-x", prefix.bindir / "python3", "run"),
+                                 ("-x", Path(prefix.tool("emerge")), "run")])
         hand_over(prefix, user)
-        _check_build_user(user, [("-w", prefix.root), ("-r", prefix.repo / "profiles/repo_name"),
-                                 ("-x", prefix.bindir / "python3"), ("-x", Path(prefix.tool("emerge")))])
+        _check_build_user(user, [("-w", prefix.root, "write")])
         log.info("builds run as %s (uid %d) in %s", user.name, user.uid, prefix.root)
     return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog, allow_env=cfg.build_env,
                           user=user)
 
 
-def _check_build_user(user: build_env.BuildUser, checks: list[tuple[str, Path]]) -> None:
+def _check_build_user(user: build_env.BuildUser, checks: list[tuple[str, Path, str]]) -> None:
     """Fail at start, in one line, when the build user cannot use the prefix, repository or portage."""
     test = shutil.which("test") or "/usr/bin/test"
-    for flag, path in checks:
+    for flag, path, need in checks:
         done = subprocess.run([test, flag, str(path)], check=False, cwd="/", env={"PATH": os.defpath},
                               **build_env.as_user(user))  # type: ignore[call-overload]
         if done.returncode != 0:
-            need = {"-w": "write", "-r": "read", "-x": "run"}[flag]
             raise ConfigError(f"drone.build_user: {user.name} cannot {need} {path} (a parent directory may be "
                               "private); make it reachable, or set drone.build_user to '' to build as root")
 

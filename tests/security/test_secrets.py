@@ -407,3 +407,20 @@ def test_a_config_file_with_secrets_readable_by_others_is_warned_about(
     proc = run_cli(["drone", "run", "--name", "izar", "--token", token, "--command", "true", "--max-builds", "0"],
                    env, check=False)
     assert "--token is visible to every local user in ps" in proc.stderr
+
+
+def test_a_build_user_that_cannot_reach_the_prefix_stops_the_drone_in_one_line(
+        swarm_env: dict[str, str], registry, sample_repo: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Secure by default: a root drone does not quietly fall back to building as root."""
+    if os.geteuid() != 0:
+        pytest.skip("switching the build user needs root")
+    private = tmp_path / "private"  # pytest's tmp dirs are 0700 root: nobody cannot enter them
+    private.mkdir(mode=0o700)
+    make_prefix(private / "prefix", sample_repo)
+    token = registry.enroll("izar")
+    proc = run_cli(["drone", "run", "--name", "izar", "--builder", "portage", "--max-builds", "0"],
+                   {**swarm_env, "SWARM_DRONE_TOKEN": token, "SWARM_DRONE_PREFIX": str(private / "prefix"),
+                    "SWARM_DRONE_BUILD_USER": "nobody"}, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"error: drone.build_user: nobody cannot reach {private}" in proc.stderr, proc.stderr
+    assert (private / "prefix").stat().st_uid == 0  # nothing was handed over
