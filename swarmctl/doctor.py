@@ -29,7 +29,7 @@ from swarmctl import keys
 from swarmctl.cli import terminal
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT, describe
-from swarmctl.exceptions import SwarmError
+from swarmctl.exceptions import ConfigError, SwarmError
 from swarmctl.facts import FactStore, SwarmFacts
 from swarmctl.nightly import last_nightly, last_started, nightly_status_path, read_nightly_file
 from swarmctl.registry import DroneRegistry
@@ -145,7 +145,11 @@ def check_preflight(config: Config) -> Check:
     from swarmctl.cli.context import AppContext
     from swarmctl.cli.drone_cmd import make_builder
 
-    builder = make_builder(AppContext(config))
+    try:
+        builder = make_builder(AppContext(config))
+    except (ConfigError, OSError) as exc:  # e.g. no prefix and no repo, a build user that cannot reach it
+        return Check("preflight", "fail", f"drone {config.drone.name}: its builder cannot start: {exc}",
+                     "fix the drone's configuration (drone.builder, drone.prefix, drone.build_user)")
     result = builder.preflight()
     if result.ok:
         return Check("preflight", "ok", f"drone {config.drone.name}: its {config.drone.builder} builder can build")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from swarmctl import prereqs
+from swarmctl.build_env import BuildUser, as_user
 
 if TYPE_CHECKING:
     from swarmctl.drone.portage_builder import PortageBuilder
@@ -62,16 +63,23 @@ def tool_problem(tool: str, path: str, why: str) -> Problem | None:
     return Problem(f"{tool} not found ({why})", fix)
 
 
-def directory_problem(name: str, directory: Path, min_free_bytes: int) -> Problem | None:
-    """A Problem when ``directory`` cannot be created, written, or has less than ``min_free_bytes`` free."""
+def directory_problem(name: str, directory: Path, min_free_bytes: int,
+                      user: BuildUser | None = None) -> Problem | None:
+    """A Problem when ``directory`` cannot be created, written (by ``user``, else this process),
+    or has less than ``min_free_bytes`` free."""
+    who = user.name if user is not None else "the drone's user"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        # A real write: access(2) says yes on a read-only bind mount's parent, a full disk, etc.
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".swarm-preflight-"):
-            pass
-    except OSError as exc:
-        return Problem(f"{name} {directory} is not writable ({exc.strerror or exc})",
-                       f"make {directory} writable by the drone's user, or point {name} elsewhere in make.conf")
+        if user is None:
+            # A real write: it fails on a read-only mount or a full disk like a build would.
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".swarm-preflight-"):
+                pass
+        elif subprocess.run(["test", "-w", str(directory)], cwd="/", env={"PATH": os.defpath}, check=False,
+                            timeout=30, **as_user(user)).returncode != 0:  # type: ignore[call-overload]
+            raise PermissionError(13, "Permission denied")
+    except (OSError, subprocess.SubprocessError) as exc:
+        return Problem(f"{name} {directory} is not writable by {who} ({getattr(exc, 'strerror', None) or exc})",
+                       f"make {directory} writable by {who}, or point {name} elsewhere in make.conf")
     free = shutil.disk_usage(directory).free
     if free < min_free_bytes:
         return Problem(f"{name} {directory} is full ({free // (1024 * 1024)} MiB free, "
@@ -135,15 +143,17 @@ class PortagePreflight:
             problems.append(found)
         for name in ("PKGDIR", "PORTAGE_TMPDIR", "DISTDIR"):
             if values.get(name):
-                found = directory_problem(name, Path(values[name]), self.min_free_bytes)
+                found = directory_problem(name, Path(values[name]), self.min_free_bytes, self.builder.user)
                 if found:
                     problems.append(found)
         problems += self._repositories(env)
         return PreflightResult(problems)
 
     def _portageq(self, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.builder._tool("portageq"), *args], env=dict(env), capture_output=True,
-                              text=True, timeout=self.timeout, check=False, stdin=subprocess.DEVNULL)
+        # As the builds run: as the build user (when there is one), from a directory it can enter.
+        return subprocess.run([self.builder._tool("portageq"), *args], env=dict(env),  # type: ignore[call-overload]
+                              capture_output=True, text=True, timeout=self.timeout, check=False,
+                              stdin=subprocess.DEVNULL, cwd=self.builder._cwd(), **as_user(self.builder.user))
 
     def _portage_vars(self, env: Mapping[str, str]) -> tuple[dict[str, str], Problem | None]:
         try:
