@@ -82,6 +82,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("orchestrator", "interval", 2.0, float, "Seconds between maintenance sweeps."),
     Setting("orchestrator", "offline_after", 10.0, float,
             "A drone silent for this long is offline and its jobs are reclaimed."),
+    Setting("orchestrator", "integrity_interval", 300.0, float,
+            "Seconds between checks that the queue's counts agree with its jobs (repairs and reports; 0: off)."),
     Setting("orchestrator", "leader_ttl", 6.0, float,
             "Seconds the leader lease lasts; a standby takes over after it expires."),
     Setting("orchestrator", "metrics_port", 0, int, "Prometheus metrics port (0: off)."),

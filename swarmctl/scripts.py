@@ -493,6 +493,71 @@ emit(ARGV[4], ARGV[3], cpv, '', 'by operator')
 return {'ok'}
 """
 
+REPAIR = PRELUDE + """
+-- Make one job's derived bookkeeping agree with the facts (swarmctl.integrity): its state-set
+-- membership with its hash, its settle group's 'unsettled' count (when it names a group) with its
+-- members' states and the groups it needs, its 'pending' count with its gates' groups, and its
+-- place in the ready set with both. ARGV[1] cpv, ARGV[2] events max.
+-- Returns {what was wrong, ...} (empty when all agreed) | {'invalid', what}.
+local cpv = ARGV[1]
+local bad = bad_names({{1, 'cpv'}}) or bad_number(2, 'events max', 1, true)
+if bad then return bad end
+local jk = job_key(cpv)
+local j = redis.call('HMGET', jk, 'state', 'pending', 'group', 'unsettled', 'priority')
+local state = j[1]
+local fixed = {}
+for name, set in pairs(STATE_SET) do
+  if name ~= state and redis.call('SREM', set, cpv) == 1 then
+    table.insert(fixed, 'listed as ' .. name)
+  end
+end
+if not state or not STATE_SET[state] then
+  if redis.call('ZREM', KEYS[1], cpv) == 1 then table.insert(fixed, 'listed as ready') end
+else
+  if redis.call('SADD', STATE_SET[state], cpv) == 1 then table.insert(fixed, 'missing from ' .. state) end
+  if (j[3] or cpv) == cpv and (j[4] or j[3]) then  -- names a settle group (stored since groups exist)
+    local members = redis.call('SMEMBERS', members_key(cpv))
+    if #members == 0 then members = {cpv} end
+    local want = 0
+    for _, m in ipairs(members) do
+      if redis.call('HGET', job_key(m), 'state') ~= 'built' then want = want + 1 end
+    end
+    for _, need in ipairs(redis.call('SMEMBERS', needs_key(cpv))) do
+      if open_group(need) then want = want + 1 end
+    end
+    if tonumber(j[4] or '-1') ~= want then
+      redis.call('HSET', jk, 'unsettled', want)
+      table.insert(fixed, 'unsettled ' .. tostring(j[4]) .. ' -> ' .. want)
+    end
+  end
+  local pending = 0
+  for _, gate in ipairs(redis.call('SMEMBERS', gates_key(cpv))) do
+    if redis.call('HEXISTS', job_key(gate), 'state') == 1 and open_group(group_of(gate)) then
+      pending = pending + 1
+    end
+  end
+  if tonumber(j[2] or '-1') ~= pending then
+    redis.call('HSET', jk, 'pending', pending)
+    table.insert(fixed, 'pending ' .. tostring(j[2]) .. ' -> ' .. pending)
+  end
+  local ready = redis.call('ZSCORE', KEYS[1], cpv)
+  if state == 'needed' and pending == 0 then
+    if not ready then
+      redis.call('ZADD', KEYS[1], tonumber(j[5] or '0') or 0, cpv)
+      table.insert(fixed, 'missing from ready')
+    end
+  elseif ready then
+    redis.call('ZREM', KEYS[1], cpv)
+    table.insert(fixed, 'listed as ready')
+  end
+end
+if #fixed > 0 then
+  redis.call('HINCRBY', KEYS[9], 'repaired', 1)
+  emit(ARGV[2], 'repaired', cpv, '', table.concat(fixed, '; '))
+end
+return fixed
+"""
+
 LEADER = CHECKS + """
 -- Take or keep the orchestrator lease. KEYS[1] leader key; ARGV[1] candidate id, ARGV[2] ttl ms.
 -- Returns 1 when the candidate holds the lease, else 0; {'invalid', what} on bad arguments.
@@ -526,6 +591,7 @@ class Scripts:
         self.reclaim = client.register_script(RECLAIM)
         self.heartbeat = client.register_script(HEARTBEAT)
         self.reset = client.register_script(RESET)
+        self.repair = client.register_script(REPAIR)
         self.leader = client.register_script(LEADER)
         self.resign = client.register_script(RESIGN)
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import textwrap
 from collections import Counter
 
 import click
@@ -12,10 +15,14 @@ from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.dag import load_dag
 from swarmctl.graph import BrokenEdge, JobSpec
 from swarmctl.keys import STATES
-from swarmctl.queue import AddReport
+from swarmctl.queue import AddReport, Queue
 
 #: Broken cycle edges listed one by one; beyond that only counted by kind.
 SHOW_BROKEN = 20
+#: Jobs `queue list` shows on a terminal unless --limit says otherwise.
+TERMINAL_PAGE = 50
+#: Jobs read per round of `queue list --json`.
+JSON_PAGE = 1000
 
 
 @click.group()
@@ -131,15 +138,39 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
 
 @queue.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
-@click.option("--json", "as_json", is_flag=True, help="JSON list of jobs.")
+@click.option("--json", "as_json", is_flag=True, help="JSON list of jobs (streamed page by page).")
+@click.option("--limit", type=click.IntRange(min=0), metavar="N",
+              help=f"At most N jobs (default: {TERMINAL_PAGE} on a terminal, all otherwise).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Skip the first N jobs (in priority order).")
 @pass_app
-def list_jobs(app: AppContext, state: str | None, as_json: bool) -> None:
+def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | None, offset: int) -> None:
     """List jobs, highest priority first."""
-    jobs = app.queue.jobs(state)
+    if limit is None and not as_json and sys.stdout.isatty():
+        limit = TERMINAL_PAGE
+    order = app.queue.job_order(state)
+    chosen = order[offset:] if limit is None else order[offset:offset + limit]
     if as_json:
-        terminal.print_json([j.as_dict() for j in jobs])
-    else:
-        terminal.console.print(terminal.jobs_table(jobs))
+        _stream_json(app.queue, chosen)
+        return
+    jobs = app.queue.load(chosen)
+    terminal.console.print(terminal.jobs_table(jobs, total=len(order), offset=offset))
+    if offset + len(chosen) < len(order):
+        terminal.note(f"{len(order) - offset - len(chosen)} more; --offset {offset + len(chosen)} for the next page, "
+                      "--limit N for more at once")
+
+
+def _stream_json(queue: Queue, cpvs: list[str]) -> None:
+    """A JSON list written one page of jobs at a time (memory stays one page, output starts at once)."""
+    out = sys.stdout
+    out.write("[")
+    first = True
+    for start in range(0, len(cpvs), JSON_PAGE):
+        for job in queue.load(cpvs[start:start + JSON_PAGE]):
+            item = json.dumps(job.as_dict(), indent=2, sort_keys=True, default=str)
+            out.write(("\n" if first else ",\n") + textwrap.indent(item, "  "))
+            first = False
+    out.write("]\n" if first else "\n]\n")
 
 
 @queue.command("show")
