@@ -270,7 +270,7 @@ EXISTING = "existing"
 @dataclass
 class Stored:
     """A queued job as planning sees it: its settle group, the gates it waits for, and if it
-    names a settle group, the groups that group waits for."""
+    names a settle group, the jobs that group's run/post edges name."""
 
     group: str
     gates: set[str] = field(default_factory=set)
@@ -285,7 +285,7 @@ class Plan:
     order: list[str]                 # every job after the jobs it waits for; a group's members together
     gates: dict[str, list[str]]      # job -> build dependencies it waits for (for them to settle)
     group: dict[str, str]            # job in a group of several -> the group's name
-    needs: dict[str, list[str]]      # group (or lone job) -> groups it waits for to settle
+    needs: dict[str, list[str]]      # group (or lone job) -> jobs its run/post edges name (outside it)
     broken: list[BrokenEdge]
     chain: dict[str, float]          # critical-path score of each new job
 
@@ -305,14 +305,14 @@ def wait_graph(gates: Mapping[str, Iterable[str]], group: Mapping[str, str],
     """Jobs ("j|cpv") and settle groups ("s|name") with what each waits for, for critical_path().
 
     A job waits for the groups of its gates; a group waits for its members to be built and for
-    the groups it needs. Its size is linear in the edges.
+    the groups of the jobs it needs. Its size is linear in the edges.
     """
     graph: dict[str, list[str]] = {}
     for cpv, mine in gates.items():
         graph[f"j|{cpv}"] = [f"s|{group.get(g, g)}" for g in mine]
         graph.setdefault(f"s|{group.get(cpv, cpv)}", []).append(f"j|{cpv}")
     for name, theirs in needs.items():
-        graph.setdefault(f"s|{name}", []).extend(f"s|{n}" for n in theirs)
+        graph.setdefault(f"s|{name}", []).extend(f"s|{group.get(n, n)}" for n in theirs)
     return graph
 
 
@@ -367,8 +367,8 @@ def plan_batch(new: Mapping[str, JobSpec], stored: Mapping[str, Stored], estimat
             if dep in known and group[dep] != job.group:
                 link(job.group, group[dep], EXISTING, None)
         for name in job.needs:
-            if name in condensed and name != job.group:
-                link(job.group, name, EXISTING, None)
+            if name in known and group[name] != job.group:
+                link(job.group, group[name], EXISTING, None)
     for cut in break_cycles(condensed, strength):
         for cpv, dep, kind in below.get((cut.job, cut.gate), []):
             if (cpv, dep) not in dropped:
@@ -377,12 +377,11 @@ def plan_batch(new: Mapping[str, JobSpec], stored: Mapping[str, Stored], estimat
 
     gates = {c: [d for d in dict.fromkeys(s.build) if d != c and (c, d) not in dropped] for c, s in new.items()}
     needs: dict[str, list[str]] = {}
-    for cpv, spec in new.items():
+    for cpv, spec in new.items():  # named before queued too: they count once they are
         mine = needs.setdefault(group[cpv], [])
         for dep in dict.fromkeys(spec.run + spec.post):
-            if dep in known and group[dep] != group[cpv] and (cpv, dep) not in dropped \
-                    and group[dep] not in mine:
-                mine.append(group[dep])
+            if group.get(dep) != group[cpv] and (cpv, dep) not in dropped and dep not in mine:
+                mine.append(dep)
     # Critical path over new and stored jobs alike (stored ones only as what new jobs wait on).
     all_gates = {c: s.gates for c, s in stored.items()} | gates
     all_needs = {c: s.needs for c, s in stored.items() if s.needs} | needs
@@ -404,7 +403,7 @@ def _write_order(new: Mapping[str, JobSpec], gates: Mapping[str, list[str]], gro
     for name, mine in members.items():
         for cpv in mine:
             waits[name].update(group[d] for d in gates[cpv] if d in new)
-        waits[name].update(n for n in needs.get(name, ()) if n in members)
+        waits[name].update(group[n] for n in needs.get(name, ()) if n in new)
         waits[name].discard(name)
     waiters: dict[str, list[str]] = {g: [] for g in members}
     for name, theirs in waits.items():

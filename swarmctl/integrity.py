@@ -104,7 +104,8 @@ def _settled(jobs: dict[str, _Job]) -> tuple[dict[str, bool], dict[str, list[str
             if name in settled:
                 stack.pop()
                 continue
-            needs = [n for n in jobs[name].needs if n in members] if name in jobs else []
+            needs = sorted({jobs[n].group for n in jobs[name].needs if n in jobs and jobs[n].group in members}
+                           - {name}) if name in jobs else []
             todo = [n for n in needs if n not in settled and n not in stack]
             if todo:
                 stack.extend(todo)
@@ -135,7 +136,7 @@ def suspects(client: redis.Redis) -> tuple[list[str], dict[str, _Job]]:
             wrong.add(cpv)
         if job.group == cpv and job.names_group:
             want = sum(jobs[m].state != "built" for m in members.get(cpv, [cpv])) + \
-                sum(open_group(n) for n in job.needs if n != cpv)
+                sum(1 for n in job.needs if n in jobs and jobs[n].state is not None and open_group(jobs[n].group))
             if job.unsettled != want:
                 wrong.add(cpv)
         pending = sum(1 for g in job.gates if g in jobs and jobs[g].state is not None
@@ -145,18 +146,23 @@ def suspects(client: redis.Redis) -> tuple[list[str], dict[str, _Job]]:
     # Groups deepest first (what a group needs is repaired before it), then everything else.
     order: list[str] = []
     seen: set[str] = set()
+    def needed(name: str) -> list[str]:
+        return sorted({jobs[n].group for n in jobs[name].needs if n in jobs} & jobs.keys())
+
     for root in sorted(c for c in wrong if jobs[c].group == c and jobs[c].names_group):
-        stack = [(root, iter(sorted(jobs[root].needs)))]
+        if root in seen:
+            continue
+        stack = [(root, iter(needed(root)))]
         seen.add(root)
         while stack:
             name, it = stack[-1]
-            nxt = next((n for n in it if n in jobs and n not in seen), None)
+            nxt = next((n for n in it if n not in seen), None)
             if nxt is None:
                 stack.pop()
                 order.append(name)
             else:
                 seen.add(nxt)
-                stack.append((nxt, iter(sorted(jobs[nxt].needs))))
+                stack.append((nxt, iter(needed(nxt))))
     order = [n for n in order if n in wrong] + sorted(wrong - set(order))
     return order, jobs
 

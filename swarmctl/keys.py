@@ -18,8 +18,8 @@ HISTORY_SEEN = NAMESPACE + "history-seen"  # set: merges already imported from e
 # Suffixes of the per-job and per-drone keys (the prelude uses these too).
 JOB_GATES = ":gates"            # set: build dependencies this job waits for (to be settled)
 JOB_DEPENDENTS = ":dependents"  # set: jobs waiting for this one (to be settled)
-JOB_NEEDS = ":needs"            # set: settle groups this job's group waits for (its run/post edges)
-JOB_HOLDERS = ":holders"        # set: settle groups waiting for this job's group
+JOB_NEEDS = ":needs"            # set: jobs this settle group's run/post edges name (waits for their groups)
+JOB_HOLDERS = ":holders"        # set: settle groups whose run/post edges name this job
 JOB_MEMBERS = ":members"        # set: the members of a settle group of several jobs
 JOB_BLAME = ":failed-by"        # set: healthy drones whose failure blames the package
 JOB_AVOID = ":avoid"            # set: drones that failed it (not handed it again)

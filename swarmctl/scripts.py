@@ -145,7 +145,7 @@ ADD = PRELUDE + """
 -- Add one job. ARGV[1] cpv, ARGV[2] estimate s, ARGV[3] priority score ('': -seq, fifo),
 -- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] gates JSON list (build deps it waits
 -- for, each until settled), ARGV[7] events max, ARGV[8] post deps JSON, ARGV[9] its settle group
--- ('' when alone), ARGV[10] JSON list of the settle groups its group waits for.
+-- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it).
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
 local cpv = ARGV[1]
 local bad = bad_names({{1, 'cpv'}}) or bad_numbers({{2, 'estimate', 0}, {7, 'events max', 1, true}})
@@ -179,13 +179,42 @@ for _, gate in ipairs(lists[6]) do
   end
 end
 redis.call('HSET', jk, 'pending', pending)
--- Its group is open while it is unbuilt, and while a group it needs is open.
+-- Its group is open while it is unbuilt, and while a job its run/post edges name is in an open
+-- group (a job named before it is queued counts once it is).
 if ARGV[9] ~= '' then redis.call('SADD', members_key(group), cpv) end
 redis.call('HINCRBY', job_key(group), 'unsettled', 1)
 for _, need in ipairs(lists[10]) do
-  if need ~= group and redis.call('SADD', needs_key(group), need) == 1 then
+  if redis.call('SADD', needs_key(group), need) == 1 then
     redis.call('SADD', holders_key(need), group)
-    if open_group(need) then redis.call('HINCRBY', job_key(group), 'unsettled', 1) end
+    if redis.call('HEXISTS', job_key(need), 'state') == 1 and open_group(group_of(need)) then
+      redis.call('HINCRBY', job_key(group), 'unsettled', 1)
+    end
+  end
+end
+-- Groups that named this job before it was queued wait for it now; one that was settled is open
+-- again, and so is everything that waited on it (transitively).
+local reopened = {}
+local function reopen(holder, member)
+  if holder ~= group and redis.call('SISMEMBER', needs_key(holder), member) == 1
+      and redis.call('HINCRBY', job_key(holder), 'unsettled', 1) == 1 then
+    table.insert(reopened, holder)
+  end
+end
+for _, holder in ipairs(redis.call('SMEMBERS', holders_key(cpv))) do reopen(holder, cpv) end
+local r = 1
+while reopened[r] do
+  local again = reopened[r]
+  r = r + 1
+  local members = redis.call('SMEMBERS', members_key(again))
+  if #members == 0 then members = {again} end
+  for _, member in ipairs(members) do
+    for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
+      if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
+        redis.call('HINCRBY', job_key(dep), 'pending', 1)
+        redis.call('ZREM', KEYS[1], dep)
+      end
+    end
+    for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do reopen(holder, member) end
   end
 end
 -- Jobs that named this one before it existed now wait for it too.
@@ -298,9 +327,11 @@ while settled[i] do
         make_ready_if_free(dep)
       end
     end
-  end
-  for _, holder in ipairs(redis.call('SMEMBERS', holders_key(group))) do
-    if count_down(holder) then table.insert(settled, holder) end
+    for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
+      if redis.call('SISMEMBER', needs_key(holder), member) == 1 and count_down(holder) then
+        table.insert(settled, holder)
+      end
+    end
   end
 end
 emit(ARGV[7], 'built', cpv, name, ARGV[5])
@@ -523,7 +554,9 @@ else
       if redis.call('HGET', job_key(m), 'state') ~= 'built' then want = want + 1 end
     end
     for _, need in ipairs(redis.call('SMEMBERS', needs_key(cpv))) do
-      if open_group(need) then want = want + 1 end
+      if redis.call('HEXISTS', job_key(need), 'state') == 1 and open_group(group_of(need)) then
+        want = want + 1
+      end
     end
     if tonumber(j[4] or '-1') ~= want then
       redis.call('HSET', jk, 'unsettled', want)

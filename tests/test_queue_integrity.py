@@ -17,7 +17,7 @@ from swarmctl.config import Config
 from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.exceptions import ConfigError
-from swarmctl.graph import JobSpec, gates_of
+from swarmctl.graph import JobSpec, gates_of, plan_batch
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.queue import InvalidArgument, PartialAdd, Queue
 from swarmctl.scripts import Scripts, decode
@@ -42,6 +42,17 @@ def token(registry: DroneRegistry) -> str:
 
 def ready(queue: Queue) -> set[str]:
     return set(queue.redis.zrange(keys.READY, 0, -1))
+
+
+def build(queue: Queue, token: str, cpv: str) -> None:
+    """Claim until ``cpv`` comes up (it must be ready), complete it, give the others back."""
+    taken = []
+    while (claim := queue.claim("izar", token)) is not None and claim.cpv != cpv:
+        taken.append(claim)
+    assert claim is not None, f"{cpv} is not ready"
+    assert queue.complete(cpv, "izar", token, claim.lease, 1.0) == "ok"
+    for other in taken:
+        queue.release(other.cpv, "izar", token, other.lease, "test")
 
 
 # -- no script fails halfway ------------------------------------------------------------------
@@ -78,7 +89,7 @@ def test_every_script_refuses_bad_arguments_before_writing(queue: Queue, token: 
     claim = queue.claim("izar", token)
     assert claim is not None
     before = snapshot(queue.redis)
-    reply = decode(getattr(Scripts(queue.redis), script)(keys=list(keys.QUEUE_KEYS) + ["swarm:history:x"],
+    reply = decode(getattr(Scripts(queue.redis), script)(keys=[*keys.QUEUE_KEYS, "swarm:history:x"],
                                                        args=args))
     assert reply[0] == "invalid", reply
     assert snapshot(queue.redis) == before  # not one write
@@ -110,7 +121,7 @@ def test_binhost_never_passes_a_non_finite_duration() -> None:
 
 def test_negative_events_max_is_refused_before_anything_is_added(redis_client: redis.Redis, config: Config,
                                                                  swarm_env: dict[str, str]) -> None:
-    with pytest.raises(ConfigError, match="queue.events_max"):
+    with pytest.raises(ConfigError, match=r"queue\.events_max"):
         Queue(redis_client, config.with_overrides(queue__events_max=-5))
     proc = run_cli(["queue", "add", "app-misc/a-1"], {**swarm_env, "SWARM_QUEUE_EVENTS_MAX": "-5"}, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -140,16 +151,9 @@ def test_redis_holds_the_edges_not_the_closure(queue: Queue, token: str) -> None
     assert gate_entries(queue.redis) == 2 * edges  # each edge once forward, once back
     assert ready(queue) == {"dev-libs/root-1"} | {f"dev-libs/link{i}-1" for i in range(200)}
     for i in reversed(range(200)):  # from the chain's end: nothing settles until the root is built
-        claim = queue.claim("izar", token)
-        while claim is not None and claim.cpv != f"dev-libs/link{i}-1":
-            queue.release(claim.cpv, "izar", token, claim.lease, "test")
-            claim = queue.claim("izar", token)
-        assert claim is not None
-        assert queue.complete(claim.cpv, "izar", token, claim.lease, 1) == "ok"
+        build(queue, token, f"dev-libs/link{i}-1")
     assert ready(queue) == {"dev-libs/root-1"}
-    claim = queue.claim("izar", token)
-    assert claim is not None and claim.cpv == "dev-libs/root-1"
-    assert queue.complete(claim.cpv, "izar", token, claim.lease, 1) == "ok"
+    build(queue, token, "dev-libs/root-1")
     assert len(ready(queue)) == 200 and queue.get("app-misc/leaf7-1").pending == 0
 
 
@@ -166,12 +170,8 @@ def graphs(draw: st.DrawFn) -> list[JobSpec]:
         build = draw(st.lists(st.sampled_from(lower), unique=True, max_size=3)) if lower else []
         run = draw(st.lists(st.sampled_from(CPVS), unique=True, max_size=2))
         specs.append(JobSpec(cpv, build=build, run=[r for r in run if r != cpv]))
-    closure = gates_of({s.cpv: s for s in specs})
-    # Keep run edges only where no job would wait for itself through them (no build cycle).
-    waits = {c: set(g) for c, g in closure.items()}
-    for _ in range(len(CPVS)):
-        waits = {c: w | {x for g in w for x in waits.get(g, ())} for c, w in waits.items()}
-    if any(c in w for c, w in waits.items()):
+    # Keep the run edges only when no job would wait for itself through them (a build cycle).
+    if plan_batch({s.cpv: s for s in specs}, {}, {}).broken:
         return [JobSpec(s.cpv, build=s.build) for s in specs]
     return specs
 
@@ -193,13 +193,7 @@ def test_readiness_matches_the_runtime_closure(redis_client: redis.Redis, config
         expected = {c for c in closure if c not in built and set(closure[c]) <= built}
         assert ready(queue) == expected
         pick = rng.choice(sorted(expected))
-        claims = []
-        while (claim := queue.claim("izar", token)) is not None and claim.cpv != pick:
-            claims.append(claim)
-        assert claim is not None
-        assert queue.complete(pick, "izar", token, claim.lease, 1) == "ok"
-        for other in claims:
-            queue.release(other.cpv, "izar", token, other.lease, "test")
+        build(queue, token, pick)
         built.add(pick)
     assert integrity.suspects(redis_client)[0] == []
 
@@ -208,7 +202,7 @@ def test_run_cycle_settles_as_one_group(queue: Queue, token: str) -> None:
     report = queue.add([JobSpec("dev-perl/a-1", run=["dev-perl/b-1"]), JobSpec("dev-perl/b-1", run=["dev-perl/a-1"]),
                         JobSpec("app-misc/user-1", build=["dev-perl/b-1"])])
     assert report.broken == []  # a run-time cycle is no cycle for building
-    for cpv in ("dev-perl/a-1", "dev-perl/b-1"):
+    for _ in ("dev-perl/a-1", "dev-perl/b-1"):
         assert "app-misc/user-1" not in ready(queue)
         claim = queue.claim("izar", token)
         assert claim is not None
@@ -288,12 +282,7 @@ def test_corrupted_counts_and_sets_are_repaired_and_reported(queue: Queue, token
     queue.add([JobSpec("sys-libs/zlib-1", run=["app-misc/rt-1"]), JobSpec("app-misc/rt-1"),
                JobSpec("dev-libs/libxml2-2", build=["sys-libs/zlib-1"]), JobSpec("app-misc/free-1")])
     for cpv in ("sys-libs/zlib-1", "app-misc/rt-1"):
-        claim = queue.claim("izar", token)
-        while claim is not None and claim.cpv != cpv:
-            queue.release(claim.cpv, "izar", token, claim.lease, "t")
-            claim = queue.claim("izar", token)
-        assert claim is not None
-        queue.complete(cpv, "izar", token, claim.lease, 1)
+        build(queue, token, cpv)
     assert integrity.suspects(redis_client)[0] == []
     # What a script failing halfway, or a hand edit, leaves behind:
     redis_client.hset(keys.job("dev-libs/libxml2-2"), "pending", 1)        # waits for a built gate
