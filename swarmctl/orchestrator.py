@@ -1,8 +1,10 @@
 """The orchestrator: one active leader running the maintenance loop.
 
 Each sweep reclaims the work of offline drones (self-healing level 1), flags
-hung or overdue builds, and hands grounded or silent drones to the healing
-policy (levels 2 and 3 are Ansible playbooks run by an executor). A second
+hung or overdue builds, hands grounded or silent drones to the healing
+policy (levels 2 and 3 are Ansible playbooks run by an executor), and every
+integrity interval repairs queue counts that disagree with the jobs
+(swarmctl.integrity). A second
 orchestrator waits as a hot standby and takes the lease when the leader dies.
 """
 

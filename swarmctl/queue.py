@@ -35,6 +35,8 @@ log = logging.getLogger("swarmctl.queue")
 FAULTS = ("build", "drone", "dependency", "hung")
 #: Longest a slice of a large add may keep Redis busy (one MULTI/EXEC); slices adapt to it.
 WRITE_SLICE_SECONDS = 0.05
+#: Most jobs in one slice, whatever the pace.
+MAX_SLICE = 2000
 #: Reads per pipeline round trip when walking many jobs.
 READ_PAGE = 5000
 #: Jobs deleted per MULTI/EXEC by clear().
@@ -232,10 +234,9 @@ class Queue:
                report: AddReport, progress: Callable[[int, int], None] | None) -> set[str]:
         """ADD every planned job, slice by slice; returns the CPVs added (existing ones go to report)."""
         added: set[str] = set()
-        size = 100
+        size = 50
         slices = _slices(plan.order, plan.group, lambda: size)
         for piece in slices:
-            started = time.monotonic()
             try:
                 with self.redis.pipeline(transaction=True) as pipe:
                     for cpv in piece:
@@ -245,9 +246,13 @@ class Queue:
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
                             json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, []))])
+                    started = time.monotonic()
                     replies = [decode(r) for r in pipe.execute()]
+                    took = time.monotonic() - started
             except (redis.RedisError, OSError) as exc:
                 raise PartialAdd(len(added), len(new), piece, exc, self._queued(piece)) from exc
+            # The next slice as large as fits the budget at this slice's pace (at most twice as large).
+            size = max(10, min(2 * size, MAX_SLICE, int(WRITE_SLICE_SECONDS * len(piece) / max(took, 1e-4))))
             for cpv, reply in zip(piece, replies, strict=True):
                 if reply[0] == "invalid":  # checked in Python first: a bug, nothing of this job written
                     raise PartialAdd(len(added), len(new), [], SwarmError(f"{cpv}: {reply[1]}"), set())
@@ -256,8 +261,6 @@ class Queue:
                     report.added.append(cpv)
                 else:
                     report.existing.append(cpv)  # queued by someone else meanwhile
-            took = time.monotonic() - started
-            size = max(10, min(5000, int(size * WRITE_SLICE_SECONDS / max(took, 1e-3))))
             if progress is not None:
                 progress(len(added) + len(report.existing), len(new) + len(report.existing))
         return added
@@ -312,14 +315,15 @@ class Queue:
                 with self.redis.pipeline(transaction=False) as pipe:
                     for cpv in page:
                         pipe.hmget(keys.job(cpv), "state", "group")
+                    found = [(c, g) for c, (state, g) in zip(page, pipe.execute(), strict=True) if state is not None]
+                with self.redis.pipeline(transaction=False) as pipe:  # the edges of the queued ones only
+                    for cpv, _ in found:
                         pipe.smembers(keys.job_gates(cpv))
                         pipe.smembers(keys.job_needs(cpv))
                         pipe.smembers(keys.job_members(cpv))
                     rows = pipe.execute()
-                for i, cpv in enumerate(page):
-                    (state, group), gates, needs, members = rows[4 * i:4 * i + 4]
-                    if state is None:
-                        continue  # not queued: taken as available
+                for i, (cpv, group) in enumerate(found):
+                    gates, needs, members = rows[3 * i:3 * i + 3]
                     job = Stored(group or cpv, set(gates), set(needs), set(members))
                     stored[cpv] = job
                     frontier |= (job.gates | job.needs | job.members | {job.group}) - seen
@@ -571,7 +575,9 @@ def check_settings(config: Config) -> None:
             ("breaker.failures", b.failures, 1, True), ("breaker.ground_seconds", b.ground_seconds, 0, False),
             ("breaker.backoff_factor", b.backoff_factor, 1, False),
             ("breaker.ground_max_seconds", b.ground_max_seconds, 0, False),
-            ("orchestrator.offline_after", o.offline_after, 0.001, False)):
+            ("orchestrator.offline_after", o.offline_after, 0.001, False),
+            ("orchestrator.leader_ttl", o.leader_ttl, 0.001, False),
+            ("orchestrator.integrity_interval", o.integrity_interval, 0, False)):
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
                 or value < lowest or (whole and value != int(value)):
             kind = "an integer" if whole else "a finite number"
