@@ -39,6 +39,8 @@ WRITE_SLICE_SECONDS = 0.05
 MAX_SLICE = 2000
 #: Reads per pipeline round trip when walking many jobs.
 READ_PAGE = 5000
+#: Jobs read per call of the read-only PEEK script (PRIORITIES takes four times as many).
+PEEK_PAGE = 500
 #: Jobs deleted per MULTI/EXEC by clear().
 CLEAR_SLICE = 500
 
@@ -520,26 +522,20 @@ class Queue:
                 pipe.smembers(keys.state_set(name))
             cpvs = sorted(set().union(*pipe.execute()))
         priority: dict[str, float] = {}
-        for start in range(0, len(cpvs), READ_PAGE):
-            page = cpvs[start:start + READ_PAGE]
-            with self.redis.pipeline(transaction=False) as pipe:
-                for cpv in page:
-                    pipe.hget(keys.job(cpv), "priority")
-                priority.update((c, float(p or 0)) for c, p in zip(page, pipe.execute(), strict=True))
+        for start in range(0, len(cpvs), PEEK_PAGE * 4):  # a few ms of Redis per call
+            page = cpvs[start:start + PEEK_PAGE * 4]
+            found = self.scripts.priorities(keys=[], args=page)
+            priority.update((c, float(p or 0)) for c, p in zip(page, found, strict=True))
         return sorted(cpvs, key=lambda c: -priority[c])  # stable: ties stay in name order
 
     def load(self, cpvs: list[str]) -> list[Job]:
         """The jobs of ``cpvs`` in that order (any no longer queued left out)."""
         jobs: list[Job] = []
-        for start in range(0, len(cpvs), READ_PAGE):
-            page = cpvs[start:start + READ_PAGE]
-            with self.redis.pipeline(transaction=False) as pipe:
-                for cpv in page:
-                    pipe.hgetall(keys.job(cpv))
-                    pipe.smembers(keys.job_avoid(cpv))
-                replies = pipe.execute()
-            jobs += [Job.from_hash(replies[2 * i], list(replies[2 * i + 1]))
-                     for i in range(len(page)) if replies[2 * i].get("cpv")]
+        for start in range(0, len(cpvs), PEEK_PAGE):
+            for flat, avoid in self.scripts.peek(keys=[], args=cpvs[start:start + PEEK_PAGE]):
+                data = dict(zip(flat[::2], flat[1::2], strict=True))
+                if data.get("cpv"):
+                    jobs.append(Job.from_hash(data, avoid))
         return jobs
 
     def jobs(self, state: str | None = None, limit: int | None = None, offset: int = 0) -> list[Job]:

@@ -524,6 +524,24 @@ emit(ARGV[4], ARGV[3], cpv, '', 'by operator')
 return {'ok'}
 """
 
+PRIORITIES = PRELUDE + """
+-- Read only: the priority score of each job in ARGV ('' for one not queued). One call answers for
+-- thousands of jobs, far cheaper than as many HGETs.
+local out = {}
+for i, cpv in ipairs(ARGV) do out[i] = redis.call('HGET', job_key(cpv), 'priority') or '' end
+return out
+"""
+
+PEEK = PRELUDE + """
+-- Read only: each job in ARGV as {its hash as a flat field/value list, the drones it avoids}
+-- ({{}, {}} for one not queued).
+local out = {}
+for i, cpv in ipairs(ARGV) do
+  out[i] = {redis.call('HGETALL', job_key(cpv)), redis.call('SMEMBERS', avoid_key(cpv))}
+end
+return out
+"""
+
 REPAIR = PRELUDE + """
 -- Make one job's derived bookkeeping agree with the facts (swarmctl.integrity): its state-set
 -- membership with its hash, its settle group's 'unsettled' count (when it names a group) with its
@@ -625,6 +643,8 @@ class Scripts:
         self.heartbeat = client.register_script(HEARTBEAT)
         self.reset = client.register_script(RESET)
         self.repair = client.register_script(REPAIR)
+        self.priorities = client.register_script(PRIORITIES)
+        self.peek = client.register_script(PEEK)
         self.leader = client.register_script(LEADER)
         self.resign = client.register_script(RESIGN)
 
