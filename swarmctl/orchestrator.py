@@ -27,11 +27,11 @@ from swarmctl import integrity, keys
 from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
-from swarmctl.drones import DroneInfo, DroneRegistry
 from swarmctl.events import Events
 from swarmctl.exceptions import SwarmError
 from swarmctl.integrity import Repair
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneInfo, DroneRegistry
 from swarmctl.scripts import Scripts, decode
 
 log = logging.getLogger("swarmctl.orchestrator")

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from swarmctl import integrity, keys
 from swarmctl.binhost.server import _float
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.exceptions import ConfigError
 from swarmctl.graph import JobSpec, gates_of, plan_batch
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.queue import InvalidArgument, PartialAdd, Queue
+from swarmctl.registry import DroneRegistry
 from swarmctl.scripts import Scripts, decode
 from tests.conftest import run_cli
 
