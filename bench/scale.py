@@ -122,6 +122,7 @@ def timed_import(path: Path, url: str, env: dict[str, str]) -> dict[str, object]
     client = redis.Redis.from_url(url, decode_responses=True)
     client.config_set("latency-monitor-threshold", 1)
     client.execute_command("LATENCY", "RESET")
+    client.config_resetstat()
     with PingWatch(url) as watch:
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "swarmctl", "queue", "import", str(path), "--json"],
@@ -129,9 +130,12 @@ def timed_import(path: Path, url: str, env: dict[str, str]) -> dict[str, object]
         took = time.perf_counter() - t0
     summary = json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr.strip()}
     longest = longest_command_ms(client)
+    execs = client.info("commandstats").get("cmdstat_exec", {})
     client.close()
     return {"exit": proc.returncode, "wall_s": round(took, 2), "max_ping_ms": round(watch.worst * 1000, 1),
-            "longest_command_ms": longest, "added": summary.get("added"), "error": summary.get("error")}
+            "longest_command_ms": longest, "slices": execs.get("calls"),
+            "slice_mean_ms": round(execs.get("usec_per_call", 0) / 1000, 1),
+            "added": summary.get("added"), "error": summary.get("error")}
 
 
 def large_writes(tmp: Path) -> dict[str, object]:
@@ -145,7 +149,8 @@ def large_writes(tmp: Path) -> dict[str, object]:
         big["queued"] = queue.counts()["needed"]
         result["import_100k"] = big
         print(f"import 100,000 jobs: exit {big['exit']}, {big['wall_s']} s, {big['queued']} queued, "
-              f"longest PING {big['max_ping_ms']} ms, longest Redis command {big['longest_command_ms']} ms")
+              f"longest PING {big['max_ping_ms']} ms, longest Redis command {big['longest_command_ms']} ms "
+              f"({big['slices']} slices, mean {big['slice_mean_ms']} ms)")
         queue.clear()
         before = client.info("memory")["used_memory"]
         wide = timed_import(dag_file(tmp / "700.dag.json", wide_dag(700, 700)), url, env)
