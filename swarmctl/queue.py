@@ -41,6 +41,8 @@ MAX_SLICE = 2000
 READ_PAGE = 5000
 #: Jobs read per call of the read-only PEEK script (PRIORITIES takes four times as many).
 PEEK_PAGE = 500
+#: A state filter over more jobs than this walks the listing index instead of reading them all.
+INDEX_WALK_MIN = 20000
 #: Jobs deleted per MULTI/EXEC by clear().
 CLEAR_SLICE = 500
 
@@ -244,7 +246,7 @@ class Queue:
                     for cpv in piece:
                         spec = new[cpv]
                         group = plan.group.get(cpv, "")
-                        self.scripts.add(keys=list(keys.QUEUE_KEYS), client=pipe, args=[
+                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING], client=pipe, args=[
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
                             json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, []))])
@@ -362,6 +364,7 @@ class Queue:
                     score = chain.get(cpv, estimates[cpv])
                     pipe.hset(keys.job(cpv), "priority", score)
                     pipe.zadd(keys.READY, {cpv: score}, xx=True)
+                    pipe.zadd(keys.LISTING, {cpv: -score})
                 pipe.execute()
         return len(open_jobs)
 
@@ -466,11 +469,13 @@ class Queue:
             page = names[start:start + CLEAR_SLICE]
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(keys.READY, *page)
+                pipe.zrem(keys.LISTING, *page)
                 for state in keys.STATES:
                     pipe.srem(keys.state_set(state), *page)
                 for cpv in page:
                     pipe.unlink(*keys.job_keys(cpv))
                 pipe.execute()
+        self.redis.delete(keys.LISTING)  # anything left names no job
         self._drop_leftovers()
         return len(cpvs)
 
@@ -538,10 +543,42 @@ class Queue:
                     jobs.append(Job.from_hash(data, avoid))
         return jobs
 
+    def page(self, state: str | None = None, offset: int = 0, limit: int | None = None) -> tuple[list[str], int]:
+        """The CPVs of one page of jobs (or of those in one state), best first, and how many in all.
+
+        Read from the listing index in O(page) when it holds every job (jobs queued before it
+        existed, or a state filter over a small set, take job_order()).
+        """
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in keys.STATES:
+                pipe.scard(keys.state_set(name))
+            pipe.zcard(keys.LISTING)
+            *cards, indexed = pipe.execute()
+        counts = dict(zip(keys.STATES, cards, strict=True))
+        total = counts[state] if state else sum(cards)
+        if limit == 0 or offset >= total:
+            return [], total
+        if indexed != sum(cards) or (state and total <= INDEX_WALK_MIN):
+            order = self.job_order(state)
+            return (order[offset:] if limit is None else order[offset:offset + limit]), len(order)
+        if not state:
+            return self.redis.zrange(keys.LISTING, offset, -1 if limit is None else offset + limit - 1), total
+        want = total - offset if limit is None else min(limit, total - offset)
+        found: list[str] = []
+        skip, start = offset, 0
+        while len(found) < want and start < indexed:  # walk the index, keep the state's members
+            chunk = self.redis.zrange(keys.LISTING, start, start + READ_PAGE - 1)
+            start += READ_PAGE
+            for cpv, member in zip(chunk, self.redis.smismember(keys.state_set(state), chunk), strict=True):
+                if member and skip:
+                    skip -= 1
+                elif member:
+                    found.append(cpv)
+        return found[:want], total
+
     def jobs(self, state: str | None = None, limit: int | None = None, offset: int = 0) -> list[Job]:
         """Every job (or those in one state), best priority first; ``limit``/``offset`` page it."""
-        order = self.job_order(state)
-        return self.load(order[offset:] if limit is None else order[offset:offset + limit])
+        return self.load(self.page(state, offset, limit)[0])
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, plus ``ready`` (claimable now) and ``waiting`` (needed, gated)."""

@@ -146,6 +146,7 @@ ADD = PRELUDE + """
 -- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] gates JSON list (build deps it waits
 -- for, each until settled), ARGV[7] events max, ARGV[8] post deps JSON, ARGV[9] its settle group
 -- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it).
+-- KEYS[11] the listing zset (every job by -priority, for paged listing).
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
 local cpv = ARGV[1]
 local bad = bad_names({{1, 'cpv'}}) or bad_numbers({{2, 'estimate', 0}, {7, 'events max', 1, true}})
@@ -169,6 +170,7 @@ local now = now_ms()
 redis.call('HSET', jk, 'cpv', cpv, 'attempts', 0, 'estimate', ARGV[2], 'priority', score,
            'seq', seq, 'created', now, 'after', ARGV[4], 'run', ARGV[5], 'post', ARGV[8],
            'drone', '', 'lease', '', 'group', group)
+redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
 local pending = 0
 for _, gate in ipairs(lists[6]) do
   if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then

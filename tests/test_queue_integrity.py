@@ -184,14 +184,21 @@ def test_readiness_matches_the_runtime_closure(redis_client: redis.Redis, config
     queue, registry = Queue(redis_client, config), DroneRegistry(redis_client, config)
     token = registry.enroll("izar")
     registry.heartbeat("izar", token, {"status": "idle"})
-    queue.add(specs[:split])  # in two batches: the second joins what is stored
-    queue.add(specs[split:])
+    first = queue.add(specs[:split])  # in two batches: the second joins what is stored
+    second = queue.add(specs[split:])
+    # A run-time cycle closed through a job named before it was queued is broken at its new edge
+    # (settle groups never merge across batches) and reported: then only liveness is checked.
+    exact = not first.broken and not second.broken
     closure = gates_of({s.cpv: s for s in specs})
     built: set[str] = set()
     rng = random.Random(seed)
     while len(built) < len(specs):
         expected = {c for c in closure if c not in built and set(closure[c]) <= built}
-        assert ready(queue) == expected
+        if exact:
+            assert ready(queue) == expected
+        else:
+            assert ready(queue) >= expected and ready(queue)
+            expected = ready(queue)
         pick = rng.choice(sorted(expected))
         build(queue, token, pick)
         built.add(pick)
@@ -307,3 +314,19 @@ def test_nothing_is_repaired_on_a_healthy_queue(queue: Queue, token: str, redis_
     queue.add(wide_dag(20, 20))
     assert integrity.check(redis_client, 1000) == []
     assert not [e for e in Events(redis_client).tail(100) if e.kind == "repaired"]
+
+
+def test_pages_agree_with_the_full_order_whatever_the_path(queue: Queue, token: str, redis_client: redis.Redis,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    queue.add([JobSpec(f"app-misc/s{i:02d}-1", estimate=(i % 7) + 1) for i in range(40)])
+    for _ in range(6):  # some delegated, in between the needed ones
+        assert queue.claim("izar", token) is not None
+    for state in (None, "needed", "delegated"):
+        order = queue.job_order(state)
+        for walk_min in (0, 10**9):  # walking the listing index, or reading every job
+            monkeypatch.setattr("swarmctl.queue.INDEX_WALK_MIN", walk_min)
+            assert queue.page(state, 3, 10) == (order[3:13], len(order))
+            assert queue.page(state, 0, None) == (order, len(order))
+            assert queue.page(state, len(order), 5) == ([], len(order))
+    redis_client.delete(keys.LISTING)  # jobs queued before the index existed: still right, just slower
+    assert queue.page(None, 5, 5) == (queue.job_order()[5:10], 40)

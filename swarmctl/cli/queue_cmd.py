@@ -148,15 +148,14 @@ def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | No
     """List jobs, highest priority first."""
     if limit is None and not as_json and sys.stdout.isatty():
         limit = TERMINAL_PAGE
-    order = app.queue.job_order(state)
-    chosen = order[offset:] if limit is None else order[offset:offset + limit]
+    chosen, total = app.queue.page(state, offset, limit)
     if as_json:
         _stream_json(app.queue, chosen)
         return
     jobs = app.queue.load(chosen)
-    terminal.console.print(terminal.jobs_table(jobs, total=len(order), offset=offset))
-    if offset + len(chosen) < len(order):
-        terminal.note(f"{len(order) - offset - len(chosen)} more; --offset {offset + len(chosen)} for the next page, "
+    terminal.console.print(terminal.jobs_table(jobs, total=total, offset=offset))
+    if offset + len(chosen) < total:
+        terminal.note(f"{total - offset - len(chosen)} more; --offset {offset + len(chosen)} for the next page, "
                       "--limit N for more at once")
 
 
