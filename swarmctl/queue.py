@@ -15,7 +15,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import redis
@@ -34,7 +34,7 @@ log = logging.getLogger("swarmctl.queue")
 #: Fault classes a drone reports with a failure.
 FAULTS = ("build", "drone", "dependency", "hung")
 #: Longest a slice of a large add may keep Redis busy (one MULTI/EXEC); slices adapt to it.
-WRITE_SLICE_SECONDS = 0.05
+WRITE_SLICE_SECONDS = 0.03
 #: Most jobs in one slice, whatever the pace.
 MAX_SLICE = 2000
 #: Reads per pipeline round trip when walking many jobs.
@@ -94,7 +94,7 @@ class Job:
         return self.state == "needed" and self.pending <= 0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: far cheaper than asdict
 
 
 @dataclass(frozen=True)

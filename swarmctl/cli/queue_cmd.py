@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 from collections import Counter
 
 import click
@@ -21,6 +20,8 @@ from swarmctl.queue import AddReport, Queue
 SHOW_BROKEN = 20
 #: Jobs `queue list` shows on a terminal unless --limit says otherwise.
 TERMINAL_PAGE = 50
+#: Adds at least this large show their progress on a terminal.
+PROGRESS_FROM = 5000
 #: Jobs read per round of `queue list --json`.
 JSON_PAGE = 1000
 
@@ -75,7 +76,7 @@ def _report_cycles(broken: list[BrokenEdge]) -> None:
 def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool) -> None:
     """Queue a whole dependency graph resolved by portage (nodes plus typed edges)."""
     dag = load_dag(path, keep_cycle_edges=keep_cycle_edges)
-    report: AddReport = app.queue.add(dag.specs)
+    report: AddReport = _add_counted(app, dag.specs)
     if as_json:
         terminal.print_json({"added": len(report.added), "existing": len(report.existing),
                              "edges": dag.edges, "removed_edges_not_loaded": len(dag.removed),
@@ -90,6 +91,24 @@ def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool
     if dag.dangling:
         terminal.note(f"{len(dag.dangling)} edge(s) naming a package that is not a node were ignored")
     _report_cycles(report.broken)
+
+
+def _add_counted(app: AppContext, specs: list[JobSpec]) -> AddReport:
+    """Queue.add, with a line on a terminal counting a large add up (it is written in slices)."""
+    shown = False
+
+    def show(done: int, total: int) -> None:
+        nonlocal shown
+        if total >= PROGRESS_FROM and sys.stderr.isatty():
+            sys.stderr.write(f"\rqueued {done} of {total}")
+            sys.stderr.flush()
+            shown = True
+
+    try:
+        return app.queue.add(specs, progress=show)
+    finally:
+        if shown:
+            sys.stderr.write("\n")
 
 
 @queue.command("sync")
@@ -119,7 +138,7 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
     source = binhost or app.config.binhost.dir or app.config.binhost.url
     resolution = PackageResolver(portage_prefix).resolve(Path(world_file), source)
     specs = resolution.job_specs()
-    report = AddReport() if dry_run else app.queue.add(specs)
+    report = AddReport() if dry_run else _add_counted(app, specs)
     if not dry_run:
         meta = FactStore(app.client)
         meta.set_world_size(len(resolution.needed))
@@ -160,14 +179,14 @@ def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | No
 
 
 def _stream_json(queue: Queue, cpvs: list[str]) -> None:
-    """A JSON list written one page of jobs at a time (memory stays one page, output starts at once)."""
+    """A JSON list, one job per line, written a page at a time (memory stays one page, output
+    starts at once; one line per job keeps it greppable and uses the fast encoder)."""
     out = sys.stdout
     out.write("[")
     first = True
     for start in range(0, len(cpvs), JSON_PAGE):
         for job in queue.load(cpvs[start:start + JSON_PAGE]):
-            item = json.dumps(job.as_dict(), indent=2, sort_keys=True, default=str)
-            out.write(("\n" if first else ",\n") + textwrap.indent(item, "  "))
+            out.write(("\n" if first else ",\n") + json.dumps(job.as_dict(), sort_keys=True, default=str))
             first = False
     out.write("]\n" if first else "\n]\n")
 
