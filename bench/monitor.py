@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from swarmctl import monitor  # noqa: E402
+from swarmctl.cli.views.monitor import render_frame  # noqa: E402
 from swarmctl.config import load_config  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
 from swarmctl.queue import Queue  # noqa: E402
@@ -144,7 +145,7 @@ def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
 def render(snapshot: monitor.Snapshot, width: int, height: int | None) -> str:
     console = Console(width=width, height=height or 25, file=io.StringIO(), color_system="truecolor",
                       force_terminal=True)
-    console.print(monitor.render_frame(snapshot, width, height))
+    console.print(render_frame(snapshot, width, height))
     return console.file.getvalue()  # type: ignore[attr-defined]
 
 

@@ -13,13 +13,14 @@ import redis
 from rich.console import Console
 
 from swarmctl import keys
+from swarmctl.cli.views.status import render_status
 from swarmctl.config import Config
 from swarmctl.facts import FactStore, SwarmFacts
 from swarmctl.graph import JobSpec
 from swarmctl.nightly import parse_time, read_nightly_file
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from swarmctl.status import JSON_SCHEMA, as_json, exit_code, gather_status, render_status
+from swarmctl.status import JSON_SCHEMA, as_json, exit_code, gather_status
 from tests.conftest import run_cli
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the --json schema (pip install jsonschema)")

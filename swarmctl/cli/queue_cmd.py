@@ -153,9 +153,7 @@ def show(app: AppContext, atom: str, as_json: bool) -> None:
     if as_json:
         terminal.print_json(data)
         return
-    for key, value in data.items():
-        if key != "log_tails":
-            terminal.console.print(f"[bold]{key:>10}[/] {value}", highlight=False)
+    terminal.print_fields({key: value for key, value in data.items() if key != "log_tails"})
     for drone, text in data["log_tails"].items():
         terminal.console.rule(f"log tail from {drone}")
         terminal.console.print(text, highlight=False, markup=False)

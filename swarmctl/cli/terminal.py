@@ -12,9 +12,11 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
+
+from swarmctl.humanize import ago, percent
 
 STATUS_STYLE = {
     "building": "bold green",
@@ -60,22 +62,6 @@ def note(message: str) -> None:
 
 def ok(message: str) -> None:
     console.print(Text(message, style="green"), soft_wrap=True)
-
-
-def ago(seconds: float | None) -> str:
-    if seconds is None:
-        return "never"
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.0f}d"
-
-
-def percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}%"
 
 
 def styled(value: str, styles: dict[str, str]) -> Text:
@@ -132,9 +118,12 @@ def events_lines(events: Iterable[Any]) -> list[Text]:
 
 # -- monitor, status and doctor ----------------------------------------------------------------
 
+#: Secondary text (hints, stamps, quiet counts) and emphasis (labels, names, titles).
+DIM = "dim"
+BOLD = "bold"
 MONITOR_TITLE = "Build Swarm Monitor"
 MONITOR_BORDER = "blue"
-LABEL_STYLE = "bold"
+LABEL_STYLE = BOLD
 HUNG_STYLE = "bold magenta"
 OFFLINE_ROW_STYLE = "grey50"
 COUNT_STYLE = {
@@ -147,25 +136,6 @@ COUNT_STYLE = {
 SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
 CHECK_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "grey50"}
 CHECK_MARK = {"ok": " ok ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
-
-
-def duration(seconds: float | None) -> str:
-    """Compact elapsed time: 42s, 12m05s, 3h07m, 2d04h; '-' when unknown."""
-    if seconds is None:
-        return "-"
-    total = max(0, int(seconds))
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m{total % 60:02d}s"
-    if total < 86400:
-        return f"{total // 3600}h{total % 3600 // 60:02d}m"
-    return f"{total // 86400}d{total % 86400 // 3600:02d}h"
-
-
-def stamp(epoch: float | None) -> str:
-    """Local wall-clock time of an epoch, minutes precision."""
-    return "never" if epoch is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
 
 
 def labelled(label: str, value: str, style: str = "") -> Text:
@@ -206,10 +176,6 @@ def frame_console(width: int | None = None) -> Console:
     return console if width is None else Console(width=width)
 
 
-def print_frame(renderable: Any, width: int | None = None) -> None:
-    frame_console(width).print(renderable)
-
-
 def demo_summary(summary: Any) -> Table:
     """The demo's closing table: every package built once, verified, indexed."""
     table = Table(title="Local swarm summary", show_header=False)
@@ -224,3 +190,18 @@ def demo_summary(summary: Any) -> Table:
                                         style="green" if summary.index_ok else "bold red"))
     table.add_row("time", f"{summary.seconds:.0f} s")
     return table
+
+
+def demo_frame(counts: dict[str, int], drones: Sequence[Any], seconds: float) -> Group:
+    """The demo's live view: queue counts and elapsed time over the drones table."""
+    header = Text(f"Build Swarm (local)   needed {counts['needed']}  building {counts['delegated']}  "
+                  f"built {counts['built']}  blocked {counts['blocked']}  {seconds:.0f}s", style=BOLD)
+    return Group(header, drones_table(drones))
+
+
+def print_fields(data: dict[str, Any]) -> None:
+    """'key value' lines, keys right-aligned and bold (``queue show``)."""
+    for key, value in data.items():
+        line = Text(f"{key:>10}", style=BOLD)
+        line.append(f" {value}")
+        console.print(line, highlight=False)
