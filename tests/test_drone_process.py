@@ -14,7 +14,7 @@ from swarmctl.config import Config
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import RedisServer, Spawner, wait_until
+from tests.helpers import RedisProcess, Spawner, wait_until
 
 FAST = {
     "SWARM_ORCHESTRATOR_OFFLINE_AFTER": "3",
@@ -147,7 +147,7 @@ class OwnRedis:
 
     def __init__(self, spawn: Spawner, directory: Path, config: Config) -> None:
         self.spawn = spawn
-        self.server = RedisServer(directory, appendonly=True).start()
+        self.server = RedisProcess(directory, appendonly=True).start()
         client = redis.Redis.from_url(self.server.url, decode_responses=True)
         cfg = config.with_overrides(redis__url=self.server.url)
         self.queue, self.registry = Queue(client, cfg), DroneRegistry(client, cfg)

@@ -11,7 +11,7 @@ import redis
 from swarmctl.config import Config
 from swarmctl.emergelog import jobs_option, parse_file, parse_lines
 from swarmctl.history import BuildRecord, History
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 DATA = Path(__file__).parent / "data"
 

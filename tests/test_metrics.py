@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from swarmctl.graph import JobSpec
 from swarmctl.logging_setup import JsonFormatter, setup_logging
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
+from tests.helpers import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -35,12 +35,6 @@ def parse(text: str) -> Samples:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

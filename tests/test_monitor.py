@@ -17,7 +17,7 @@ from swarmctl.events import Event
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneInfo, DroneRegistry
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 LONG_CPV = "dev-python/an-extraordinarily-long-package-name-that-never-fits-any-column-1.2.3_pre20240101-r7"
 LONG_DRONE = "drone-with-a-name-much-longer-than-the-column-allows"

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from swarmctl.embedded import RedisProcess, free_port, redis_server_binary
-from tests.conftest import run_cli
+from swarmctl.embedded import redis_server_binary
+from tests.helpers import RedisProcess, free_port, run_cli
 
 
 @pytest.fixture

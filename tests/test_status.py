@@ -21,7 +21,7 @@ from swarmctl.nightly import parse_time, read_nightly_file
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
 from swarmctl.status import JSON_SCHEMA, as_json, exit_code, gather_status
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the --json schema (pip install jsonschema)")
 
@@ -233,7 +233,7 @@ def test_nightly_file_tail(tmp_path: Path) -> None:
 def test_nightly_marks_reach_status(swarm_env: dict[str, str]) -> None:
     import json
 
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_cli(["nightly", "mark", "STARTED"], swarm_env)
     run_cli(["nightly", "mark", "SYNCED"], swarm_env)

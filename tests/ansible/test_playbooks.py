@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.ansible_exec import PlaybookResult, run_playbook
-from tests.ansible.conftest import SWARMCTL_BIN, BedSwarm
+from tests.ansible.helpers import SWARMCTL_BIN, BedSwarm
 from tests.testbed import TestBed
 from tests.testbed.fixtures import require_testbed
 

@@ -24,7 +24,8 @@ import pytest
 
 from swarmctl import keys
 from swarmctl.ansible_exec import run_playbook
-from tests.ansible.conftest import SWARMCTL_BIN, BedSwarm, wait_for
+from tests.ansible.helpers import SWARMCTL_BIN, BedSwarm
+from tests.helpers import wait_for
 from tests.testbed import GATEWAY, TestBed
 from tests.testbed.fixtures import require_testbed
 

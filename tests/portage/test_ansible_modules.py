@@ -15,7 +15,7 @@ from swarmctl.binhost.server import QueueGate, ServerSettings
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.portage
 BIN = Path(sys.executable).parent

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from swarmctl.binhost.publish import Publisher
-from tests.conftest import run_cli, wait_until
+from tests.helpers import free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.portage
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

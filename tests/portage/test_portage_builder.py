@@ -12,7 +12,7 @@ import pytest
 from swarmctl.drone.portage_builder import PortageBuilder, classify_failure
 from swarmctl.overlay import BROKEN_CPV
 from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
-from tests.portage.conftest import copy_overlay_with
+from tests.portage.helpers import copy_overlay_with
 
 pytestmark = pytest.mark.portage
 

@@ -30,7 +30,7 @@ from swarmctl.drone.builders import BuildResult, artifact_for
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.portage.conftest import snapshot
+from tests.portage.helpers import snapshot
 
 pytestmark = pytest.mark.portage
 HELLO, GREETER = "app-misc/hello-1", "app-misc/greeter-1"

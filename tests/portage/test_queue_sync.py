@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.overlay import DEFAULT_CPVS
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.portage
 

@@ -24,7 +24,7 @@ from swarmctl.exceptions import NotEnrolled
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue, Unauthorized
 from swarmctl.registry import DroneRegistry
-from tests.conftest import Spawner, run_cli, wait_until
+from tests.helpers import Spawner, run_cli, wait_until
 
 FAST = {"SWARM_DRONE_HEARTBEAT_INTERVAL": "0.5", "SWARM_DRONE_POLL_INTERVAL": "0.05",
         "SWARM_ORCHESTRATOR_OFFLINE_AFTER": "5"}

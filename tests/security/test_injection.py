@@ -26,7 +26,7 @@ from swarmctl.graph import JobSpec
 from swarmctl.healing import Healer
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import Spawner, run_cli, wait_until
+from tests.helpers import Spawner, run_cli, wait_until
 
 HOSTILE_ATOMS = [
     "app-misc/x-1;touch /tmp/pwned", "app-misc/x-1 && id", "app-misc/$(id)-1", "app-misc/`id`-1",

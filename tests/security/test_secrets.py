@@ -26,10 +26,9 @@ import redis
 
 from swarmctl.ansible_exec import run_playbook
 from swarmctl.binhost.client import BinhostClient
-from swarmctl.embedded import free_port
 from swarmctl.queue import Queue
-from tests.conftest import Spawner, run_cli, wait_until
-from tests.portage.conftest import drone, sample_repo  # noqa: F401 - fixtures
+from tests.helpers import Spawner, free_port, run_cli, wait_until
+from tests.portage.fixtures import drone, sample_repo  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.portage
 HELLO, GREETER = "app-misc/hello-1", "app-misc/greeter-1"

@@ -27,7 +27,7 @@ from swarmctl.binhost.client import BinhostClient
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.server import ServerSettings
 from swarmctl.config import Config
-from tests.portage.conftest import drone, pkgdir, sample_repo, serve, snapshot  # noqa: F401 - fixtures
+from tests.portage.fixtures import drone, pkgdir, sample_repo, serve  # noqa: F401 - fixtures
 from tests.portage.test_publish import GREETER, HELLO, Swarm, headers_for, raw_put, sha
 
 pytestmark = pytest.mark.portage

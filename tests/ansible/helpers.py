@@ -1,4 +1,4 @@
-"""Fixtures for the Ansible tests: the multi-host test bed, the repo paths, and a real swarm on it.
+"""Helpers for the Ansible tests: the repo paths and a real swarm on the multi-host test bed.
 
 :class:`BedSwarm` is the swarm side of the end-to-end tests: a password-protected Redis on the
 bed's bridge (``10.77.0.1``, the only address the bed's hosts can reach), the ``swarmctl`` CLI
@@ -13,8 +13,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +24,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from swarmctl import keys  # noqa: E402
-from swarmctl.embedded import RedisProcess  # noqa: E402
 from swarmctl.events import Event, Events  # noqa: E402
-from swarmctl.paths import isolated_env  # noqa: E402
+from tests.helpers import RedisProcess, isolated_env  # noqa: E402
 from tests.testbed import GATEWAY, TestBed  # noqa: E402
-from tests.testbed.fixtures import testbed, testbed_factory  # noqa: E402,F401
 
 #: The swarmctl the test-bed hosts run (this checkout's venv, visible inside every host).
 SWARMCTL_BIN = str(Path(sys.executable).parent / "swarmctl")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
-    """Poll until ``predicate()`` is truthy and return it; AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
 
 
 class BedSwarm:
