@@ -76,3 +76,9 @@ def unavailable(config: Config, exc: BaseException) -> BackendUnavailable:
     """The one-line error for a server that cannot be reached."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return BackendUnavailable(f"cannot reach {describe(config)}: {reason}")
+
+
+def server_time(client: redis.Redis) -> float:
+    """Redis's clock in epoch seconds: the one clock for every time stored in Redis."""
+    seconds, micros = client.time()
+    return seconds + micros / 1e6

@@ -8,11 +8,9 @@ stale, never applied.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import secrets
-import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -22,11 +20,13 @@ import redis
 from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cpv
 from swarmctl.config import Config
-from swarmctl.exceptions import NoSuchJob, SwarmError
+from swarmctl.events import Events
+from swarmctl.exceptions import Grounded, NoSuchJob, NotEnrolled, SwarmError
 from swarmctl.graph import KIND_STRENGTH, BrokenEdge, JobSpec, break_cycles, critical_path, gates_of
 from swarmctl.history import KEEP as HISTORY_KEEP
 from swarmctl.history import History
 from swarmctl.scripts import Scripts, decode
+from swarmctl.tokens import token_sha
 
 log = logging.getLogger("swarmctl.queue")
 
@@ -34,11 +34,6 @@ log = logging.getLogger("swarmctl.queue")
 FAULTS = ("build", "drone", "dependency", "hung")
 #: Edge kind of gates already stored in Redis.
 _EXISTING = "existing"
-
-
-def token_sha(token: str) -> str:
-    """Tokens are stored and compared only as SHA-256 digests."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass
@@ -103,21 +98,6 @@ class AddReport:
     broken: list[BrokenEdge] = field(default_factory=list)
 
 
-class Grounded(SwarmError):
-    """The drone is grounded by its circuit breaker until ``until`` (epoch seconds)."""
-
-    def __init__(self, until: float) -> None:
-        super().__init__(f"grounded until {until:.0f}")
-        self.until = until
-
-    def __reduce__(self) -> tuple[type[Grounded], tuple[float]]:
-        return Grounded, (self.until,)  # picklable across processes
-
-
-class Unauthorized(SwarmError):
-    """Unknown drone, wrong token or revoked."""
-
-
 class Queue:
     """The swarm's job queue on one Redis connection."""
 
@@ -127,6 +107,7 @@ class Queue:
         self.scripts = Scripts(client)
         self.history = History(client, config.queue.default_estimate)
         self._max_events = config.queue.events_max
+        self.events = Events(client, self._max_events)
 
     def _run(self, script: Any, *args: object) -> list[str]:
         return decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args]))
@@ -192,10 +173,8 @@ class Queue:
                         len(report.broken) - shown)
         with self.redis.pipeline(transaction=False) as pipe:  # plain commands: no script, no MULTI needed
             for edge in report.broken:
-                pipe.xadd(keys.EVENTS, {"ts": int(time.time() * 1000), "kind": "cycle", "job": edge.job, "drone": "",
-                                        "reason": f"stopped waiting for {edge.gate} ({edge.kind} edge) "
-                                                  "to break a dependency cycle"},
-                          maxlen=self._max_events, approximate=True)
+                self.events.emit("cycle", job=edge.job, reason=f"stopped waiting for {edge.gate} ({edge.kind} "
+                                 "edge) to break a dependency cycle", pipeline=pipe)
             pipe.execute()
         # Jobs queued earlier may now have longer chains (new jobs wait for them): rescore all.
         if report.added and not fifo:
@@ -262,7 +241,7 @@ class Queue:
         if reply[0] == "grounded":
             raise Grounded(int(reply[1]) / 1000.0)
         if reply[0] == "unauthorized":
-            raise Unauthorized(f"drone {drone!r} is not enrolled, revoked, or its token is wrong")
+            raise NotEnrolled(f"drone {drone!r} is not enrolled, revoked, or its token is wrong")
         return None
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,

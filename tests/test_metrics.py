@@ -80,8 +80,9 @@ def test_busy_swarm(redis_client: redis.Redis, config: Config, served: str) -> N
     taken = queue.reclaim("drone-Tarn", None, "test")
     assert taken == [claim.cpv]
     registry.ground("drone-Tarn", 60, queue)
-    Events(redis_client).emit("restarted", drone="drone-Tarn", reason="level 2")
-    Events(redis_client).emit("heal-refused", drone="drone-Tarn", reason="protected host")
+    events = Events(redis_client, config.queue.events_max)
+    events.emit("restarted", drone="drone-Tarn", reason="level 2")
+    events.emit("heal-refused", drone="drone-Tarn", reason="protected host")
     metrics.record_upload_rejection(redis_client, "sha256-mismatch")
     metrics.record_upload_rejection(redis_client, "sha256-mismatch")
     metrics.record_upload_rejection(redis_client, "not-owner")

@@ -49,7 +49,7 @@ def _claim_and_complete(url: str, name: str, token: str, start: mp.Barrier) -> l
 
 
 def _enroll_all(client: redis.Redis, n: int) -> dict[str, str]:
-    registry = DroneRegistry(client)
+    registry = DroneRegistry(client, load_config(environ={}))
     tokens = {f"d{i}": registry.enroll(f"d{i}") for i in range(n)}
     for name, token in tokens.items():
         registry.heartbeat(name, token, {"status": "idle"})
@@ -147,7 +147,7 @@ def _fail_everything(url: str, name: str, token: str, start: mp.Barrier) -> list
     outcomes = []
     deadline = time.monotonic() + 30
     # A job this drone failed waits for another drone, so keep polling until all are blocked.
-    registry = DroneRegistry(queue.redis)
+    registry = DroneRegistry(queue.redis, queue.config)
     while queue.counts()["blocked"] < 100 and time.monotonic() < deadline:
         registry.heartbeat(name, token, {"status": "building"})  # stay healthy, as a real drone does
         claim = queue.claim(name, token)
@@ -203,7 +203,7 @@ def test_leader_lease_has_one_holder_at_a_time(redis_client: redis.Redis, redis_
 
 def _reattach(url: str, name: str, token: str, held: list[tuple[str, str]], start: mp.Barrier) -> list[str]:
     """A drone back from a blip heartbeats each job it was building (reattaching it if free)."""
-    registry = DroneRegistry(redis.Redis.from_url(url, decode_responses=True))
+    registry = DroneRegistry(redis.Redis.from_url(url, decode_responses=True), load_config(environ={}))
     start.wait()
     return [cpv for cpv, lease in held
             if registry.heartbeat(name, token, {"status": "building"}, cpv, lease).owns_current]

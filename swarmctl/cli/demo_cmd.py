@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 
 def _frame(swarm: LocalSwarm) -> Group:
-    return terminal.demo_frame(swarm.queue.counts(), swarm.registry.list(), time.monotonic() - swarm.started)
+    return terminal.demo_frame(swarm.queue.counts(), swarm.registry.list(), swarm.registry.server_time(),
+                               time.monotonic() - swarm.started)
 
 
 @click.command("demo")

@@ -140,4 +140,4 @@ def drones(app: AppContext, as_json: bool) -> None:
     if as_json:
         terminal.print_json([d.as_dict() for d in fleet])
     else:
-        terminal.console.print(terminal.drones_table(fleet))
+        terminal.console.print(terminal.drones_table(fleet, app.registry.server_time()))

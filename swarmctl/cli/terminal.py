@@ -83,8 +83,8 @@ def jobs_table(jobs: Sequence[Any]) -> Table:
     return table
 
 
-def drones_table(drones: Sequence[Any], now: float | None = None) -> Table:
-    now = time.time() if now is None else now
+def drones_table(drones: Sequence[Any], now: float) -> Table:
+    """The fleet; ``now`` is Redis's clock, which the groundings are in."""
     table = Table(title=f"{len(drones)} drone(s)")
     table.add_column("DRONE", overflow="ellipsis", no_wrap=True, max_width=24)
     table.add_column("STATUS", no_wrap=True)
@@ -192,11 +192,11 @@ def demo_summary(summary: Any) -> Table:
     return table
 
 
-def demo_frame(counts: dict[str, int], drones: Sequence[Any], seconds: float) -> Group:
-    """The demo's live view: queue counts and elapsed time over the drones table."""
+def demo_frame(counts: dict[str, int], drones: Sequence[Any], now: float, seconds: float) -> Group:
+    """The demo's live view: queue counts and elapsed time over the drones table (``now``: Redis clock)."""
     header = Text(f"Build Swarm (local)   needed {counts['needed']}  building {counts['delegated']}  "
                   f"built {counts['built']}  blocked {counts['blocked']}  {seconds:.0f}s", style=BOLD)
-    return Group(header, drones_table(drones))
+    return Group(header, drones_table(drones, now))
 
 
 def print_fields(data: dict[str, Any]) -> None:

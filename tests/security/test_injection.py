@@ -66,7 +66,7 @@ def test_hostile_values_are_refused_by_the_cli(swarm_env: dict[str, str], queue:
     for name in ("evil;reboot", "$(id)", "-rf"):
         proc = run_cli(["drone", "enroll", "--", name], swarm_env, check=False)
         assert proc.returncode != 0 and "invalid drone name" in proc.stderr, proc.stderr
-    assert queue.jobs() == [] and DroneRegistry(queue.redis).names() == []
+    assert queue.jobs() == [] and DroneRegistry(queue.redis, queue.config).names() == []
 
 
 def test_a_trailing_newline_does_not_slip_through_the_name_check(registry: DroneRegistry) -> None:
