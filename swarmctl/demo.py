@@ -48,7 +48,6 @@ class SwarmSummary:
     index_problems: list[str]
     seconds: float
     client_ok: bool | None = None
-    client_output: str = ""
     problems: list[str] = field(default_factory=list)
 
     @property

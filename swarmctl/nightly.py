@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swarmctl.logtail import tail
+
 if TYPE_CHECKING:
     from swarmctl.config import Config
     from swarmctl.facts import SwarmFacts
@@ -81,19 +83,8 @@ def read_nightly_file(path: Path) -> list[NightlyMark]:
 
     Only the file's last 64 KiB are read: it grows by a few lines a night.
     """
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - _STATUS_TAIL_BYTES))
-            raw = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    lines = raw.splitlines()
-    if len(raw.encode()) >= _STATUS_TAIL_BYTES and lines:
-        lines = lines[1:]  # the first line may be cut
     marks = []
-    for line in lines:
+    for line in tail(path, max_bytes=_STATUS_TAIL_BYTES).splitlines():
         try:
             data = json.loads(line)
         except ValueError:

@@ -84,6 +84,8 @@ def test_estimate_prefers_same_version_then_package_then_default(redis_client: r
     assert history.estimate("dev-lang/rust-1.75.0") == 3600  # serial sample of the same version
     assert history.estimate("dev-lang/rust-1.76.0") == 3400  # median of the package's serial builds
     assert history.estimate("dev-lang/go-1.22") == 321.0
+    assert history.estimate("dev-lang/rust") == 3400  # the package as a whole: every version's serial builds
+    assert history.estimate("dev-lang/go") == 321.0
 
 
 def test_cli_import_and_show(redis_client: redis.Redis, swarm_env: dict[str, str], config: Config) -> None:

@@ -44,7 +44,7 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         max_connections=cfg.max_connections,
         max_connections_per_address=cfg.max_connections_per_address,
     )
-    client = obj.redis()
+    client = obj.client
     from swarmctl.queue import Queue
     from swarmctl.registry import DroneRegistry
 

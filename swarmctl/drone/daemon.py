@@ -29,8 +29,9 @@ from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.drone.builders import Builder, BuildResult
-from swarmctl.drone.logs import BuildLogs, tail
+from swarmctl.drone.logs import BuildLogs
 from swarmctl.exceptions import Grounded, NotEnrolled
+from swarmctl.logtail import tail
 from swarmctl.queue import Claim, Queue
 from swarmctl.registry import DroneRegistry
 
