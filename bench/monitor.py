@@ -38,7 +38,7 @@ from rich.console import Console
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from swarmctl import monitor  # noqa: E402
+from swarmctl import keys, monitor  # noqa: E402
 from swarmctl.cli.views.monitor import render_frame  # noqa: E402
 from swarmctl.config import load_config  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
@@ -160,7 +160,7 @@ def main() -> int:
         print(f"populating: {args.jobs} jobs, {args.drones} drones, {args.built} builds ...", flush=True)
         setup = populate(client, config, args.drones, args.jobs, args.built)
         counts = Queue(client, config).counts()
-        stream = client.xlen("swarm:events")
+        stream = client.xlen(keys.EVENTS)
         print(f"  {counts}; {stream} events in the stream; setup {sum(setup.values()):.1f} s", flush=True)
 
         cold = timed(lambda: monitor.gather(client, config, monitor.BuiltRate()), args.repeat)

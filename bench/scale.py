@@ -20,6 +20,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import private_redis, swarm_env
+from swarmctl import keys
 from swarmctl.config import load_config
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
@@ -72,7 +73,7 @@ def main() -> None:
         for name, token in tokens.items():
             registry.heartbeat(name, token, {"status": "idle", "cpu": 3.0, "mem": 20.0})
         for size in (1_000, 20_000):
-            client.delete(*client.keys("swarm:job:*") or ["-"])
+            client.delete(*client.keys(keys.JOB_PREFIX + "*") or ["-"])
             queue.clear()
             t0 = time.perf_counter()
             queue.add(graph(size))

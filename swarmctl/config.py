@@ -69,6 +69,17 @@ def coerce(setting: Setting, value: Any, origin: str) -> Any:
 class Config:
     """Resolved settings; ``config.queue.policy`` or ``config.get("queue.policy")``."""
 
+    # One namespace per section of swarmctl.defaults (a test keeps this list equal to SECTIONS).
+    redis: SimpleNamespace
+    queue: SimpleNamespace
+    drone: SimpleNamespace
+    orchestrator: SimpleNamespace
+    breaker: SimpleNamespace
+    healing: SimpleNamespace
+    binhost: SimpleNamespace
+    log: SimpleNamespace
+    nightly: SimpleNamespace
+
     def __init__(self, values: dict[str, Any], source: Path | None = None) -> None:
         self._values = values
         self.source = source

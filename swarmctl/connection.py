@@ -26,7 +26,7 @@ def describe(config: Config) -> str:
         host = parts.hostname or ""
         if parts.port:
             host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, "", "")) or cfg.url
+        return urlunsplit((parts.scheme, host, parts.path, "", "")) or str(cfg.url)
     return str(EmbeddedRedis(cfg.data_dir))
 
 
@@ -81,4 +81,4 @@ def unavailable(config: Config, exc: BaseException) -> BackendUnavailable:
 def server_time(client: redis.Redis) -> float:
     """Redis's clock in epoch seconds: the one clock for every time stored in Redis."""
     seconds, micros = client.time()
-    return seconds + micros / 1e6
+    return float(seconds) + float(micros) / 1e6

@@ -62,7 +62,7 @@ class History:
                 if fresh:
                     self.record(merge.record(source=f"emerge.log:{path}"), pipeline=pipe)
             pipe.execute()
-        return len(new) - sum(new)
+        return int(len(new) - sum(new))
 
     def estimate(self, atom: str, records: list[BuildRecord] | None = None) -> float:
         """Median of recent builds: same version first, then the package, then the default.

@@ -110,7 +110,8 @@ class Queue:
         self.events = Events(client, self._max_events)
 
     def _run(self, script: Any, *args: object) -> list[str]:
-        return decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args]))
+        reply: list[str] = decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args]))
+        return reply
 
     # -- adding -------------------------------------------------------------------------------
 
@@ -251,7 +252,7 @@ class Queue:
         reply = self.scripts.complete(keys=[*keys.QUEUE_KEYS, keys.history(cp_of(cpv))], args=[
             cpv, drone, token_sha(token), lease, round(duration, 3), json.dumps(artifact or {}),
             self._max_events, HISTORY_KEEP])
-        return decode(reply)[0]
+        return str(decode(reply)[0])
 
     def fail(self, cpv: str, drone: str, token: str, lease: str, fault: str, reason: str,
              log_tail: str = "") -> tuple[str, float]:
@@ -324,7 +325,8 @@ class Queue:
 
     def tails(self, cpv: str) -> dict[str, str]:
         """The failed builds' log tails, by drone."""
-        return self.redis.hgetall(keys.job_tails(cpv))
+        tails: dict[str, str] = self.redis.hgetall(keys.job_tails(cpv))
+        return tails
 
     def jobs(self, state: str | None = None) -> list[Job]:
         """Every job (or those in one state), best priority first."""

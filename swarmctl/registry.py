@@ -7,6 +7,7 @@ daemon gets nothing, unlike the seed project's "ghost drone".
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets
 from dataclasses import asdict, dataclass
@@ -194,7 +195,7 @@ class DroneRegistry:
             machine_id=row.get("machine_id") or None, host=row.get("host") or None,
         )
 
-    def offline(self, offline_after: float) -> list[str]:
+    def offline(self, offline_after: float) -> builtins.list[str]:  # list: the method above
         """Drones with jobs whose heartbeat is older than the threshold (server clock)."""
         cutoff = (self.server_time() - offline_after) * 1000
         silent = self.redis.zrangebyscore(keys.HEARTBEATS, "-inf", cutoff)

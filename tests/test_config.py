@@ -50,3 +50,11 @@ def test_bad_overrides_name_the_key(env: dict[str, str], message: str) -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yml", environ={})
+
+
+def test_config_declares_every_section_for_the_type_checker() -> None:
+    """Config's annotations (what mypy checks attribute access against) name exactly the declared sections."""
+    from swarmctl.config import Config
+    from swarmctl.defaults import SECTIONS
+
+    assert sorted(Config.__annotations__) == sorted(SECTIONS)

@@ -5,7 +5,11 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "swarmctl"
+from swarmctl import keys
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "swarmctl"
+KEYS = PACKAGE / "keys.py"
 CLI = PACKAGE / "cli"
 #: The entry point (python -m swarmctl) is the one module outside the CLI that starts it.
 ENTRY = PACKAGE / "__main__.py"
@@ -64,6 +68,18 @@ def test_only_the_terminal_module_spells_a_style() -> None:
     assert offenders == []
 
 
+def spelled_keys(path: Path) -> list[str]:
+    """String literals that spell a Redis key (the ``swarm:`` namespace) instead of asking swarmctl.keys."""
+    tree = ast.parse(path.read_text(), str(path))
+    return [f"{_where(path, node.lineno)} {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(keys.NAMESPACE)]
+
+
+def test_only_the_keys_module_spells_a_key() -> None:
+    files = [p for top in ("swarmctl", "tests", "bench") for p in sorted((REPO / top).rglob("*.py"))]
+    assert [hit for path in files if path != KEYS for hit in spelled_keys(path)] == []
+
+
 def test_the_checks_catch_what_they_look_for(tmp_path: Path) -> None:
     """A lazy import inside a function (the form that hid the old upward imports) and inline styles."""
     sample = tmp_path / "probe.py"
@@ -76,3 +92,5 @@ def test_the_checks_catch_what_they_look_for(tmp_path: Path) -> None:
         "imports swarmctl.cli", "imports swarmctl.cli.terminal", "imports swarmctl.cli.views.monitor",
         "imports swarmctl.cli"]
     assert len(style_literals(sample)) == 2
+    sample.write_text("client.xlen('swarm:events')\n")
+    assert len(spelled_keys(sample)) == 1

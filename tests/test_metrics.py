@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from swarmctl import metrics
+from swarmctl import keys, metrics
 from swarmctl.config import Config, load_config
 from swarmctl.events import Events
 from swarmctl.facts import FactStore
@@ -89,7 +89,7 @@ def test_busy_swarm(redis_client: redis.Redis, config: Config, served: str) -> N
     FactStore(redis_client).set_sync_time(time.time() - 100)
     FactStore(redis_client).set_binhost(90, 100)
     FactStore(redis_client).record_nightly("FINISHED", 1234.0)
-    redis_client.set("swarm:orchestrator:leader", "orch-1", px=10_000)
+    redis_client.set(keys.LEADER, "orch-1", px=10_000)
 
     s = scrape(served)
     assert s[("swarm_queue_jobs", (("state", "built"),))] == 2
@@ -150,7 +150,7 @@ def test_tally_pages_through_many_events(redis_client: redis.Redis) -> None:
     tally = metrics.EventTally(redis_client)
     with redis_client.pipeline(transaction=False) as pipe:
         for i in range(2500):
-            pipe.xadd("swarm:events", {"ts": 0, "kind": "built", "job": f"a/b-{i}", "drone": "d", "reason": "10"})
+            pipe.xadd(keys.EVENTS, {"ts": 0, "kind": "built", "job": f"a/b-{i}", "drone": "d", "reason": "10"})
         pipe.execute()
     assert tally.update() == 2500
     assert tally.duration_count == 2500 and tally.update() == 0

@@ -66,7 +66,7 @@ class GpkgInfo:
 
 
 
-class _ReaderSettings(dict):  # type: ignore[type-arg]
+class _ReaderSettings(dict[str, str]):
     """The part of ``portage.config`` that portage's gpkg reader touches."""
 
     features: frozenset[str] = frozenset({"binpkg-ignore-signature"})

@@ -371,7 +371,7 @@ def _evaluate_use(value: str, use: frozenset[str], atoms: bool) -> str:
     from portage.dep import Atom, paren_enclose, use_reduce
 
     try:
-        return paren_enclose(use_reduce(value, uselist=use, token_class=Atom if atoms else None))
+        return str(paren_enclose(use_reduce(value, uselist=use, token_class=Atom if atoms else None)))
     except Exception:  # an unparsable string stays as the package says
         return value
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Group, JustifyMethod, RenderableType
 from rich.panel import Panel
 from rich.rule import Rule
 from rich.table import Table
@@ -28,7 +28,7 @@ STATUS_ORDER = {"grounded": 0, "building": 1, "stopping": 2, "idle": 3, "offline
 class _Column:
     name: str
     width: int
-    justify: str = "left"
+    justify: JustifyMethod = "left"
 
 
 #: Optional columns, most useful first; dropped from the end when the terminal is narrow.
@@ -80,7 +80,7 @@ def drone_table(snapshot: Snapshot, inner: int, rows: int | None = None) -> Tabl
     table.add_column("STATUS", width=_STATUS_WIDTH, no_wrap=True, overflow="ellipsis")
     table.add_column("TASK", min_width=_TASK_MIN, ratio=1, no_wrap=True, overflow="ellipsis")
     for column in optional:
-        table.add_column(column.name, width=column.width, justify=column.justify, no_wrap=True)  # type: ignore[arg-type]
+        table.add_column(column.name, width=column.width, justify=column.justify, no_wrap=True)
     shown = fleet
     if rows is not None and len(fleet) > rows:
         shown = fleet[:max(0, rows - 1)]
