@@ -101,6 +101,7 @@ def test_recovered_drone_starts_over(setup, redis_client: redis.Redis) -> None: 
     healer = Healer(redis_client, cfg, executor)
     registry.ground("tarn", 300, queue)
     consider(healer, registry)
+    assert healer.record("tarn").restarts == 1 and [c[0] for c in executor.calls] == ["drone-restart.yml"]
     redis_client.hincrby(keys.drone("tarn"), "built", 1)  # it built something since
     consider(healer, registry)
     assert healer.record("tarn").restarts == 0
