@@ -102,6 +102,8 @@ class Night:
     grounded: list[Span]
     critical: list[str]  # jobs on the critical path, first to last
     figures: Figures
+    #: When the capped event stream starts, if it was trimmed after ``since`` (earlier builds are missing).
+    trimmed_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -236,8 +238,12 @@ def _gates(client: redis.Redis, jobs: list[str]) -> dict[str, list[str]]:
 
 
 def gather_night(client: redis.Redis, since: float | None, until: float | None,
-                 default_estimate: float = 600.0) -> Night:
-    """Read the window's events, the built jobs' gates and their history, then :func:`analyse`."""
+                 default_estimate: float = 600.0, events_max: int | None = None) -> Night:
+    """Read the window's events, the built jobs' gates and their history, then :func:`analyse`.
+
+    ``events_max`` (``queue.events_max``) tells whether the stream was full, so a window
+    that reaches back past its oldest event is reported as trimmed.
+    """
     whole, micros = client.time()
     now = whole + micros / 1e6
     end = until if until is not None else now
@@ -246,4 +252,10 @@ def gather_night(client: redis.Redis, since: float | None, until: float | None,
     jobs = sorted({e.job for e in events if e.kind == "built" and e.job})
     usual = History(client, default_estimate).estimates(jobs) if jobs else {}
     drones = sorted(client.smembers(keys.DRONES))
-    return analyse(events, start, end, gates=_gates(client, jobs), usual=usual, drones=drones)
+    night = analyse(events, start, end, gates=_gates(client, jobs), usual=usual, drones=drones)
+    oldest = client.xrange(keys.EVENTS, count=1)
+    if oldest and events_max and client.xlen(keys.EVENTS) >= events_max:
+        first = int(oldest[0][0].split("-")[0]) / 1000.0
+        if since is None or first > since:
+            night.trimmed_at = first
+    return night

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from swarmctl.cli.views.report import OUTCOME_COLOUR, render_svg
-from swarmctl.events import Event
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
 from swarmctl.report import analyse
 from tests.browser import Png, close, hex_colour, screenshot
-from tests.helpers import Spawner, run_cli, wait_until
+from tests.helpers import Spawner, run_cli, synthetic_night, wait_until
 
 SVG = "{http://www.w3.org/2000/svg}"
 FAST = {"SWARM_DRONE_HEARTBEAT_INTERVAL": "0.5", "SWARM_DRONE_POLL_INTERVAL": "0.2"}
@@ -95,24 +94,8 @@ def test_report_says_what_is_wrong_with_a_bad_time(swarm_env: dict[str, str], re
     assert "neither a time" in proc.stderr
 
 
-def _synthetic(jobs: int, drones: int) -> list[Event]:
-    """A dense night: each drone builds its share back to back, one in fifty fails first."""
-    events, clock = [], [1_000_000.0] * drones
-    for i in range(jobs):
-        d = i % drones
-        name, job = f"drone-{d:02d}", f"app-misc/p{i}-1"
-        if i % 50 == 0:
-            events.append(Event("", clock[d], "claimed", job, name, ""))
-            clock[d] += 30
-            events.append(Event("", clock[d], "requeued", job, name, "build: command exited 1"))
-        events.append(Event("", clock[d], "claimed", job, name, ""))
-        clock[d] += 60 + i % 7 * 20
-        events.append(Event("", clock[d], "built", job, name, "60"))
-    return sorted(events, key=lambda e: e.ts)
-
-
 def test_twenty_thousand_jobs_stay_a_readable_picture() -> None:
-    events = _synthetic(20_000, 40)
+    events = synthetic_night(20_000, 40)
     night = analyse(events, events[0].ts, events[-1].ts)
     assert night.figures.built == 20_000 and night.figures.failed == 400
     svg = ET.fromstring(render_svg(night))

@@ -45,6 +45,7 @@ def report(app: AppContext, since: str | None, until: str | None, html_file: Pat
     from swarmctl.atomicfile import write_atomic
     from swarmctl.cli.views.report import figure_rows, render_html, render_svg
     from swarmctl.facts import FactStore
+    from swarmctl.humanize import stamp
     from swarmctl.nightly import last_started, nightly_status_path, read_nightly_file
     from swarmctl.report import gather_night
 
@@ -54,7 +55,11 @@ def report(app: AppContext, since: str | None, until: str | None, html_file: Pat
     end = parse_time(until, now) if until else None
     if start is not None and end is not None and end <= start:
         raise click.BadParameter("--until must be later than --since")
-    night = gather_night(app.client, start, end, app.config.queue.default_estimate)
+    night = gather_night(app.client, start, end, app.config.queue.default_estimate,
+                         app.config.queue.events_max)
+    if night.trimmed_at is not None:
+        terminal.note(f"the event stream starts at {stamp(night.trimmed_at)} (queue.events_max = "
+                      f"{app.config.queue.events_max}): earlier builds are not in the report")
     for path, text in ((html_file, render_html(night) if html_file else ""),
                        (svg_file, render_svg(night) if svg_file else "")):
         if path is not None:

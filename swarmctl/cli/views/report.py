@@ -10,7 +10,6 @@ so 20,000 jobs still draw as a readable picture of bounded size.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from html import escape
 
 from swarmctl.humanize import seconds
@@ -25,6 +24,8 @@ OUTCOME_COLOUR = {
     "hung": "#9467bd",
     "running": "#1f77b4",
 }
+#: Outcomes that are the normal course of things; the others are drawn over them.
+QUIET = ("built", "running")
 GROUNDED_COLOUR = "#d62728"
 CRITICAL_COLOUR = "#000000"
 WIDTH = 1200
@@ -145,10 +146,12 @@ def render_svg(night: Night, width: int = WIDTH) -> str:
     for bar in night.bars:
         by_drone[bar.drone].append(bar)
     for drone, bars in by_drone.items():
-        pieces: Iterable[tuple[Bar, int]] = ((b, 1) for b in bars) if detailed else _merge(bars, scale.per_pixel)
+        pieces = [(b, 1) for b in bars] if detailed else _merge(bars, scale.per_pixel)
+        # Trouble is drawn last and at least a few pixels wide, so a night of thousands still shows it.
+        pieces.sort(key=lambda p: p[0].outcome not in QUIET)
         for bar, count in pieces:
             x0, x1 = scale.x(bar.start), scale.x(bar.end)
-            w = max(x1 - x0, 1.0)
+            w = max(x1 - x0, 1.0 if bar.outcome in QUIET else 3.0)
             data = f'data-count="{count}"' if count > 1 else f'data-job="{_attr(bar.job)}"'
             out.append(f'<rect class="bar {bar.outcome}" data-drone="{_attr(drone)}" {data} x="{x0:.1f}" '
                        f'y="{row_of[drone] + 2}" width="{w:.1f}" height="{ROW - 4}" '
@@ -181,7 +184,8 @@ def figure_rows(night: Night) -> list[tuple[str, str]]:
         ("builds", f"{f.built} built, {f.failed} failed, {f.attempts} attempts on {f.jobs} packages"),
         ("builds per hour", f"{f.builds_per_hour:.1f}"),
         ("grounded", f"{len(night.grounded)} time{'s' if len(night.grounded) != 1 else ''}"),
-    ]
+    ] + ([("incomplete", f"the event stream starts at {_clock(night.trimmed_at)}: earlier builds are missing "
+                         "(raise queue.events_max)")] if night.trimmed_at is not None else [])
 
 
 _CSS = """
