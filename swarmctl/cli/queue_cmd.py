@@ -132,14 +132,15 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
 @queue.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
 @click.option("--json", "as_json", is_flag=True, help="JSON list of jobs.")
+@click.option("--tsv", is_flag=True, help="Tab-separated values, a header then one job per line.")
 @pass_app
-def list_jobs(app: AppContext, state: str | None, as_json: bool) -> None:
-    """List jobs, highest priority first."""
+def list_jobs(app: AppContext, state: str | None, as_json: bool, tsv: bool) -> None:
+    """List jobs, highest priority first (one per line; every column when piped)."""
     jobs = app.queue.jobs(state)
     if as_json:
         terminal.print_json([j.as_dict() for j in jobs])
     else:
-        terminal.console.print(terminal.jobs_table(jobs))
+        terminal.print_table(terminal.JOB_COLUMNS, terminal.job_rows(jobs), f"{len(jobs)} job(s)", tsv=tsv)
 
 
 @queue.command("show")
