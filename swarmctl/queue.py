@@ -25,6 +25,7 @@ from swarmctl.exceptions import Grounded, NoSuchJob, NotEnrolled, SwarmError
 from swarmctl.graph import KIND_STRENGTH, BrokenEdge, JobSpec, break_cycles, critical_path, gates_of
 from swarmctl.history import KEEP as HISTORY_KEEP
 from swarmctl.history import History
+from swarmctl.progress import ProgressFn, no_progress, tick
 from swarmctl.scripts import Scripts, decode
 from swarmctl.tokens import token_sha
 
@@ -115,17 +116,20 @@ class Queue:
 
     # -- adding -------------------------------------------------------------------------------
 
-    def add(self, specs: Iterable[JobSpec]) -> AddReport:
+    def add(self, specs: Iterable[JobSpec], progress: ProgressFn = no_progress) -> AddReport:
         """Queue jobs with their edges; jobs already queued are left as they are.
 
         Cycles are broken before anything is written (weakest gates first, see
         swarmctl.graph.break_cycles) and reported. Each new job is written with
         its critical-path priority already computed, best first (a topological
         order: a job's gates score higher than the job), so a drone claiming
-        while a large batch is still being added takes the right job.
+        while a large batch is still being added takes the right job. ``progress`` hears
+        how far checking and queuing have come (swarmctl.progress).
         """
         batch: dict[str, JobSpec] = {}
-        for spec in specs:
+        specs = list(specs)
+        for n, spec in enumerate(specs, 1):
+            tick(progress, "checking", n, len(specs))
             cpv = validate_cpv(spec.cpv)
             batch[cpv] = JobSpec(cpv, [validate_cpv(d) for d in spec.build],
                                  [validate_cpv(d) for d in spec.run],
@@ -155,7 +159,8 @@ class Queue:
         order = sorted(batch, key=lambda c: -chain.get(c, 0.0)) if not fifo else list(batch)
         # One MULTI/EXEC: a batch (a nightly sync, an import) lands whole or not at all.
         with self.redis.pipeline(transaction=True) as pipe:
-            for cpv in order:
+            for n, cpv in enumerate(order, 1):
+                tick(progress, "queuing", n, len(order))
                 spec = batch[cpv]
                 self.scripts.add(keys=list(keys.QUEUE_KEYS), client=pipe, args=[
                     cpv, estimates[cpv], "" if fifo else chain.get(cpv, estimates[cpv]), json.dumps(spec.build),

@@ -64,11 +64,13 @@ def _report_cycles(broken: list[BrokenEdge]) -> None:
               help="Also load the edges the resolver removed to break cycles, and let the queue break "
                    "those cycles itself by edge kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @pass_app
-def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool) -> None:
+def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool, quiet: bool) -> None:
     """Queue a whole dependency graph resolved by portage (nodes plus typed edges)."""
     dag = load_dag(path, keep_cycle_edges=keep_cycle_edges)
-    report: AddReport = app.queue.add(dag.specs)
+    with terminal.progress(quiet or as_json) as progress:
+        report: AddReport = app.queue.add(dag.specs, progress=progress)
     if as_json:
         terminal.print_json({"added": len(report.added), "existing": len(report.existing),
                              "edges": dag.edges, "removed_edges_not_loaded": len(dag.removed),
@@ -94,8 +96,9 @@ def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool
               help="Portage prefix to resolve with (default: drone.prefix; none: this host's portage).")
 @click.option("--dry-run", is_flag=True, help="Resolve and report; queue nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @pass_app
-def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | None, dry_run: bool,
+def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | None, dry_run: bool, quiet: bool,
          as_json: bool) -> None:
     """Resolve what world needs with portage and queue what the binhost lacks (all or nothing)."""
     from pathlib import Path
@@ -110,9 +113,11 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     source = binhost or app.config.binhost.dir or app.config.binhost.url
-    resolution = PackageResolver(portage_prefix).resolve(Path(world_file), source)
-    specs = resolution.job_specs()
-    report = AddReport() if dry_run else app.queue.add(specs)
+    with terminal.progress(quiet or as_json) as progress:
+        progress(f"resolving {world_file} with portage", 0, None)
+        resolution = PackageResolver(portage_prefix).resolve(Path(world_file), source)
+        specs = resolution.job_specs()
+        report = AddReport() if dry_run else app.queue.add(specs, progress=progress)
     if not dry_run:
         meta = FactStore(app.client)
         meta.set_world_size(len(resolution.needed))

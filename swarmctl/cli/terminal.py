@@ -10,15 +10,27 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
 from swarmctl.humanize import percent, seconds
+from swarmctl.progress import ProgressFn, no_progress
 
 STATUS_STYLE = {
     "building": "bold green",
@@ -168,6 +180,46 @@ def print_messages(lines: Iterable[RenderableType]) -> None:
 
 
 #: On a narrow terminal the least needed columns go first: what a job waits for, its priority, its drone.
+class _Rate(ProgressColumn):
+    """Items per second, once there is a rate to tell."""
+
+    def render(self, task: Task) -> Text:
+        return Text("" if not task.speed else f"{task.speed:,.0f}/s", style=DIM)
+
+
+class _Count(ProgressColumn):
+    """'n of m' (or just n while the total is unknown)."""
+
+    def render(self, task: Task) -> Text:
+        if task.total is None:
+            return Text("")
+        return Text(f"{task.completed:,.0f} of {task.total:,.0f}")
+
+
+@contextlib.contextmanager
+def progress(quiet: bool = False) -> Iterator[ProgressFn]:
+    """A progress callback: a bar per stage on a terminal (what, n of m, rate, time left); silent when piped or quiet.
+
+    The bar is transient: when the work ends only the command's own result line stays.
+    """
+    if quiet or not is_terminal():
+        yield no_progress
+        return
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), _Count(), _Rate(),
+                   TimeRemainingColumn(), TimeElapsedColumn(), console=console, transient=True)
+    tasks: dict[str, TaskID] = {}
+
+    def update(stage: str, done: int, total: int | None) -> None:
+        if stage not in tasks:
+            for earlier in tasks.values():  # a new stage ends the one before
+                bar.update(earlier, completed=bar.tasks[earlier].total or 0)
+            tasks[stage] = bar.add_task(stage, total=total)
+        bar.update(tasks[stage], completed=done, total=total)
+
+    with bar:
+        yield update
+
+
 JOB_COLUMNS = (Column("PACKAGE"), Column("STATE"), Column("DRONE", drop=1), Column("TRIES", right=True),
                Column("PRIORITY", right=True, drop=2), Column("WAITS FOR", drop=3))
 
