@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.cli.views.report import OUTCOME_COLOUR, render_svg
+from swarmctl.events import Event
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
@@ -104,3 +105,35 @@ def test_twenty_thousand_jobs_stay_a_readable_picture() -> None:
     assert len(bars) < 4000
     assert sum(int(r.get("data-count") or 1) for r in bars if "built" in r.get("class", "")) == 20_000
     assert len({r.get("data-drone") for r in bars}) == 40
+
+
+def test_each_outcome_and_grounding_is_told_apart() -> None:
+    """Event shapes as the Lua scripts and the orchestrator write them."""
+    events = [
+        Event("", 100, "claimed", "app-misc/a-1", "tarn", ""),
+        Event("", 110, "hung", "app-misc/a-1", "tarn", "no log output and no CPU; killed if it stays so"),
+        Event("", 130, "requeued", "app-misc/a-1", "tarn", "hung: no progress; killed"),
+        Event("", 131, "claimed", "app-misc/b-1", "tarn", ""),
+        Event("", 140, "requeued", "app-misc/b-1", "tarn", "build: command exited 1"),
+        Event("", 141, "grounded", "", "tarn", "5 consecutive failures; grounded for 60 s"),
+        Event("", 150, "claimed", "app-misc/c-1", "izar", ""),
+        Event("", 160, "reclaimed", "app-misc/c-1", "izar", "drone silent for 30 s"),
+        Event("", 161, "claimed", "app-misc/c-1", "vega", ""),
+        Event("", 170, "released", "app-misc/c-1", "vega", "drone stopping"),
+        Event("", 171, "released", "", "tarn", "grounding lifted by operator"),
+        Event("", 172, "claimed", "app-misc/c-1", "tarn", ""),
+        Event("", 190, "built", "app-misc/c-1", "tarn", "18.0"),
+        Event("", 195, "built", "app-misc/d-1", "izar", "40"),  # claimed before the window
+        Event("", 196, "claimed", "app-misc/e-1", "izar", ""),
+    ]
+    night = analyse(events, 90, 200)
+    outcomes = [(b.job, b.drone, b.outcome) for b in night.bars]
+    assert outcomes == [("app-misc/a-1", "tarn", "hung"), ("app-misc/b-1", "tarn", "failed"),
+                        ("app-misc/c-1", "izar", "reclaimed"), ("app-misc/d-1", "izar", "built"),
+                        ("app-misc/c-1", "vega", "released"), ("app-misc/c-1", "tarn", "built"),
+                        ("app-misc/e-1", "izar", "running")]
+    d = next(b for b in night.bars if b.job == "app-misc/d-1")
+    assert (d.start, d.end) == (155, 195)  # its start from the duration the built event carries
+    assert [(s.drone, s.start, s.end) for s in night.grounded] == [("tarn", 141, 171)]  # lifted early
+    assert [f.reason for f in night.figures.failures] == ["hung: no progress; killed", "build: command exited 1"]
+    assert night.drones == ["izar", "tarn", "vega"]

@@ -356,8 +356,9 @@ def demo_frame(counts: dict[str, int], drones: Sequence[Any], now: float, second
 
 
 def print_fields(data: dict[str, Any]) -> None:
-    """'key value' lines, keys right-aligned and bold (``queue show``)."""
+    """'key value' lines, keys right-aligned and bold (``queue show``, ``report``)."""
+    width = max((len(key) for key in data), default=0)
     for key, value in data.items():
-        line = Text(f"{key:>10}", style=BOLD)
+        line = Text(f"{key:>{width}}", style=BOLD)
         line.append(f" {value}")
         console.print(line, highlight=False)
