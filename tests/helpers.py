@@ -121,18 +121,29 @@ class Spawner:
         self.env = env
         self.logdir = logdir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Path] = {}  # pid -> its output file
 
     def __call__(self, args: list[str], env: dict[str, str] | None = None,
                  name: str = "proc") -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen([*SWARMCTL, *args], env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-        proc.log_path = log.name  # type: ignore[attr-defined]
+        self._logs[proc.pid] = Path(log.name)
         self.procs.append(proc)
         return proc
 
     def output(self, proc: subprocess.Popen[bytes]) -> str:
-        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+        return self._logs[proc.pid].read_text(errors="replace")
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        """SIGTERM one process and wait for it (SIGKILL when it does not stop in time)."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
     def stop_all(self) -> None:
         for proc in self.procs:

@@ -43,6 +43,25 @@ EVENT_STYLE = {
     "rebooted": "cyan",
 }
 
+#: Secondary text (hints, stamps, quiet counts) and emphasis (labels, names, titles).
+DIM = "dim"
+BOLD = "bold"
+MONITOR_TITLE = "Build Swarm Monitor"
+MONITOR_BORDER = "blue"
+LABEL_STYLE = BOLD
+HUNG_STYLE = "bold magenta"
+OFFLINE_ROW_STYLE = "grey50"
+COUNT_STYLE = {
+    "needed": "cyan",
+    "building": "green",
+    "built": "green",
+    "failed": "red",
+    "blocked": "bold red",
+}
+SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
+CHECK_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "grey50"}
+CHECK_MARK = {"ok": " ok ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -114,28 +133,6 @@ def events_lines(events: Iterable[Any]) -> list[Text]:
             text.append(f"  {event.reason}", style="dim")
         lines.append(text)
     return lines
-
-
-# -- monitor, status and doctor ----------------------------------------------------------------
-
-#: Secondary text (hints, stamps, quiet counts) and emphasis (labels, names, titles).
-DIM = "dim"
-BOLD = "bold"
-MONITOR_TITLE = "Build Swarm Monitor"
-MONITOR_BORDER = "blue"
-LABEL_STYLE = BOLD
-HUNG_STYLE = "bold magenta"
-OFFLINE_ROW_STYLE = "grey50"
-COUNT_STYLE = {
-    "needed": "cyan",
-    "building": "green",
-    "built": "green",
-    "failed": "red",
-    "blocked": "bold red",
-}
-SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
-CHECK_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "grey50"}
-CHECK_MARK = {"ok": " ok ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 
 
 def labelled(label: str, value: str, style: str = "") -> Text:

@@ -63,7 +63,7 @@ def redis_values(client: redis.Redis) -> str:
     return "\n".join(parts)
 
 
-def test_tokens_never_appear_in_logs_events_json_or_artifacts(  # type: ignore[no-untyped-def]
+def test_tokens_never_appear_in_logs_events_json_or_artifacts(
         drone, swarm_env: dict[str, str], spawn: Spawner, redis_client: redis.Redis, config, tmp_path: Path) -> None:
     env = {**swarm_env, "SWARM_LOG_FILE": str(tmp_path / "logs" / "swarmctl.log")}
     spawn.env = env
