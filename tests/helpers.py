@@ -69,10 +69,15 @@ class RedisProcess:
         argv = [redis_server_binary(), "--port", str(self.port), "--bind", self.bind, "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no"]
         if self.password:
-            argv += ["--requirepass", self.password]
+            # From stdin ("-"), not argv: every local user can read a process's command line.
+            argv.insert(1, "-")
         else:
             argv += ["--protected-mode", "no"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"requirepass {self.password}\n".encode() if self.password else b"")
+        self.proc.stdin.close()
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + START_TIMEOUT
         while True:

@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from swarmctl.humanize import ago, percent
+from swarmctl.sanitize import printable
 
 STATUS_STYLE = {
     "building": "bold green",
@@ -115,7 +116,9 @@ def drones_table(drones: Sequence[Any], now: float) -> Table:
     table.add_column("GROUNDED", justify="right")
     for d in drones:
         grounded = ago(d.grounded_until - now) if d.grounded_until else "-"
-        table.add_row(d.name, styled(d.status, STATUS_STYLE), d.task or "-", percent(d.cpu), percent(d.mem),
+        # Text, not str: a drone-written value is never parsed as rich markup.
+        table.add_row(Text(d.name), styled(d.status, STATUS_STYLE), Text(printable(d.task) or "-"),
+                      percent(d.cpu), percent(d.mem),
                       ago(d.heartbeat_age), str(d.failures), grounded)
     return table
 
