@@ -88,7 +88,8 @@ def main() -> None:
         try:
             for prioritized in (False, True):
                 if prioritized:
-                    os.setpriority(os.PRIO_PROCESS, server.proc.pid, -10)  # type: ignore[union-attr]
+                    assert server.proc is not None
+                    os.setpriority(os.PRIO_PROCESS, server.proc.pid, -10)
                 print("Redis " + ("with scheduling priority (its own core)" if prioritized else "sharing the CPU"))
                 for clients in (1, 8, 32):
                     row = {**run(server.url, clients), "redis_prioritized": prioritized}

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 from swarmctl import keys, monitor  # noqa: E402
 from swarmctl.cli.views.monitor import render_frame  # noqa: E402
-from swarmctl.config import load_config  # noqa: E402
+from swarmctl.config import Config, load_config  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
 from swarmctl.queue import Queue  # noqa: E402
 from swarmctl.registry import DroneRegistry  # noqa: E402
@@ -50,7 +50,7 @@ RESULTS = REPO / "bench" / "results" / "monitor.json"
 INTERVAL = 2.0  # the monitor's default refresh interval
 
 
-def populate(client: redis.Redis, config, n_drones: int, n_jobs: int, n_built: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def populate(client: redis.Redis, config: Config, n_drones: int, n_jobs: int, n_built: int) -> dict[str, float]:
     """Fill the swarm through the real API; returns how long each part took."""
     took: dict[str, float] = {}
     queue, registry = Queue(client, config), DroneRegistry(client, config)
@@ -117,10 +117,10 @@ def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
 
 
 def render(snapshot: monitor.Snapshot, width: int, height: int | None) -> str:
-    console = Console(width=width, height=height or 25, file=io.StringIO(), color_system="truecolor",
-                      force_terminal=True)
+    out = io.StringIO()
+    console = Console(width=width, height=height or 25, file=out, color_system="truecolor", force_terminal=True)
     console.print(render_frame(snapshot, width, height))
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    return out.getvalue()
 
 
 def redis_work(client: redis.Redis, fn: Callable[[], object]) -> dict[str, int]:
@@ -133,11 +133,11 @@ def redis_work(client: redis.Redis, fn: Callable[[], object]) -> dict[str, int]:
         return original(self, *args, **kwargs)
 
     before = client.info("stats")["total_commands_processed"]
-    redis.client.Pipeline.execute = counting  # type: ignore[method-assign]
+    setattr(redis.client.Pipeline, "execute", counting)  # noqa: B010 (patched for the count, restored below)
     try:
         fn()
     finally:
-        redis.client.Pipeline.execute = original  # type: ignore[method-assign]
+        setattr(redis.client.Pipeline, "execute", original)  # noqa: B010
     after = client.info("stats")["total_commands_processed"]
     return {"round_trips": executes["n"], "commands": after - before - 1}  # minus the INFO itself
 

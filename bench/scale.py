@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -64,7 +65,7 @@ def timed_cli(args: list[str], env: dict[str, str]) -> tuple[float, int]:
 
 
 def main() -> None:
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, private_redis(Path(tmp) / "redis") as url:
         client = redis.Redis.from_url(url, decode_responses=True)
         config = load_config(environ={"SWARM_REDIS_URL": url})
@@ -92,7 +93,7 @@ def main() -> None:
                        "redis_used_memory_mb": round(memory / 2**20, 1)})
         print(f"queue list --json ({n_jobs} jobs): {list_s:.2f} s; drones --json ({n_drones}): {drones_s:.2f} s; "
               f"Redis memory {memory / 2**20:.1f} MiB")
-    small, large = result["jobs_1000"]["claim"]["p50_ms"], result["jobs_20000"]["claim"]["p50_ms"]  # type: ignore[index]
+    small, large = result["jobs_1000"]["claim"]["p50_ms"], result["jobs_20000"]["claim"]["p50_ms"]
     result["claim_p50_growth_ratio"] = round(large / small, 2)
     print(f"claim p50 at 20,000 / at 1,000 jobs: {large / small:.2f}x")
     RESULTS.mkdir(exist_ok=True)

@@ -6,20 +6,22 @@ use these as much as the terminal views do.
 
 from __future__ import annotations
 
+import math
 import time
+
+#: (below this many seconds, count in this unit, suffix, format) for :func:`ago`.
+_AGO = ((90, 1, "s", ".0f"), (5400, 60, "m", ".0f"), (172800, 3600, "h", ".1f"), (math.inf, 86400, "d", ".0f"))
+#: (below this many seconds, unit, suffix, sub-unit, its suffix) for :func:`duration`.
+_DURATION = ((60, 1, "s", 0, ""), (3600, 60, "m", 1, "s"), (86400, 3600, "h", 60, "m"),
+             (math.inf, 86400, "d", 3600, "h"))
 
 
 def ago(seconds: float | None) -> str:
     """Coarse age: 42s, 12m, 3.5h, 4d; 'never' when unknown."""
     if seconds is None:
         return "never"
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.0f}d"
+    _limit, unit, suffix, fmt = next(row for row in _AGO if seconds < row[0])
+    return f"{seconds / unit:{fmt}}{suffix}"
 
 
 def duration(seconds: float | None) -> str:
@@ -27,13 +29,9 @@ def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
     total = max(0, int(seconds))
-    if total < 60:
-        return f"{total}s"
-    if total < 3600:
-        return f"{total // 60}m{total % 60:02d}s"
-    if total < 86400:
-        return f"{total // 3600}h{total % 3600 // 60:02d}m"
-    return f"{total // 86400}d{total % 86400 // 3600:02d}h"
+    _limit, unit, suffix, sub, sub_suffix = next(row for row in _DURATION if total < row[0])
+    head = f"{total // unit}{suffix}"
+    return f"{head}{total % unit // sub:02d}{sub_suffix}" if sub else head
 
 
 def stamp(epoch: float | None) -> str:

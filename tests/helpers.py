@@ -70,10 +70,15 @@ class RedisProcess:
         argv = [redis_server_binary(), "--port", str(self.port), "--bind", self.bind, "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no"]
         if self.password:
-            argv += ["--requirepass", self.password]
+            # From stdin ("-"), not argv: every local user can read a process's command line.
+            argv.insert(1, "-")
         else:
             argv += ["--protected-mode", "no"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"requirepass {self.password}\n".encode() if self.password else b"")
+        self.proc.stdin.close()
         client = redis.Redis.from_url(self.url)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -122,18 +127,29 @@ class Spawner:
         self.env = env
         self.logdir = logdir
         self.procs: list[subprocess.Popen[bytes]] = []
+        self._logs: dict[int, Path] = {}  # pid -> its output file
 
     def __call__(self, args: list[str], env: dict[str, str] | None = None,
                  name: str = "proc") -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed with the process)
         proc = subprocess.Popen([*SWARMCTL, *args], env={**self.env, **(env or {})}, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-        proc.log_path = log.name  # type: ignore[attr-defined]
+        self._logs[proc.pid] = Path(log.name)
         self.procs.append(proc)
         return proc
 
     def output(self, proc: subprocess.Popen[bytes]) -> str:
-        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+        return self._logs[proc.pid].read_text(errors="replace")
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+        """SIGTERM one process and wait for it (SIGKILL when it does not stop in time)."""
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
 
     def stop_all(self) -> None:
         for proc in self.procs:

@@ -25,7 +25,7 @@ FAST = {
 }
 
 
-def start_drone(spawn: Spawner, registry: DroneRegistry, name: str, command: str, **env: str):  # type: ignore[no-untyped-def]
+def start_drone(spawn: Spawner, registry: DroneRegistry, name: str, command: str, **env: str):
     token = registry.enroll(name)
     return spawn(["drone", "run", "--name", name, "--token", token, "--command", command],
                  env={**FAST, **env}, name=name)
@@ -90,7 +90,7 @@ def test_rogue_drone_is_grounded_and_the_healthy_one_builds_everything(
     assert queue.counts()["blocked"] == 0  # the drone's fault, not the packages'
 
 
-def spawn_events(queue: Queue):  # type: ignore[no-untyped-def]
+def spawn_events(queue: Queue):
     from swarmctl.events import Events
 
     return Events(queue.redis).since()
@@ -152,14 +152,14 @@ class OwnRedis:
         cfg = config.with_overrides(redis__url=self.server.url)
         self.queue, self.registry = Queue(client, cfg), DroneRegistry(client, cfg)
 
-    def drone(self, name: str, command: str):  # type: ignore[no-untyped-def]
+    def drone(self, name: str, command: str):
         token = self.registry.enroll(name)
         return self.spawn(["drone", "run", "--name", name, "--token", token, "--command", command],
                           env={**FAST, "SWARM_REDIS_URL": self.server.url}, name=name)
 
 
 @pytest.fixture
-def own_redis(spawn: Spawner, tmp_path: Path, config: Config):  # type: ignore[no-untyped-def]
+def own_redis(spawn: Spawner, tmp_path: Path, config: Config):
     swarm = OwnRedis(spawn, tmp_path / "r", config)
     yield swarm
     swarm.server.stop()

@@ -16,7 +16,7 @@ from tests.helpers import run_cli
 DATA = Path(__file__).parent / "data"
 
 
-def durations(report) -> dict[str, list[tuple[int, bool]]]:  # type: ignore[no-untyped-def]
+def durations(report) -> dict[str, list[tuple[int, bool]]]:
     out: dict[str, list[tuple[int, bool]]] = {}
     for merge in report.merges:
         out.setdefault(merge.cpv, []).append((merge.seconds, merge.parallel))

@@ -57,7 +57,7 @@ def _enroll_all(client: redis.Redis, n: int) -> dict[str, str]:
     return tokens
 
 
-def _run(target, args_list):  # type: ignore[no-untyped-def]
+def _run(target, args_list):
     with CTX.Pool(len(args_list)) as pool:
         return pool.starmap(target, args_list)
 

@@ -31,6 +31,7 @@ from rich.text import Text
 
 from swarmctl.humanize import percent, seconds
 from swarmctl.progress import ProgressFn, no_progress
+from swarmctl.sanitize import printable
 
 STATUS_STYLE = {
     "building": "bold green",
@@ -56,6 +57,25 @@ EVENT_STYLE = {
     "restarted": "cyan",
     "rebooted": "cyan",
 }
+
+#: Secondary text (hints, stamps, quiet counts) and emphasis (labels, names, titles).
+DIM = "dim"
+BOLD = "bold"
+MONITOR_TITLE = "Build Swarm Monitor"
+MONITOR_BORDER = "blue"
+LABEL_STYLE = BOLD
+HUNG_STYLE = "bold magenta"
+OFFLINE_ROW_STYLE = "grey50"
+COUNT_STYLE = {
+    "needed": "cyan",
+    "building": "green",
+    "built": "green",
+    "failed": "red",
+    "blocked": "bold red",
+}
+SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
+CHECK_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "grey50"}
+CHECK_MARK = {"ok": " ok ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 
 console = Console()
 err_console = Console(stderr=True)
@@ -179,7 +199,6 @@ def print_messages(lines: Iterable[RenderableType]) -> None:
             console.print(text, soft_wrap=True, highlight=False)
 
 
-#: On a narrow terminal the least needed columns go first: what a job waits for, its priority, its drone.
 class _Rate(ProgressColumn):
     """Items per second, once there is a rate to tell."""
 
@@ -220,6 +239,7 @@ def progress(quiet: bool = False) -> Iterator[ProgressFn]:
         yield update
 
 
+#: On a narrow terminal the least needed columns go first: what a job waits for, its priority, its drone.
 JOB_COLUMNS = (Column("PACKAGE"), Column("STATE"), Column("DRONE", drop=1), Column("TRIES", right=True),
                Column("PRIORITY", right=True, drop=2), Column("WAITS FOR", drop=3))
 
@@ -241,7 +261,9 @@ def drone_rows(drones: Sequence[Any], now: float) -> list[list[Cell]]:
     for d in drones:
         grounded = f"for {seconds(d.grounded_until - now)}" if d.grounded_until else "-"
         seen = "never" if d.heartbeat_age is None else f"{seconds(d.heartbeat_age)} ago"
-        rows.append([d.name, coloured(d.status, STATUS_STYLE), d.task or "-", percent(d.cpu), percent(d.mem),
+        # Text, not str: a drone-written value is never parsed as rich markup.
+        rows.append([Text(d.name), coloured(d.status, STATUS_STYLE), Text(printable(d.task) or "-"),
+                     percent(d.cpu), percent(d.mem),
                      seen, str(d.failures), grounded])
     return rows
 
@@ -270,28 +292,6 @@ def events_lines(events: Iterable[Any]) -> list[Text]:
             text.append(f"  {reason}", style=DIM)
         lines.append(text)
     return lines
-
-
-# -- monitor, status and doctor ----------------------------------------------------------------
-
-#: Secondary text (hints, stamps, quiet counts) and emphasis (labels, names, titles).
-DIM = "dim"
-BOLD = "bold"
-MONITOR_TITLE = "Build Swarm Monitor"
-MONITOR_BORDER = "blue"
-LABEL_STYLE = BOLD
-HUNG_STYLE = "bold magenta"
-OFFLINE_ROW_STYLE = "grey50"
-COUNT_STYLE = {
-    "needed": "cyan",
-    "building": "green",
-    "built": "green",
-    "failed": "red",
-    "blocked": "bold red",
-}
-SEVERITY_STYLE = {"ok": "green", "warning": "yellow", "critical": "bold red"}
-CHECK_STYLE = {"ok": "green", "warn": "yellow", "fail": "bold red", "skip": "grey50"}
-CHECK_MARK = {"ok": " ok ", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 
 
 def labelled(label: str, value: str, style: str = "") -> Text:

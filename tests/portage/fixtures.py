@@ -9,7 +9,7 @@ drone builds the packages every test reuses: ``app-misc/hello-1`` and
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,7 +40,7 @@ def drone(tmp_path_factory: pytest.TempPathFactory, sample_repo: Path) -> Drone:
 
 
 @pytest.fixture
-def serve() -> Iterator[type[ServerThread]]:
+def serve() -> Iterator[Callable[..., ServerThread]]:
     started: list[ServerThread] = []
 
     def start(pkgdir: Path, gate: Gate, settings: ServerSettings | None = None) -> ServerThread:
@@ -48,7 +48,7 @@ def serve() -> Iterator[type[ServerThread]]:
         started.append(server)
         return server
 
-    yield start  # type: ignore[misc]
+    yield start
     for server in started:
         server.stop()
 

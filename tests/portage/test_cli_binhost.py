@@ -13,7 +13,7 @@ from tests.helpers import free_port, run_cli, wait_until
 pytestmark = pytest.mark.portage
 
 
-def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:
     Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
     ok = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], swarm_env)
     assert "1 package(s) verified" in ok.stdout + ok.stderr
@@ -45,7 +45,7 @@ def test_missing_dir_is_one_line(swarm_env: dict[str, str], tmp_path: Path) -> N
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_serve_answers_portage_clients(drone, pkgdir: Path, spawn) -> None:  # type: ignore[no-untyped-def]
+def test_serve_answers_portage_clients(drone, pkgdir: Path, spawn) -> None:
     Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
     port = free_port()
     proc = spawn(["binhost", "serve", "--dir", str(pkgdir), "--listen", f"127.0.0.1:{port}"], name="binhost")
