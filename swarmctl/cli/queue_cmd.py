@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections import Counter
 
 import click
@@ -12,10 +14,16 @@ from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.dag import load_dag
 from swarmctl.graph import BrokenEdge, JobSpec
 from swarmctl.keys import STATES
-from swarmctl.queue import AddReport
+from swarmctl.queue import AddReport, Queue
 
 #: Broken cycle edges listed one by one; beyond that only counted by kind.
 SHOW_BROKEN = 20
+#: Jobs `queue list` shows on a terminal unless --limit says otherwise.
+TERMINAL_PAGE = 50
+#: Adds at least this large show their progress on a terminal.
+PROGRESS_FROM = 5000
+#: Jobs read per round of `queue list --json`.
+JSON_PAGE = 1000
 
 
 @click.group()
@@ -69,8 +77,7 @@ def _report_cycles(broken: list[BrokenEdge]) -> None:
 def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool, quiet: bool) -> None:
     """Queue a whole dependency graph resolved by portage (nodes plus typed edges)."""
     dag = load_dag(path, keep_cycle_edges=keep_cycle_edges)
-    with terminal.progress(quiet or as_json) as progress:
-        report: AddReport = app.queue.add(dag.specs, progress=progress)
+    report: AddReport = _add_counted(app, dag.specs, quiet or as_json)
     if as_json:
         terminal.print_json({"added": len(report.added), "existing": len(report.existing),
                              "edges": dag.edges, "removed_edges_not_loaded": len(dag.removed),
@@ -85,6 +92,12 @@ def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool
     if dag.dangling:
         terminal.note(f"{len(dag.dangling)} edge(s) naming a package that is not a node were ignored")
     _report_cycles(report.broken)
+
+
+def _add_counted(app: AppContext, specs: list[JobSpec], quiet: bool) -> AddReport:
+    """Queue.add, with a progress bar on a terminal for a large add (it is written in slices)."""
+    with terminal.progress(quiet or len(specs) < PROGRESS_FROM) as progress:
+        return app.queue.add(specs, progress=lambda done, total: progress("queuing", done, total))
 
 
 @queue.command("sync")
@@ -116,8 +129,8 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
     with terminal.progress(quiet or as_json) as progress:
         progress(f"resolving {world_file} with portage", 0, None)
         resolution = PackageResolver(portage_prefix).resolve(Path(world_file), source)
-        specs = resolution.job_specs()
-        report = AddReport() if dry_run else app.queue.add(specs, progress=progress)
+    specs = resolution.job_specs()
+    report = AddReport() if dry_run else _add_counted(app, specs, quiet or as_json)
     if not dry_run:
         meta = FactStore(app.client)
         meta.set_world_size(len(resolution.needed))
@@ -136,16 +149,40 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
 
 @queue.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
-@click.option("--json", "as_json", is_flag=True, help="JSON list of jobs.")
+@click.option("--json", "as_json", is_flag=True, help="JSON list of jobs (streamed page by page).")
+@click.option("--limit", type=click.IntRange(min=0), metavar="N",
+              help=f"At most N jobs (default: {TERMINAL_PAGE} on a terminal, all otherwise).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Skip the first N jobs (in priority order).")
 @click.option("--tsv", is_flag=True, help="Tab-separated values, a header then one job per line.")
 @pass_app
-def list_jobs(app: AppContext, state: str | None, as_json: bool, tsv: bool) -> None:
+def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | None, offset: int, tsv: bool) -> None:
     """List jobs, highest priority first (one per line; every column when piped)."""
-    jobs = app.queue.jobs(state)
+    if limit is None and not as_json and sys.stdout.isatty():
+        limit = TERMINAL_PAGE
+    chosen, total = app.queue.page(state, offset, limit)
     if as_json:
-        terminal.print_json([j.as_dict() for j in jobs])
-    else:
-        terminal.print_table(terminal.JOB_COLUMNS, terminal.job_rows(jobs), f"{len(jobs)} job(s)", tsv=tsv)
+        _stream_json(app.queue, chosen)
+        return
+    jobs = app.queue.load(chosen)
+    terminal.print_table(terminal.JOB_COLUMNS, terminal.job_rows(jobs),
+                         terminal.jobs_title(len(jobs), total, offset), tsv=tsv)
+    if offset + len(chosen) < total:
+        terminal.note(f"{total - offset - len(chosen)} more; --offset {offset + len(chosen)} for the next page, "
+                      "--limit N for more at once")
+
+
+def _stream_json(queue: Queue, cpvs: list[str]) -> None:
+    """A JSON list, one job per line, written a page at a time (memory stays one page, output
+    starts at once; one line per job keeps it greppable and uses the fast encoder)."""
+    out = sys.stdout
+    out.write("[")
+    first = True
+    for start in range(0, len(cpvs), JSON_PAGE):
+        for job in queue.load(cpvs[start:start + JSON_PAGE]):
+            out.write(("\n" if first else ",\n") + json.dumps(job.as_dict(), sort_keys=True, default=str))
+            first = False
+    out.write("]\n" if first else "\n]\n")
 
 
 @queue.command("show")

@@ -108,6 +108,13 @@ def coloured(value: str, styles: dict[str, str]) -> Text:
     return Text(value, style=styles.get(value, ""))
 
 
+def jobs_title(shown: int, total: int | None = None, offset: int = 0) -> str:
+    """'12 job(s)', or 'jobs 51-100 of 420' for one page of a longer list."""
+    if total is None or (offset == 0 and shown == total):
+        return f"{shown} job(s)"
+    return f"jobs {offset + 1 if shown else offset}-{offset + shown} of {total}"
+
+
 @dataclass(frozen=True)
 class Column:
     """A table column. ``drop``: 0 never dropped; on a narrow terminal the highest goes first."""
