@@ -155,7 +155,7 @@ def large_writes(tmp: Path) -> dict[str, object]:
         queue.clear()
         before = client.info("memory")["used_memory"]
         wide = timed_import(dag_file(tmp / "700.dag.json", wide_dag(700, 700)), url, env)
-        gate_keys = [k for k in client.scan_iter(match="swarm:job:*:*", count=5000)
+        gate_keys = [k for k in client.scan_iter(match=keys.JOB_PREFIX + "*:*", count=5000)
                      if k.endswith((":gates", ":dependents", ":needs", ":holders"))]
         with client.pipeline(transaction=False) as pipe:
             for key in gate_keys:

@@ -165,8 +165,8 @@ def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | No
         _stream_json(app.queue, chosen)
         return
     jobs = app.queue.load(chosen)
-    terminal.print_table(terminal.JOB_COLUMNS, terminal.job_rows(jobs),
-                         terminal.jobs_title(len(jobs), total, offset), tsv=tsv)
+    terminal.print_table(terminal.JOB_COLUMNS, terminal.job_rows(jobs), terminal.jobs_title(len(jobs), total, offset),
+                         tsv=tsv, title_piped=offset > 0 or len(jobs) < total)
     if offset + len(chosen) < total:
         terminal.note(f"{total - offset - len(chosen)} more; --offset {offset + len(chosen)} for the next page, "
                       "--limit N for more at once")

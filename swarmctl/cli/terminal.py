@@ -132,12 +132,13 @@ def is_terminal() -> bool:
 
 
 def table_lines(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width: int | None,
-                title: str = "") -> list[Text]:
+                title: str = "", title_piped: bool = False) -> list[Text]:
     """Aligned lines, one record each, never cut: at natural width when ``width`` is None (a pipe).
 
     On a terminal of ``width`` cells, optional columns are dropped (highest ``drop`` first)
     until the rest fits, and a footer names them; what is left may still be wider, and then
-    the terminal wraps it rather than anything being cut.
+    the terminal wraps it rather than anything being cut. Through a pipe the title is left
+    out (only records and their header) unless ``title_piped`` (a page of a longer list says which).
     """
     cells = [[c if isinstance(c, Text) else Text(c) for c in row] for row in rows]
     natural = [max([len(col.name)] + [row[i].cell_len for row in cells]) for i, col in enumerate(columns)]
@@ -149,7 +150,7 @@ def table_lines(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width
                 break
             shown.remove(i)
             hidden.append(columns[i].name)
-    lines = [Text(title, style=BOLD)] if title and width is not None else []
+    lines = [Text(title, style=BOLD)] if title and (width is not None or title_piped) else []
 
     def line(values: Sequence[Text], style: str = "") -> Text:
         out = Text(style=style)
@@ -177,12 +178,12 @@ def tsv_lines(columns: Sequence[Column], rows: Sequence[Sequence[Cell]]) -> list
 
 
 def print_table(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], title: str = "",
-                tsv: bool = False) -> None:
+                tsv: bool = False, title_piped: bool = False) -> None:
     """A table on stdout: TSV, plain natural-width text through a pipe, or fitted to the terminal."""
     if tsv:
         sys.stdout.write("".join(f"{line}\n" for line in tsv_lines(columns, rows)))
         return
-    for line in table_lines(columns, rows, console.width if is_terminal() else None, title):
+    for line in table_lines(columns, rows, console.width if is_terminal() else None, title, title_piped):
         console.print(line, soft_wrap=True, highlight=False)
 
 
