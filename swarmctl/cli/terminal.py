@@ -165,8 +165,7 @@ def table_lines(columns: Sequence[Column], rows: Sequence[Sequence[Cell]], width
     lines.append(line([Text(c.name) for c in columns], style=BOLD))
     lines += [line(row) for row in cells]
     if hidden:
-        lines.append(Text(f"not shown for width: {', '.join(hidden)} (a wider terminal, a pipe or --json "
-                          "shows every column)", style=DIM))
+        lines.append(Text(f"not shown for width: {', '.join(hidden)} (pipe or --json for all)", style=DIM))
     return lines
 
 
