@@ -51,7 +51,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
+from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
+from swarmctl.binhost.recovery import recover
 
 logger = logging.getLogger("swarmctl.binhost.server")
 
@@ -68,12 +70,15 @@ _STATUS_OF_CODE = {
     "checksum_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
     "bad_package": HTTPStatus.UNPROCESSABLE_ENTITY,
     "cpv_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "policy": HTTPStatus.UNPROCESSABLE_ENTITY,
     "busy": HTTPStatus.SERVICE_UNAVAILABLE,
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
     "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 _CONTENT_TYPES = {".tar": "application/x-tar", "": "text/plain; charset=utf-8"}
 _LINGER_SECONDS = 2.0
+#: Refusals of what an authenticated owner uploaded that become events (the package is at fault).
+_EVENT_CODES = frozenset({"policy", "bad_package", "cpv_mismatch"})
 _LINGER_BYTES = 4 * 1024 * 1024
 
 
@@ -112,6 +117,14 @@ class QueueGate:
         with contextlib.suppress(Exception):
             record_upload_rejection(self.queue.redis, code)
 
+    def package_refused(self, cpv: str, drone: str, code: str, reason: str) -> None:
+        """An ``upload-refused`` event: the owner's package was refused for what it is."""
+        from swarmctl.events import Events
+
+        with contextlib.suppress(Exception):
+            Events(self.queue.redis, self.queue.config.queue.events_max).emit(
+                "upload-refused", job=cpv, drone=drone, reason=f"{code}: {reason}"[:500])
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -128,6 +141,7 @@ class ServerSettings:
         max_connections: Connections served at once; more are answered 503 and closed.
         max_connections_per_address: Connections one client address may hold at once,
             so one host's idle sockets cannot take every slot.
+        policy: The content policy packages must pass (default: the documented defaults).
     """
 
     max_upload_bytes: int = 4 * 1024**3
@@ -137,6 +151,7 @@ class ServerSettings:
     header_timeout: float = 10.0
     max_connections: int = 64
     max_connections_per_address: int = 16
+    policy: ContentPolicy | None = None
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -209,7 +224,9 @@ class BinhostServer(ThreadingHTTPServer):
         self.pkgdir = Path(pkgdir).absolute()
         self.gate = gate
         self.settings = settings or ServerSettings()
-        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes)
+        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, policy=self.settings.policy)
+        # What a killed predecessor left: unindexed published files, stale upload temp files.
+        self.recovery = recover(self.publisher)
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
@@ -354,8 +371,12 @@ class _Handler(BaseHTTPRequestHandler):
                                                       commit_check=still_owner)
         except PublishRefused as exc:
             # A refused body may be partly unread: close the connection after replying.
-            unread = exc.code not in ("checksum_mismatch", "bad_package", "cpv_mismatch", "duplicate",
+            unread = exc.code not in ("checksum_mismatch", "bad_package", "cpv_mismatch", "policy", "duplicate",
                                       "not_owner")
+            if exc.code in _EVENT_CODES:
+                report = getattr(self.server.gate, "package_refused", None)
+                if report is not None:
+                    report(cpv, drone, exc.code, str(exc))
             self._reply_refusal(_Refusal(exc.code, str(exc), **exc.details), linger=unread)
             return
         outcome = "unknown"
