@@ -60,16 +60,16 @@ class UnpackLimits:
 class _Capped:
     """A read-only stream that refuses to deliver more than ``limit`` bytes in total."""
 
-    def __init__(self, source: Any, limit: int, what: str, packed: int) -> None:
-        self.source, self.limit, self.what, self.packed = source, limit, what, packed
+    def __init__(self, source: Any, limit: int, what: str, packed: int, setting: str) -> None:
+        self.source, self.limit, self.what, self.packed, self.setting = source, limit, what, packed, setting
         self.count = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self.source.read(size if size is not None and size >= 0 else _CHUNK)
         self.count += len(data)
         if self.count > self.limit:
-            raise PolicyViolation(f"{self.what} unpacks to more than {self.limit} bytes ({self.packed} bytes "
-                                  "packed): refused as a decompression bomb (binhost.max_unpacked_bytes, "
+            raise PolicyViolation(f"the {self.what} unpacks to more than {self.limit} bytes ({self.packed} bytes "
+                                  f"packed): refused as a decompression bomb ({self.setting}, "
                                   "binhost.max_unpacked_ratio)")
         return data  # type: ignore[no-any-return]
 
@@ -120,7 +120,8 @@ def inner_tar(path: Path, reader: Any, name: str, absolute_cap: int, limits: Unp
         except Exception as exc:  # portage raises its own exception types
             raise GpkgError(f"{path.name}: no readable {name} member ({exc})") from None
         stream = tar_stream_reader(container.extractfile(member), command)
-        capped = _Capped(stream, limits.cap(absolute_cap, member.size), f"{name} member", member.size)
+        setting = "binhost.max_metadata_bytes" if name == "metadata" else "binhost.max_unpacked_bytes"
+        capped = _Capped(stream, limits.cap(absolute_cap, member.size), f"{name} tar", member.size, setting)
         finished = False
         try:
             with tarfile.open(fileobj=capped, mode="r|", tarinfo=_BoundedTarInfo) as inner:  # type: ignore[call-overload]

@@ -133,8 +133,7 @@ class ContentPolicy:
         Raises:
             PolicyViolation: With up to five problems, most important first.
         """
-        self.check_metadata(info)
-        self.check_image(Path(path), info)
+        _raise(info, self._metadata_problems(info) + self._image_problems(Path(path), info))
 
     def check_metadata(self, info: GpkgInfo) -> None:
         """Check the metadata values the index will carry.
@@ -142,6 +141,17 @@ class ContentPolicy:
         Raises:
             PolicyViolation: A value is malformed, too long or names a foreign repository.
         """
+        _raise(info, self._metadata_problems(info))
+
+    def check_image(self, path: Path, info: GpkgInfo) -> None:
+        """Stream the image and check every member (nothing is extracted).
+
+        Raises:
+            PolicyViolation: A member breaks a rule, or the image unpacks past its caps.
+        """
+        _raise(info, self._image_problems(Path(path), info))
+
+    def _metadata_problems(self, info: GpkgInfo) -> list[str]:
         problems = [f"{key} is longer than {self.limits.value_bytes} bytes"
                     for key in sorted(info.oversized) if key in INDEX_KEYS]
         meta = info.metadata
@@ -165,43 +175,48 @@ class ContentPolicy:
         elif self.repositories and repo not in self.repositories and _GRAMMAR["repository"].fullmatch(repo):
             problems.append(f"repository {repo!r} is not one of the swarm's ({', '.join(self.repositories)}; "
                             "binhost.repositories)")
-        _raise(info, problems)
+        return problems
 
-    def check_image(self, path: Path, info: GpkgInfo) -> None:
-        """Stream the image and check every member (nothing is extracted).
-
-        Raises:
-            PolicyViolation: A member breaks a rule, or the image unpacks past its caps.
-        """
+    def _image_problems(self, path: Path, info: GpkgInfo) -> list[str]:
         category, pn, _ = split_cpv(info.cpv)
-        scan = _ImageScan(self, f"{category}/{pn}")
+        eprefix = info.metadata.get("EPREFIX", "").rstrip("/")
+        if eprefix and _image_path("image" + eprefix) != eprefix:
+            return [f"EPREFIX {_show(eprefix)} is not a normalized absolute path"]
+        scan = _ImageScan(self, f"{category}/{pn}", eprefix)
         with inner_tar(path, reader_for(path), "image", self.limits.image_bytes, self.limits) as tar:
             for member in tar:
                 scan.add(member)
                 if len(scan.problems) >= MAX_LISTED:
-                    break
-            else:
-                scan.finish()
-            _raise(info, scan.problems)
+                    # Enough to say why; stop unpacking (raising here kills the decompressor).
+                    _raise(info, scan.problems)
+            scan.finish()
+        return scan.problems
 
     # -- allow lists ---------------------------------------------------------------------------
 
-    def protected(self, dest: str, cpn: str) -> str | None:
-        """The protected path ``dest`` falls in, unless allowed for ``cpn``; else None."""
+    def protected(self, dest: str, cpn: str, eprefix: str = "") -> str | None:
+        """The protected path ``dest`` falls in, unless allowed for ``cpn``; else None.
+
+        In a prefix package (EPREFIX set) the path inside the prefix counts as well:
+        ``EPREFIX/etc/cron.d`` is the prefix's cron directory.
+        """
+        views = _views(dest, eprefix)
         for root in self.protected_paths:
-            if dest == root or dest.startswith(root.rstrip("/") + "/"):
-                return None if _allowed(self.path_allow, dest, cpn) else root
+            for view in views:
+                if view == root or view.startswith(root.rstrip("/") + "/"):
+                    allowed = any(_allowed(self.path_allow, v, cpn) for v in views)
+                    return None if allowed else root
         return None
 
-    def mode_allowed(self, dest: str, cpn: str) -> bool:
-        return _allowed(self.mode_allow, dest, cpn)
+    def mode_allowed(self, dest: str, cpn: str, eprefix: str = "") -> bool:
+        return any(_allowed(self.mode_allow, view, cpn) for view in _views(dest, eprefix))
 
 
 class _ImageScan:
     """The state of one pass over an image's members."""
 
-    def __init__(self, policy: ContentPolicy, cpn: str) -> None:
-        self.policy, self.cpn = policy, cpn
+    def __init__(self, policy: ContentPolicy, cpn: str, eprefix: str) -> None:
+        self.policy, self.cpn, self.eprefix = policy, cpn, eprefix
         self.problems: list[str] = []
         self.entries = 0
         self.files: set[str] = set()  # regular files (hard-link targets)
@@ -242,7 +257,7 @@ class _ImageScan:
             if ancestor in self.links:
                 return f"{shown}: below the symlink {ancestor} (would be written through the link)"
             self.dirs.add(ancestor)
-        root = self.policy.protected(dest, self.cpn)
+        root = self.policy.protected(dest, self.cpn, self.eprefix)
         if root is not None:
             return f"{shown}: installs into the protected path {root} (binhost.protected_paths, path_allow)"
         mode_problem = self._mode_problem(member, dest)
@@ -272,7 +287,7 @@ class _ImageScan:
             bad = {stat.S_ISUID: "setuid", stat.S_ISGID: "setgid"}.get(mode & _SPECIAL_BITS, "setuid and setgid")
         else:
             bad = "world-writable" if mode & stat.S_IWOTH else None
-        if bad and not self.policy.mode_allowed(dest, self.cpn):
+        if bad and not self.policy.mode_allowed(dest, self.cpn, self.eprefix):
             return f"{dest}: {bad} (mode {mode:04o}; binhost.mode_allow)"
         return None
 
@@ -283,7 +298,7 @@ class _ImageScan:
         resolved = posixpath.normpath(target if target.startswith("/")
                                       else posixpath.join(posixpath.dirname(dest), target))
         resolved = "/" + resolved.lstrip("/")
-        root = self.policy.protected(resolved, self.cpn)
+        root = self.policy.protected(resolved, self.cpn, self.eprefix)
         if root is not None:
             return f"{dest}: a symlink to {resolved}, in the protected path {root}"
         return None
@@ -301,6 +316,13 @@ def _image_path(name: str) -> str | None:
     if any(part in ("", ".", "..") or len(part.encode("utf-8")) > 255 for part in parts):
         return None
     return "/" + "/".join(parts)
+
+
+def _views(dest: str, eprefix: str) -> tuple[str, ...]:
+    """``dest`` and, in a prefix package, ``dest`` relative to the prefix."""
+    if eprefix and dest.startswith(eprefix + "/"):
+        return dest, dest[len(eprefix):]
+    return (dest,)
 
 
 def _ancestors(dest: str) -> Iterable[str]:
