@@ -249,6 +249,8 @@ class Publisher:
             except BaseException as exc:
                 with contextlib.suppress(OSError):
                     dest.unlink()
+                    for directory in (dest.parent, dest.parent.parent):  # only if now empty
+                        directory.rmdir()
                 if isinstance(exc, OSError):
                     raise _io_refusal(f"cannot index {rel_path}", exc) from None
                 raise
