@@ -16,7 +16,8 @@ Image members (the tree portage merges into ROOT):
   the sticky bit only where ``binhost.mode_allow`` allows them;
 - nothing in a protected place (``binhost.protected_paths``: cron, sudoers, the
   account databases, ``/root``...) unless ``binhost.path_allow`` allows it for that
-  package;
+  package; in a prefix package (EPREFIX set) the path inside the prefix counts too,
+  since portage relocates the image below the client's own EPREFIX;
 - symlinks: a link may point anywhere, relative or absolute, because portage merges
   it as a link and a link grants nothing by itself; but a link into a protected place
   (e.g. to ``/etc/shadow``) is refused like a file there, and nothing may be written
@@ -197,13 +198,19 @@ class ContentPolicy:
     def protected(self, dest: str, cpn: str, eprefix: str = "") -> str | None:
         """The protected path ``dest`` falls in, unless allowed for ``cpn``; else None.
 
-        In a prefix package (EPREFIX set) the path inside the prefix counts as well:
-        ``EPREFIX/etc/cron.d`` is the prefix's cron directory.
+        A prefix package (EPREFIX set) is installed at its full path by clients with the
+        same EPREFIX and relocated below their own EPREFIX by others, so both the full
+        path and the path inside the prefix count. The directories leading to EPREFIX,
+        and protected paths strictly above it (a prefix in ``/home/me``), do not.
         """
+        if eprefix and (dest == eprefix or eprefix.startswith(dest + "/")):
+            return None
         views = _views(dest, eprefix)
         for root in self.protected_paths:
-            for view in views:
-                if view == root or view.startswith(root.rstrip("/") + "/"):
+            for full, view in zip((True, False), views, strict=False):
+                if full and len(views) > 1 and eprefix != root and _under(eprefix, root):
+                    continue  # inside a prefix that itself lives below this protected path
+                if _under(view, root):
                     allowed = any(_allowed(self.path_allow, v, cpn) for v in views)
                     return None if allowed else root
         return None
@@ -316,6 +323,10 @@ def _image_path(name: str) -> str | None:
     if any(part in ("", ".", "..") or len(part.encode("utf-8")) > 255 for part in parts):
         return None
     return "/" + "/".join(parts)
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _views(dest: str, eprefix: str) -> tuple[str, ...]:

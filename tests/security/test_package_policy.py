@@ -143,6 +143,19 @@ def test_allow_lists_are_configurable(drone, config: Config, tmp_path: Path) -> 
     assert published.rel_path == "app-misc/hello/hello-1-1.gpkg.tar"
 
 
+@pytest.mark.parametrize(("dest", "eprefix", "protected"), [
+    ("/etc/cron.d/evil", "", "/etc/cron.d"),
+    ("/etc/cron.d/evil", "/etc", "/etc/cron.d"),  # a prefix cannot launder a system path
+    ("/etc/cron.d/evil", "/etc/cron.d", "/etc/cron.d"),
+    ("/home/me/gentoo/usr/bin/tool", "/home/me/gentoo", None),  # a prefix in a home directory
+    ("/home/me", "/home/me/gentoo", None),  # the directories leading to the prefix
+    ("/home/me/.bashrc", "/home/me/gentoo", "/home"),  # outside its own prefix
+    ("/home/me/gentoo/etc/sudoers.d/x", "/home/me/gentoo", "/etc/sudoers.d"),  # relocated to /etc/sudoers.d
+])
+def test_prefix_packages_are_judged_where_they_install(dest: str, eprefix: str, protected: str | None) -> None:
+    assert ContentPolicy.default().protected(dest, "app-misc/x", eprefix) == protected
+
+
 def test_verify_manifests_applies_the_same_policy(drone, tmp_path: Path, swarm_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     pkgdir = tmp_path / "binhost"
     lax = ContentPolicy(repositories=("swarm-sample",))  # nothing protected, no mode allowed... but checked
