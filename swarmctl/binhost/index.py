@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from swarmctl.atomicfile import write_atomic
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.exceptions import SwarmError
-from swarmctl.files import write_atomic
 
 if TYPE_CHECKING:
     from swarmctl.binhost.policy import ContentPolicy

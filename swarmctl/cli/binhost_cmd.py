@@ -47,8 +47,8 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         policy=ContentPolicy.from_config(cfg),
     )
     client = obj.redis()
-    from swarmctl.drones import DroneRegistry
     from swarmctl.queue import Queue
+    from swarmctl.registry import DroneRegistry
 
     gate = QueueGate(DroneRegistry(client, obj.config), Queue(client, obj.config))
     try:
