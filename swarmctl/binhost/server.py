@@ -24,6 +24,11 @@ and at most ``max_connections`` connections (``max_connections_per_address`` fro
 address) are served at once; the next one gets an immediate 503 and is closed, so a
 flood of idle sockets costs no threads and cannot lock other hosts out.
 
+Before it serves, the server finishes or undoes what a killed predecessor left in PKGDIR
+(:func:`swarmctl.binhost.recovery.recover`). A package the content policy refuses is
+answered ``policy`` (422) and shown as an ``upload-refused`` event; an I/O error such as a
+full disk is ``io_error`` (500), which the drone retries.
+
 Replies are one JSON object on one line: ``{"status": "accepted"|"refused",
 "code": ..., "reason": ...}``.
 
