@@ -58,7 +58,8 @@ from typing import Any, Protocol
 
 from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
-from swarmctl.binhost.recovery import recover
+from swarmctl.binhost.recovery import RecoveryReport, recover
+from swarmctl.exceptions import SwarmError
 
 logger = logging.getLogger("swarmctl.binhost.server")
 
@@ -231,7 +232,11 @@ class BinhostServer(ThreadingHTTPServer):
         self.settings = settings or ServerSettings()
         self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, policy=self.settings.policy)
         # What a killed predecessor left: unindexed published files, stale upload temp files.
-        self.recovery = recover(self.publisher)
+        try:
+            self.recovery = recover(self.publisher)
+        except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
+            logger.error("binhost recovery in %s did not finish: %s", self.pkgdir, exc)
+            self.recovery = RecoveryReport()
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
