@@ -29,9 +29,9 @@ from swarmctl import keys
 from swarmctl.binhost.index import verify
 from swarmctl.binhost.server import BinhostServer, QueueGate, make_server
 from swarmctl.config import Config, load_config
-from swarmctl.drone.logs import tail
 from swarmctl.embedded import EmbeddedRedis
 from swarmctl.events import Event, Events
+from swarmctl.logtail import tail
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.overlay import DEFAULT_WORLD, install_overlay
 from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
@@ -69,7 +69,6 @@ class SwarmSummary:
     index_problems: list[str]
     seconds: float
     client_ok: bool | None = None
-    client_output: str = ""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -123,7 +122,7 @@ class LocalSwarm:
         for i in range(1, self.n_drones + 1):
             self.start_drone(f"drone-{i}")
 
-    def _thread(self, target, name: str) -> None:  # type: ignore[no-untyped-def]
+    def _thread(self, target: Callable[[], object], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)

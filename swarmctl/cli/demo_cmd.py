@@ -14,12 +14,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Group
 from rich.live import Live
-from rich.text import Text
 
 from swarmctl.cli import terminal
 
@@ -69,7 +68,7 @@ def uninterrupted(previous: dict[int, Any]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _stage(event) -> None:  # type: ignore[no-untyped-def]
+def _stage(event: Event) -> None:
     if event.kind not in STAGE_EVENTS:
         return
     reason = f": {event.reason}" if event.reason else ""
@@ -78,13 +77,14 @@ def _stage(event) -> None:  # type: ignore[no-untyped-def]
     else:
         terminal.note(f"{event.drone} {event.kind}{reason}")
 
+if TYPE_CHECKING:
+    from swarmctl.demo import LocalSwarm
+    from swarmctl.events import Event
 
-def _frame(swarm) -> Group:  # type: ignore[no-untyped-def]
-    counts = swarm.queue.counts()
-    header = Text(f"Build Swarm (local)   needed {counts['needed']}  building {counts['delegated']}  "
-                  f"built {counts['built']}  blocked {counts['blocked']}  "
-                  f"{time.monotonic() - swarm.started:.0f}s", style="bold")
-    return Group(header, terminal.drones_table(swarm.registry.list()))
+
+def _frame(swarm: LocalSwarm) -> Group:
+    return terminal.demo_frame(swarm.queue.counts(), swarm.registry.list(), swarm.registry.server_time(),
+                               time.monotonic() - swarm.started)
 
 
 @click.command("demo")
