@@ -287,7 +287,7 @@ def test_a_misconfigured_drone_shows_red_with_its_reason() -> None:
                                                 "blocked": 0, "ready": 3, "waiting": 0},
                             drones=[drone], events=[], rate_per_hour=0.0, critical_path=None, running={})
     console = Console(width=100, file=io.StringIO(), color_system="truecolor", force_terminal=True)
-    segments = list(console.render(monitor.render_frame(snap, 100)))
+    segments = list(console.render(render_frame(snap, 100)))
     status = next(s for s in segments if s.text.strip() == "MISCONFIG")
     assert status.style is not None and status.style.color is not None and status.style.color.name == "red"
-    assert "zstd not found (BINPKG_COMPRESS=zstd)" in text_of(monitor.render_frame(snap, 100), 100)
+    assert "zstd not found (BINPKG_COMPRESS=zstd)" in text_of(render_frame(snap, 100), 100)

@@ -19,7 +19,7 @@ from swarmctl.demo import LocalSwarm
 from swarmctl.events import Events
 from swarmctl.graph import JobSpec
 from swarmctl.overlay import BROKEN_CPV
-from tests.conftest import SWARMCTL
+from tests.helpers import SWARMCTL
 from tests.hidetools import path_without, processes_using
 from tests.portage.test_preflight_portage import HIDE
 
