@@ -64,8 +64,8 @@ def uninterrupted(previous: dict[int, Any]) -> Iterator[None]:
     try:
         yield
     finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _stage(event: Event) -> None:

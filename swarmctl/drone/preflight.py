@@ -75,7 +75,7 @@ def directory_problem(name: str, directory: Path, min_free_bytes: int,
             with tempfile.NamedTemporaryFile(dir=directory, prefix=".swarm-preflight-"):
                 pass
         elif subprocess.run(["test", "-w", str(directory)], cwd="/", env={"PATH": os.defpath}, check=False,
-                            timeout=30, **as_user(user)).returncode != 0:  # type: ignore[call-overload]
+                            timeout=30, **as_user(user)).returncode != 0:
             raise PermissionError(13, "Permission denied")
     except (OSError, subprocess.SubprocessError) as exc:
         return Problem(f"{name} {directory} is not writable by {who} ({getattr(exc, 'strerror', None) or exc})",
@@ -151,7 +151,7 @@ class PortagePreflight:
 
     def _portageq(self, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         # As the builds run: as the build user (when there is one), from a directory it can enter.
-        return subprocess.run([self.builder._tool("portageq"), *args], env=dict(env),  # type: ignore[call-overload]
+        return subprocess.run([self.builder._tool("portageq"), *args], env=dict(env),
                               capture_output=True, text=True, timeout=self.timeout, check=False,
                               stdin=subprocess.DEVNULL, cwd=self.builder._cwd(), **as_user(self.builder.user))
 
