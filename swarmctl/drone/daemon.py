@@ -32,7 +32,7 @@ from swarmctl.drone.builders import Builder, BuildResult
 from swarmctl.drone.logs import BuildLogs, tail
 from swarmctl.drones import DroneRegistry
 from swarmctl.exceptions import NotEnrolled
-from swarmctl.queue import Claim, Grounded, Queue, Unauthorized
+from swarmctl.queue import Claim, Grounded, Queue, Unauthorized, new_session
 
 log = logging.getLogger("swarmctl.drone")
 
@@ -87,6 +87,14 @@ class DroneDaemon:
         self.aborting = threading.Event()
         self.finished = threading.Event()
         self.current: Current | None = None
+        # Claims are numbered within this process's session; a retry after a lost reply sends the
+        # same number again (idempotent). ``settled`` is the last number whose reply has been
+        # handled: its job, if any, is ``current`` (or already reported). Both change with
+        # ``current`` under ``_held_lock``, so a heartbeat never reports them torn apart.
+        self.session = new_session()
+        self.claim_seq = 0
+        self.settled = 0
+        self._held_lock = threading.Lock()
         self.grounded_until = 0.0
         self.hung = False
         self.machine_id = machine_id()
@@ -123,8 +131,16 @@ class DroneDaemon:
             return "grounded"
         return "building" if self.current is not None else "idle"
 
+    def _take(self, current: Current | None, seq: int) -> None:
+        """Claim ``seq`` is handled: its job (if any) is now ``current``."""
+        with self._held_lock:
+            if current is not None:
+                self.current = current
+            self.settled = max(self.settled, seq)
+
     def heartbeat_once(self) -> None:
-        current = self.current
+        with self._held_lock:
+            current, settled = self.current, self.settled
         fields = {
             "status": self.status(),
             "task": current.claim.cpv if current else "",
@@ -138,12 +154,11 @@ class DroneDaemon:
             "machine_id_seen": self.machine_id or "",
             "clock": f"{time.time():.3f}",  # lets doctor measure this drone's clock skew
         }
-        reply = self.registry.heartbeat(self.name, self.token, fields,
-                                        current.claim.cpv if current else None,
-                                        current.claim.lease if current else None,
-                                        self.config.queue.events_max)
+        held = [(current.claim.cpv, current.claim.lease)] if current else []
+        reply = self.registry.heartbeat(self.name, self.token, fields, max_events=self.config.queue.events_max,
+                                        held=held, session=self.session, settled=settled)
         self.grounded_until = reply.grounded_until
-        if current is not None and not reply.owns_current and not current.lost:
+        if current is not None and not reply.owned.get(current.claim.cpv, True) and not current.lost:
             # Reclaimed while we were unreachable and taken by another drone: stop wasting time.
             log.warning("%s was reclaimed and re-delegated; abandoning the build", current.claim.cpv)
             current.lost = True
@@ -209,14 +224,20 @@ class DroneDaemon:
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         waits = None
+        request: int | None = None  # a claim whose reply has not arrived: retried as is
         try:
             while not self.stopping.is_set():
                 if max_builds is not None and self.builds >= max_builds:
                     break
+                if request is None:
+                    self.claim_seq += 1
+                    request = self.claim_seq
                 try:
-                    claim = self.queue.claim(self.name, self.token)
+                    claim = self.queue.claim(self.name, self.token, self.session, request)
                     waits = None
                 except Grounded as grounded:
+                    self._take(None, request)
+                    request = None
                     self.grounded_until = grounded.until
                     self.stopping.wait(min(5.0, max(0.5, grounded.until - time.time())))
                     continue
@@ -229,12 +250,17 @@ class DroneDaemon:
                     log.warning("claim failed: Redis unavailable (%s); retrying in %.1f s", exc, wait)
                     self.stopping.wait(wait)
                     continue
+                seq, request = request, None
                 if claim is None:
+                    self._take(None, seq)
                     self.stopping.wait(self.config.drone.poll_interval)
                     continue
-                self._build(claim)
+                self._build(claim, seq)
             return 0
         finally:
+            # Stopping: a claim whose reply never came gives this process nothing; the last
+            # heartbeat says so, and the orchestrator takes such a job back at once.
+            self._take(None, self.claim_seq)
             self.finished.set()
             beat.join(timeout=5)
             self._sign_off()
@@ -243,15 +269,16 @@ class DroneDaemon:
         """Say we are gone, so the fleet view does not show a stopped drone as building."""
         try:
             self.registry.heartbeat(self.name, self.token, {"status": "offline", "task": "", "cpu": "",
-                                                            "mem": "", "hung": 0})
+                                                            "mem": "", "hung": 0},
+                                    held=[], session=self.session, settled=self.settled)
         except (NotEnrolled, *TRANSIENT):
             pass
 
-    def _build(self, claim: Claim) -> None:
+    def _build(self, claim: Claim, seq: int = 0) -> None:
         current = Current(claim=claim, started=time.time(), abort=threading.Event())
         if self.aborting.is_set():
             current.abort.set()
-        self.current = current
+        self._take(current, seq)
         log_path = self.logs.path_for(claim.cpv)
         self.logs.rotate(keep=None)
         log.info("building %s (attempt %d)", claim.cpv, claim.attempts)
@@ -268,7 +295,8 @@ class DroneDaemon:
         try:
             self._report(current, result, duration, log_path)
         finally:
-            self.current = None
+            with self._held_lock:
+                self.current = None
             self.builds += 1
             self.logs.rotate(keep=None)
 
