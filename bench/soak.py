@@ -1,6 +1,6 @@
 """Soak: random faults on a continuous workload for an hour (or --minutes N), same checks as CI.
 
-The harness is bench/_chaos.py (shared with tests/chaos/test_chaos.py): drones on test-bed hosts
+The harness is tests/chaos_engine (shared with tests/chaos/test_chaos.py): drones on test-bed hosts
 (real processes, real SSH daemons, their own init), Redis in its own host with AOF, a leader and a
 standby orchestrator, an external witness counting every finished build. Faults arrive as a
 Poisson process (mean gap --mean-gap s, every kind in the first arrivals), each kind with random
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._chaos import ChaosRun, asdict_plan, format_report, skip_reason, soak_plan
 from swarmctl.config import load_config
+from tests.chaos_engine import ChaosRun, asdict_plan, format_report, skip_reason, soak_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MEDIAN_RECOVERY = 15.0
