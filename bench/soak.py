@@ -60,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     report["plan"] = asdict_plan(plan)
     report["rundir"] = str(rundir)
     lost = [p for p in report["problems"] if "built events" in p or "never saw" in p or "not fully built" in p]
+    queue = report["queue"]
+    multi = [p for p in report["problems"] if "built events (want exactly 1)" in p and ": 0 built" not in p]
     report["targets"] = {
         "lost_or_duplicated_builds": len(lost),
+        "lost_jobs": sum(1 for p in report["problems"] if ": 0 built events" in p or "never saw it built" in p),
+        "duplicated_beyond_attributed": report["unattributed_extra_builds"] + len(multi),
+        "stuck": queue["needed"] + queue["delegated"] + queue["failed"] + queue["blocked"],
+        "faults_by_kind": {k: v["count"] for k, v in sorted(report["by_kind"].items())},
         "median_recover_s": report["median_recover_s"],
         "median_recover_target_s": TARGET_MEDIAN_RECOVERY,
         "met": not report["problems"] and (report["median_recover_s"] or 0) <= TARGET_MEDIAN_RECOVERY,
