@@ -18,11 +18,11 @@ from redis.retry import Retry
 
 from swarmctl import keys
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.graph import JobSpec
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.queue import Queue, new_session
+from swarmctl.registry import DroneRegistry
 from swarmctl.scripts import CLAIM
 from tests.chaos_engine.harness import CLAIM_SHA
 from tests.chaos_engine.proxy import ReplyDropper

@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from swarmctl.atomicfile import write_atomic
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.exceptions import SwarmError
-from swarmctl.files import write_atomic
 
 logger = logging.getLogger("swarmctl.binhost.index")
 

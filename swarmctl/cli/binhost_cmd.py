@@ -45,8 +45,8 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         max_connections_per_address=cfg.max_connections_per_address,
     )
     client = obj.redis()
-    from swarmctl.drones import DroneRegistry
     from swarmctl.queue import Queue
+    from swarmctl.registry import DroneRegistry
 
     gate = QueueGate(DroneRegistry(client, obj.config), Queue(client, obj.config))
     try:

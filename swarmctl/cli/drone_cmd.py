@@ -14,8 +14,8 @@ from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
 from swarmctl.drone.daemon import DroneDaemon, Publisher
-from swarmctl.drones import validate_name
 from swarmctl.exceptions import ConfigError
+from swarmctl.registry import validate_name
 
 
 @click.group()

@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarmctl.files import write_atomic
+from swarmctl.atomicfile import write_atomic
 
 logger = logging.getLogger("swarmctl.portage_env.prefix")
 

@@ -21,11 +21,11 @@ from swarmctl.atoms import validate_cpv
 from swarmctl.config import Config, load_config
 from swarmctl.drone.builders import CommandBuilder, substitute
 from swarmctl.drone.portage_builder import PortageBuilder
-from swarmctl.drones import DroneRegistry
 from swarmctl.exceptions import InvalidAtom, SwarmError
 from swarmctl.graph import JobSpec
 from swarmctl.healing import Healer
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 from tests.conftest import Spawner, run_cli, wait_until
 
 HOSTILE_ATOMS = [
