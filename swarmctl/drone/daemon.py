@@ -5,6 +5,9 @@
   Second: abort the build, give the job back to the queue, exit.
 - Reports (built/failed/released) are retried through Redis outages; the lease
   they carry makes a late one harmless (refused as stale).
+- A claim whose reply is lost is retried as the same request and gets the same job;
+  heartbeats list the jobs held and the last settled claim request, so the orchestrator
+  can give back a job this drone provably never received (docs/architecture.md).
 """
 
 from __future__ import annotations
