@@ -301,7 +301,8 @@ def drone_table(snapshot: Snapshot, inner: int, rows: int | None = None) -> Tabl
         shown = fleet[:max(0, rows - 1)]
     for drone in shown:
         style = terminal.OFFLINE_ROW_STYLE if drone.status == "offline" else None
-        cells: list[Any] = [drone.name, _status_cell(drone, snapshot.now), drone.task or "-"]
+        # Text, not str: a drone-written value is never parsed as rich markup.
+        cells: list[Any] = [Text(drone.name), _status_cell(drone, snapshot.now), Text(drone.task or "-")]
         cells += [_cell(snapshot, drone, c.name) for c in optional]
         table.add_row(*cells, style=style)
     hidden = fleet[len(shown):]

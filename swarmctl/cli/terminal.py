@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from swarmctl.sanitize import printable
+
 STATUS_STYLE = {
     "building": "bold green",
     "idle": "yellow",
@@ -82,8 +84,12 @@ def styled(value: str, styles: dict[str, str]) -> Text:
     return Text(value.upper(), style=styles.get(value, ""))
 
 
-def jobs_table(jobs: Sequence[Any]) -> Table:
-    table = Table(title=f"{len(jobs)} job(s)", expand=False)
+def jobs_table(jobs: Sequence[Any], total: int | None = None, offset: int = 0) -> Table:
+    if total is None or (offset == 0 and len(jobs) == total):
+        title = f"{len(jobs)} job(s)"
+    else:
+        title = f"jobs {offset + 1 if jobs else offset}-{offset + len(jobs)} of {total}"
+    table = Table(title=title, expand=False)
     table.add_column("PACKAGE", overflow="ellipsis", no_wrap=True, max_width=48)
     table.add_column("STATE", no_wrap=True)
     table.add_column("DRONE", overflow="ellipsis", no_wrap=True, max_width=20)
@@ -110,7 +116,9 @@ def drones_table(drones: Sequence[Any], now: float | None = None) -> Table:
     table.add_column("GROUNDED", justify="right")
     for d in drones:
         grounded = ago(d.grounded_until - now) if d.grounded_until else "-"
-        table.add_row(d.name, styled(d.status, STATUS_STYLE), d.task or "-", percent(d.cpu), percent(d.mem),
+        # Text, not str: a drone-written value is never parsed as rich markup.
+        table.add_row(Text(d.name), styled(d.status, STATUS_STYLE), Text(printable(d.task) or "-"),
+                      percent(d.cpu), percent(d.mem),
                       ago(d.heartbeat_age), str(d.failures), grounded)
     return table
 
