@@ -26,7 +26,7 @@ from swarmctl.registry import DroneRegistry
 from swarmctl.scripts import CLAIM
 from tests.chaos_engine.harness import CLAIM_SHA
 from tests.chaos_engine.proxy import ReplyDropper
-from tests.conftest import Spawner, wait_until
+from tests.helpers import Spawner, wait_until
 from tests.test_drone_process import FAST, start_drone
 
 DROP = 1.0  # seconds replies are dropped; the proxied clients time out after TIMEOUT

@@ -32,9 +32,10 @@ from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.drone.builders import Builder, BuildResult
-from swarmctl.drone.logs import BuildLogs, tail
-from swarmctl.exceptions import NotEnrolled
-from swarmctl.queue import Claim, Grounded, Queue, Unauthorized, new_session
+from swarmctl.drone.logs import BuildLogs
+from swarmctl.exceptions import Grounded, NotEnrolled
+from swarmctl.logtail import tail
+from swarmctl.queue import Claim, Queue, new_session
 from swarmctl.registry import DroneRegistry
 
 log = logging.getLogger("swarmctl.drone")
@@ -158,8 +159,8 @@ class DroneDaemon:
             "clock": f"{time.time():.3f}",  # lets doctor measure this drone's clock skew
         }
         held = [(current.claim.cpv, current.claim.lease)] if current else []
-        reply = self.registry.heartbeat(self.name, self.token, fields, max_events=self.config.queue.events_max,
-                                        held=held, session=self.session, settled=settled)
+        reply = self.registry.heartbeat(self.name, self.token, fields, held=held, session=self.session,
+                                        settled=settled)
         self.grounded_until = reply.grounded_until
         if current is not None and not reply.owned.get(current.claim.cpv, True) and not current.lost:
             # Reclaimed while we were unreachable and taken by another drone: stop wasting time.
@@ -244,7 +245,7 @@ class DroneDaemon:
                     self.grounded_until = grounded.until
                     self.stopping.wait(min(5.0, max(0.5, grounded.until - time.time())))
                     continue
-                except Unauthorized as exc:
+                except NotEnrolled as exc:
                     log.error("%s", exc)
                     return 3
                 except TRANSIENT as exc:
