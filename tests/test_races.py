@@ -406,7 +406,7 @@ def _claim_then_vanish(url: str, name: str, token: str, start: mp.Barrier) -> st
     """A drone process whose claim ran but which never took the job (its reply was lost, then it
     moved on): it claims once under request 1 and heartbeats request 1 as settled, holding nothing."""
     queue = _queue(url)
-    registry = DroneRegistry(queue.redis)
+    registry = DroneRegistry(queue.redis, queue.config)
     session = new_session()
     start.wait()
     claim = queue.claim(name, token, session, 1)
