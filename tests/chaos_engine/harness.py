@@ -473,6 +473,8 @@ class ChaosRun:
             "CHAOS_STATE": STATE_DIR, "CHAOS_DISK_KB": str(DISK_KB),
             "CHAOS_BUILD_MIN_MS": str(self.build_ms[0]), "CHAOS_BUILD_MAX_MS": str(self.build_ms[1]),
             "CHAOS_COMMAND": f"/bin/sh {self.rundir / 'build.sh'} {{cpv}}",
+            # Builds get an allowlisted environment only: pass build.sh what it needs.
+            "SWARM_DRONE_BUILD_ENV": "CHAOS_DRONE CHAOS_WITNESS CHAOS_STATE CHAOS_BUILD_MIN_MS CHAOS_BUILD_MAX_MS",
         }
         etc = root / "etc" / "swarm-chaos"
         etc.mkdir(parents=True, exist_ok=True)
