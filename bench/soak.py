@@ -1,6 +1,6 @@
 """Soak: random faults on a continuous workload for an hour (or --minutes N), same checks as CI.
 
-The harness is bench/_chaos.py (shared with tests/chaos/test_chaos.py): drones on test-bed hosts
+The harness is tests/chaos_engine (shared with tests/chaos/test_chaos.py): drones on test-bed hosts
 (real processes, real SSH daemons, their own init), Redis in its own host with AOF, a leader and a
 standby orchestrator, an external witness counting every finished build. Faults arrive as a
 Poisson process (mean gap --mean-gap s, every kind in the first arrivals), each kind with random
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._chaos import ChaosRun, asdict_plan, format_report, skip_reason, soak_plan
 from swarmctl.config import load_config
+from tests.chaos_engine import ChaosRun, asdict_plan, format_report, skip_reason, soak_plan
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_MEDIAN_RECOVERY = 15.0
@@ -60,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     report["plan"] = asdict_plan(plan)
     report["rundir"] = str(rundir)
     lost = [p for p in report["problems"] if "built events" in p or "never saw" in p or "not fully built" in p]
+    queue = report["queue"]
+    multi = [p for p in report["problems"] if "built events (want exactly 1)" in p and ": 0 built" not in p]
     report["targets"] = {
         "lost_or_duplicated_builds": len(lost),
+        "lost_jobs": sum(1 for p in report["problems"] if ": 0 built events" in p or "never saw it built" in p),
+        "duplicated_beyond_attributed": report["unattributed_extra_builds"] + len(multi),
+        "stuck": queue["needed"] + queue["delegated"] + queue["failed"] + queue["blocked"],
+        "faults_by_kind": {k: v["count"] for k, v in sorted(report["by_kind"].items())},
         "median_recover_s": report["median_recover_s"],
         "median_recover_target_s": TARGET_MEDIAN_RECOVERY,
         "met": not report["problems"] and (report["median_recover_s"] or 0) <= TARGET_MEDIAN_RECOVERY,

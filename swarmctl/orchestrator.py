@@ -46,6 +46,8 @@ class Healer(Protocol):
 @dataclass
 class SweepReport:
     reclaimed: dict[str, list[str]] = field(default_factory=dict)
+    #: Jobs given back because the drone they were delegated to does not hold them.
+    reconciled: dict[str, list[str]] = field(default_factory=dict)
     overdue: list[str] = field(default_factory=list)
     repaired: list[Repair] = field(default_factory=list)
 
@@ -97,6 +99,7 @@ class Orchestrator:
             if taken:
                 report.reclaimed[name] = taken
                 log.warning("reclaimed %d job(s) from offline drone %s", len(taken), name)
+        report.reconciled = self.reconcile()
         drones = self.registry.list(offline_after)
         report.overdue = self._flag_overdue(drones)
         report.repaired = self._check_integrity()
@@ -106,6 +109,21 @@ class Orchestrator:
             except Exception:  # a healing bug must not stop reclaiming
                 log.exception("healing policy failed")
         return report
+
+    def reconcile(self) -> dict[str, list[str]]:
+        """Take back every job delegated to a drone whose heartbeats prove it does not hold it.
+
+        The lost claim reply: the claim ran in Redis, the reply never reached the drone, and the
+        job would stay delegated to a live, idle drone for as long as it lives. The proof (see
+        scripts.RECONCILE) never judges a claim whose reply may still arrive.
+        """
+        reconciled = {}
+        for name in self.registry.names():
+            taken = self.queue.reconcile(name)
+            if taken:
+                reconciled[name] = taken
+                log.warning("took back %d job(s) drone %s does not hold: %s", len(taken), name, " ".join(taken))
+        return reconciled
 
     def _check_integrity(self) -> list[Repair]:
         """Every integrity_interval: repair counts that disagree with the jobs (swarmctl.integrity)."""

@@ -48,6 +48,13 @@ INDEX_WALK_MIN = 20000
 CLEAR_SLICE = 500
 
 
+def new_session() -> str:
+    """A claim session: one drone process's claims. It starts with the process's start time in ms
+    (the drone's clock; a drone's processes run on one host) so a newer process's heartbeats
+    order after an older one's, then a random part."""
+    return f"{int(time.time() * 1000)}-{secrets.token_hex(4)}"
+
+
 @dataclass
 class Job:
     """A job as stored, for listing and JSON output."""
@@ -350,11 +357,16 @@ class Queue:
 
     # -- the drone's side ---------------------------------------------------------------------
 
-    def claim(self, drone: str, token: str) -> Claim | None:
-        """Atomically take the best ready job; None when nothing is ready for this drone."""
+    def claim(self, drone: str, token: str, session: str | None = None, seq: int = 1) -> Claim | None:
+        """Atomically take the best ready job; None when nothing is ready for this drone.
+
+        Request ``seq`` of claim ``session`` (see new_session) is idempotent: calling again with
+        the same pair after a lost reply (a timeout; redis-py's own retries too) returns the job
+        that request already holds, never a second one.
+        """
         reply = self._run(self.scripts.claim, drone, token_sha(token), secrets.token_hex(16),
                           self.config.queue.claim_scan, int(self.config.orchestrator.offline_after * 1000),
-                          self._max_events)
+                          self._max_events, session or new_session(), int(seq))
         if reply[0] == "ok":
             return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]))
         if reply[0] == "grounded":
@@ -405,6 +417,10 @@ class Queue:
         """Return a drone's jobs to the queue (only if still offline, unless offline_after is None)."""
         threshold = 0 if offline_after is None else max(1, int(offline_after * 1000))
         return self._run(self.scripts.reclaim, drone, threshold, reason, self._max_events)
+
+    def reconcile(self, drone: str) -> list[str]:
+        """Give back the jobs delegated to ``drone`` that its heartbeats prove it does not hold."""
+        return self._run(self.scripts.reconcile, drone, self._max_events)
 
     def owner_of(self, cpv: str) -> tuple[str | None, str | None]:
         """(drone, lease) while the job is delegated, else (None, None)."""

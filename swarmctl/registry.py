@@ -10,7 +10,8 @@ from __future__ import annotations
 import builtins
 import re
 import secrets
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
@@ -20,7 +21,7 @@ from swarmctl.config import Config
 from swarmctl.connection import server_time
 from swarmctl.events import Events
 from swarmctl.exceptions import NotEnrolled, SwarmError
-from swarmctl.queue import Queue
+from swarmctl.queue import Queue, refused
 from swarmctl.sanitize import printable
 from swarmctl.scripts import Scripts, decode
 from swarmctl.tokens import new_token, token_sha
@@ -74,7 +75,13 @@ class DroneInfo:
 class HeartbeatReply:
     grounded_until: float
     server_time: float
-    owns_current: bool
+    #: For each job the heartbeat said it holds: does the drone still own it?
+    owned: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def owns_current(self) -> bool:
+        """The drone owns every job it said it holds (true when it holds none)."""
+        return all(self.owned.values())
 
 
 class DroneRegistry:
@@ -122,16 +129,28 @@ class DroneRegistry:
             raise NotEnrolled(f"no drone named {name!r} is enrolled")
 
     def heartbeat(self, name: str, token: str, fields: dict[str, Any], current: str | None = None,
-                  lease: str | None = None) -> HeartbeatReply:
-        """Record liveness and status; raises NotEnrolled for an unknown or revoked drone."""
+                  lease: str | None = None, *,
+                  held: Sequence[tuple[str, str]] | None = None, session: str = "",
+                  settled: int = 0) -> HeartbeatReply:
+        """Record liveness, status and the jobs the drone holds; raises NotEnrolled for an unknown
+        or revoked drone.
+
+        ``held`` lists (cpv, lease) of every job the drone holds (``current``/``lease`` is the
+        one-job shorthand); with its claim ``session`` and the last ``settled`` claim request
+        (see scripts.HEARTBEAT) the orchestrator can prove a delegated job is not held.
+        """
+        if held is None:
+            held = [(current, lease or "")] if current else []
         flat: list[str] = []
         for key, value in fields.items():
             flat += [key, "" if value is None else str(value)]
-        reply = decode(self.scripts.heartbeat(keys=list(keys.QUEUE_KEYS), args=[
-            name, token_sha(token), current or "", lease or "", self.config.queue.events_max, *flat]))
+        reply = refused(decode(self.scripts.heartbeat(keys=list(keys.QUEUE_KEYS), args=[
+            name, token_sha(token), " ".join(c for c, _ in held), " ".join(ls or "-" for _, ls in held),
+            self.config.queue.events_max, session, settled, *flat])))
         if reply[0] != "ok":
             raise NotEnrolled(f"drone {name!r} is not enrolled, revoked, or its token is wrong")
-        return HeartbeatReply(int(reply[1]) / 1000.0, int(reply[2]) / 1000.0, reply[3] == "1")
+        owned = {cpv: flag == "1" for (cpv, _), flag in zip(held, reply[3], strict=True)}
+        return HeartbeatReply(int(reply[1]) / 1000.0, int(reply[2]) / 1000.0, owned)
 
     def ground(self, name: str, seconds: float, queue: Queue) -> list[str]:
         """Ground a drone by hand for ``seconds`` and take its work back."""

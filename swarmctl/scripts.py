@@ -135,6 +135,11 @@ local function owns(cpv, drone, lease)
   return j[1] == 'delegated' and j[2] == drone and j[3] == lease and lease ~= ''
 end
 
+-- A claim session is '<start ms>-<random>': the drone process's start, to order sessions.
+local function session_start(s)
+  return tonumber(string.match(s or '', '^(%d+)') or '0') or 0
+end
+
 local function stale(cpv, drone, what, maxlen)
   redis.call('HINCRBY', KEYS[9], 'stale', 1)
   emit(maxlen, 'stale', cpv, drone, what .. ' from a drone that does not own the job; ignored')
@@ -234,12 +239,30 @@ return {'added', pending}
 
 CLAIM = PRELUDE + """
 -- Hand the best ready job to a drone. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] new lease,
--- ARGV[4] how many ready jobs to look at, ARGV[5] offline threshold ms, ARGV[6] events max.
+-- ARGV[4] how many ready jobs to look at, ARGV[5] offline threshold ms, ARGV[6] events max,
+-- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session.
+-- Idempotent: a retry of the same request (its reply was lost) gets the job that request
+-- already holds, with the same lease, instead of a second job.
 -- Returns {'ok', cpv, lease, estimate, attempts} | {'empty'} | {'grounded', until_ms}
--- | {'unauthorized'}.
+-- | {'unauthorized'} | {'invalid', what}.
 local name = ARGV[1]
+local bad = bad_names({{1, 'drone'}, {7, 'claim session'}})
+  or bad_numbers({{4, 'claim scan', 1, true}, {5, 'offline threshold', 0}, {6, 'events max', 1, true},
+                  {8, 'claim request number', 1, true}})
+if bad then return bad end
 local refusal = refuse_drone(name, ARGV[2])
 if refusal then return {refusal} end
+local session, seq = ARGV[7], ARGV[8]
+local request = session .. ':' .. seq
+local last = redis.call('HMGET', drone_key(name), 'claim_request', 'claim_job')
+if last[1] == request and last[2] then
+  local j = redis.call('HMGET', job_key(last[2]), 'state', 'drone', 'lease', 'estimate', 'attempts',
+                       'claim_session', 'claim_seq')
+  if j[1] == 'delegated' and j[2] == name and j[6] == session and j[7] == seq then
+    emit(ARGV[6], 'claim_replayed', last[2], name, 'a retried claim got the job its lost reply held')
+    return {'ok', last[2], j[3], j[4] or '0', j[5] or '0'}
+  end
+end
 local now = now_ms()
 local grounded = tonumber(redis.call('HGET', drone_key(name), 'grounded_until') or '0')
 if grounded > now then return {'grounded', tostring(grounded)} end
@@ -274,7 +297,9 @@ local jk = job_key(chosen)
 redis.call('ZREM', KEYS[1], chosen)
 set_state(chosen, 'delegated')
 local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
-redis.call('HSET', jk, 'drone', name, 'lease', ARGV[3], 'claimed_at', now)
+redis.call('HSET', jk, 'drone', name, 'lease', ARGV[3], 'claimed_at', now, 'claim_session', session,
+           'claim_seq', seq)
+redis.call('HSET', drone_key(name), 'claim_request', request, 'claim_job', chosen)
 redis.call('SADD', drone_jobs_key(name), chosen)
 emit(ARGV[6], 'claimed', chosen, name, '')
 return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostring(attempts)}
@@ -478,7 +503,9 @@ HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "hos
 #: Longest value kept for each drone-written field, in bytes; any other field: DEFAULT_FIELD_MAX.
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
-                       "problem": 512}
+                       "problem": 512,
+                       # the jobs a drone says it holds, and its claim session (see RECONCILE)
+                       "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256
 
 CLEAN_FIELD = """
@@ -495,41 +522,103 @@ end
 # -- end of heartbeat field hygiene -----------------------------------------------------------------
 
 HEARTBEAT = PRELUDE + CLEAN_FIELD + """
--- A drone's heartbeat. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] current job ('' if none),
--- ARGV[4] its lease, ARGV[5] events max, ARGV[6..] field/value pairs for the drone hash (only the
--- HEARTBEAT_FIELDS are written; anything else is dropped).
--- Returns {'ok', grounded_until, server_ms, owns_current ('1'/'0')} | {'unauthorized'}.
-local name, cpv, lease = ARGV[1], ARGV[3], ARGV[4]
+-- A drone's heartbeat. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] the jobs it holds (CPVs,
+-- space separated; '' if none), ARGV[4] their leases (same order), ARGV[5] events max,
+-- ARGV[6] its claim session, ARGV[7] the number of its last settled claim request (every
+-- request up to it has had its reply handled: a job it got is in ARGV[3] or already reported),
+-- ARGV[8..] field/value pairs for the drone hash (only the HEARTBEAT_FIELDS are written;
+-- anything else is dropped).
+-- The held jobs are recorded (held, held_session, held_settled) for RECONCILE, unless an older
+-- session's heartbeat arrives after a newer one's.
+-- Returns {'ok', grounded_until, server_ms, owned} with owned one '1'/'0' per held job
+-- | {'unauthorized'} | {'invalid', what}.
+local name, session = ARGV[1], ARGV[6]
+local bad = bad_names({{1, 'drone'}})
+  or bad_numbers({{5, 'events max', 1, true}, {7, 'settled claim request', 0, true}})
+if bad then return bad end
 local refusal = refuse_drone(name, ARGV[2])
 if refusal then return {refusal} end
 local now = now_ms()
 local dk = drone_key(name)
 local allowed = {""" + ", ".join(f"['{f}'] = true" for f in HEARTBEAT_FIELDS) + """}
 local fields = {}
-for i = 6, #ARGV - 1, 2 do
+for i = 8, #ARGV - 1, 2 do
   if allowed[ARGV[i]] then table.insert(fields, ARGV[i]); table.insert(fields, clean_field(ARGV[i], ARGV[i + 1])) end
 end
 if #fields > 0 then redis.call('HSET', dk, unpack(fields)) end
 redis.call('HSET', dk, 'last_seen', now)
 redis.call('ZADD', KEYS[8], now, name)
-local owns_current = '0'
-if cpv ~= '' then
+local held, leases = {}, {}
+for c in string.gmatch(ARGV[3], '%S+') do table.insert(held, c) end
+for l in string.gmatch(ARGV[4], '%S+') do table.insert(leases, l) end
+if session ~= '' then
+  local recorded = redis.call('HGET', dk, 'held_session')
+  if not recorded or session_start(session) >= session_start(recorded) then
+    redis.call('HSET', dk, 'held', clean_field('held', ARGV[3]), 'held_session', clean_field('held_session', session),
+               'held_settled', tonumber(ARGV[7]) or 0, 'held_at', now)
+  end
+end
+local owned = {}
+for i, cpv in ipairs(held) do
+  local lease = leases[i] or ''
+  if lease == '-' then lease = '' end  -- the placeholder for a job held without a lease
+  local mine = '0'
   if owns(cpv, name, lease) then
-    owns_current = '1'
+    mine = '1'
   else
     -- Back after being declared offline, still building a job nobody else took: keep it.
     local j = redis.call('HMGET', job_key(cpv), 'state', 'reclaimed_from', 'pending')
-    if j[1] == 'needed' and j[2] == name and tonumber(j[3] or '0') <= 0 then
+    if j[1] == 'needed' and j[2] == name and tonumber(j[3] or '0') <= 0 and lease ~= '' then
       redis.call('ZREM', KEYS[1], cpv)
       set_state(cpv, 'delegated')
       redis.call('HSET', job_key(cpv), 'drone', name, 'lease', lease)
       redis.call('SADD', drone_jobs_key(name), cpv)
       emit(ARGV[5], 'reattached', cpv, name, 'drone came back still building it')
-      owns_current = '1'
+      mine = '1'
+    end
+  end
+  table.insert(owned, mine)
+end
+return {'ok', redis.call('HGET', dk, 'grounded_until') or '0', tostring(now), table.concat(owned)}
+"""
+
+RECONCILE = PRELUDE + """
+-- Give back the jobs delegated to a drone that its heartbeats say it does not hold.
+-- ARGV[1] drone, ARGV[2] events max. A job claimed by request n of session s is judged only
+-- by a heartbeat that proves the reply was handled: one of session s with settled >= n (the job
+-- would be listed if the drone had it), or one of a session started later (a new process,
+-- which never holds an older one's jobs). A claim still in flight is never judged, whatever the
+-- timing of its reply against the heartbeats. Jobs without a session (claimed by an older
+-- version) are left to the offline reclaim.
+-- Returns the reclaimed CPVs | {'invalid', what}.
+local name = ARGV[1]
+local bad = bad_names({{1, 'drone'}}) or bad_numbers({{2, 'events max', 1, true}})
+if bad then return bad end
+local d = redis.call('HMGET', drone_key(name), 'held', 'held_session', 'held_settled')
+if not d[2] or d[2] == '' then return {} end
+local held = {}
+for c in string.gmatch(d[1] or '', '%S+') do held[c] = true end
+local settled = tonumber(d[3] or '0') or 0
+local taken = {}
+for _, cpv in ipairs(redis.call('SMEMBERS', drone_jobs_key(name))) do
+  local j = redis.call('HMGET', job_key(cpv), 'state', 'drone', 'claim_session', 'claim_seq')
+  if j[1] == 'delegated' and j[2] == name and not held[cpv] and j[3] and j[3] ~= '' then
+    local orphan
+    if j[3] == d[2] then
+      orphan = (tonumber(j[4] or '0') or 0) <= settled
+    else
+      orphan = session_start(j[3]) < session_start(d[2])
+    end
+    if orphan then
+      requeue(cpv, name)
+      redis.call('HINCRBY', KEYS[9], 'reconciled', 1)
+      emit(ARGV[2], 'reclaimed', cpv, name, 'live drone does not hold it (claim reply lost, or claimed ' ..
+           'by a previous process); back to the queue')
+      table.insert(taken, cpv)
     end
   end
 end
-return {'ok', redis.call('HGET', dk, 'grounded_until') or '0', tostring(now), owns_current}
+return taken
 """
 
 EMIT = """
@@ -677,6 +766,7 @@ class Scripts:
         self.release = client.register_script(RELEASE)
         self.reclaim = client.register_script(RECLAIM)
         self.heartbeat = client.register_script(HEARTBEAT)
+        self.reconcile = client.register_script(RECONCILE)
         self.reset = client.register_script(RESET)
         self.repair = client.register_script(REPAIR)
         self.priorities = client.register_script(PRIORITIES)

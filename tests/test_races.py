@@ -18,7 +18,7 @@ from swarmctl.events import Events
 from swarmctl.exceptions import SwarmError
 from swarmctl.graph import JobSpec
 from swarmctl.orchestrator import Orchestrator
-from swarmctl.queue import Queue
+from swarmctl.queue import Queue, new_session
 from swarmctl.registry import DroneRegistry
 
 WORKERS = 8
@@ -307,3 +307,126 @@ def test_concurrent_retries_requeue_a_blocked_job_once(redis_client: redis.Redis
     assert queue.get("app-misc/broken-1").state == "needed" and queue.counts()["ready"] == 1
     retried = [e for e in Events(redis_client).since() if e.kind == "retried"]
     assert len(retried) == 1
+
+
+def _retry_one_request(url: str, name: str, token: str, session: str, start: mp.Barrier) -> set[tuple[str, str]]:
+    """Send the same claim request again and again, as a drone whose replies keep getting lost."""
+    queue = _queue(url)
+    start.wait()
+    got = set()
+    for _ in range(25):
+        claim = queue.claim(name, token, session, 1)
+        assert claim is not None
+        got.add((claim.cpv, claim.lease))
+    return got
+
+
+def test_processes_retrying_one_claim_request_all_get_the_one_job_it_took(
+        redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    queue.add([JobSpec(f"app-misc/i{i}-1", estimate=1) for i in range(50)])
+    tokens = _enroll_all(redis_client, 1)
+    session = new_session()
+    with start_line(WORKERS) as barrier:
+        runs = _run(_retry_one_request, [(redis_url, "d0", tokens["d0"], session, barrier)] * WORKERS)
+    answers = set().union(*runs)
+    assert len(answers) == 1  # every retry, in every process: the same job, the same lease
+    (cpv, lease), = answers
+    assert redis_client.smembers(keys.state_set("delegated")) == {cpv}
+    assert queue.owner_of(cpv) == ("d0", lease)
+    assert queue.get(cpv).attempts == 1
+
+
+def _drone_until_built(url: str, name: str, token: str, total: int, start: mp.Barrier) -> int:
+    """A real drone daemon (heartbeating very often) until ``total`` jobs are built."""
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from swarmctl.drone.builders import CommandBuilder
+    from swarmctl.drone.daemon import DroneDaemon
+
+    config = load_config(environ={"SWARM_REDIS_URL": url}).with_overrides(
+        drone__heartbeat_interval=0.05, drone__poll_interval=0.05)
+    client = redis.Redis.from_url(url, decode_responses=True)
+    with tempfile.TemporaryDirectory() as state:
+        daemon = DroneDaemon(client, config, name, token, CommandBuilder(["true"]), Path(state))
+        queue = Queue(client, config)
+
+        def watch() -> None:
+            deadline = time.monotonic() + 60
+            while queue.counts()["built"] < total and time.monotonic() < deadline:
+                time.sleep(0.05)
+            daemon.stopping.set()
+
+        start.wait()
+        threading.Thread(target=watch, daemon=True).start()
+        daemon.run()
+        return daemon.builds
+
+
+def _reconcile_until_built(url: str, names: list[str], total: int, start: mp.Barrier, seconds: float = 60) -> int:
+    """The orchestrator's reconciliation in a tight loop over every drone (until ``total`` jobs are
+    built, or for ``seconds`` when ``total`` is 0)."""
+    queue = _queue(url)
+    start.wait()
+    taken = sweeps = 0
+    deadline = time.monotonic() + seconds
+    while (not total or queue.counts()["built"] < total) and time.monotonic() < deadline:
+        for name in names:
+            taken += len(queue.reconcile(name))
+        sweeps += 1
+    assert sweeps > 10
+    return taken
+
+
+def test_reconciliation_racing_real_drones_takes_back_nothing_they_hold(
+        redis_client: redis.Redis, redis_url: str) -> None:
+    """Claims, their replies, heartbeats and reconciliation interleave every way they can: a job
+    is only taken back on proof, so none is, and each is built once."""
+    total = 200
+    queue = _queue(redis_url)
+    queue.add([JobSpec(f"app-misc/c{i}-1", estimate=1) for i in range(total)])
+    tokens = _enroll_all(redis_client, 4)
+    with start_line(6) as barrier, CTX.Pool(6) as pool:
+        reconcilers = [pool.apply_async(_reconcile_until_built, (redis_url, list(tokens), total, barrier))
+                       for _ in range(2)]
+        builds = pool.starmap(_drone_until_built, [(redis_url, n, t, total, barrier) for n, t in tokens.items()])
+        taken = sum(r.get() for r in reconcilers)
+    assert taken == 0
+    assert sum(builds) == total and queue.counts()["built"] == total
+    events = Events(redis_client, 100000).since()
+    assert not [e for e in events if e.kind == "reclaimed"]
+    assert sum(1 for e in events if e.kind == "built") == total
+    # The drones really did report what they held, from one session each.
+    assert all(redis_client.hget(keys.drone(n), "held_session") for n in tokens)
+
+
+def _claim_then_vanish(url: str, name: str, token: str, start: mp.Barrier) -> str | None:
+    """A drone process whose claim ran but which never took the job (its reply was lost, then it
+    moved on): it claims once under request 1 and heartbeats request 1 as settled, holding nothing."""
+    queue = _queue(url)
+    registry = DroneRegistry(queue.redis, queue.config)
+    session = new_session()
+    start.wait()
+    claim = queue.claim(name, token, session, 1)
+    registry.heartbeat(name, token, {"status": "idle"}, held=[], session=session, settled=1)
+    return claim.cpv if claim else None
+
+
+def test_reconciliation_gives_back_every_job_whose_claim_reply_was_lost(
+        redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    queue.add([JobSpec(f"app-misc/l{i}-1", estimate=1) for i in range(20)])
+    tokens = _enroll_all(redis_client, 6)
+    with start_line(8) as barrier, CTX.Pool(8) as pool:
+        reconcilers = [pool.apply_async(_reconcile_until_built, (redis_url, list(tokens), 0, barrier, 2.0))
+                       for _ in range(2)]
+        lost = pool.starmap(_claim_then_vanish, [(redis_url, n, t, barrier) for n, t in tokens.items()])
+        [r.get() for r in reconcilers]
+    assert all(lost)
+    for name in tokens:
+        queue.reconcile(name)
+    assert queue.counts()["delegated"] == 0 and queue.counts()["ready"] == 20
+    reclaimed = sorted(e.job for e in Events(redis_client, 100000).since() if e.kind == "reclaimed")
+    assert reclaimed == sorted(lost)  # each lost job given back once

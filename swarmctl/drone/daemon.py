@@ -7,6 +7,9 @@
   they carry makes a late one harmless (refused as stale).
 - Preflight: the builder's prerequisites are checked at start and every few minutes;
   a drone that fails them claims nothing and reports ``misconfigured`` until they pass.
+- A claim whose reply is lost is retried as the same request and gets the same job;
+  heartbeats list the jobs held and the last settled claim request, so the orchestrator
+  can give back a job this drone provably never received (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from swarmctl.drone.logs import BuildLogs
 from swarmctl.events import Events
 from swarmctl.exceptions import Grounded, NotEnrolled
 from swarmctl.logtail import tail
-from swarmctl.queue import Claim, Queue
+from swarmctl.queue import Claim, Queue, new_session
 from swarmctl.registry import DroneRegistry
 
 log = logging.getLogger("swarmctl.drone")
@@ -91,6 +94,14 @@ class DroneDaemon:
         self.aborting = threading.Event()
         self.finished = threading.Event()
         self.current: Current | None = None
+        # Claims are numbered within this process's session; a retry after a lost reply sends the
+        # same number again (idempotent). ``settled`` is the last number whose reply has been
+        # handled: its job, if any, is ``current`` (or already reported). Both change with
+        # ``current`` under ``_held_lock``, so a heartbeat never reports them torn apart.
+        self.session = new_session()
+        self.claim_seq = 0
+        self.settled = 0
+        self._held_lock = threading.Lock()
         self.grounded_until = 0.0
         self.hung = False
         self.machine_id = machine_id()
@@ -132,8 +143,16 @@ class DroneDaemon:
             return "grounded"
         return "building" if self.current is not None else "idle"
 
+    def _take(self, current: Current | None, seq: int) -> None:
+        """Claim ``seq`` is handled: its job (if any) is now ``current``."""
+        with self._held_lock:
+            if current is not None:
+                self.current = current
+            self.settled = max(self.settled, seq)
+
     def heartbeat_once(self) -> None:
-        current = self.current
+        with self._held_lock:
+            current, settled = self.current, self.settled
         fields = {
             "status": self.status(),
             "task": current.claim.cpv if current else "",
@@ -148,11 +167,11 @@ class DroneDaemon:
             "clock": f"{time.time():.3f}",  # lets doctor measure this drone's clock skew
             "problem": self.problem or "",
         }
-        reply = self.registry.heartbeat(self.name, self.token, fields,
-                                        current.claim.cpv if current else None,
-                                        current.claim.lease if current else None)
+        held = [(current.claim.cpv, current.claim.lease)] if current else []
+        reply = self.registry.heartbeat(self.name, self.token, fields, held=held, session=self.session,
+                                        settled=settled)
         self.grounded_until = reply.grounded_until
-        if current is not None and not reply.owns_current and not current.lost:
+        if current is not None and not reply.owned.get(current.claim.cpv, True) and not current.lost:
             # Reclaimed while we were unreachable and taken by another drone: stop wasting time.
             log.warning("%s was reclaimed and re-delegated; abandoning the build", current.claim.cpv)
             current.lost = True
@@ -262,17 +281,25 @@ class DroneDaemon:
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         waits = None
+        request: int | None = None  # a claim whose reply has not arrived: retried as is
         try:
             while not self.stopping.is_set():
                 if max_builds is not None and self.builds >= max_builds:
                     break
-                if not self.preflight_gate():
+                # A request whose reply was lost is retried first (it may hold a job); only
+                # then does a failing preflight stop new claims.
+                if request is None and not self.preflight_gate():
                     self.stopping.wait(max(0.1, self._preflight_due - time.monotonic()))
                     continue
+                if request is None:
+                    self.claim_seq += 1
+                    request = self.claim_seq
                 try:
-                    claim = self.queue.claim(self.name, self.token)
+                    claim = self.queue.claim(self.name, self.token, self.session, request)
                     waits = None
                 except Grounded as grounded:
+                    self._take(None, request)
+                    request = None
                     self.grounded_until = grounded.until
                     self.stopping.wait(min(5.0, max(0.5, grounded.until - time.time())))
                     continue
@@ -285,12 +312,17 @@ class DroneDaemon:
                     log.warning("claim failed: Redis unavailable (%s); retrying in %.1f s", exc, wait)
                     self.stopping.wait(wait)
                     continue
+                seq, request = request, None
                 if claim is None:
+                    self._take(None, seq)
                     self.stopping.wait(self.config.drone.poll_interval)
                     continue
-                self._build(claim)
+                self._build(claim, seq)
             return 0
         finally:
+            # Stopping: a claim whose reply never came gives this process nothing; the last
+            # heartbeat says so, and the orchestrator takes such a job back at once.
+            self._take(None, self.claim_seq)
             self.finished.set()
             beat.join(timeout=5)
             self._sign_off()
@@ -299,15 +331,16 @@ class DroneDaemon:
         """Say we are gone, so the fleet view does not show a stopped drone as building."""
         try:
             self.registry.heartbeat(self.name, self.token, {"status": "offline", "task": "", "cpu": "",
-                                                            "mem": "", "hung": 0})
+                                                            "mem": "", "hung": 0},
+                                    held=[], session=self.session, settled=self.settled)
         except (NotEnrolled, *TRANSIENT):
             pass
 
-    def _build(self, claim: Claim) -> None:
+    def _build(self, claim: Claim, seq: int = 0) -> None:
         current = Current(claim=claim, started=time.time(), abort=threading.Event())
         if self.aborting.is_set():
             current.abort.set()
-        self.current = current
+        self._take(current, seq)
         log_path = self.logs.path_for(claim.cpv)
         self.logs.rotate(keep=None)
         log.info("building %s (attempt %d)", claim.cpv, claim.attempts)
@@ -326,7 +359,8 @@ class DroneDaemon:
         try:
             self._report(current, result, duration, log_path)
         finally:
-            self.current = None
+            with self._held_lock:
+                self.current = None
             self.builds += 1
             self.logs.rotate(keep=None)
 

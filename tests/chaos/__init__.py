@@ -1,1 +1,1 @@
-"""Chaos tests: a real swarm on test-bed hosts under random faults (see bench/_chaos.py)."""
+"""Chaos tests: a real swarm on test-bed hosts under random faults (see tests/chaos_engine)."""

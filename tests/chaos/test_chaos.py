@@ -1,6 +1,6 @@
 """The short chaos run CI does (about 2-3 minutes): every fault kind at least once, on a schedule
 drawn from a seeded RNG, against a real swarm on test-bed hosts; then the checks of
-bench/_chaos.py (every job built and published exactly once by the external witness's count,
+tests/chaos_engine (every job built and published exactly once by the external witness's count,
 nothing stuck, no stale completion applied, the rogue grounded and healed, churn 0).
 
 The seed is SWARM_CHAOS_SEED (default 7); the report is printed (``pytest -s`` shows it) and
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bench._chaos import ChaosRun, ci_plan, format_report
 from swarmctl.config import load_config
+from tests.chaos_engine import ChaosRun, ci_plan, format_report
 from tests.testbed.fixtures import require_testbed
 
 pytestmark = [pytest.mark.chaos, pytest.mark.root, pytest.mark.slow]

@@ -39,6 +39,11 @@ Faults (:data:`KINDS`), each run by its own thread so they overlap:
                     its breaker grounded it, as an operator would)
     rogue           the drone fails every build until grounded by its breaker; then healed
                     (the fault removed and the drone released), it must build again
+    lost_reply      the last drone reaches Redis through a TCP proxy (tests.chaos_engine.proxy);
+                    armed, it drops every Redis->drone reply for ~1.5 s from the drone's next
+                    claim: the claim runs in Redis and its reply never arrives. The drone must
+                    end up building that job (its retried claim gets it back) or the orchestrator
+                    must give it back, within :meth:`ChaosRun.lost_reply_bound` seconds
 
 Recovery, per fault: ``detect_s`` is injection -> the swarm's defence (work reclaimed, drone
 grounded, lease taken over); ``recover_s`` is the moment the fault ended (injection for the
@@ -65,6 +70,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -84,7 +90,7 @@ from typing import Any
 
 import redis
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -96,11 +102,15 @@ from swarmctl.events import Event, _event  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
 from swarmctl.queue import Queue  # noqa: E402
 from swarmctl.registry import DroneRegistry  # noqa: E402
-from tests.testbed import TestBed, missing_requirements  # noqa: E402
+from swarmctl.scripts import CLAIM  # noqa: E402
+from tests.chaos_engine.proxy import ReplyDropper  # noqa: E402
+from tests.testbed import GATEWAY, TestBed, missing_requirements  # noqa: E402
 
 KINDS = ("drone_kill", "power_cut", "net_cut_short", "net_cut_long", "leader_kill",
-         "redis_restart", "redis_net_cut", "disk_full", "rogue")
-DRONE_KINDS = {"drone_kill", "power_cut", "net_cut_short", "net_cut_long", "disk_full", "rogue"}
+         "redis_restart", "redis_net_cut", "disk_full", "rogue", "lost_reply")
+DRONE_KINDS = {"drone_kill", "power_cut", "net_cut_short", "net_cut_long", "disk_full", "rogue", "lost_reply"}
+#: What a claim looks like on the wire (redis-py sends EVALSHA with the script's SHA-1).
+CLAIM_SHA = hashlib.sha1(CLAIM.encode()).hexdigest().encode()
 REDIS_KINDS = {"redis_restart", "redis_net_cut"}
 REDIS_PORT = 6379
 STATE_DIR = "/var/lib/chaos-drone"  # inside each drone host; a tmpfs mounted at boot
@@ -110,7 +120,7 @@ ENV_FILE = "/etc/swarm-chaos/drone.env"
 RECOVER_TIMEOUT = 60.0
 
 BUILD_SH = r"""#!/bin/sh
-# Stand-in build (see bench/_chaos.py): 0.2-0.5 s, needs scratch space in the drone's state
+# Stand-in build (see tests/chaos_engine/harness.py): 0.2-0.5 s, needs scratch space in the drone's state
 # dir, fails at once on a rogue drone, and tells the external witness about every finished build.
 cpv=$1
 if [ -e /etc/swarm-chaos/rogue ]; then echo "rogue drone: failing $cpv"; exit 1; fi
@@ -216,6 +226,8 @@ def fault_duration(kind: str, rng: random.Random, offline_after: float) -> float
         return round(rng.uniform(5.0, 15.0), 2)
     if kind == "rogue":
         return round(rng.uniform(2.0, 6.0), 2)  # how long it stays grounded before the heal
+    if kind == "lost_reply":
+        return round(rng.uniform(1.2, 1.8), 2)  # how long replies are dropped
     return 0.0
 
 
@@ -304,6 +316,8 @@ class ChaosRun:
         self.config = load_config(environ=self.env)
         self.offline_after = self.config.orchestrator.offline_after
         self.names = [f"d{i}" for i in range(1, drones + 1)]
+        self.proxied = self.names[-1]  # reaches Redis through the reply-dropping proxy
+        self.proxy: ReplyDropper | None = None
         self.witness = self.rundir / "witness.log"
         self.bed: TestBed | None = None
         self.orchestrators: list[subprocess.Popen[bytes]] = []
@@ -378,6 +392,7 @@ class ChaosRun:
         self.bed = TestBed(self.n_drones + 1, self.prefix, workdir=self.rundir / "bed")
         self.bed.start()
         self._start_redis()
+        self.proxy = ReplyDropper((self.redis_addr, REDIS_PORT), (GATEWAY, 0)).start()
         self.client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=3,
                                            socket_connect_timeout=3)
         self.queue = Queue(self.client, self.config)
@@ -408,6 +423,8 @@ class ChaosRun:
         if self.bed is not None:
             self.bed.close()
             self.bed = None
+        if self.proxy is not None:
+            self.proxy.close()
         if self.client is not None:
             self.client.close()
 
@@ -449,12 +466,15 @@ class ChaosRun:
         values = {
             **{k: v for k, v in self.env.items() if k.startswith(("SWARM_", "XDG_"))},
             "SWARM_DRONE_NAME": name, "SWARM_DRONE_TOKEN": token,
+            **({"SWARM_REDIS_URL": self._proxied_url()} if name == self.proxied else {}),
             "PATH": f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1", "HOME": "/root",
             "CHAOS_PYTHON": sys.executable, "CHAOS_DRONE": name, "CHAOS_WITNESS": str(self.witness),
             "CHAOS_STATE": STATE_DIR, "CHAOS_DISK_KB": str(DISK_KB),
             "CHAOS_BUILD_MIN_MS": str(self.build_ms[0]), "CHAOS_BUILD_MAX_MS": str(self.build_ms[1]),
             "CHAOS_COMMAND": f"/bin/sh {self.rundir / 'build.sh'} {{cpv}}",
+            # Builds get an allowlisted environment only: pass build.sh what it needs.
+            "SWARM_DRONE_BUILD_ENV": "CHAOS_DRONE CHAOS_WITNESS CHAOS_STATE CHAOS_BUILD_MIN_MS CHAOS_BUILD_MAX_MS",
         }
         etc = root / "etc" / "swarm-chaos"
         etc.mkdir(parents=True, exist_ok=True)
@@ -467,6 +487,11 @@ class ChaosRun:
         if not link.is_symlink():
             os.symlink("../init.d/chaos-drone", link)
         self.bed.run(i, ["/etc/init.d/chaos-drone", "start"], check=True)
+
+    def _proxied_url(self) -> str:
+        assert self.proxy is not None
+        host, port = self.proxy.address
+        return f"redis://:{self.password}@{host}:{port}/0"
 
     def _start_orchestrator(self) -> subprocess.Popen[bytes]:
         n = len(self.orchestrators)
@@ -583,7 +608,7 @@ class ChaosRun:
                 # Never fault the last healthy drone: someone has to build.
                 if len(free) <= 1:
                     return None
-                target = self.rng.choice(free)
+                target = self.proxied if kind == "lost_reply" else self.rng.choice(free)
             elif kind in REDIS_KINDS:
                 target = "redis"
             else:
@@ -712,8 +737,35 @@ class ChaosRun:
         if self._wait(lambda: self._beat_after(fault.target, fault.lifted or 0), RECOVER_TIMEOUT):
             fault.recovered = time.time()
         self._note_detect(fault)
+        reattached = [e.job for e in self.events if e.kind == "reattached" and e.drone == fault.target
+                      and (fault.injected or 0) <= e.ts <= (fault.recovered or time.time()) + 1]
+        if reattached:
+            fault.notes.append(f"reattached after the cut: {' '.join(reattached)}")
         if fault.held and not fault.detected:
-            fault.problems.append("held work was not reclaimed")
+            self._explain_unreclaimed(fault)
+
+    def _explain_unreclaimed(self, fault: Fault) -> None:
+        """A long cut whose held work saw no reclaim: a problem unless the work was finished
+        before the cut bit, or the orchestrator rightly could not judge the silence (a Redis
+        fault or a leader change overlapping the cut: see Orchestrator.can_judge_silence)."""
+        t0, t1 = fault.injected or 0.0, fault.lifted or time.time()
+        history = {cpv: [e for e in self.events if e.job == cpv and t0 - 1 <= e.ts <= t1 + 1] for cpv in fault.held}
+        done = {"built", "failed", "requeued", "released", "blocked"}
+        unfinished = [c for c, evs in history.items()
+                      if not any(e.kind in done and e.drone == fault.target and e.ts <= t0 + 1 for e in evs)]
+        if not unfinished:
+            fault.notes.append("held work finished before the cut bit")
+            return
+        blind = [f for f in self.faults if f is not fault and f.injected and f.kind in (*REDIS_KINDS, "leader_kill")
+                 and f.injected <= t1 and f.end + self.offline_after >= t0 - self.offline_after]
+        detail = "; ".join(f"{c}: " + (", ".join(f"{e.kind}@{e.ts - self.t0:.1f}/{e.drone}" for e in history[c])
+                                       or "no events") for c in unfinished)
+        if blind:
+            overlap = ", ".join(f"{f.kind}@{(f.injected or 0) - self.t0:.0f}s" for f in blind)
+            fault.notes.append(f"held work not reclaimed while the orchestrator could not judge silence "
+                               f"({overlap}): {detail}")
+        else:
+            fault.problems.append(f"held work was not reclaimed ({detail})")
 
     def _fault_leader_kill(self, fault: Fault) -> None:
         leader = self._wait(self._leader, 60)
@@ -807,6 +859,61 @@ class ChaosRun:
         fault.lifted = time.time()
         if self._wait(lambda: self._claims_again(fault.target, fault.lifted or 0), RECOVER_TIMEOUT):
             fault.recovered = time.time()
+
+    def lost_reply_bound(self, window: float) -> float:
+        """Longest a job may stay delegated to a drone that does not know it holds it, after a
+        reply lost at the start of a ``window``-second drop: the claim's timeout and retry
+        (which gets the job back), else the drone's next heartbeat and the orchestrator's next
+        sweep (which give it back), plus slack for a loaded machine."""
+        cfg = self.config
+        return (window + cfg.redis.socket_timeout + 2 * cfg.drone.heartbeat_interval
+                + 2 * cfg.orchestrator.interval + 5.0)
+
+    def _known_to_drone(self, name: str, jobs: list[str]) -> bool:
+        """Every one of ``jobs`` is either no longer delegated to ``name`` or in the jobs its last
+        heartbeat said it holds."""
+        assert self.client is not None
+        held = set((self.client.hget(keys.drone(name), "held") or "").split())
+        for cpv in jobs:
+            state, drone = self.client.hmget(keys.job(cpv), "state", "drone")
+            if state == "delegated" and drone == name and cpv not in held:
+                return False
+        return True
+
+    def _fault_lost_reply(self, fault: Fault) -> None:
+        assert self.proxy is not None
+        self.log(f"INJECT lost_reply {fault.target}: replies dropped for {fault.duration:.1f} s from its next claim")
+        armed = time.time()
+        self.proxy.arm(CLAIM_SHA, fault.duration)
+        fault.injected = self.proxy.wait_triggered(RECOVER_TIMEOUT)
+        if fault.injected is None:
+            self.proxy.disarm()
+            fault.injected = armed
+            fault.error = f"{fault.target} sent no claim within {RECOVER_TIMEOUT:.0f} s"
+            return
+        self._stop.wait(max(0.0, fault.injected + fault.duration - time.time()))
+        fault.lifted = fault.injected + fault.duration
+        self._stop.wait(0.5)  # the claim events reach the tail
+        claimed = sorted({e.job for e in self.events if e.kind == "claimed" and e.drone == fault.target
+                          and fault.injected - 0.05 <= e.ts <= fault.lifted})
+        fault.held = claimed
+        fault.notes.append(f"{len(claimed)} claim(s) lost their reply ({' '.join(claimed) or 'none'}), "
+                           f"{self.proxy.dropped_chunks} reply chunk(s) dropped in all")
+        bound = self.lost_reply_bound(fault.duration)
+
+        def settled() -> bool:
+            return self._beat_after(fault.target, fault.lifted or 0) and self._known_to_drone(fault.target, claimed)
+
+        if self._wait(settled, bound + RECOVER_TIMEOUT):
+            fault.recovered = time.time()
+        for kind in ("claim_replayed", "reclaimed"):
+            event = self._event_after(kind, fault.target, fault.injected)
+            if event and (fault.recovered is None or event.ts <= fault.recovered + 1):
+                fault.detected = min(fault.detected or event.ts, event.ts)
+        if fault.recovered is None or fault.recovered - fault.injected > bound:
+            left = _quiet(lambda: [c for c in claimed if not self._known_to_drone(fault.target, [c])], "?")
+            fault.problems.append(f"a job stayed delegated to {fault.target}, which did not hold it, for over "
+                                  f"{bound:.0f} s (still: {left})")
 
     # ------------------------------------------------------------------ the whole run
     def execute(self) -> dict[str, Any]:
