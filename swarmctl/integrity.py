@@ -96,23 +96,34 @@ def _settled(jobs: dict[str, _Job]) -> tuple[dict[str, bool], dict[str, list[str
     for cpv, job in jobs.items():
         if job.state is not None:
             members.setdefault(job.group, []).append(cpv)
+
+    def needed(name: str) -> list[str]:
+        return sorted({jobs[n].group for n in jobs[name].needs if n in jobs and jobs[n].group in members}
+                      - {name}) if name in jobs else []
+
     settled: dict[str, bool] = {}
     for root in members:
-        stack = [root]
-        while stack:  # iterative depth-first: needed groups first
-            name = stack[-1]
-            if name in settled:
-                stack.pop()
+        if root in settled:
+            continue
+        # Iterative depth-first, needed groups first. Only a group on the current path (being
+        # expanded) closes a cycle, which never settles; a group merely found from a sibling
+        # earlier is evaluated in its own turn.
+        path = [(root, iter(needed(root)))]
+        on_path = {root}
+        while path:
+            name, todo = path[-1]
+            nxt = next((n for n in todo if n not in settled), None)
+            if nxt is not None and nxt not in on_path:
+                path.append((nxt, iter(needed(nxt))))
+                on_path.add(nxt)
                 continue
-            needs = sorted({jobs[n].group for n in jobs[name].needs if n in jobs and jobs[n].group in members}
-                           - {name}) if name in jobs else []
-            todo = [n for n in needs if n not in settled and n not in stack]
-            if todo:
-                stack.extend(todo)
-                continue
-            stack.pop()
-            settled[name] = all(jobs[m].state == "built" for m in members[name]) and \
-                all(settled.get(n, False) for n in needs)  # a need still on the stack: a cycle, not settled
+            if nxt is not None:  # a cycle through name: not settled
+                settled[name] = False
+            else:
+                settled[name] = all(jobs[m].state == "built" for m in members[name]) and \
+                    all(settled[n] for n in needed(name))
+            path.pop()
+            on_path.discard(name)
     return settled, members
 
 
