@@ -199,6 +199,7 @@ def test_readiness_matches_the_runtime_closure(redis_client: redis.Redis, config
         else:
             assert ready(queue) >= expected and ready(queue)
             expected = ready(queue)
+        assert integrity.suspects(redis_client)[0] == []
         pick = rng.choice(sorted(expected))
         build(queue, token, pick)
         built.add(pick)
