@@ -225,10 +225,10 @@ def test_a_group_needed_twice_is_judged_settled_once_built(queue: Queue, token: 
 
 def test_a_cycle_of_needed_groups_is_judged_open() -> None:
     """A hand-made cycle between groups never settles; the check must not loop or call it settled."""
-    job = integrity._Job  # noqa: SLF001 - the pure part of the check
+    job = integrity._Job  # the pure part of the check
     jobs = {"x": job("built", 0, "x", 1, True, needs={"y"}), "y": job("built", 0, "y", 1, True, needs={"x"}),
             "z": job("built", 0, "z", 0, True)}
-    settled, _ = integrity._settled(jobs)  # noqa: SLF001
+    settled, _ = integrity._settled(jobs)
     assert settled == {"x": False, "y": False, "z": True}
 
 
