@@ -57,6 +57,21 @@ class Events:
     def since(self, last_id: str = "0-0", count: int | None = None) -> list[Event]:
         return [_event(i, f) for i, f in self.redis.xrange(keys.EVENTS, min=f"({last_id}", count=count)]
 
+    def between(self, start: float | None = None, end: float | None = None, chunk: int = 10_000) -> Iterator[Event]:
+        """Every event from ``start`` to ``end`` (epoch seconds, Redis clock; None: open), oldest first.
+
+        Read in chunks so a long night never costs one huge reply.
+        """
+        low = f"{int(start * 1000)}-0" if start is not None else "-"
+        high = f"{int(end * 1000)}-18446744073709551615" if end is not None else "+"
+        while True:
+            entries = self.redis.xrange(keys.EVENTS, min=low, max=high, count=chunk)
+            for entry_id, fields in entries:
+                yield _event(entry_id, fields)
+            if len(entries) < chunk:
+                return
+            low = f"({entries[-1][0]}"
+
     def follow(self, last_id: str = "$", block_ms: int = 1000) -> Iterator[Event]:
         """Yield new events as they arrive (forever)."""
         while True:

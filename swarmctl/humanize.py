@@ -41,3 +41,30 @@ def stamp(epoch: float | None) -> str:
 
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
+
+
+def seconds(value: float | None) -> str:
+    """A duration that always carries its units: 8.0 s, 2 min 10 s, 3 h 07 min, 2 d 4 h; 'unknown' when None."""
+    if value is None:
+        return "unknown"
+    value = max(0.0, float(value))
+    if value < 60:
+        return f"{value:.1f} s"
+    total = round(value)
+    if total < 3600:
+        return f"{total // 60} min {total % 60} s" if total % 60 else f"{total // 60} min"
+    if total < 86400:
+        return f"{total // 3600} h {total % 3600 // 60:02d} min"
+    return f"{total // 86400} d {total % 86400 // 3600} h"
+
+
+def size(value: float | None) -> str:
+    """Bytes with binary units: 512 B, 3.2 KiB, 1.4 GiB; 'unknown' when None."""
+    if value is None:
+        return "unknown"
+    amount = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(amount) < 1024 or unit == "TiB":
+            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
+        amount /= 1024
+    return f"{amount:.1f} TiB"  # unreachable; keeps mypy content

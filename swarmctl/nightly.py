@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 NIGHTLY_EVENTS = ("STARTED", "FINISHED", "FAILED")
 #: Where the nightly status file lives when ``nightly.status_file`` is empty.
 DEFAULT_NIGHTLY_STATUS = "/var/lib/build-swarm/nightly.status"
+#: The report's file name, in the status file's directory (playbooks/nightly.yml writes it).
+NIGHTLY_REPORT = "nightly-report.html"
 #: Bytes read from the end of the status file (it grows by one line a night).
 _STATUS_TAIL_BYTES = 64 * 1024
 
@@ -76,6 +78,11 @@ class NightlyMark:
 def nightly_status_path(config: Config) -> Path:
     """The nightly status file this host would read."""
     return Path(config.nightly.status_file or DEFAULT_NIGHTLY_STATUS)
+
+
+def nightly_report_path(config: Config) -> Path:
+    """Where the nightly playbook writes the report of the night's builds: beside the status file."""
+    return nightly_status_path(config).with_name(NIGHTLY_REPORT)
 
 
 def read_nightly_file(path: Path) -> list[NightlyMark]:

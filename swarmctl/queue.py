@@ -168,8 +168,7 @@ class Queue:
         self.events = Events(client, self._max_events)
 
     def _run(self, script: Any, *args: object) -> list[str]:
-        reply: list[str] = refused(decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args])))
-        return reply
+        return refused(decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args])))
 
     # -- adding -------------------------------------------------------------------------------
 
@@ -381,7 +380,7 @@ class Queue:
         reply = self.scripts.complete(keys=[*keys.QUEUE_KEYS, keys.history(cp_of(cpv))], args=[
             cpv, drone, token_sha(token), lease, round(duration, 3), artifact_json,
             self._max_events, HISTORY_KEEP])
-        return str(refused(decode(reply))[0])
+        return refused(decode(reply))[0]
 
     def fail(self, cpv: str, drone: str, token: str, lease: str, fault: str, reason: str,
              log_tail: str = "") -> tuple[str, float]:

@@ -18,6 +18,7 @@ into the process's exit status, monitoring-plugin style:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +27,13 @@ import redis
 from swarmctl import keys
 from swarmctl.config import Config
 from swarmctl.facts import SwarmFacts
-from swarmctl.nightly import NightlyMark, last_nightly, nightly_status_path, read_nightly_file
+from swarmctl.nightly import (
+    NightlyMark,
+    last_nightly,
+    nightly_report_path,
+    nightly_status_path,
+    read_nightly_file,
+)
 from swarmctl.queue import queue_counts, read_counts
 from swarmctl.registry import DroneRegistry
 
@@ -71,6 +78,8 @@ class StatusReport:
     leader: str | None
     max_sync_age: float = MAX_SYNC_AGE
     attention: list[Attention] = field(default_factory=list)
+    report_path: str | None = None    # the nightly's report of the night's work, when written
+    report_time: float | None = None  # when it was written (this host's clock: the file's mtime)
 
     @property
     def sync_age(self) -> float | None:
@@ -110,6 +119,10 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age)
     report.attention = assess(report)
+    page = nightly_report_path(config)
+    with contextlib.suppress(OSError):
+        report.report_time = page.stat().st_mtime
+        report.report_path = str(page)
     return report
 
 
@@ -179,6 +192,8 @@ def as_json(report: StatusReport) -> dict[str, Any]:
         },
         "swarm": asdict(report.swarm) | {"leader": report.leader},
         "queue": dict(report.queue),
+        "report": None if report.report_path is None else {"path": report.report_path,
+                                                            "time": report.report_time},
         "attention": [a.as_dict() for a in report.attention],
         "exit_code": exit_code(report.attention),
     }
@@ -194,10 +209,18 @@ JSON_SCHEMA: dict[str, Any] = {
     "$id": SCHEMA_ID,
     "title": "swarmctl status --json",
     "type": "object",
-    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "attention", "exit_code"],
+    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "report", "attention",
+                 "exit_code"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA_ID},
+        "report": {
+            "description": "the nightly's picture of the night's work (swarmctl report), when written",
+            "type": ["object", "null"],
+            "required": ["path", "time"],
+            "additionalProperties": False,
+            "properties": {"path": {"type": "string"}, "time": {"type": "number"}},
+        },
         "time": {"type": "number", "description": "Redis server time, epoch seconds"},
         "sync": {
             "type": "object",

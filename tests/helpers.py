@@ -18,6 +18,7 @@ from typing import TypeVar
 import redis
 
 from swarmctl.embedded import START_TIMEOUT, redis_server_binary
+from swarmctl.events import Event
 from swarmctl.exceptions import BackendUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -174,3 +175,23 @@ def wait_for(predicate: Callable[[], T], timeout: float, what: str, step: float 
     if not value:
         raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
     return value
+
+
+def synthetic_night(jobs: int, drones: int, start: float = 1_000_000.0) -> list[Event]:
+    """A dense night's events for pure tests and benches: each drone builds its share back to back.
+
+    One job in fifty fails once first; job i waits for job i - drones (so chains run down each drone).
+    """
+    events, clock = [], [start] * drones
+    for i in range(jobs):
+        d = i % drones
+        name, job = f"drone-{d:02d}", f"app-misc/p{i}-1"
+        if i % 50 == 0:
+            events.append(Event("", clock[d], "claimed", job, name, ""))
+            clock[d] += 30
+            events.append(Event("", clock[d], "requeued", job, name, "build: command exited 1"))
+        events.append(Event("", clock[d], "claimed", job, name, ""))
+        seconds = 60 + i % 7 * 20
+        clock[d] += seconds
+        events.append(Event("", clock[d], "built", job, name, str(seconds)))
+    return sorted(events, key=lambda e: e.ts)

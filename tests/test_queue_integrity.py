@@ -254,8 +254,7 @@ def test_queue_clear_leaves_no_keys_behind(queue: Queue, swarm_env: dict[str, st
                JobSpec("dev-perl/a-1", run=["dev-perl/b-1"]), JobSpec("dev-perl/b-1", run=["dev-perl/a-1"])])
     assert redis_client.exists(keys.job_dependents("app-misc/never-queued-1"))
     run_cli(["queue", "clear", "--yes"], swarm_env)
-    assert redis_client.keys(keys.JOB_PREFIX + "*") == []
-    assert redis_client.keys(keys.NAMESPACE + "queue:*") == [keys.SEQ]
+    assert redis_client.keys(keys.JOB_PREFIX + "*") == [] and redis_client.keys(keys.state_set("*")) == [keys.SEQ]
 
 
 def test_queue_list_pages(queue: Queue, swarm_env: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from swarmctl import keys
 from swarmctl.cli.views.status import render_status
-from swarmctl.config import Config
+from swarmctl.config import Config, load_config
 from swarmctl.facts import FactStore, SwarmFacts
 from swarmctl.graph import JobSpec
 from swarmctl.nightly import parse_time, read_nightly_file
@@ -247,3 +247,16 @@ def test_nightly_marks_reach_status(swarm_env: dict[str, str]) -> None:
     text = json.dumps(report)
     assert "FAILED" in text and "emerge-webrsync failed" in text
     assert report["sync"]["time"] is not None
+
+
+def test_status_names_the_nightly_report(redis_client: redis.Redis, swarm_env: dict[str, str],
+                                        tmp_path: Path) -> None:
+    """The nightly playbook draws the night beside its status file; status says where to look."""
+    healthy(redis_client, load_config(environ=swarm_env))
+    env = {**swarm_env, "SWARM_NIGHTLY_STATUS_FILE": str(tmp_path / "nightly.status")}
+    assert status_json(env, 0)["report"] is None
+    run_cli(["report", "--html", str(tmp_path / "nightly-report.html")], env)
+    data = status_json(env, 0)
+    assert data["report"]["path"] == str(tmp_path / "nightly-report.html")  # type: ignore[index]
+    shown = run_cli(["status"], env).stdout
+    assert f"Report: {tmp_path / 'nightly-report.html'}" in shown

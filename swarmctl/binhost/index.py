@@ -29,6 +29,7 @@ from pathlib import Path
 from swarmctl.atomicfile import write_atomic
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.exceptions import SwarmError
+from swarmctl.progress import ProgressFn, no_progress, tick
 
 logger = logging.getLogger("swarmctl.binhost.index")
 
@@ -230,12 +231,13 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
+def verify(pkgdir: Path, *, check_manifests: bool = False, progress: ProgressFn = no_progress) -> VerifyReport:
     """Check every index entry against its file, and every file against the index.
 
     Args:
         pkgdir: The binhost directory.
         check_manifests: Also verify each gpkg's internal Manifest (slower).
+        progress: Hears how many entries of how many are checked (swarmctl.progress).
 
     Returns:
         One problem per line: missing file, size or checksum mismatch, entry without
@@ -248,8 +250,10 @@ def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
         report.problems.append(f"{index_path}: no index")
         return report
     index = PackagesIndex.read(index_path)
+    stage = "verifying with manifests" if check_manifests else "verifying"
     for rel_path, entry in sorted(index.entries.items()):
         report.checked += 1
+        tick(progress, stage, report.checked, len(index.entries))
         missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
         if missing:
             report.problems.append(f"{rel_path}: entry lacks {', '.join(missing)}")
@@ -282,7 +286,7 @@ def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
 
 
 def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
-            timeout: float = 3600.0) -> int:
+            timeout: float = 3600.0, progress: ProgressFn = no_progress) -> int:
     """Rebuild ``PKGDIR/Packages`` with portage's ``emaint binhost --fix``, then add SHA256.
 
     Args:
@@ -292,6 +296,7 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
         full: Ignore the existing index (every file is re-read and re-hashed);
             otherwise emaint only refreshes entries whose size or mtime changed.
         timeout: Seconds emaint may take.
+        progress: Hears when emaint runs (no total) and how many files of how many are hashed.
 
     Returns:
         Number of packages in the new index.
@@ -322,6 +327,7 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
             env["PKGDIR"] = str(pkgdir)
             # Incremental on top of make.conf: one plain Packages, built from the files.
             env["FEATURES"] = "-compress-index -pkgdir-index-trusted"
+            progress("indexing with emaint", 0, None)
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
@@ -334,7 +340,8 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
             with contextlib.suppress(FileNotFoundError):
                 aside.unlink()
             index = PackagesIndex.read(store.path)
-            for rel_path, entry in index.entries.items():
+            for n, (rel_path, entry) in enumerate(index.entries.items(), 1):
+                tick(progress, "hashing", n, len(index.entries))
                 file_path = _inside(pkgdir, rel_path)
                 if file_path is not None and file_path.is_file():
                     entry["SHA256"] = FileDigests.of(file_path).sha256

@@ -27,7 +27,7 @@ def doctor(app: AppContext, as_json: bool, deep: bool, max_skew: float) -> None:
     if as_json:
         terminal.print_json(to_json(checks))
     else:
-        terminal.console.print(render_checks(checks), highlight=False)
+        terminal.print_messages(render_checks(checks).renderables)
     code = exit_code(checks)
     if code:
         raise SystemExit(code)

@@ -180,11 +180,13 @@ def run(app: AppContext, name: str | None, token: str | None, builder: str | Non
 
 @click.command("drones")
 @click.option("--json", "as_json", is_flag=True, help="JSON list of drones.")
+@click.option("--tsv", is_flag=True, help="Tab-separated values, a header then one drone per line.")
 @pass_app
-def drones(app: AppContext, as_json: bool) -> None:
+def drones(app: AppContext, as_json: bool, tsv: bool) -> None:
     """List every drone: status, task, cpu, mem, heartbeat, failures, grounding."""
     fleet = app.registry.list()
     if as_json:
         terminal.print_json([d.as_dict() for d in fleet])
     else:
-        terminal.console.print(terminal.drones_table(fleet, app.registry.server_time()))
+        terminal.print_table(terminal.DRONE_COLUMNS, terminal.drone_rows(fleet, app.registry.server_time()),
+                             f"{len(fleet)} drone(s)", tsv=tsv)

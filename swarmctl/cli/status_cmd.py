@@ -32,7 +32,7 @@ def status(app: AppContext, as_json: bool, max_sync_age: float) -> None:
     if as_json:
         terminal.print_json(to_json(report))
     else:
-        terminal.console.print(render_status(report), highlight=False)
+        terminal.print_messages(render_status(report).renderables)
     code = exit_code(report.attention)
     if code:
         raise SystemExit(code)

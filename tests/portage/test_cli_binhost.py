@@ -25,6 +25,21 @@ def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> N
     run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env)
 
 
+def test_long_binhost_work_shows_progress_on_a_terminal_only(  # type: ignore[no-untyped-def]
+        drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:
+    Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+    tty = {**swarm_env, "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
+    shown = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], tty).stdout
+    assert "verifying with manifests" in shown and "1 of 1" in shown, shown
+    shown = run_cli(["binhost", "reindex", "--dir", str(pkgdir)], tty).stdout
+    assert "indexing with emaint" in shown and "hashing" in shown, shown
+    for args in (["verify", "--manifests"], ["reindex"]):
+        piped = run_cli(["binhost", *args, "--dir", str(pkgdir)], swarm_env).stdout
+        quiet = run_cli(["binhost", *args, "--quiet", "--dir", str(pkgdir)], tty).stdout
+        for out in (piped, quiet):
+            assert "verifying" not in out and "hashing" not in out and len(out.splitlines()) == 1, out
+
+
 def test_missing_dir_is_one_line(swarm_env: dict[str, str], tmp_path: Path) -> None:
     done = run_cli(["binhost", "reindex", "--dir", str(tmp_path / "nope")], swarm_env, check=False)
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1

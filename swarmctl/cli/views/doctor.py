@@ -1,24 +1,27 @@
-"""The human view of ``swarmctl doctor``: one row per check, the fix under each problem."""
+"""The human view of ``swarmctl doctor``: one line per check, the fix on the line under each problem."""
 
 from __future__ import annotations
 
-from rich.table import Table
+from rich.console import Group
 from rich.text import Text
 
 from swarmctl.cli import terminal
 from swarmctl.doctor import Check
 
 
-def render_checks(checks: list[Check]) -> Table:
-    """One row per check (state, name, what was seen); the fix under each problem, wrapped in its column."""
-    table = Table.grid(padding=(0, 1))
-    table.add_column(no_wrap=True)
-    table.add_column(no_wrap=True, style=terminal.BOLD)
-    table.add_column(ratio=1)
+def render_checks(checks: list[Check]) -> Group:
+    """One line per check (state, name, what was seen); a 'fix:' line under each problem.
+
+    Each is one message: through a pipe one line, on a terminal wrapped with its continuation indented.
+    """
+    width = max((len(c.name) for c in checks), default=0)
+    lines: list[Text] = []
     for check in checks:
-        body = Text(check.summary)
+        line = Text(f"[{terminal.CHECK_MARK[check.state]}]", style=terminal.CHECK_STYLE[check.state])
+        line.append(" ")
+        line.append(check.name.ljust(width), style=terminal.BOLD)
+        line.append(f" {check.summary}")
+        lines.append(line)
         if check.hint and check.state in ("warn", "fail"):
-            body.append(f"\nfix: {check.hint}", style=terminal.DIM)
-        table.add_row(Text(f"[{terminal.CHECK_MARK[check.state]}]", style=terminal.CHECK_STYLE[check.state]),
-                      check.name, body)
-    return table
+            lines.append(Text(f"{' ' * 7}fix: {check.hint}", style=terminal.DIM))
+    return Group(*lines)

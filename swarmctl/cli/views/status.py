@@ -37,9 +37,12 @@ def render_status(report: StatusReport) -> Group:
     queue.append(f"{q['failed']} failed", style=terminal.STATE_STYLE["failed"] if q["failed"] else "")
     queue.append(", ")
     queue.append(f"{q['blocked']} blocked", style=terminal.STATE_STYLE["blocked"] if q["blocked"] else "")
+    rows: list[tuple[str, Text | str]] = [("Sync", sync), ("World", world), ("Binary", binary), ("Swarm", drones),
+                                          ("Queue", queue)]
+    if report.report_path is not None:
+        rows.append(("Report", Text(f"{report.report_path} (written {stamp(report.report_time)})")))
     lines = [terminal.labelled(label, "").append_text(value if isinstance(value, Text) else Text(value))
-             for label, value in (("Sync", sync), ("World", world), ("Binary", binary), ("Swarm", drones),
-                                  ("Queue", queue))]
+             for label, value in rows]
     if report.attention:
         lines.append(Text(""))
         for item in report.attention:
