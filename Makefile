@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean prereqs-demo prereqs-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# The system packages first (standard library only, no venv yet): one line per missing tool
+# with the command that installs it (README: "What you need").
+prereqs-demo:
+	@$(PYTHON) -m swarmctl.prereqs demo
+
+prereqs-test:
+	@$(PYTHON) -m swarmctl.prereqs test
+
+demo: prereqs-demo $(STAMP)
 	$(BIN)/swarmctl demo
 
 lint: $(STAMP)
@@ -21,7 +29,7 @@ lint: $(STAMP)
 	@if [ -f .yamllint ]; then $(BIN)/yamllint -s .; fi
 	@if [ -d roles ] && [ -f .ansible-lint ]; then PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint; fi
 
-test: lint
+test: prereqs-test lint
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -30,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/publish.py
+	$(BIN)/python bench/package_policy.py
 	$(BIN)/python bench/schedule.py
 
 clean:

@@ -3,6 +3,10 @@
 Embedded Redis (its own data dir), a verifying binhost on loopback, an
 orchestrator, and N drone processes each building with real portage in its
 own prefix, from the bundled sample overlay (or any repository).
+
+:meth:`LocalSwarm.watch` always ends: when the queue settles, or with a :class:`Halt`
+naming why not (a job failed for good, no drone can build, nothing progressed, out of
+time); :meth:`LocalSwarm.stop` stops every process the swarm started.
 """
 
 from __future__ import annotations
@@ -21,19 +25,35 @@ from pathlib import Path
 
 import redis
 
+from swarmctl import keys
 from swarmctl.binhost.index import verify
 from swarmctl.binhost.server import BinhostServer, QueueGate, make_server
 from swarmctl.config import Config, load_config
 from swarmctl.embedded import EmbeddedRedis
-from swarmctl.events import Events
+from swarmctl.events import Event, Events
+from swarmctl.logtail import tail
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.overlay import DEFAULT_WORLD, install_overlay
 from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
 from swarmctl.queue import Queue
-from swarmctl.registry import DroneRegistry
+from swarmctl.registry import DroneInfo, DroneRegistry
 from swarmctl.resolver import PackageResolver
 
 log = logging.getLogger("swarmctl.demo")
+
+#: Events that show the swarm moving (a heartbeat alone is not progress).
+PROGRESS_EVENTS = frozenset({"claimed", "built", "requeued", "failed", "blocked", "released", "reattached",
+                             "preflight-ok"})
+#: Lines of a build log or daemon log a halt shows.
+TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Why a run stopped before the queue settled: one line, and the evidence (a log tail)."""
+
+    reason: str
+    detail: str = ""
 
 
 @dataclass
@@ -141,19 +161,100 @@ class LocalSwarm:
         counts = self.queue.counts()
         return counts["needed"] == 0 and counts["delegated"] == 0
 
-    def wait(self, timeout: float, on_tick: Callable[[], None] | None = None) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def watch(self, timeout: float, stall: float, expected_blocked: tuple[str, ...] = (),
+              on_tick: Callable[[], None] | None = None,
+              on_event: Callable[[Event], None] | None = None, step: float = 0.5) -> Halt | None:
+        """Wait for the queue to settle: None when it did, else the :class:`Halt` that ended the wait.
+
+        Ends at once when a job fails for good (or is blocked unexpectedly), when no drone can
+        build (each grounded, misconfigured or exited), when nothing progressed for ``stall``
+        seconds, or ``timeout`` seconds after the swarm started.
+        """
+        deadline = self.started + timeout
+        events = Events(self.client)
+        cursor = "0-0"
+        last_progress = time.monotonic()
+        while True:
             if on_tick is not None:
                 on_tick()
+            for event in events.since(cursor):
+                cursor = event.id
+                if event.kind in PROGRESS_EVENTS:
+                    last_progress = time.monotonic()
+                if on_event is not None:
+                    on_event(event)
+            halt = self.failed_for_good(expected_blocked) or self.nobody_can_build()
+            if halt is not None:
+                return halt
             if self.settled():
-                return True
-            dead = [n for n, p in self.procs.items() if p.poll() is not None]
-            if len(dead) == len(self.procs):
-                log.error("every drone exited")
-                return False
-            time.sleep(0.5)
-        return self.settled()
+                return None
+            fleet = self.registry.list()
+            if any(d.status == "building" and not d.hung for d in fleet):
+                last_progress = time.monotonic()
+            now = time.monotonic()
+            if now - last_progress >= stall:
+                return Halt(f"nothing progressed for {stall:.0f} s (no build started or finished); "
+                            f"stopping ({self._open_jobs()})", self._fleet_lines(fleet))
+            if now >= deadline:
+                return Halt(f"timed out: the demo's {timeout:.0f} s are up ({self._open_jobs()})",
+                            self._fleet_lines(fleet))
+            time.sleep(step)
+
+    def _open_jobs(self) -> str:
+        counts = self.queue.counts()
+        return f"{counts['needed']} job(s) waiting, {counts['delegated']} building, {counts['built']} built"
+
+    def failed_for_good(self, expected_blocked: tuple[str, ...] = ()) -> Halt | None:
+        """A Halt naming the package, the drone, the reason and the log tail of a job that failed for good."""
+        cpvs = sorted(self.client.smembers(keys.state_set("failed")))
+        cpvs += sorted(set(self.client.smembers(keys.state_set("blocked"))) - set(expected_blocked))
+        if not cpvs:
+            return None
+        cpv = cpvs[0]
+        state, drone, reason = self.client.hmget(keys.job(cpv), "state", "last_failed_by", "reason")
+        drone = drone or "?"
+        log_tail = self.queue.tails(cpv).get(drone) or self.build_log_tail(drone, cpv)
+        more = f" (and {len(cpvs) - 1} more)" if len(cpvs) > 1 else ""
+        return Halt(f"{cpv} {state} on {drone}: {reason}{more}", log_tail)
+
+    def nobody_can_build(self) -> Halt | None:
+        """A Halt when every drone is grounded, misconfigured or exited (a drone not yet seen is neither)."""
+        fleet = {d.name: d for d in self.registry.list()}
+        down = []
+        for name, proc in self.procs.items():
+            drone = fleet.get(name)
+            if proc.poll() is not None:
+                down.append((f"{name} exited ({proc.returncode})", self.daemon_log_tail(name)))
+            elif drone is not None and drone.status == "misconfigured":
+                down.append((f"{name} misconfigured: {drone.problem}", self.daemon_log_tail(name, 4)))
+            elif drone is not None and drone.status == "grounded":
+                why = self._last_failure(name)
+                down.append((f"{name} grounded (breaker){': ' + why[0] if why else ''}", why[1] if why else ""))
+            else:
+                return None
+        if not down:
+            return None
+        detail = next((d for _, d in down if d), "")
+        return Halt("no drone can build: " + "; ".join(line for line, _ in down), detail)
+
+    def _last_failure(self, drone: str) -> tuple[str, str] | None:
+        """The drone's most recent failure report (reason, log tail), from the event stream."""
+        for event in reversed(Events(self.client).tail(200)):
+            if event.drone == drone and event.kind in ("requeued", "failed", "blocked") and event.job:
+                return f"{event.job}: {event.reason}", self.build_log_tail(drone, event.job)
+        return None
+
+    def build_log_tail(self, drone: str, cpv: str) -> str:
+        """The end of ``drone``'s newest build log of ``cpv``."""
+        logs = sorted((self.workdir / "drones" / drone / "state" / "logs").glob(f"*-{cpv.replace('/', '--')}.log"))
+        return tail(logs[-1], TAIL_LINES) if logs else ""
+
+    def daemon_log_tail(self, drone: str, lines: int = TAIL_LINES) -> str:
+        return tail(self.workdir / "drones" / drone / "daemon.log", lines)
+
+    @staticmethod
+    def _fleet_lines(fleet: list[DroneInfo]) -> str:
+        return "\n".join(f"{d.name}: {d.status} {d.problem or d.task or ''}".rstrip() for d in fleet)
 
     def summary(self) -> SwarmSummary:
         jobs = self.queue.jobs()
@@ -182,9 +283,16 @@ class LocalSwarm:
         return proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+        """Stop everything this swarm started: drones, binhost, orchestrator, embedded Redis.
+
+        Drones get two SIGTERMs: the second aborts a running build (its emerge is killed and
+        the job given back) instead of waiting for it to finish.
+        """
+        for _ in range(2):
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=20)

@@ -8,7 +8,8 @@ What is checked, in order: Redis reachable and persistent; an orchestrator
 holding the leader lease; enrolled drones heartbeating; the nightly cron entry
 verified as scheduled; the nightly run STARTED recently (and did not FAIL); the
 binhost's ``Packages`` index consistent with its files (on the binhost, where
-``binhost.dir`` is set); clock skew between this host, the drones and Redis.
+``binhost.dir`` is set); clock skew between this host, the drones and Redis; on a
+drone (``drone.name`` set), its builder's preflight, with the fix for each problem.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import redis
 from swarmctl import keys
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT, describe
-from swarmctl.exceptions import SwarmError
+from swarmctl.exceptions import ConfigError, SwarmError
 from swarmctl.facts import FactStore, SwarmFacts
 from swarmctl.humanize import ago
 from swarmctl.nightly import last_nightly, last_started, nightly_status_path, read_nightly_file
@@ -110,6 +111,7 @@ def check_drones(client: redis.Redis, config: Config) -> Check:
                      "swarmctl drone enroll NAME, then deploy it with the swarm_drone role")
     silent = [d for d in fleet if d.status == "offline"]
     grounded = [d.name for d in fleet if d.status == "grounded"]
+    misconfigured = [f"{d.name} ({d.problem})" for d in fleet if d.status == "misconfigured"]
     hung = [d.name for d in fleet if d.hung and d.status != "offline"]
     beating = len(fleet) - len(silent)
     summary = f"{beating}/{len(fleet)} enrolled drones heartbeating"
@@ -122,13 +124,36 @@ def check_drones(client: redis.Redis, config: Config) -> Check:
         problems.append(f"silent: {_names(ages)}")
     if grounded:
         problems.append(f"grounded: {_names(grounded)}")
+    if misconfigured:
+        problems.append(f"misconfigured: {_names(misconfigured)}")
     if hung:
         problems.append(f"hung builds: {_names(hung)}")
     if problems:
         return Check("drones", "warn", f"{summary}; {'; '.join(problems)}",
                      "swarmctl events shows why; restart a silent drone's service, release a grounded one "
-                     "with swarmctl drone release NAME once fixed, or revoke a drone that is gone")
+                     "with swarmctl drone release NAME once fixed, or revoke a drone that is gone; "
+                     "swarmctl doctor on a misconfigured drone's host prints its fix")
     return Check("drones", "ok", summary)
+
+
+def check_preflight(config: Config) -> Check:
+    """On a drone's host: can its builder build (the check its daemon runs before claiming)?"""
+    if not config.drone.name:
+        return Check("preflight", "skip", "not a drone (drone.name is not set)")
+    from swarmctl.cli.context import AppContext
+    from swarmctl.cli.drone_cmd import make_builder
+
+    try:
+        builder = make_builder(AppContext(config))
+    except (ConfigError, OSError) as exc:  # e.g. no prefix and no repo, a build user that cannot reach it
+        return Check("preflight", "fail", f"drone {config.drone.name}: its builder cannot start: {exc}",
+                     "fix the drone's configuration (drone.builder, drone.prefix, drone.build_user)")
+    result = builder.preflight()
+    if result.ok:
+        return Check("preflight", "ok", f"drone {config.drone.name}: its {config.drone.builder} builder can build")
+    return Check("preflight", "fail", f"drone {config.drone.name} misconfigured: {result.reason}",
+                 "; ".join(p.fix for p in result.problems) + " (the drone resumes by itself within "
+                 f"drone.preflight_retry = {config.drone.preflight_retry:g} s)")
 
 
 def check_cron(meta: FactStore, now: float) -> Check:
@@ -339,6 +364,7 @@ def run_checks(config: Config, connect: Callable[[], redis.Redis], deep: bool = 
         checks.append(_guard("clock", lambda: check_clock(client, config, max_skew)))
     else:
         checks.append(Check("clock", "skip", "needs Redis"))
+    checks.append(_guard("preflight", lambda: check_preflight(config)))
     return checks
 
 

@@ -200,8 +200,13 @@ class SwarmCollector(Collector):
         failures = GaugeMetricFamily("swarm_drone_consecutive_failures",
                                      "The drone's current failure streak (the breaker grounds at breaker.failures).",
                                      labels=["drone"])
+        misconfigured = GaugeMetricFamily("swarm_drone_misconfigured",
+                                          "1 for a drone whose preflight fails (it claims nothing), with the reason.",
+                                          labels=["drone", "reason"])
         for d in drones:
             builds.add_metric([d.name], d.built)
+            if d.status == "misconfigured":
+                misconfigured.add_metric([d.name, d.problem or ""], 1)
             failures.add_metric([d.name], d.failures)
             if d.heartbeat_age is not None:
                 age.add_metric([d.name], d.heartbeat_age)
@@ -209,7 +214,7 @@ class SwarmCollector(Collector):
                 cpu.add_metric([d.name], d.cpu)
             if d.mem is not None and d.status != "offline":
                 mem.add_metric([d.name], d.mem)
-        yield from (builds, age, cpu, mem, failures)
+        yield from (builds, age, cpu, mem, failures, misconfigured)
 
     @staticmethod
     def _stats(stats: dict[str, str]) -> Iterator[Metric]:

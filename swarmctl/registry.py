@@ -27,7 +27,7 @@ from swarmctl.tokens import new_token, token_sha
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _MACHINE_ID_RE = re.compile(r"[0-9a-f]{32}")
-STATUSES = ("building", "idle", "grounded", "stopping", "offline")
+STATUSES = ("building", "idle", "grounded", "misconfigured", "stopping", "offline")
 
 
 def validate_name(name: str) -> str:
@@ -63,6 +63,8 @@ class DroneInfo:
     hung: bool
     machine_id: str | None
     host: str | None
+    #: Why a misconfigured drone cannot build (its preflight's reason), else None.
+    problem: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +184,8 @@ class DroneRegistry:
         reported = row.get("status") or "idle"
         if revoked or age is None or age > offline_after:
             status = "offline"
+        elif reported == "misconfigured":  # the cause beats the breaker's verdict on it
+            status = "misconfigured"
         elif grounded_until:
             status = "grounded"
         else:
@@ -194,6 +198,7 @@ class DroneRegistry:
             failures=int(num("failures") or 0), grounded_until=grounded_until,
             built=int(num("built") or 0), revoked=revoked, hung=row.get("hung") == "1",
             machine_id=printable(row.get("machine_id") or None), host=printable(row.get("host") or None),
+            problem=printable(row.get("problem") or None) if status == "misconfigured" else None,
         )
 
     def offline(self, offline_after: float) -> builtins.list[str]:  # list: the method above

@@ -250,8 +250,8 @@ local function other_could_take(cpv)
   if healthy == nil then
     healthy = {}
     for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], now - tonumber(ARGV[5]), '+inf')) do
-      local d = redis.call('HMGET', drone_key(other), 'grounded_until', 'revoked')
-      if other ~= name and tonumber(d[1] or '0') <= now and d[2] ~= '1' then
+      local d = redis.call('HMGET', drone_key(other), 'grounded_until', 'revoked', 'status')
+      if other ~= name and tonumber(d[1] or '0') <= now and d[2] ~= '1' and d[3] ~= 'misconfigured' then
         table.insert(healthy, other)
       end
     end
@@ -387,7 +387,12 @@ end
 
 local attempts = tonumber(redis.call('HGET', jk, 'attempts') or '0')
 local outcome = 'requeued'
-if attempts >= tonumber(ARGV[9]) then
+if fault == 'drone' then
+  -- This drone's environment failed, not the package: the attempt does not count (the breaker
+  -- below does), so a misconfigured drone never gets a package marked failed.
+  redis.call('HINCRBY', jk, 'attempts', -1)
+  requeue(cpv, name)
+elseif attempts >= tonumber(ARGV[9]) then
   set_state(cpv, 'failed')
   outcome = 'failed'
 else
@@ -467,12 +472,13 @@ return taken
 #: The only fields a drone's heartbeat may write into its record (never its token, its
 #: recorded machine id, its breaker state or its grounding).
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
-                    "machine_id_seen", "clock")
+                    "machine_id_seen", "clock", "problem")
 
 # -- heartbeat field hygiene (the drone is untrusted: checked here, where Redis writes) -------------
 #: Longest value kept for each drone-written field, in bytes; any other field: DEFAULT_FIELD_MAX.
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
-                       "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32}
+                       "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
+                       "problem": 512}
 DEFAULT_FIELD_MAX = 256
 
 CLEAN_FIELD = """

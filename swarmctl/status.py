@@ -63,6 +63,7 @@ class SwarmCounts:
     drones_online: int = 0
     drones_available: int = 0  # online and not grounded or stopping
     drones_grounded: int = 0
+    drones_misconfigured: int = 0  # their preflight fails: they claim nothing
     building: int = 0
 
 
@@ -78,6 +79,8 @@ class StatusReport:
     leader: str | None
     max_sync_age: float = MAX_SYNC_AGE
     attention: list[Attention] = field(default_factory=list)
+    #: Misconfigured drones and why (their preflight's reason).
+    misconfigured: dict[str, str] = field(default_factory=dict)
     report_path: str | None = None    # the nightly's report of the night's work, when written
     report_time: float | None = None  # when it was written (this host's clock: the file's mtime)
 
@@ -113,11 +116,13 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
         drones_online=sum(1 for d in drones if d.status != "offline"),
         drones_available=sum(1 for d in drones if d.status in ("building", "idle")),
         drones_grounded=sum(1 for d in drones if d.status == "grounded"),
+        drones_misconfigured=sum(1 for d in drones if d.status == "misconfigured"),
         building=queue["delegated"],
     )
     report = StatusReport(now=seconds + micros / 1e6, meta=meta,
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
-                          queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age)
+                          queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age,
+                          misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"})
     report.attention = assess(report)
     page = nightly_report_path(config)
     with contextlib.suppress(OSError):
@@ -148,9 +153,13 @@ def assess(report: StatusReport) -> list[Attention]:
     if queued and report.swarm.drones_available == 0:
         why = ("no drones enrolled" if report.swarm.drones_total == 0 else
                f"{report.swarm.drones_online}/{report.swarm.drones_total} online, "
-               f"{report.swarm.drones_grounded} grounded")
+               f"{report.swarm.drones_grounded} grounded, {report.swarm.drones_misconfigured} misconfigured")
         found.append(Attention("no_drone_online", "critical",
                                f"{queued} job(s) queued but no drone can take work ({why})"))
+    if report.misconfigured:
+        found.append(Attention("misconfigured", "warning", "; ".join(
+            f"{name} misconfigured: {why}" for name, why in sorted(report.misconfigured.items()))
+            + " (swarmctl doctor on that host prints the fix)"))
     if queued and not report.leader:
         found.append(Attention("no_orchestrator", "warning",
                                "no orchestrator is leading: work of drones that die is not reclaimed"))
@@ -259,11 +268,11 @@ JSON_SCHEMA: dict[str, Any] = {
         },
         "swarm": {
             "type": "object",
-            "required": ["drones_total", "drones_online", "drones_available", "drones_grounded", "building",
-                         "leader"],
+            "required": ["drones_total", "drones_online", "drones_available", "drones_grounded",
+                         "drones_misconfigured", "building", "leader"],
             "additionalProperties": False,
             "properties": {"drones_total": _COUNT, "drones_online": _COUNT, "drones_available": _COUNT,
-                           "drones_grounded": _COUNT, "building": _COUNT,
+                           "drones_grounded": _COUNT, "drones_misconfigured": _COUNT, "building": _COUNT,
                            "leader": {"type": ["string", "null"], "description": "orchestrator holding the lease"}},
         },
         "queue": {
@@ -278,7 +287,7 @@ JSON_SCHEMA: dict[str, Any] = {
                 "type": "object", "required": ["code", "severity", "message"], "additionalProperties": False,
                 "properties": {
                     "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "cron_failed", "no_drone_online",
-                                      "no_orchestrator", "blocked", "failed"]},
+                                      "misconfigured", "no_orchestrator", "blocked", "failed"]},
                     "severity": {"enum": ["warning", "critical"]},
                     "message": {"type": "string"},
                 },

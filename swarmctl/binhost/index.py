@@ -25,11 +25,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from swarmctl.atomicfile import write_atomic
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.exceptions import SwarmError
 from swarmctl.progress import ProgressFn, no_progress, tick
+
+if TYPE_CHECKING:
+    from swarmctl.binhost.policy import ContentPolicy
 
 logger = logging.getLogger("swarmctl.binhost.index")
 
@@ -231,12 +235,15 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(pkgdir: Path, *, check_manifests: bool = False, progress: ProgressFn = no_progress) -> VerifyReport:
+def verify(pkgdir: Path, *, check_manifests: bool = False, policy: ContentPolicy | None = None,
+           progress: ProgressFn = no_progress) -> VerifyReport:
     """Check every index entry against its file, and every file against the index.
 
     Args:
         pkgdir: The binhost directory.
-        check_manifests: Also verify each gpkg's internal Manifest (slower).
+        check_manifests: Also verify each gpkg's internal Manifest and apply the content
+            policy, as a publish does (slower).
+        policy: The content policy (default: the documented defaults).
         progress: Hears how many entries of how many are checked (swarmctl.progress).
 
     Returns:
@@ -272,17 +279,28 @@ def verify(pkgdir: Path, *, check_manifests: bool = False, progress: ProgressFn 
             if key in entry and entry[key].lower() != actual:
                 report.problems.append(f"{rel_path}: {key} mismatch (index {entry[key]}, file {actual})")
         if check_manifests:
-            try:
-                info = inspect_gpkg(file_path)
-                if info.cpv != entry["CPV"]:
-                    report.problems.append(f"{rel_path}: file is {info.cpv}, index says {entry['CPV']}")
-            except GpkgError as exc:
-                report.problems.append(str(exc))
+            report.problems += _manifest_problems(file_path, rel_path, entry, policy)
     for file_path in sorted(_package_files(pkgdir)):
         rel_path = file_path.relative_to(pkgdir).as_posix()
         if rel_path not in index.entries:
             report.problems.append(f"{rel_path}: package file not in the index")
     return report
+
+
+def _manifest_problems(file_path: Path, rel_path: str, entry: dict[str, str],
+                       policy: ContentPolicy | None) -> list[str]:
+    """What ``verify --manifests`` finds in one file: Manifest, identity, content policy."""
+    from swarmctl.binhost.policy import ContentPolicy
+
+    policy = policy or ContentPolicy.default()
+    try:
+        info = inspect_gpkg(file_path, limits=policy.limits)
+        if info.cpv != entry["CPV"]:
+            return [f"{rel_path}: file is {info.cpv}, index says {entry['CPV']}"]
+        policy.check(file_path, info)
+    except GpkgError as exc:
+        return [f"{rel_path}: {exc}"]
+    return []
 
 
 def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,

@@ -31,6 +31,7 @@ def binhost() -> None:
 @click.pass_obj
 def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
     """Accept verified uploads from drones and serve PKGDIR to portage clients."""
+    from swarmctl.binhost.policy import ContentPolicy
     from swarmctl.binhost.server import QueueGate, ServerSettings, make_server
 
     directory = _pkgdir(obj, pkgdir)
@@ -43,6 +44,7 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         header_timeout=cfg.header_timeout,
         max_connections=cfg.max_connections,
         max_connections_per_address=cfg.max_connections_per_address,
+        policy=ContentPolicy.from_config(cfg),
     )
     client = obj.client
     from swarmctl.queue import Queue
@@ -90,16 +92,19 @@ def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, increment
 
 @binhost.command("verify")
 @click.option("--dir", "pkgdir", metavar="PKGDIR", help="Binhost directory (default: binhost.dir).")
-@click.option("--manifests", is_flag=True, help="Also verify every gpkg's internal Manifest.")
+@click.option("--manifests", is_flag=True,
+              help="Also verify every gpkg's internal Manifest and its content policy.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @click.pass_obj
 def verify_cmd(obj: Any, pkgdir: str | None, manifests: bool, quiet: bool) -> None:
     """Check every package file against the index (size, MD5, SHA1, SHA256) and vice versa."""
     from swarmctl.binhost.index import verify
+    from swarmctl.binhost.policy import ContentPolicy
 
     directory = _pkgdir(obj, pkgdir)
     with terminal.progress(quiet) as progress:
-        report = verify(directory, check_manifests=manifests, progress=progress)
+        report = verify(directory, check_manifests=manifests, policy=ContentPolicy.from_config(obj.config.binhost),
+                        progress=progress)
     for problem in report.problems:
         click.echo(problem)
     if not report.ok:

@@ -79,11 +79,12 @@ def make_builder(app: AppContext) -> Builder:
     from swarmctl.drone.portage_builder import PortageBuilder
     from swarmctl.portage_env.prefix import hand_over, load_prefix, make_prefix
 
+    min_free = cfg.preflight_min_free_mb * 1024 * 1024
     if not cfg.prefix:
         if os.geteuid() == 0:
             log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
         return PortageBuilder(None, app.config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
-                              allow_env=cfg.build_env)
+                              allow_env=cfg.build_env, min_free_bytes=min_free)
     try:
         prefix = load_prefix(Path(cfg.prefix))
     except FileNotFoundError:
@@ -101,7 +102,7 @@ def make_builder(app: AppContext) -> Builder:
         _check_build_user(user, [("-w", prefix.root, "write")])
         log.info("builds run as %s (uid %d) in %s", user.name, user.uid, prefix.root)
     return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog, allow_env=cfg.build_env,
-                          user=user)
+                          user=user, min_free_bytes=min_free)
 
 
 def _check_build_user(user: build_env.BuildUser, checks: list[tuple[str, Path, str]]) -> None:

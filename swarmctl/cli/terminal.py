@@ -37,6 +37,7 @@ STATUS_STYLE = {
     "building": "bold green",
     "idle": "yellow",
     "grounded": "bold red",
+    "misconfigured": "bold red",
     "stopping": "magenta",
     "offline": "grey50",
 }
@@ -52,6 +53,8 @@ EVENT_STYLE = {
     "failed": "red",
     "blocked": "bold red",
     "grounded": "bold red",
+    "misconfigured": "bold red",
+    "preflight-ok": "green",
     "reclaimed": "yellow",
     "stale": "magenta",
     "restarted": "cyan",
@@ -106,6 +109,13 @@ def styled(value: str, styles: dict[str, str]) -> Text:
 def coloured(value: str, styles: dict[str, str]) -> Text:
     """A state or status as ``--json`` spells it (so grep finds it), in its colour."""
     return Text(value, style=styles.get(value, ""))
+
+
+def drone_task(drone: Any) -> str:
+    """What a drone is doing; for a misconfigured one, why it cannot build."""
+    if drone.status == "misconfigured" and getattr(drone, "problem", None):
+        return str(drone.problem)
+    return drone.task or "-"
 
 
 def jobs_title(shown: int, total: int | None = None, offset: int = 0) -> str:
@@ -269,7 +279,7 @@ def drone_rows(drones: Sequence[Any], now: float) -> list[list[Cell]]:
         grounded = f"for {seconds(d.grounded_until - now)}" if d.grounded_until else "-"
         seen = "never" if d.heartbeat_age is None else f"{seconds(d.heartbeat_age)} ago"
         # Text, not str: a drone-written value is never parsed as rich markup.
-        rows.append([Text(d.name), coloured(d.status, STATUS_STYLE), Text(printable(d.task) or "-"),
+        rows.append([Text(d.name), coloured(d.status, STATUS_STYLE), Text(printable(drone_task(d)) or "-"),
                      percent(d.cpu), percent(d.mem),
                      seen, str(d.failures), grounded])
     return rows

@@ -24,7 +24,8 @@ import psutil
 
 from swarmctl.atoms import split_cpv
 from swarmctl.build_env import BuildUser, as_user, build_environment
-from swarmctl.exceptions import ConfigError
+from swarmctl.drone.preflight import CommandPreflight, PreflightResult
+from swarmctl.exceptions import ConfigError, InvalidAtom
 
 #: ok / the build failed / a dependency could not be fetched / drone misconfigured / hung.
 FAULTS = ("none", "build", "dependency", "drone", "hung")
@@ -51,6 +52,10 @@ class BuildResult:
 
 class Builder(Protocol):
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult: ...
+
+    def preflight(self) -> PreflightResult:
+        """Whether this drone can build at all (checked before it claims; see drone/preflight.py)."""
+        ...
 
 
 def sha256_file(path: Path, chunk: int = 1024 * 1024) -> str:
@@ -197,9 +202,16 @@ class CommandBuilder:
         self.watchdog = watchdog
         self.allow_env = list(allow_env)
 
+    def preflight(self) -> PreflightResult:
+        return CommandPreflight(self.template, build_environment(None, self.allow_env)).check()
+
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult:
-        code, problem = run_supervised(substitute(self.template, cpv), log_path, abort,
-                                       env=build_environment(None, self.allow_env), watchdog=self.watchdog)
+        try:
+            argv = substitute(self.template, cpv)
+        except InvalidAtom as exc:  # the job's fault (as with the portage builder), never the drone's
+            return BuildResult(ok=False, fault="build", reason=str(exc))
+        code, problem = run_supervised(argv, log_path, abort, env=build_environment(None, self.allow_env),
+                                       watchdog=self.watchdog)
         if problem == "aborted":
             return BuildResult(ok=False, fault="none", reason="aborted", aborted=True)
         if problem == "hung":

@@ -5,6 +5,8 @@
   Second: abort the build, give the job back to the queue, exit.
 - Reports (built/failed/released) are retried through Redis outages; the lease
   they carry makes a late one harmless (refused as stale).
+- Preflight: the builder's prerequisites are checked at start and every few minutes;
+  a drone that fails them claims nothing and reports ``misconfigured`` until they pass.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.drone.builders import Builder, BuildResult
 from swarmctl.drone.logs import BuildLogs
+from swarmctl.events import Events
 from swarmctl.exceptions import Grounded, NotEnrolled
 from swarmctl.logtail import tail
 from swarmctl.queue import Claim, Queue
@@ -92,6 +95,9 @@ class DroneDaemon:
         self.hung = False
         self.machine_id = machine_id()
         self.builds = 0
+        #: Why this drone cannot build (its builder's preflight failed), or None.
+        self.problem: str | None = None
+        self._preflight_due = 0.0
         psutil.cpu_percent(None)  # prime the counter: the first call always says 0.0
         watchdog = getattr(builder, "watchdog", None)
         if watchdog is not None:
@@ -120,6 +126,8 @@ class DroneDaemon:
             return "offline"
         if self.stopping.is_set():
             return "stopping"
+        if self.problem:
+            return "misconfigured"
         if self.grounded_until > time.time():
             return "grounded"
         return "building" if self.current is not None else "idle"
@@ -138,6 +146,7 @@ class DroneDaemon:
             "version": __version__,
             "machine_id_seen": self.machine_id or "",
             "clock": f"{time.time():.3f}",  # lets doctor measure this drone's clock skew
+            "problem": self.problem or "",
         }
         reply = self.registry.heartbeat(self.name, self.token, fields,
                                         current.claim.cpv if current else None,
@@ -175,6 +184,49 @@ class DroneDaemon:
         if hung and self.current is not None:
             log.warning("%s shows no progress (no output, no CPU)", self.current.claim.cpv)
 
+    # -- preflight -------------------------------------------------------------------------
+
+    def preflight_gate(self) -> bool:
+        """May this drone claim work? Runs the builder's preflight when it is due.
+
+        Checked every ``drone.preflight_interval`` while it passes, every ``drone.preflight_retry``
+        while it fails: the drone resumes by itself once the cause is fixed, and no package is
+        ever handed to a drone that would fail it for its own reasons.
+        """
+        now = time.monotonic()
+        if now < self._preflight_due:
+            return self.problem is None
+        check = getattr(self.builder, "preflight", None)
+        problem: str | None = None
+        fixes: list[str] = []
+        if check is not None:
+            try:
+                result = check()
+                problem = None if result.ok else result.reason
+                fixes = [p.fix for p in result.problems]
+            except Exception as exc:  # a preflight bug must not stop the drone: report it instead
+                log.exception("preflight crashed")
+                problem = f"preflight error: {exc}"
+        cfg = self.config.drone
+        self._preflight_due = now + (cfg.preflight_interval if problem is None else cfg.preflight_retry)
+        if problem != self.problem:
+            if problem:
+                log.error("misconfigured: %s; claiming nothing until this is fixed (checked again every "
+                          "%g s); fix: %s", problem, cfg.preflight_retry, "; ".join(fixes) or "see swarmctl doctor")
+            else:
+                log.info("preflight passed; claiming work again")
+            self.problem = problem
+            self._tell("misconfigured" if problem else "preflight-ok", problem or "")
+        return problem is None
+
+    def _tell(self, kind: str, reason: str) -> None:
+        """An event and an early heartbeat, so the fleet view shows the change now (best effort)."""
+        try:
+            Events(self.redis, self.config.queue.events_max).emit(kind, drone=self.name, reason=reason)
+            self.heartbeat_once()
+        except (NotEnrolled, *TRANSIENT) as exc:
+            log.warning("could not report %s (%s); the next heartbeat will", kind, exc)
+
     # -- the work loop ---------------------------------------------------------------------
 
     def _with_redis(self, what: str, call: Callable[[], Any], unreported: Any = None) -> Any:
@@ -206,6 +258,7 @@ class DroneDaemon:
             self.name, None, "drone restarted; its previous process's job(s) go back to the queue"))
         if orphans:
             log.warning("gave back %d job(s) orphaned by a previous process: %s", len(orphans), " ".join(orphans))
+        self.preflight_gate()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         waits = None
@@ -213,6 +266,9 @@ class DroneDaemon:
             while not self.stopping.is_set():
                 if max_builds is not None and self.builds >= max_builds:
                     break
+                if not self.preflight_gate():
+                    self.stopping.wait(max(0.1, self._preflight_due - time.monotonic()))
+                    continue
                 try:
                     claim = self.queue.claim(self.name, self.token)
                     waits = None
@@ -265,6 +321,8 @@ class DroneDaemon:
         self.hung = False
         if not result.ok and result.fault == "build" and self._out_of_space(log_path):
             result = BuildResult(ok=False, fault="drone", reason=f"no space left on the drone ({result.reason})")
+        if result.fault == "drone":
+            self._preflight_due = 0.0  # the drone's own fault: check it again before the next claim
         try:
             self._report(current, result, duration, log_path)
         finally:
@@ -312,8 +370,10 @@ class DroneDaemon:
         else:
             outcome = self.publisher.publish(claim, result, duration)
             if outcome == "failed":
+                # The package's content refused by policy is the build's fault (two drones block
+                # it); any other permanent refusal is this drone's.
                 verdict = getattr(self.publisher, "last_verdict", None)
-                return BuildResult(ok=False, fault="drone",
+                return BuildResult(ok=False, fault=getattr(verdict, "fault", "drone"),
                                    reason=f"the binhost refused the package: {getattr(verdict, 'reason', '?')}")
             if outcome == "retry-later":
                 outcome = self._with_redis("release", lambda: q.release(

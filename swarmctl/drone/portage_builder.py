@@ -25,6 +25,7 @@ from swarmctl.atoms import split_build_id, split_cpv, validate_cpv
 from swarmctl.binhost.gpkg import GPKG_SUFFIX
 from swarmctl.build_env import BuildUser, as_user, build_environment
 from swarmctl.drone.builders import BuildResult, Watchdog, artifact_for, run_supervised
+from swarmctl.drone.preflight import PortagePreflight, PreflightResult
 from swarmctl.logtail import tail
 from swarmctl.portage_env.prefix import PortagePrefix
 
@@ -34,14 +35,23 @@ logger = logging.getLogger("swarmctl.drone.portage_builder")
 LOG_TAIL_BYTES = 256 * 1024
 
 # Patterns over the tail of emerge's output. Order matters: the first match wins.
-_DRONE_PATTERNS = (
-    re.compile(r"!!! Your current profile is invalid"),
-    re.compile(r"!!! Parse error in '([^']*)'"),
-    re.compile(r"!!! ARCH is not set"),
-    re.compile(r"!!! Repository '[^']*' is missing masters"),
-    re.compile(r"No space left on device"),
-    re.compile(r"!!! Permission denied"),
-    re.compile(r"!!! Invalid PORTAGE_TMPDIR"),
+# The drone's environment: whatever package it builds fails the same way (never the package's blame).
+# A template names the cause from the match's groups; None quotes the matching line.
+_DRONE_PATTERNS: tuple[tuple[re.Pattern[str], str | None], ...] = (
+    (re.compile(r"!!! Your current profile is invalid"), None),
+    (re.compile(r"!!! Parse error in '([^']*)'"), None),
+    (re.compile(r"make\.conf\", line \d+: .*"), None),  # portage's shlex on a broken make.conf
+    (re.compile(r"!!! ARCH is not set"), None),
+    (re.compile(r"!!! Repository '[^']*' is missing masters"), None),
+    (re.compile(r"No space left on device"), None),
+    (re.compile(r"!!! Permission denied"), None),
+    (re.compile(r"!!! Invalid PORTAGE_TMPDIR"), None),
+    (re.compile(r"BINPKG_COMPRESS unsupported (\S+?)\.? Missing package: (\S+)"),
+     "compressor {1} not found (BINPKG_COMPRESS={1}; install {2})"),
+    (re.compile(r"CompressorNotFound: (\S+)"), "compressor {1} not found"),
+    (re.compile(r"(?:^|[\s:/])((?:[\w.+]+-)*(?:gcc|cc|g\+\+|c\+\+|clang|clang\+\+|make|gmake|ld|ar|as)"
+                r"(?:-[\d.]+)?): (?:command )?not found", re.MULTILINE), "{1} not found (toolchain)"),
+    (re.compile(r"Failed to create binpkg file"), "portage could not write the binary package"),
 )
 _DEPENDENCY_PATTERNS = (
     re.compile(r"Failed on (?:SHA1|MD5|SIZE|SHA256|BLAKE2B) verification"),
@@ -89,6 +99,7 @@ class PortageBuilder:
         poll_interval: float = 0.5,
         allow_env: Sequence[str] = (),
         user: BuildUser | None = None,
+        min_free_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         """Set up the builder.
 
@@ -105,6 +116,7 @@ class PortageBuilder:
             allow_env: Variables passed to emerge beyond the allowlist (``drone.build_env``).
             user: Run emerge as this user (the prefix must be handed to it, see
                 :func:`swarmctl.portage_env.prefix.hand_over`); prefix builds only.
+            min_free_bytes: Free space PKGDIR, PORTAGE_TMPDIR and DISTDIR need to pass preflight.
         """
         if user is not None and prefix is None:
             raise ValueError("builds run as another user only in a prefix (the host's portage uses FEATURES=userpriv)")
@@ -119,6 +131,7 @@ class PortageBuilder:
         self.poll_interval = poll_interval
         self.allow_env = list(allow_env)
         self.user = user
+        self.min_free_bytes = min_free_bytes
         self._pkgdir: Path | None = prefix.pkgdir if prefix is not None else None
 
     # -- public API ---------------------------------------------------------
@@ -226,6 +239,10 @@ class PortageBuilder:
                                "(is --buildpkg honoured, BINPKG_FORMAT=gpkg?)", artifacts=[])
         return BuildResult(ok=True, fault="none", reason="", artifacts=[artifact_for(p, cpv) for p in new])
 
+    def preflight(self) -> PreflightResult:
+        """Portage, the compressor, a compiler, writable dirs, the repositories (drone/preflight.py)."""
+        return PortagePreflight(self, self.min_free_bytes).check()
+
     def pkgdir(self) -> Path:
         """The PKGDIR emerge writes to (asks ``portageq`` on a host without prefix)."""
         if self._pkgdir is None:
@@ -270,12 +287,14 @@ def classify_failure(cpv: str, returncode: int, tail: str) -> tuple[str, str]:
     Returns:
         ``(fault, reason)``: fault is ``build`` (the target failed; the breakers decide
         whether drone or package is to blame), ``dependency`` (a dependency could not be
-        fetched or built) or ``drone`` (portage on this drone is misconfigured).
+        fetched or built) or ``drone`` (this drone's environment: portage misconfigured, a
+        compressor or compiler missing, PKGDIR unwritable; it fails every package alike).
     """
-    for pattern in _DRONE_PATTERNS:
+    for pattern, template in _DRONE_PATTERNS:
         match = pattern.search(tail)
         if match:
-            return "drone", f"portage misconfigured on this drone: {_line_of(tail, match)}"
+            cause = template.format(*[match[0], *match.groups()]) if template else _line_of(tail, match)
+            return "drone", f"portage misconfigured on this drone: {cause}"
     phase = _last(_PHASE_ERROR, tail)
     if phase is not None:
         failed = phase[1]

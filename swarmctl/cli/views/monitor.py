@@ -22,7 +22,7 @@ from swarmctl.monitor import Eta, Snapshot
 from swarmctl.registry import DroneInfo
 
 #: Order of drones in the table: trouble first, then work, then the rest.
-STATUS_ORDER = {"grounded": 0, "building": 1, "stopping": 2, "idle": 3, "offline": 4}
+STATUS_ORDER = {"misconfigured": 0, "grounded": 0, "building": 1, "stopping": 2, "idle": 3, "offline": 4}
 
 @dataclass(frozen=True)
 class _Column:
@@ -58,6 +58,8 @@ def _status_cell(drone: DroneInfo, now: float) -> Text:
                     style=terminal.STATUS_STYLE["grounded"])
     if drone.status == "building" and drone.hung:
         return Text("HUNG", style=terminal.HUNG_STYLE)
+    if drone.status == "misconfigured":  # the reason is in the task column
+        return Text("MISCONFIG", style=terminal.STATUS_STYLE["misconfigured"])
     return terminal.styled(drone.status, terminal.STATUS_STYLE)
 
 
@@ -87,7 +89,7 @@ def drone_table(snapshot: Snapshot, inner: int, rows: int | None = None) -> Tabl
     for drone in shown:
         style = terminal.OFFLINE_ROW_STYLE if drone.status == "offline" else None
         # Text, not str: a drone-written value is never parsed as rich markup.
-        cells: list[Any] = [Text(drone.name), _status_cell(drone, snapshot.now), Text(drone.task or "-")]
+        cells: list[Any] = [Text(drone.name), _status_cell(drone, snapshot.now), Text(terminal.drone_task(drone))]
         cells += [_cell(snapshot, drone, c.name) for c in optional]
         table.add_row(*cells, style=style)
     hidden = fleet[len(shown):]

@@ -32,6 +32,8 @@ def render_status(report: StatusReport) -> Group:
                   style=bad if report.open_jobs and not swarm.drones_available else "")
     if swarm.drones_grounded:
         drones.append(f", {swarm.drones_grounded} grounded", style=terminal.STATUS_STYLE["grounded"])
+    if swarm.drones_misconfigured:
+        drones.append(f", {swarm.drones_misconfigured} misconfigured", style=terminal.STATUS_STYLE["misconfigured"])
     queue = Text(f"{q['needed']} needed ({q['ready']} ready, {q['waiting']} waiting), {q['delegated']} building, "
                  f"{q['built']} built, ")
     queue.append(f"{q['failed']} failed", style=terminal.STATE_STYLE["failed"] if q["failed"] else "")
