@@ -1,0 +1,64 @@
+"""The drone's builder, made from the configuration (the daemon and doctor's preflight check share it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from swarmctl import build_env
+from swarmctl.config import Config
+from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
+from swarmctl.exceptions import ConfigError
+
+log = logging.getLogger("swarmctl.drone")
+
+
+def make_builder(config: Config) -> Builder:
+    """The configured builder (drone.builder); the daemon hooks into its watchdog."""
+    cfg = config.drone
+    watchdog = Watchdog(idle=cfg.hung_idle_seconds, kill=cfg.hung_kill_seconds)
+    if cfg.builder == "command":
+        return CommandBuilder(cfg.command, watchdog, allow_env=cfg.build_env)
+    if cfg.builder != "portage":
+        raise ConfigError(f"drone.builder: unknown builder {cfg.builder!r} (command or portage)")
+    from swarmctl.drone.portage_builder import PortageBuilder
+    from swarmctl.portage_env.prefix import hand_over, load_prefix, make_prefix
+
+    min_free = cfg.preflight_min_free_mb * 1024 * 1024
+    if not cfg.prefix:
+        if os.geteuid() == 0:
+            log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
+        return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+                              allow_env=cfg.build_env, min_free_bytes=min_free)
+    try:
+        prefix = load_prefix(Path(cfg.prefix))
+    except FileNotFoundError:
+        if not cfg.repo:
+            raise ConfigError(f"drone.prefix: {cfg.prefix} is not a portage prefix yet; "
+                              "set drone.repo to create it from a repository") from None
+        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), config.binhost.url)
+    user = build_env.resolve_build_user(cfg.build_user)
+    if user is not None:
+        _check_build_user(user, [("-x", prefix.root.parent, "reach"),
+                                 ("-r", prefix.repo / "profiles/repo_name", "read"),
+                                 ("-x", prefix.bindir / "python3", "run"),
+                                 ("-x", Path(prefix.tool("emerge")), "run")])
+        hand_over(prefix, user)
+        _check_build_user(user, [("-w", prefix.root, "write")])
+        log.info("builds run as %s (uid %d) in %s", user.name, user.uid, prefix.root)
+    return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog, allow_env=cfg.build_env,
+                          user=user, min_free_bytes=min_free)
+
+
+def _check_build_user(user: build_env.BuildUser, checks: list[tuple[str, Path, str]]) -> None:
+    """Fail at start, in one line, when the build user cannot use the prefix, repository or portage."""
+    test = shutil.which("test") or "/usr/bin/test"
+    for flag, path, need in checks:
+        done = subprocess.run([test, flag, str(path)], check=False, cwd="/", env={"PATH": os.defpath},
+                              **build_env.as_user(user))
+        if done.returncode != 0:
+            raise ConfigError(f"drone.build_user: {user.name} cannot {need} {path} (a parent directory may be "
+                              "private); make it reachable, or set drone.build_user to '' to build as root")
