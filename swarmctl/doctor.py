@@ -140,10 +140,10 @@ def check_preflight(config: Config) -> Check:
     """On a drone's host: can its builder build (the check its daemon runs before claiming)?"""
     if not config.drone.name:
         return Check("preflight", "skip", "not a drone (drone.name is not set)")
-    from swarmctl.drone.factory import make_builder
+    from swarmctl.drone.configured import builder_from_config
 
     try:
-        builder = make_builder(config)
+        builder = builder_from_config(config)
     except (ConfigError, OSError) as exc:  # e.g. no prefix and no repo, a build user that cannot reach it
         return Check("preflight", "fail", f"drone {config.drone.name}: its builder cannot start: {exc}",
                      "fix the drone's configuration (drone.builder, drone.prefix, drone.build_user)")

@@ -13,8 +13,8 @@ from swarmctl import build_env, paths
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.defaults import SETTINGS
+from swarmctl.drone.configured import builder_from_config
 from swarmctl.drone.daemon import DroneDaemon, Publisher
-from swarmctl.drone.factory import make_builder
 from swarmctl.registry import validate_name
 
 log = logging.getLogger("swarmctl.drone")
@@ -120,7 +120,7 @@ def run(app: AppContext, name: str | None, token: str | None, builder: str | Non
     if not app.registry.authenticate(cfg.name, cfg.token):
         raise click.ClickException(f"drone {cfg.name!r} is not enrolled, revoked, or its token is wrong "
                                    "(enroll it with: swarmctl drone enroll NAME)")
-    daemon = DroneDaemon(app.client, app.config, cfg.name, cfg.token, make_builder(app.config), directory,
+    daemon = DroneDaemon(app.client, app.config, cfg.name, cfg.token, builder_from_config(app.config), directory,
                          publisher=make_publisher(app, cfg.name, cfg.token))
     daemon.install_signal_handlers()
     terminal.note(f"drone {cfg.name} (pid {os.getpid()}) working; logs in {directory / 'logs'}")

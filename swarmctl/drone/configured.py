@@ -1,4 +1,8 @@
-"""The drone's builder, made from the configuration (the daemon and doctor's preflight check share it)."""
+"""The builder a drone's configuration names (drone.builder), ready to build.
+
+Shared by the daemon (``swarmctl drone run``) and ``swarmctl doctor``'s preflight check on
+a drone's host, so both judge the very builder the daemon would use.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from swarmctl.exceptions import ConfigError
 log = logging.getLogger("swarmctl.drone")
 
 
-def make_builder(config: Config) -> Builder:
+def builder_from_config(config: Config) -> Builder:
     """The configured builder (drone.builder); the daemon hooks into its watchdog."""
     cfg = config.drone
     watchdog = Watchdog(idle=cfg.hung_idle_seconds, kill=cfg.hung_kill_seconds)
