@@ -22,6 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -184,7 +185,7 @@ def large_writes(tmp: Path) -> dict[str, object]:
 
 def main() -> None:
     large_only = "--large-only" in sys.argv[1:]
-    result: dict[str, object] = {}
+    result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         result["large_writes"] = large_writes(Path(tmp))
     if large_only:

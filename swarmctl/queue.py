@@ -275,7 +275,7 @@ class Queue:
         if len(broken) > shown:
             log.warning("dependency cycles: %d more gates dropped (see the event stream)", len(broken) - shown)
         for start in range(0, len(broken), READ_PAGE):
-            with self.redis.pipeline(transaction=False) as pipe:  # plain commands: no script, no MULTI
+            with self.redis.pipeline(transaction=False) as pipe:  # one script call each, no MULTI needed
                 for edge in broken[start:start + READ_PAGE]:
                     self.events.emit("cycle", job=edge.job, reason=f"stopped waiting for {edge.gate} "
                                      f"({edge.kind} edge) to break a dependency cycle", pipeline=pipe)

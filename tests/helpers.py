@@ -17,9 +17,11 @@ from typing import TypeVar
 
 import redis
 
+from swarmctl import keys
 from swarmctl.embedded import START_TIMEOUT, redis_server_binary
 from swarmctl.events import Event
 from swarmctl.exceptions import BackendUnavailable
+from swarmctl.queue import Queue
 
 REPO = Path(__file__).resolve().parent.parent
 SWARMCTL = [sys.executable, "-m", "swarmctl"]
@@ -195,3 +197,19 @@ def synthetic_night(jobs: int, drones: int, start: float = 1_000_000.0) -> list[
         clock[d] += seconds
         events.append(Event("", clock[d], "built", job, name, str(seconds)))
     return sorted(events, key=lambda e: e.ts)
+
+
+def ready(queue: Queue) -> set[str]:
+    """The jobs a drone could claim now."""
+    return set(queue.redis.zrange(keys.READY, 0, -1))
+
+
+def build(queue: Queue, token: str, cpv: str, drone: str = "izar") -> None:
+    """Claim until ``cpv`` comes up (it must be ready), complete it, give the others back."""
+    taken = []
+    while (claim := queue.claim(drone, token)) is not None and claim.cpv != cpv:
+        taken.append(claim)
+    assert claim is not None, f"{cpv} is not ready"
+    assert queue.complete(cpv, drone, token, claim.lease, 1.0) == "ok"
+    for other in taken:
+        queue.release(other.cpv, drone, token, other.lease, "test")

@@ -21,7 +21,7 @@ from swarmctl.orchestrator import Orchestrator
 from swarmctl.queue import InvalidArgument, PartialAdd, Queue
 from swarmctl.registry import DroneRegistry
 from swarmctl.scripts import Scripts, decode
-from tests.helpers import run_cli
+from tests.helpers import build, ready, run_cli
 
 
 def snapshot(client: redis.Redis) -> dict[str, bytes]:
@@ -40,19 +40,6 @@ def token(registry: DroneRegistry) -> str:
     return value
 
 
-def ready(queue: Queue) -> set[str]:
-    return set(queue.redis.zrange(keys.READY, 0, -1))
-
-
-def build(queue: Queue, token: str, cpv: str) -> None:
-    """Claim until ``cpv`` comes up (it must be ready), complete it, give the others back."""
-    taken = []
-    while (claim := queue.claim("izar", token)) is not None and claim.cpv != cpv:
-        taken.append(claim)
-    assert claim is not None, f"{cpv} is not ready"
-    assert queue.complete(cpv, "izar", token, claim.lease, 1.0) == "ok"
-    for other in taken:
-        queue.release(other.cpv, "izar", token, other.lease, "test")
 
 
 # -- no script fails halfway ------------------------------------------------------------------

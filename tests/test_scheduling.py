@@ -15,7 +15,7 @@ from swarmctl.events import Events
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.helpers import Spawner, run_cli, wait_until
+from tests.helpers import Spawner, build, ready, run_cli, wait_until
 
 
 @pytest.fixture
@@ -26,19 +26,6 @@ def token(redis_client: redis.Redis, config: Config) -> str:
     return value
 
 
-def ready(queue: Queue) -> set[str]:
-    return set(queue.redis.zrange(keys.READY, 0, -1))
-
-
-def build(queue: Queue, token: str, cpv: str) -> None:
-    """Claim until ``cpv`` comes up (it must be ready), then complete it; others are released."""
-    taken = []
-    while (claim := queue.claim("izar", token)) is not None and claim.cpv != cpv:
-        taken.append(claim)
-    assert claim is not None, f"{cpv} is not ready"
-    assert queue.complete(cpv, "izar", token, claim.lease, 1.0) == "ok"
-    for other in taken:
-        queue.release(other.cpv, "izar", token, other.lease, "test")
 
 
 def build_everything(queue: Queue, token: str) -> list[str]:
