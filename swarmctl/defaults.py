@@ -113,6 +113,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("binhost", "max_connections", 64, int, "Connections served at once; more get 503 at once."),
     Setting("binhost", "max_connections_per_address", 16, int, "Connections one client address may hold."),
     Setting("binhost", "upload_retries", 5, int, "Upload attempts before giving up."),
+    Setting("binhost", "gnupg_home", None, str,
+            "GnuPG home holding the binhost's signing key (owned by its user, mode 0700). "
+            "Empty: $XDG_DATA_HOME/build-swarm/binhost-gnupg."),
+    Setting("binhost", "gpg", "gpg", str, "The gpg program the binhost signs and verifies with."),
+    Setting("binhost", "key_uid", "build-swarm binhost <binhost@build-swarm.invalid>", str,
+            "User id of signing keys made by 'binhost key init/rotate'."),
+    Setting("binhost", "key_expiry_days", 730, int, "Lifetime of a new signing key, in days."),
+    Setting("binhost", "key_warn_days", 180, int, "status/doctor warn when the signing key expires this soon."),
+    Setting("binhost", "key_critical_days", 30, int, "status/doctor go red when the signing key expires this soon."),
+    Setting("binhost", "index_ttl", 300, int,
+            "TTL (seconds) written into the Packages header: clients skip refreshes this long."),
     # Logs.
     Setting("log", "json", False, bool, "Log one JSON object a line (for log shippers)."),
     Setting("log", "file", None, str, "Also log to this file, rotated."),

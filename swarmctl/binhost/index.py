@@ -18,6 +18,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -25,6 +26,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.exceptions import SwarmError
@@ -38,6 +40,8 @@ LOCK_NAME = ".swarm-index.lock"
 #: Keys every package entry must have for portage clients to accept the index.
 REQUIRED_KEYS = ("CPV", "PATH", "SIZE", "MD5", "SHA1")
 INDEX_VERSION = "0"
+#: The SHA256 a drone declared for an upload the binhost then signed (portage ignores it).
+UPLOAD_SHA256_KEY = "UPLOAD_SHA256"
 
 # gpkg metadata name -> index key (portage translates these three).
 _TRANSLATED = {"DESCRIPTION": "DESC", "repository": "REPO"}
@@ -230,18 +234,37 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
+def verify(pkgdir: Path, *, check_manifests: bool = False, check_signatures: bool = False,
+           gpg: str = "gpg") -> VerifyReport:
     """Check every index entry against its file, and every file against the index.
 
     Args:
         pkgdir: The binhost directory.
         check_manifests: Also verify each gpkg's internal Manifest (slower).
+        check_signatures: Also let portage verify each package as a default client
+            would: signature required, made by a key in ``PKGDIR/KEYS.asc``, Manifest
+            and members intact (implies ``check_manifests``).
+        gpg: The gpg program.
 
     Returns:
         One problem per line: missing file, size or checksum mismatch, entry without
-        required keys, package file not in the index, bad gpkg.
+        required keys, package file not in the index, bad gpkg, bad or missing signature.
     """
     pkgdir = Path(pkgdir)
+    if check_signatures:
+        from swarmctl.binhost.signing import verifying
+
+        with verifying(pkgdir, gpg) as keyring:
+            if not keyring.fingerprints:
+                report = _verify(pkgdir, check_manifests=True, settings=None)
+                report.problems.insert(0, f"{pkgdir / 'KEYS.asc'}: no public keys published: "
+                                          "no package can be verified")
+                return report
+            return _verify(pkgdir, check_manifests=True, settings=keyring.settings())
+    return _verify(pkgdir, check_manifests=check_manifests, settings=None)
+
+
+def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any) -> VerifyReport:
     report = VerifyReport()
     index_path = pkgdir / INDEX_NAME
     if not index_path.is_file():
@@ -269,7 +292,7 @@ def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
                 report.problems.append(f"{rel_path}: {key} mismatch (index {entry[key]}, file {actual})")
         if check_manifests:
             try:
-                info = inspect_gpkg(file_path)
+                info = inspect_gpkg(file_path, settings)
                 if info.cpv != entry["CPV"]:
                     report.problems.append(f"{rel_path}: file is {info.cpv}, index says {entry['CPV']}")
             except GpkgError as exc:
@@ -282,7 +305,7 @@ def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
 
 
 def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
-            timeout: float = 3600.0) -> int:
+            timeout: float = 3600.0, gpg: str = "gpg") -> int:
     """Rebuild ``PKGDIR/Packages`` with portage's ``emaint binhost --fix``, then add SHA256.
 
     Args:
@@ -292,12 +315,15 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
         full: Ignore the existing index (every file is re-read and re-hashed);
             otherwise emaint only refreshes entries whose size or mtime changed.
         timeout: Seconds emaint may take.
+        gpg: The gpg program signed packages are verified with.
 
     Returns:
         Number of packages in the new index.
 
     Raises:
-        BinhostIndexError: emaint failed (the previous index is left in place).
+        BinhostIndexError: emaint failed, or would drop a package file (a signature
+            that does not verify against ``PKGDIR/KEYS.asc``, a damaged file); the
+            previous index is left in place.
     """
     from swarmctl.portage_env.prefix import load_prefix, make_prefix  # portage tooling only here
 
@@ -314,14 +340,27 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
                 prefix = load_prefix(Path(prefix_root))
             except FileNotFoundError as exc:
                 raise BinhostIndexError(str(exc)) from None
+        from swarmctl.binhost.signing import verifying
+
+        keyring = stack.enter_context(verifying(pkgdir, gpg))
+        files = sorted(p.relative_to(pkgdir).as_posix() for p in _package_files(pkgdir))
         with store.locked():
             aside = pkgdir / f".{INDEX_NAME}.before-reindex"
-            if full and store.path.exists():
-                os.replace(store.path, aside)
+            if store.path.exists():
+                if full:
+                    os.replace(store.path, aside)
+                else:
+                    shutil.copy2(store.path, aside)
             env = prefix.env()
             env["PKGDIR"] = str(pkgdir)
             # Incremental on top of make.conf: one plain Packages, built from the files.
             env["FEATURES"] = "-compress-index -pkgdir-index-trusted"
+            # Signed packages are read as a client would: against the published keys
+            # (our own temporary keyring, so no drop to nobody).
+            env["BINPKG_GPG_VERIFY_GPG_HOME"] = str(keyring.home)
+            env["BINPKG_GPG_VERIFY_BASE_COMMAND"] = keyring.settings()["BINPKG_GPG_VERIFY_BASE_COMMAND"]
+            env["GPG_VERIFY_USER_DROP"] = ""
+            env["GPG_VERIFY_GROUP_DROP"] = ""
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
@@ -331,9 +370,21 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
                 output = (done.stderr or done.stdout).strip().splitlines()
                 raise BinhostIndexError(f"emaint binhost --fix failed (exit {done.returncode}): "
                                   f"{output[-1] if output else 'no output'}")
+            index = PackagesIndex.read(store.path)
+            dropped = [rel for rel in files if rel not in index.entries]
+            if dropped:
+                # Never a quiet success: a package file emaint could not read (bad or
+                # untrusted signature, damaged file) is an error, and the old index stays.
+                if aside.exists():
+                    os.replace(aside, store.path)
+                else:
+                    store.path.unlink()
+                raise BinhostIndexError(
+                    f"reindex would drop {len(dropped)} of {len(files)} package(s) (unreadable, or "
+                    f"signature not verified against KEYS.asc): {', '.join(dropped[:5])}"
+                    + (" ..." if len(dropped) > 5 else "") + "; index left unchanged")
             with contextlib.suppress(FileNotFoundError):
                 aside.unlink()
-            index = PackagesIndex.read(store.path)
             for rel_path, entry in index.entries.items():
                 file_path = _inside(pkgdir, rel_path)
                 if file_path is not None and file_path.is_file():

@@ -10,8 +10,13 @@ unless all of them pass:
    must be exactly the declared size (short: truncated; the stream is never read
    past the declared size) with exactly the declared SHA256;
 3. portage verifies the gpkg's internal Manifest, and the CPV inside the package
-   must equal the job's CPV;
-4. under the index lock: the BUILD_ID must not be published already, the caller's
+   must equal the job's CPV; an upload that already carries a signature is refused
+   (only the binhost signs: a foreign signature is never published);
+4. the binhost signs the verified temp file with its key (portage's own
+   ``update_signature``, :mod:`swarmctl.binhost.signing`); the index entry then
+   describes the signed bytes. No usable key: refused as ``no_signing_key`` (the
+   drone retries later; nothing unsigned is published);
+5. under the index lock: the BUILD_ID must not be published already, the caller's
    last-moment check (still the job's owner?) must pass, then the file is hard-linked
    into ``PKGDIR/<category>/<pn>/<PF>-<BUILD_ID>.gpkg.tar`` (a link never replaces an
    existing file) and the index is rewritten atomically.
@@ -35,7 +40,8 @@ from typing import BinaryIO
 
 from swarmctl.atoms import split_cpv, validate_cpv
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
-from swarmctl.binhost.index import FileDigests, IndexStore, make_entry
+from swarmctl.binhost.index import UPLOAD_SHA256_KEY, FileDigests, IndexStore, make_entry
+from swarmctl.binhost.signing import KeyInfo, Keyring, SigningError, sign_gpkg, signature_present
 from swarmctl.exceptions import InvalidAtom, SwarmError
 
 logger = logging.getLogger("swarmctl.binhost.publish")
@@ -44,6 +50,8 @@ logger = logging.getLogger("swarmctl.binhost.publish")
 TMP_DIR_NAME = ".swarm-tmp"
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 256 * 1024
+#: Seconds a looked-up signing key is reused before gpg is asked again.
+_KEY_CACHE_SECONDS = 5.0
 
 
 class PublishRefused(SwarmError):
@@ -51,7 +59,7 @@ class PublishRefused(SwarmError):
 
     Codes: ``bad_request``, ``too_large``, ``truncated``,
     ``checksum_mismatch``, ``bad_package``, ``cpv_mismatch``, ``duplicate``,
-    ``not_owner``, ``timeout``, ``io_error``.
+    ``not_owner``, ``timeout``, ``io_error``, ``no_signing_key``.
     """
 
     def __init__(self, code: str, message: str, **details: object) -> None:
@@ -68,8 +76,9 @@ class Published:
         cpv: Package version.
         build_id: Its BUILD_ID.
         rel_path: Path relative to PKGDIR (the index's ``PATH``).
-        sha256: SHA256 of the file.
-        size: File size in bytes.
+        sha256: SHA256 of the file as served (signed).
+        size: File size in bytes (signed).
+        signed_by: Fingerprint of the signing key, None when published unsigned.
     """
 
     cpv: str
@@ -77,6 +86,7 @@ class Published:
     rel_path: str
     sha256: str
     size: int
+    signed_by: str | None = None
 
     def as_artifact(self) -> dict[str, object]:
         """The artifact record given to ``Queue.complete``."""
@@ -88,17 +98,42 @@ class Publisher:
     """Verifies and publishes uploads into one PKGDIR (thread- and process-safe)."""
 
     def __init__(self, pkgdir: Path, max_bytes: int = 4 * 1024**3,
-                 store: IndexStore | None = None) -> None:
+                 store: IndexStore | None = None, keyring: Keyring | None = None) -> None:
         """Args:
             pkgdir: The binhost directory (created if missing).
             max_bytes: Largest package accepted.
             store: Shared index store (one per PKGDIR per process); made if None.
+            keyring: The binhost's signing keyring; every package is signed with its
+                current key. None publishes unsigned (tools and tests only: the
+                binhost server always passes one).
         """
         self.pkgdir = Path(pkgdir).absolute()
         self.max_bytes = max_bytes
         self.store = store if store is not None else IndexStore(self.pkgdir)
+        self.keyring = keyring
         self.tmp_dir = self.pkgdir / TMP_DIR_NAME
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self._key: tuple[float, KeyInfo] | None = None
+
+    def signing_key(self) -> KeyInfo | None:
+        """The key that signs the next package (None when publishing unsigned).
+
+        Raises:
+            PublishRefused: ``no_signing_key`` -- none is usable; nothing may be published.
+        """
+        if self.keyring is None:
+            return None
+        cached = self._key
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < _KEY_CACHE_SECONDS and cached[1].usable():
+            return cached[1]
+        try:
+            key = self.keyring.signing_key()
+        except SigningError as exc:
+            self._key = None
+            raise PublishRefused("no_signing_key", f"binhost cannot sign: {exc}") from None
+        self._key = (now, key)
+        return key
 
     def check_declaration(self, cpv: str, sha256: str, size: int) -> str:
         """Validate what an uploader declares, before any body is read.
@@ -161,6 +196,9 @@ class Publisher:
             if digests.sha256 != sha256:
                 raise PublishRefused("checksum_mismatch",
                                      f"body sha256 {digests.sha256} != declared {sha256}")
+            if signature_present(temp):
+                raise PublishRefused("bad_package", "upload already carries a signature: only the binhost "
+                                     "signs packages (drones must not set FEATURES=binpkg-signing)")
             try:
                 info = inspect_gpkg(temp)
             except GpkgError as exc:
@@ -171,7 +209,9 @@ class Publisher:
             if info.build_id is None:
                 raise PublishRefused("bad_package", f"{cpv} has no BUILD_ID "
                                      "(the drone needs FEATURES=binpkg-multi-instance)")
-            return self._commit(temp, info, digests, commit_check)
+            signed_by, served = self._sign(temp, digests)
+            return self._commit(temp, info, served, commit_check, upload_sha256=digests.sha256,
+                                signed_by=signed_by)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
@@ -182,8 +222,21 @@ class Publisher:
         with open(path, "rb") as body:
             return self.receive(body, cpv, sha256 or digests.sha256, digests.size)
 
+    def _sign(self, temp: Path, digests: FileDigests) -> tuple[str | None, FileDigests]:
+        """Sign the verified temp file in place; the digests of what will be served."""
+        key = self.signing_key()
+        if key is None or self.keyring is None:
+            return None, digests
+        try:
+            sign_gpkg(temp, self.keyring, key)
+        except SigningError as exc:
+            self._key = None  # look the key up again next time (expired? revoked?)
+            raise PublishRefused("no_signing_key", f"binhost cannot sign: {exc}") from None
+        return key.fingerprint, FileDigests.of(temp)
+
     def _commit(self, temp: Path, info: GpkgInfo, digests: FileDigests,
-                commit_check: Callable[[], str | None] | None) -> Published:
+                commit_check: Callable[[], str | None] | None, *, upload_sha256: str,
+                signed_by: str | None) -> Published:
         category, pn, _ = split_cpv(info.cpv)
         rel_path = f"{category}/{pn}/{info.pf}-{info.build_id}{GPKG_SUFFIX}"
         dest = self.pkgdir / rel_path
@@ -191,7 +244,8 @@ class Publisher:
             if info.build_id in index.build_ids(info.cpv) or dest.exists():
                 existing = index.entries.get(rel_path, {})
                 raise PublishRefused("duplicate", f"{info.cpv} build {info.build_id} is already published",
-                                     same_content=existing.get("SHA256") == digests.sha256)
+                                     same_content=upload_sha256 in (existing.get("SHA256"),
+                                                                    existing.get(UPLOAD_SHA256_KEY)))
             if commit_check is not None:
                 problem = commit_check()
                 if problem:
@@ -206,15 +260,19 @@ class Publisher:
             try:
                 os.chmod(dest, 0o644)
                 mtime = int(os.stat(dest).st_mtime)
-                index.add(make_entry(info, rel_path, digests, mtime))
+                entry = make_entry(info, rel_path, digests, mtime)
+                if upload_sha256 != digests.sha256:
+                    entry[UPLOAD_SHA256_KEY] = upload_sha256  # recognizes a replayed upload
+                index.add(entry)
                 self.store.save(index)
             except BaseException:
                 with contextlib.suppress(OSError):
                     dest.unlink()
                 raise
-        logger.info("published %s (%d bytes)", rel_path, digests.size)
+        logger.info("published %s (%d bytes%s)", rel_path, digests.size,
+                    f", signed by {signed_by}" if signed_by else ", unsigned")
         return Published(cpv=info.cpv, build_id=info.build_id, rel_path=rel_path, sha256=digests.sha256,
-                         size=digests.size)
+                         size=digests.size, signed_by=signed_by)
 
 
 def _copy_exact(body: BinaryIO, sink: BinaryIO, size: int, deadline: float | None) -> FileDigests:

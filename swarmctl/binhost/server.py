@@ -51,7 +51,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
+from swarmctl.binhost.index import UPLOAD_SHA256_KEY
 from swarmctl.binhost.publish import Publisher, PublishRefused
+from swarmctl.binhost.signing import Keyring
 
 logger = logging.getLogger("swarmctl.binhost.server")
 
@@ -70,6 +72,7 @@ _STATUS_OF_CODE = {
     "cpv_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
     "busy": HTTPStatus.SERVICE_UNAVAILABLE,
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
+    "no_signing_key": HTTPStatus.SERVICE_UNAVAILABLE,
     "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 _CONTENT_TYPES = {".tar": "application/x-tar", "": "text/plain; charset=utf-8"}
@@ -205,11 +208,11 @@ class BinhostServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], pkgdir: Path, gate: Gate,
-                 settings: ServerSettings | None = None) -> None:
+                 settings: ServerSettings | None = None, keyring: Keyring | None = None) -> None:
         self.pkgdir = Path(pkgdir).absolute()
         self.gate = gate
         self.settings = settings or ServerSettings()
-        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes)
+        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, keyring=keyring)
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
@@ -392,6 +395,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal("bad_request", f"bad Content-Length {length!r}") from None
         try:
             cpv = self.server.publisher.check_declaration(cpv, sha256, size)
+            self.server.publisher.signing_key()  # no key: refuse before the body is sent
         except PublishRefused as exc:
             raise _Refusal(exc.code, str(exc)) from None
         try:
@@ -413,7 +417,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _already_published(self, cpv: str, sha256: str) -> bool:
         index = self.server.publisher.store.snapshot()
-        return any(entry.get("CPV") == cpv and entry.get("SHA256") == sha256 for entry in index.entries.values())
+        return any(entry.get("CPV") == cpv and sha256 in (entry.get("SHA256"), entry.get(UPLOAD_SHA256_KEY))
+                   for entry in index.entries.values())
 
     def _is_upload(self) -> bool:
         return self.command in ("PUT", "POST") and urllib.parse.urlsplit(self.path).path == UPLOAD_PATH
@@ -541,10 +546,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings | None = None) -> BinhostServer:
-    """Bind a :class:`BinhostServer` (port 0 picks a free port; see ``.url``)."""
+def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings | None = None,
+                keyring: Keyring | None = None) -> BinhostServer:
+    """Bind a :class:`BinhostServer` (port 0 picks a free port; see ``.url``).
+
+    ``keyring`` signs every published package; None publishes unsigned (tests only).
+    """
     host, port = parse_listen(listen)
-    return BinhostServer((host, port), pkgdir, gate, settings)
+    return BinhostServer((host, port), pkgdir, gate, settings, keyring)
 
 
 def _float(text: str | None) -> float:

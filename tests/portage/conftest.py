@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from swarmctl.binhost.server import BinhostServer, Gate, ServerSettings, make_server
+from swarmctl.binhost.signing import Keyring
 from swarmctl.drone.builders import BuildResult
 from swarmctl.drone.portage_builder import PortageBuilder
 from swarmctl.overlay import install_overlay
 from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
+from tests.portage.signing_fixtures import keyring, keyrings  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.portage
 
@@ -77,8 +79,9 @@ def snapshot(pkgdir: Path) -> dict[str, bytes | None]:
 class ServerThread:
     """A BinhostServer running in a thread, always shut down at teardown."""
 
-    def __init__(self, pkgdir: Path, gate: Gate, settings: ServerSettings | None = None) -> None:
-        self.server: BinhostServer = make_server(pkgdir, "127.0.0.1:0", gate, settings)
+    def __init__(self, pkgdir: Path, gate: Gate, settings: ServerSettings | None = None,
+                 signing: Keyring | None = None) -> None:
+        self.server: BinhostServer = make_server(pkgdir, "127.0.0.1:0", gate, settings, keyring=signing)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -96,8 +99,9 @@ class ServerThread:
 def serve() -> Iterator[type[ServerThread]]:
     started: list[ServerThread] = []
 
-    def start(pkgdir: Path, gate: Gate, settings: ServerSettings | None = None) -> ServerThread:
-        server = ServerThread(pkgdir, gate, settings)
+    def start(pkgdir: Path, gate: Gate, settings: ServerSettings | None = None,
+              signing: Keyring | None = None) -> ServerThread:
+        server = ServerThread(pkgdir, gate, settings, signing)
         started.append(server)
         return server
 

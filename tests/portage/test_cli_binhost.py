@@ -20,8 +20,11 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
-    Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str], keyring) -> None:  # type: ignore[no-untyped-def]
+    Publisher(pkgdir, keyring=keyring).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+    unpublished = run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env, check=False)
+    assert unpublished.returncode != 0 and "no public keys published" in unpublished.stdout
+    keyring.publish(pkgdir)
     ok = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], swarm_env)
     assert "1 package(s) verified" in ok.stdout + ok.stderr
     (pkgdir / "Packages").unlink()

@@ -1,0 +1,207 @@
+"""The binhost signs what it verified, with portage's own signing; forgeries are refused.
+
+Every signature here is made by portage's ``gpkg.update_signature`` and checked by
+portage's own gpkg reader (``verify_gpkg``/``binhost verify``) or a real client.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from swarmctl.binhost.client import BinhostClient, BinhostPublisher, outcome_of
+from swarmctl.binhost.index import UPLOAD_SHA256_KEY, FileDigests, PackagesIndex, verify
+from swarmctl.binhost.publish import Publisher, PublishRefused
+from swarmctl.binhost.signing import (
+    KEYS_NAME,
+    SignatureInvalid,
+    VerifyKeyring,
+    sign_gpkg,
+    signature_present,
+    verify_gpkg,
+    verifying,
+)
+from tests.conftest import run_cli
+from tests.portage.conftest import snapshot
+from tests.portage.test_publish import HELLO, Swarm, sha
+
+pytestmark = pytest.mark.portage
+GREETER = "app-misc/greeter-1"
+
+
+def replace_package(pkgdir: Path, rel_path: str, content: bytes) -> None:
+    """Put other bytes at a published path and make the index describe them (a forger with
+    write access to PKGDIR: only the signature can tell)."""
+    (pkgdir / rel_path).write_bytes(content)
+    index = PackagesIndex.read(pkgdir / "Packages")
+    digests = FileDigests.of(pkgdir / rel_path)
+    index.entries[rel_path].update(SIZE=str(digests.size), MD5=digests.md5, SHA1=digests.sha1,
+                                   SHA256=digests.sha256)
+    index.write(pkgdir / "Packages")
+
+
+def flip_in_image(data: bytes) -> bytes:
+    """One byte changed inside the image member (after the metadata, before the trailer)."""
+    at = data.index(b"image.tar.zst") + 2048
+    altered = bytearray(data)
+    altered[at] ^= 0xFF
+    return bytes(altered)
+
+
+def test_published_package_is_signed_and_the_index_describes_the_signed_bytes(drone, pkgdir, keyring) -> None:  # type: ignore[no-untyped-def]
+    original = drone.gpkg(HELLO)
+    assert not signature_present(original)
+    published = Publisher(pkgdir, keyring=keyring).publish_file(original, HELLO)
+    key = keyring.signing_key()
+    assert published.signed_by == key.fingerprint
+    served = pkgdir / published.rel_path
+    assert signature_present(served)
+    entry = PackagesIndex.read(pkgdir / "Packages").entries[published.rel_path]
+    digests = FileDigests.of(served)
+    assert (entry["SIZE"], entry["MD5"], entry["SHA1"], entry["SHA256"]) == \
+        (str(digests.size), digests.md5, digests.sha1, digests.sha256)
+    assert entry[UPLOAD_SHA256_KEY] == sha(original) != digests.sha256
+    assert (published.sha256, published.size) == (digests.sha256, digests.size)
+    keyring.publish(pkgdir)
+    with verifying(pkgdir) as trusted:
+        assert trusted.fingerprints == [key.fingerprint]
+        verify_gpkg(served, trusted)  # portage's reader, signature required
+    report = verify(pkgdir, check_signatures=True)
+    assert report.ok and report.checked == 1, report.problems
+
+
+def test_upload_already_signed_is_refused_and_nothing_is_published(drone, pkgdir, keyring, keyrings,  # type: ignore[no-untyped-def]
+                                                                  tmp_path) -> None:
+    foreign = tmp_path / "foreign.gpkg.tar"
+    shutil.copy(drone.gpkg(HELLO), foreign)
+    sign_gpkg(foreign, keyrings())  # a drone (or an attacker) with a key of its own
+    publisher = Publisher(pkgdir, keyring=keyring)
+    before = snapshot(pkgdir)
+    with pytest.raises(PublishRefused) as refused:
+        publisher.publish_file(foreign, HELLO)
+    assert refused.value.code == "bad_package" and "signature" in str(refused.value)
+    assert snapshot(pkgdir) == before and list((pkgdir / ".swarm-tmp").iterdir()) == []
+
+
+def test_binhost_without_a_key_refuses_uploads_and_the_job_waits(drone, redis_client, config, pkgdir, serve,  # type: ignore[no-untyped-def]
+                                                                 keyrings) -> None:
+    swarm = Swarm(redis_client, config)
+    keyless = keyrings(with_key=False)
+    server = serve(pkgdir, swarm.gate, signing=keyless)
+    artifact = drone.results[HELLO].artifacts[0]
+    client = BinhostClient(server.url, "d1", swarm.token, attempts=1, timeout=10)
+    verdict = client.upload(artifact.path, HELLO, swarm.leases[HELLO], sha256=artifact.sha256)
+    assert (verdict.accepted, verdict.code, verdict.status) == (False, "no_signing_key", 503)
+    assert "key init" in verdict.reason and "\n" not in verdict.reason
+    assert verdict.retryable and outcome_of(verdict) == "retry-later"  # not a failed build
+    assert swarm.queue.owner_of(HELLO) == ("d1", swarm.leases[HELLO])  # the job is untouched
+    assert not (pkgdir / "app-misc").exists()
+    keyless.init("swarm test <late@test.invalid>", 30)
+    server.server.publisher._key = None
+    publisher = BinhostPublisher(client)
+
+    class Claim:
+        cpv, lease = HELLO, swarm.leases[HELLO]
+
+    assert publisher.publish(Claim(), drone.results[HELLO], 1.0) == "ok"
+
+
+@pytest.mark.parametrize("forgery", ["stripped", "other_key", "altered"])
+def test_forged_packages_are_refused_by_binhost_verify(forgery, drone, pkgdir, keyring, keyrings,  # type: ignore[no-untyped-def]
+                                                       swarm_env) -> None:
+    publisher = Publisher(pkgdir, keyring=keyring)
+    hello = publisher.publish_file(drone.gpkg(HELLO), HELLO)
+    publisher.publish_file(drone.gpkg(GREETER), GREETER)
+    keyring.publish(pkgdir)
+    run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env)
+    signed = (pkgdir / hello.rel_path).read_bytes()
+    if forgery == "stripped":
+        content = drone.gpkg(HELLO).read_bytes()  # the same package with no signature at all
+    elif forgery == "other_key":
+        scratch = pkgdir.parent / "other.gpkg.tar"
+        shutil.copy(drone.gpkg(HELLO), scratch)
+        sign_gpkg(scratch, keyrings())
+        content = scratch.read_bytes()
+    else:
+        content = flip_in_image(signed)
+    replace_package(pkgdir, hello.rel_path, content)
+    with VerifyKeyring((pkgdir / KEYS_NAME).read_text()) as trusted, pytest.raises(SignatureInvalid):
+        verify_gpkg(pkgdir / hello.rel_path, trusted)
+    report = verify(pkgdir, check_signatures=True)
+    assert [p.split(":")[0] for p in report.problems] == [Path(hello.rel_path).name]
+    done = run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env, check=False)
+    assert done.returncode != 0 and "1 problem(s)" in done.stderr
+
+
+def test_reindex_keeps_signed_packages_and_refuses_to_drop_one(drone, pkgdir, keyring, keyrings,  # type: ignore[no-untyped-def]
+                                                               swarm_env) -> None:
+    publisher = Publisher(pkgdir, keyring=keyring)
+    hello = publisher.publish_file(drone.gpkg(HELLO), HELLO)
+    publisher.publish_file(drone.gpkg(GREETER), GREETER)
+    keyring.publish(pkgdir)
+    done = run_cli(["binhost", "reindex", "--dir", str(pkgdir)], swarm_env)
+    assert "indexed 2 package(s)" in done.stdout + done.stderr
+    assert verify(pkgdir, check_signatures=True).ok
+    scratch = pkgdir.parent / "other.gpkg.tar"
+    shutil.copy(drone.gpkg(HELLO), scratch)
+    sign_gpkg(scratch, keyrings())
+    replace_package(pkgdir, hello.rel_path, scratch.read_bytes())
+    before = (pkgdir / "Packages").read_bytes()
+    done = run_cli(["binhost", "reindex", "--dir", str(pkgdir)], swarm_env, check=False)
+    assert done.returncode != 0 and "would drop 1 of 2" in done.stderr
+    assert (pkgdir / "Packages").read_bytes() == before
+
+
+def test_key_lifecycle_from_the_cli(drone, pkgdir, swarm_env, keyrings) -> None:  # type: ignore[no-untyped-def]
+    home = keyrings(with_key=False).home
+    env = {**swarm_env, "SWARM_BINHOST_GNUPG_HOME": str(home), "SWARM_BINHOST_DIR": str(pkgdir),
+           "SWARM_BINHOST_KEY_EXPIRY_DAYS": "90"}
+    missing = run_cli(["binhost", "key", "show"], env, check=False)
+    assert missing.returncode != 0 and "key init" in missing.stderr
+    init = run_cli(["binhost", "key", "init"], env)
+    assert "revocation certificate" in init.stdout and (pkgdir / KEYS_NAME).is_file()
+    assert oct(home.stat().st_mode & 0o777) == "0o700"
+    again = run_cli(["binhost", "key", "init"], env, check=False)
+    assert again.returncode != 0 and "rotate" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    from swarmctl.binhost.signing import Keyring
+
+    first = Keyring(home).signing_key()
+    assert 89 < (first.days_left() or 0) <= 90
+    assert f"signing with: {first.fingerprint}" in run_cli(["binhost", "key", "show"], env).stdout
+    old_package = Publisher(pkgdir, keyring=Keyring(home)).publish_file(drone.gpkg(HELLO), HELLO)
+    run_cli(["binhost", "key", "rotate"], env)
+    second = Keyring(home).signing_key()
+    assert second.fingerprint != first.fingerprint
+    exported = run_cli(["binhost", "key", "export"], env).stdout
+    assert exported == (pkgdir / KEYS_NAME).read_text()
+    with VerifyKeyring(exported) as trusted:  # overlap: both trusted, the old package still verifies
+        assert sorted(trusted.fingerprints) == sorted([first.fingerprint, second.fingerprint])
+        verify_gpkg(pkgdir / old_package.rel_path, trusted)
+    run_cli(["binhost", "key", "revoke", "--yes", first.fingerprint], env)
+    shown = run_cli(["binhost", "key", "show"], env).stdout
+    assert f"{first.fingerprint}  revoked" in shown and f"signing with: {second.fingerprint}" in shown
+    with VerifyKeyring((pkgdir / KEYS_NAME).read_text()) as trusted, pytest.raises(SignatureInvalid):
+        verify_gpkg(pkgdir / old_package.rel_path, trusted)  # the revocation reached KEYS.asc
+    run_cli(["binhost", "key", "retire", first.fingerprint], env)
+    with VerifyKeyring((pkgdir / KEYS_NAME).read_text()) as trusted:
+        assert trusted.fingerprints == [second.fingerprint]
+    refused = run_cli(["binhost", "key", "retire", second.fingerprint], env, check=False)
+    assert refused.returncode != 0 and "signs now" in refused.stderr
+
+
+def test_signing_home_belonging_to_someone_else_is_not_used(keyring) -> None:  # type: ignore[no-untyped-def]
+    if os.getuid() != 0:
+        pytest.skip("needs root to hand the home to another user")
+    os.chown(keyring.home, 65534, 65534)
+    try:
+        from swarmctl.binhost.signing import NoSigningKey
+
+        with pytest.raises(NoSigningKey, match="uid 65534"):
+            keyring.signing_key()
+    finally:
+        os.chown(keyring.home, 0, 0)
+    subprocess.run(["true"], check=True)
