@@ -122,6 +122,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("binhost", "key_expiry_days", 730, int, "Lifetime of a new signing key, in days."),
     Setting("binhost", "key_warn_days", 180, int, "status/doctor warn when the signing key expires this soon."),
     Setting("binhost", "key_critical_days", 30, int, "status/doctor go red when the signing key expires this soon."),
+    Setting("binhost", "keys_file", None, str,
+            "KEYS.asc a drone trusts for binary dependencies (from the binhost's PKGDIR). "
+            "Empty: fetched from binhost.url at drone start (trust on first use)."),
     Setting("binhost", "index_ttl", 300, int,
             "TTL (seconds) written into the Packages header: clients skip refreshes this long."),
     # Logs.

@@ -477,3 +477,87 @@ def verifying(pkgdir: Path, gpg: str = "gpg") -> Iterator[VerifyKeyring]:
         yield keyring
     finally:
         keyring.close()
+
+
+# -- a client's verification keyring ---------------------------------------------------
+
+#: Copy of the keys a client keyring was built from (re-running with the same keys is a no-op).
+CLIENT_KEYS_COPY = "swarm-KEYS.asc"
+_ANCHOR_UID = "build-swarm local trust anchor <anchor@build-swarm.invalid>"
+
+
+def install_client_keyring(home: Path, keys_asc: str, gpg: str = "gpg", *,
+                           nobody_readable: bool = True) -> bool:
+    """Make ``home`` a portage verification keyring that trusts exactly ``keys_asc``'s keys.
+
+    As Gentoo's getuto does for Gentoo's keys: a local, ultimately trusted anchor key
+    locally signs (``lsign``) every published key, so they are valid (portage wants
+    TRUST_FULLY or TRUST_ULTIMATE). The keyring is built in a short private temp home
+    (gpg-agent's socket names must stay short) and only the public keyring and trust
+    database are installed: the anchor's secret never reaches ``home``. Keys no longer
+    published are gone after the next run; revoked ones are imported (not signed) so
+    their revocation applies.
+
+    Args:
+        home: The keyring directory (a client's ``/etc/portage/gnupg``).
+        keys_asc: The binhost's ``KEYS.asc``.
+        gpg: The gpg program.
+        nobody_readable: Let nobody:nogroup read it (portage verifies as nobody when
+            run as root); otherwise it stays private to its owner.
+
+    Returns:
+        True if the keyring changed.
+
+    Raises:
+        SigningError: No key in ``keys_asc``, or gpg failed.
+    """
+    home = Path(home)
+    with contextlib.suppress(OSError):
+        if (home / CLIENT_KEYS_COPY).read_text(encoding="ascii") == keys_asc and (home / "trustdb.gpg").is_file():
+            _set_modes(home, nobody_readable)
+            return False
+    work = Path(tempfile.mkdtemp(prefix="swarm-kr-", dir="/tmp"))
+    scratch = work / "g"
+    scratch.mkdir(mode=0o700)
+    anchor = Keyring(scratch, gpg)
+    try:
+        _run_gpg(gpg, scratch, ["--import"], stdin=keys_asc.encode())
+        published = anchor.list_keys()
+        if not published:
+            raise SigningError("no public key in the binhost's KEYS.asc")
+        local = anchor.create(_ANCHOR_UID, 36500)
+        for key in published:
+            if not key.revoked and not key.expired():
+                _run_gpg(gpg, scratch, ["--yes", "--pinentry-mode", "loopback", "--passphrase", "",
+                                        "--default-key", local.fingerprint, "--quick-lsign-key", key.fingerprint])
+        _run_gpg(gpg, scratch, ["--check-trustdb"], check=False)
+        # Public keys (anchor included, its secret not) and the trust database go to the client.
+        public = _run_gpg(gpg, scratch, ["--export", "--export-options", "export-local-sigs"]).stdout
+        trust = _run_gpg(gpg, scratch, ["--export-ownertrust"]).stdout
+        anchor.stop_agent()
+        staged = work / "client"
+        staged.mkdir(mode=0o700)
+        _run_gpg(gpg, staged, ["--import", "--import-options", "import-local-sigs"], stdin=public)
+        _run_gpg(gpg, staged, ["--import-ownertrust"], stdin=trust)
+        _run_gpg(gpg, staged, ["--check-trustdb"], check=False)
+        home.mkdir(parents=True, exist_ok=True)
+        for name in ("pubring.kbx", "trustdb.gpg"):
+            temp = home / f".{name}.swarm-new"
+            shutil.copyfile(staged / name, temp)
+            os.replace(temp, home / name)
+        for stale in ("pubring.kbx~", "pubring.gpg", "random_seed"):
+            with contextlib.suppress(FileNotFoundError):
+                (home / stale).unlink()
+        write_atomic(home / CLIENT_KEYS_COPY, keys_asc)
+        _set_modes(home, nobody_readable)
+        return True
+    finally:
+        anchor.stop_agent()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _set_modes(home: Path, nobody_readable: bool) -> None:
+    os.chmod(home, 0o755 if nobody_readable else 0o700)
+    for path in home.iterdir():
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, 0o644 if nobody_readable else 0o600)

@@ -6,6 +6,7 @@ import logging
 import os
 import shlex
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -16,6 +17,8 @@ from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
 from swarmctl.drone.daemon import DroneDaemon, Publisher
 from swarmctl.drones import validate_name
 from swarmctl.exceptions import ConfigError
+
+log = logging.getLogger("swarmctl.cli.drone")
 
 
 @click.group()
@@ -76,14 +79,46 @@ def make_builder(app: AppContext) -> Builder:
 
     if not cfg.prefix:
         return PortageBuilder(None, app.config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog)
+    keys = binhost_keys(app.config)
     try:
         prefix = load_prefix(Path(cfg.prefix))
     except FileNotFoundError:
         if not cfg.repo:
             raise ConfigError(f"drone.prefix: {cfg.prefix} is not a portage prefix yet; "
                               "set drone.repo to create it from a repository") from None
-        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), app.config.binhost.url)
+        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), app.config.binhost.url, binhost_keys=keys)
+    else:
+        if cfg.repo:  # refresh the configuration (binrepos.conf, keyring) of an existing prefix
+            prefix = make_prefix(prefix.root, Path(cfg.repo), app.config.binhost.url, binhost_keys=keys)
+        elif keys is not None:
+            from swarmctl.binhost.signing import install_client_keyring
+
+            install_client_keyring(prefix.gnupg_home, keys, nobody_readable=False)
     return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog)
+
+
+def binhost_keys(config: Any) -> str | None:
+    """The public keys binary dependencies must be signed with (binhost.keys_file, else
+    fetched from the binhost: trust on first use, logged); None when neither is there."""
+    import urllib.request
+
+    cfg = config.binhost
+    if cfg.keys_file:
+        try:
+            return Path(cfg.keys_file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"binhost.keys_file: cannot read {cfg.keys_file}: {exc}") from None
+    if not cfg.url:
+        return None
+    url = f"{cfg.url.rstrip('/')}/KEYS.asc"
+    try:
+        with urllib.request.urlopen(url, timeout=cfg.read_timeout) as reply:
+            text = reply.read(1024 * 1024).decode("ascii")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        log.warning("no binhost keys (%s: %s): binary dependencies will fail verification", url, exc)
+        return None
+    log.warning("trusting the binhost keys fetched from %s (set binhost.keys_file to pin them)", url)
+    return text
 
 
 def make_publisher(app: AppContext, name: str, token: str) -> Publisher | None:

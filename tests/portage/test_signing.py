@@ -6,9 +6,11 @@ portage's own gpkg reader (``verify_gpkg``/``binhost verify``) or a real client.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -45,10 +47,11 @@ def replace_package(pkgdir: Path, rel_path: str, content: bytes) -> None:
 
 
 def flip_in_image(data: bytes) -> bytes:
-    """One byte changed inside the image member (after the metadata, before the trailer)."""
-    at = data.index(b"image.tar.zst") + 2048
+    """One byte changed in the middle of the image member's data (the tar stays readable)."""
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as container:
+        image = next(m for m in container.getmembers() if m.name.endswith("/image.tar.zst"))
     altered = bytearray(data)
-    altered[at] ^= 0xFF
+    altered[image.offset_data + image.size // 2] ^= 0xFF
     return bytes(altered)
 
 
