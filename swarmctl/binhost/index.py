@@ -5,16 +5,28 @@ one block per package file separated by blank lines. Clients (``emerge
 --getbinpkg``) refuse an index whose entries lack ``SIZE``, ``MD5`` and ``SHA1``;
 the swarm adds ``SHA256`` (portage ignores keys it does not know).
 
-Publishing is incremental: :class:`IndexStore` keeps the parsed index in memory
-and re-parses ``Packages`` only when the file changed underneath it, so publishing
-one package hashes one package file, whatever the size of the binhost. A full
-rebuild (:func:`reindex`) and a full check (:func:`verify`) read every file.
+Publishing is incremental: :class:`IndexStore` keeps the parsed index (and each
+entry's rendered text) in memory and re-parses ``Packages`` only when the file
+changed underneath it, so publishing one package hashes one package file, whatever
+the size of the binhost. Concurrent publishes are grouped (:meth:`IndexStore.commit`):
+one leader writes the index once for every change waiting, so the index cost per
+package stays flat as the binhost grows. A full rebuild (:func:`reindex`) and a full
+check (:func:`verify`) read every file.
+
+Every write produces ``Packages`` and ``Packages.gz`` with the same content: both are
+written to temp files and fsynced, then ``Packages.gz`` is renamed into place first and
+``Packages`` second. The header's TIMESTAMP increases by at least one second with
+every write (commits are spaced a second apart), and both files' mtime is set to
+it, so a client's If-Modified-Since (portage sends the TIMESTAMP it holds) is
+answered exactly. After a crash between the two renames, the next writer (or
+:meth:`IndexStore.reconcile`) rewrites the older of the two from the newer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import logging
 import os
@@ -23,18 +35,23 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zlib import error as zlib_error
 
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.exceptions import SwarmError
-from swarmctl.files import write_atomic
 
 logger = logging.getLogger("swarmctl.binhost.index")
 
 INDEX_NAME = "Packages"
+#: The compressed copy clients ask for first.
+COMPRESSED_NAME = "Packages.gz"
+#: gzip level for Packages.gz: the index is highly repetitive text, level 1 already
+#: shrinks it well below a fifth, at a fraction of level 6's cost on a large index.
+GZIP_LEVEL = 1
 #: Lock file serializing every writer of one PKGDIR's index (publish, reindex).
 LOCK_NAME = ".swarm-index.lock"
 #: Keys every package entry must have for portage clients to accept the index.
@@ -86,10 +103,15 @@ class FileDigests:
 
 @dataclass
 class PackagesIndex:
-    """A parsed ``Packages`` file: header plus entries keyed by their ``PATH``."""
+    """A parsed ``Packages`` file: header plus entries keyed by their ``PATH``.
+
+    ``rendered`` caches each entry's text block; :meth:`add` and :meth:`remove` keep
+    it right (change entries only through them once it has been rendered).
+    """
 
     header: dict[str, str] = field(default_factory=dict)
     entries: dict[str, dict[str, str]] = field(default_factory=dict)
+    rendered: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> PackagesIndex:
@@ -111,27 +133,54 @@ class PackagesIndex:
         except (OSError, UnicodeDecodeError) as exc:
             raise BinhostIndexError(f"cannot read {path}: {exc}") from None
 
-    def render(self) -> str:
-        """The index as text: header (with fresh PACKAGES and TIMESTAMP), then entries."""
+    def copy(self) -> PackagesIndex:
+        """A copy whose header and entry map can change without touching this one."""
+        return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), rendered=self.rendered.copy())
+
+    @property
+    def timestamp(self) -> int:
+        text = self.header.get("TIMESTAMP", "")
+        return int(text) if text.isdigit() else 0
+
+    def render(self, ttl: int | None = None) -> str:
+        """The index as text: header (fresh PACKAGES, TIMESTAMP after the last one, TTL), then entries."""
         header = dict(self.header)
         header["PACKAGES"] = str(len(self.entries))
-        header["TIMESTAMP"] = str(int(time.time()))
+        header["TIMESTAMP"] = str(max(int(time.time()), self.timestamp + 1))
+        if ttl:
+            header["TTL"] = str(ttl)
         header.setdefault("VERSION", INDEX_VERSION)
+        self.header["TIMESTAMP"] = header["TIMESTAMP"]
         chunks = [_render_block(header)]
+        rendered = self.rendered
         for path in sorted(self.entries, key=lambda p: _sort_key(self.entries[p])):
-            chunks.append(_render_block(self.entries[path]))
+            block = rendered.get(path)
+            if block is None:
+                block = rendered[path] = _render_block(self.entries[path])
+            chunks.append(block)
         return "".join(chunks)
 
-    def write(self, path: Path) -> None:
-        """Write atomically: temp file in the same directory, fsync, rename.
+    def write(self, path: Path, ttl: int | None = None) -> None:
+        """Write ``Packages`` and ``Packages.gz`` (same content) atomically, gz first.
 
-        A stale ``Packages.gz`` next to it is removed so no client ever reads an
-        older compressed copy.
+        Each goes to a temp file in the same directory and is fsynced; then
+        ``Packages.gz`` and ``Packages`` are renamed into place, in that order, and the
+        directory is fsynced. Both files' mtime is the header's TIMESTAMP.
         """
         path = Path(path)
-        write_atomic(path, self.render())
-        with contextlib.suppress(FileNotFoundError):
-            path.with_name(path.name + ".gz").unlink()
+        text = self.render(ttl).encode("utf-8")
+        stamp = self.timestamp
+        compressed = gzip.compress(text, compresslevel=GZIP_LEVEL, mtime=stamp)
+        gz_path = path.with_name(path.name + ".gz")
+        temps = [_stage(gz_path, compressed, stamp), _stage(path, text, stamp)]
+        try:
+            os.replace(temps[0], gz_path)
+            os.replace(temps[1], path)
+        finally:
+            for temp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+        _fsync_dir(path.parent)
 
     def add(self, entry: dict[str, str]) -> None:
         """Insert or replace the entry for ``entry["PATH"]``."""
@@ -139,11 +188,13 @@ class PackagesIndex:
         if missing:
             raise BinhostIndexError(f"index entry lacks {', '.join(missing)}")
         self.entries[entry["PATH"]] = dict(entry)
+        self.rendered.pop(entry["PATH"], None)
         if entry.get("CHOST"):
             self.header.setdefault("CHOST", entry["CHOST"])
 
     def remove(self, rel_path: str) -> bool:
         """Drop the entry for a file; True if there was one."""
+        self.rendered.pop(rel_path, None)
         return self.entries.pop(rel_path, None) is not None
 
     def build_ids(self, cpv: str) -> set[int]:
@@ -157,6 +208,31 @@ class PackagesIndex:
     def cpvs(self) -> set[str]:
         """Every CPV with at least one published package."""
         return {entry["CPV"] for entry in self.entries.values()}
+
+
+def _stage(path: Path, data: bytes, stamp: int) -> str:
+    """``data`` in an fsynced temp file beside ``path`` (mode 0644, mtime ``stamp``)."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.utime(temp, (stamp, stamp))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return temp
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_entry(info: GpkgInfo, rel_path: str, digests: FileDigests, mtime: int) -> dict[str, str]:
@@ -180,39 +256,164 @@ def make_entry(info: GpkgInfo, rel_path: str, digests: FileDigests, mtime: int) 
     return entry
 
 
-class IndexStore:
-    """One PKGDIR's index with an in-memory cache and an exclusive writer lock.
+@dataclass
+class _Change:
+    apply: Callable[[PackagesIndex], Callable[[], None] | None]
+    done: bool = False
+    error: BaseException | None = None
+    undo: Callable[[], None] | None = None
 
-    ``with store.locked() as index: ...; store.save(index)`` is the only way the
-    swarm changes an index. The lock is a ``flock`` on ``PKGDIR/.swarm-index.lock``
-    (serializes processes) plus a thread lock (serializes a threaded server).
+
+class IndexStore:
+    """One PKGDIR's index with an in-memory cache, an exclusive writer lock and group commit.
+
+    Two ways to change an index: ``store.commit(change)`` (publishing: concurrent
+    changes are written together), or ``with store.locked() as index: ...;
+    store.save(index)`` (reindex). The lock is a ``flock`` on
+    ``PKGDIR/.swarm-index.lock`` (serializes processes) plus a thread lock.
     """
 
-    def __init__(self, pkgdir: Path) -> None:
+    def __init__(self, pkgdir: Path, ttl: int | None = None) -> None:
+        """Args:
+            pkgdir: The binhost directory.
+            ttl: Seconds written as the index header's TTL (clients skip refreshes
+                within it); None or 0 writes none.
+        """
         self.pkgdir = Path(pkgdir)
         self.path = self.pkgdir / INDEX_NAME
+        self.ttl = ttl
         self._thread_lock = threading.Lock()
         self._cached: PackagesIndex | None = None
         self._cached_stat: tuple[int, int, int] | None = None
+        self._group = threading.Condition()
+        self._pending: list[_Change] = []
+        self._leading = False
+        #: Index writes done by :meth:`commit` and the changes they carried (for benches).
+        self.commits = 0
+        self.committed_changes = 0
+        self._reconciled: tuple[object, object] | None = None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[PackagesIndex]:
         """Hold the writer lock; yields a private copy of the current index."""
         with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
-            current = self._load()
-            yield PackagesIndex(header=dict(current.header),
-                                entries=current.entries.copy())
+            self.reconcile()
+            yield self._load().copy()
 
     def save(self, index: PackagesIndex) -> None:
         """Write ``index`` atomically (call inside :meth:`locked`) and cache it."""
-        index.write(self.path)
+        index.write(self.path, self.ttl)
         self._cached = index
         self._cached_stat = _stat_key(self.path)
+
+    def commit(self, apply: Callable[[PackagesIndex], Callable[[], None] | None]) -> None:
+        """Apply one change in the next group commit; return when the index holding it is written.
+
+        ``apply(index)`` changes the working index (or raises: then nothing of it is
+        applied and the error is raised here); it may return an undo callable, run if
+        writing the index fails. Commits are at least a second apart (TIMESTAMP is
+        in seconds and must grow with every write); changes arriving meanwhile wait
+        and are written together.
+
+        Raises:
+            Whatever ``apply`` raised, or the write's error.
+        """
+        change = _Change(apply)
+        with self._group:
+            self._pending.append(change)
+            while not change.done and self._leading:
+                self._group.wait()
+            if not change.done:
+                self._leading = True
+        if not change.done:
+            try:
+                self._lead()
+            finally:
+                with self._group:
+                    self._leading = False
+                    self._group.notify_all()
+        if change.error is not None:
+            raise change.error
+
+    def _lead(self) -> None:
+        cached = self._cached
+        if cached is not None:  # space commits a second apart; changes queue up meanwhile
+            delay = cached.timestamp + 1 - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        with self._group:
+            batch, self._pending = self._pending, []
+        try:
+            with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
+                self.reconcile()
+                index = self._load().copy()
+                applied = []
+                for change in batch:
+                    try:
+                        change.undo = change.apply(index)
+                        applied.append(change)
+                    except BaseException as exc:  # this change only; the others go on
+                        change.error = exc
+                if applied:
+                    try:
+                        self.save(index)
+                    except BaseException as exc:
+                        for change in applied:
+                            change.error = exc
+                            if change.undo is not None:
+                                with contextlib.suppress(Exception):
+                                    change.undo()
+                        raise
+                    self.commits += 1
+                    self.committed_changes += len(applied)
+        except BaseException as exc:
+            for change in batch:
+                if change.error is None and not change.done:
+                    change.error = exc
+        finally:
+            with self._group:
+                for change in batch:
+                    change.done = True
+                self._group.notify_all()
 
     def snapshot(self) -> PackagesIndex:
         """The current index (read-only use; reparsed only if the file changed)."""
         with self._thread_lock:
             return self._load()
+
+    def reconcile(self) -> bool:
+        """Make ``Packages`` and ``Packages.gz`` the same again after a crash between their renames.
+
+        Call with the writer lock held. The one with the newer TIMESTAMP wins (the gz
+        copy on a tie: it is renamed first). Returns True if a file was rewritten.
+        """
+        gz_path = self.path.with_name(COMPRESSED_NAME)
+        key = (_stat_key(self.path), _stat_key(gz_path))
+        if key == self._reconciled:
+            return False
+        changed = False
+        try:
+            plain = self.path.read_bytes() if self.path.exists() else None
+            packed = gzip.decompress(gz_path.read_bytes()) if gz_path.exists() else None
+        except (OSError, EOFError, gzip.BadGzipFile, zlib_error) as exc:
+            logger.warning("%s unreadable (%s): rewriting it from %s", gz_path, exc, self.path)
+            packed = None
+        if plain is not None and packed != plain:
+            index_plain = PackagesIndex.parse(plain.decode("utf-8", "replace"))
+            index_packed = PackagesIndex.parse(packed.decode("utf-8", "replace")) if packed else None
+            newer = index_packed if index_packed is not None and \
+                index_packed.timestamp >= index_plain.timestamp else index_plain
+            logger.warning("Packages and Packages.gz differ (a write was interrupted): rewriting both "
+                           "from the newer (TIMESTAMP %d)", newer.timestamp)
+            newer.write(self.path, self.ttl)
+            self._cached, self._cached_stat = newer, _stat_key(self.path)
+            changed = True
+        elif plain is None and packed is not None:
+            newer = PackagesIndex.parse(packed.decode("utf-8", "replace"))
+            newer.write(self.path, self.ttl)
+            changed = True
+        self._reconciled = (_stat_key(self.path), _stat_key(gz_path))
+        return changed
 
     def _load(self) -> PackagesIndex:
         key = _stat_key(self.path)

@@ -16,10 +16,13 @@ unless all of them pass:
    ``update_signature``, :mod:`swarmctl.binhost.signing`); the index entry then
    describes the signed bytes. No usable key: refused as ``no_signing_key`` (the
    drone retries later; nothing unsigned is published);
-5. under the index lock: the BUILD_ID must not be published already, the caller's
-   last-moment check (still the job's owner?) must pass, then the file is hard-linked
-   into ``PKGDIR/<category>/<pn>/<PF>-<BUILD_ID>.gpkg.tar`` (a link never replaces an
-   existing file) and the index is rewritten atomically.
+5. in a group commit under the index lock (:meth:`IndexStore.commit`): the BUILD_ID
+   must not be published already, the caller's last-moment check (still the job's
+   owner?) must pass, then the file is hard-linked into
+   ``PKGDIR/<category>/<pn>/<PF>-<BUILD_ID>.gpkg.tar`` (a link never replaces an
+   existing file); the index, with every change of the group, is then written
+   atomically (a failed write unlinks the group's files again). A crash leaves at
+   worst a package file the index does not list yet, never an entry without its file.
 
 The temp file is removed on every path out.
 """
@@ -40,7 +43,7 @@ from typing import BinaryIO
 
 from swarmctl.atoms import split_cpv, validate_cpv
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
-from swarmctl.binhost.index import UPLOAD_SHA256_KEY, FileDigests, IndexStore, make_entry
+from swarmctl.binhost.index import UPLOAD_SHA256_KEY, FileDigests, IndexStore, PackagesIndex, make_entry
 from swarmctl.binhost.signing import KeyInfo, Keyring, SigningError, sign_gpkg, signature_present
 from swarmctl.exceptions import InvalidAtom, SwarmError
 
@@ -240,8 +243,10 @@ class Publisher:
         category, pn, _ = split_cpv(info.cpv)
         rel_path = f"{category}/{pn}/{info.pf}-{info.build_id}{GPKG_SUFFIX}"
         dest = self.pkgdir / rel_path
-        with self.store.locked() as index:
-            if info.build_id in index.build_ids(info.cpv) or dest.exists():
+
+        def apply(index: PackagesIndex) -> Callable[[], None]:
+            """Runs in a group commit, under the index lock: link the file, add its entry."""
+            if rel_path in index.entries or info.build_id in index.build_ids(info.cpv) or dest.exists():
                 existing = index.entries.get(rel_path, {})
                 raise PublishRefused("duplicate", f"{info.cpv} build {info.build_id} is already published",
                                      same_content=upload_sha256 in (existing.get("SHA256"),
@@ -257,18 +262,23 @@ class Publisher:
                 raise PublishRefused("duplicate", f"{rel_path} already exists") from None
             except OSError as exc:
                 raise PublishRefused("io_error", f"cannot publish {rel_path}: {exc.strerror}") from None
+
+            def unlink() -> None:
+                with contextlib.suppress(OSError):
+                    dest.unlink()
+
             try:
                 os.chmod(dest, 0o644)
-                mtime = int(os.stat(dest).st_mtime)
-                entry = make_entry(info, rel_path, digests, mtime)
+                entry = make_entry(info, rel_path, digests, int(os.stat(dest).st_mtime))
                 if upload_sha256 != digests.sha256:
                     entry[UPLOAD_SHA256_KEY] = upload_sha256  # recognizes a replayed upload
                 index.add(entry)
-                self.store.save(index)
             except BaseException:
-                with contextlib.suppress(OSError):
-                    dest.unlink()
+                unlink()
                 raise
+            return unlink
+
+        self.store.commit(apply)
         logger.info("published %s (%d bytes%s)", rel_path, digests.size,
                     f", signed by {signed_by}" if signed_by else ", unsigned")
         return Published(cpv=info.cpv, build_id=info.build_id, rel_path=rel_path, sha256=digests.sha256,

@@ -27,14 +27,16 @@ flood of idle sockets costs no threads and cannot lock other hosts out.
 Replies are one JSON object on one line: ``{"status": "accepted"|"refused",
 "code": ..., "reason": ...}``.
 
-Any other ``GET``/``HEAD`` serves files below PKGDIR for portage clients; hidden
-entries (the upload temp dir, the lock), directories, symlinks leaving PKGDIR and
-``..`` are refused.
+Any other ``GET``/``HEAD`` serves files below PKGDIR for portage clients (``Packages``,
+``Packages.gz``, ``KEYS.asc``, packages) with Last-Modified, and 304 Not Modified
+when If-Modified-Since is not older than the file; hidden entries (the upload temp
+dir, the lock), directories, symlinks leaving PKGDIR and ``..`` are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import io
 import json
 import logging
@@ -51,7 +53,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
-from swarmctl.binhost.index import UPLOAD_SHA256_KEY
+from swarmctl.binhost.index import UPLOAD_SHA256_KEY, IndexStore
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.signing import Keyring
 
@@ -75,7 +77,8 @@ _STATUS_OF_CODE = {
     "no_signing_key": HTTPStatus.SERVICE_UNAVAILABLE,
     "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
 }
-_CONTENT_TYPES = {".tar": "application/x-tar", "": "text/plain; charset=utf-8"}
+_CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".asc": "application/pgp-keys",
+                  "": "text/plain; charset=utf-8"}
 _LINGER_SECONDS = 2.0
 _LINGER_BYTES = 4 * 1024 * 1024
 
@@ -131,6 +134,7 @@ class ServerSettings:
         max_connections: Connections served at once; more are answered 503 and closed.
         max_connections_per_address: Connections one client address may hold at once,
             so one host's idle sockets cannot take every slot.
+        index_ttl: TTL written into the index header (clients skip refreshes within it).
     """
 
     max_upload_bytes: int = 4 * 1024**3
@@ -140,6 +144,7 @@ class ServerSettings:
     header_timeout: float = 10.0
     max_connections: int = 64
     max_connections_per_address: int = 16
+    index_ttl: int = 300
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -212,7 +217,8 @@ class BinhostServer(ThreadingHTTPServer):
         self.pkgdir = Path(pkgdir).absolute()
         self.gate = gate
         self.settings = settings or ServerSettings()
-        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, keyring=keyring)
+        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, keyring=keyring,
+                                   store=IndexStore(self.pkgdir, ttl=self.settings.index_ttl))
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
@@ -443,6 +449,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with handle:
             st = os.fstat(handle.fileno())
+            if _not_modified_since(self.headers.get("If-Modified-Since"), int(st.st_mtime)):
+                # The index's mtime is its TIMESTAMP, which portage sends back: an unchanged
+                # index costs one small reply.
+                self.send_response(HTTPStatus.NOT_MODIFIED)
+                self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
+                self.end_headers()
+                return
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", _CONTENT_TYPES.get(target.suffix, "application/octet-stream"))
             self.send_header("Content-Length", str(st.st_size))
@@ -554,6 +567,19 @@ def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings 
     """
     host, port = parse_listen(listen)
     return BinhostServer((host, port), pkgdir, gate, settings, keyring)
+
+
+def _not_modified_since(header: str | None, mtime: int) -> bool:
+    """Whether a file last modified at ``mtime`` is unchanged since the If-Modified-Since date."""
+    if not header:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if since.tzinfo is None:
+        return False
+    return mtime <= since.timestamp()
 
 
 def _float(text: str | None) -> float:

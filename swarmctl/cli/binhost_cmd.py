@@ -52,6 +52,7 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         header_timeout=cfg.header_timeout,
         max_connections=cfg.max_connections,
         max_connections_per_address=cfg.max_connections_per_address,
+        index_ttl=cfg.index_ttl,
     )
     client = obj.redis()
     from swarmctl.binhost.signing import SigningError
