@@ -30,6 +30,7 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -42,6 +43,7 @@ from typing import Any
 from zlib import error as zlib_error
 
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
+from swarmctl.binhost.signing import verifying
 from swarmctl.exceptions import SwarmError
 
 logger = logging.getLogger("swarmctl.binhost.index")
@@ -453,8 +455,6 @@ def verify(pkgdir: Path, *, check_manifests: bool = False, check_signatures: boo
     """
     pkgdir = Path(pkgdir)
     if check_signatures:
-        from swarmctl.binhost.signing import verifying
-
         with verifying(pkgdir, gpg) as keyring:
             if not keyring.fingerprints:
                 report = _verify(pkgdir, check_manifests=True, settings=None)
@@ -526,23 +526,10 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
             that does not verify against ``PKGDIR/KEYS.asc``, a damaged file); the
             previous index is left in place.
     """
-    from swarmctl.portage_env.prefix import load_prefix, make_prefix  # portage tooling only here
-
     pkgdir = Path(pkgdir).absolute()
     store = IndexStore(pkgdir)
     with contextlib.ExitStack() as stack:
-        if prefix_root is None:
-            from swarmctl.overlay import install_overlay
-
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-reindex-")))
-            prefix = make_prefix(scratch / "prefix", install_overlay(scratch / "repo"))
-        else:
-            try:
-                prefix = load_prefix(Path(prefix_root))
-            except FileNotFoundError as exc:
-                raise BinhostIndexError(str(exc)) from None
-        from swarmctl.binhost.signing import verifying
-
+        prefix = _emaint_prefix(stack, prefix_root)
         keyring = stack.enter_context(verifying(pkgdir, gpg))
         files = sorted(p.relative_to(pkgdir).as_posix() for p in _package_files(pkgdir))
         with store.locked():
@@ -552,16 +539,9 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
                     os.replace(store.path, aside)
                 else:
                     shutil.copy2(store.path, aside)
-            env = prefix.env()
-            env["PKGDIR"] = str(pkgdir)
-            # Incremental on top of make.conf: one plain Packages, built from the files.
-            env["FEATURES"] = "-compress-index -pkgdir-index-trusted"
-            # Signed packages are read as a client would: against the published keys
-            # (our own temporary keyring, so no drop to nobody).
-            env["BINPKG_GPG_VERIFY_GPG_HOME"] = str(keyring.home)
-            env["BINPKG_GPG_VERIFY_BASE_COMMAND"] = keyring.settings()["BINPKG_GPG_VERIFY_BASE_COMMAND"]
-            env["GPG_VERIFY_USER_DROP"] = ""
-            env["GPG_VERIFY_GROUP_DROP"] = ""
+            # Incremental on top of make.conf: one plain Packages, built from the files
+            # (store.save below writes Packages.gz beside it).
+            env = _emaint_env(prefix, pkgdir, keyring, "-compress-index -pkgdir-index-trusted")
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
@@ -592,6 +572,70 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
                     entry["SHA256"] = FileDigests.of(file_path).sha256
             store.save(index)
             return len(index.entries)
+
+
+def emaint_check(pkgdir: Path, *, prefix_root: Path | None = None, gpg: str = "gpg",
+                 timeout: float = 3600.0) -> list[str]:
+    """Portage's own ``emaint binhost --check`` on PKGDIR; the problems it reports (none: clean).
+
+    Run with FEATURES=compress-index (the binhost writes Packages.gz) and signed
+    packages read against ``PKGDIR/KEYS.asc``. Portage 3.0.83's check rewrites the
+    index as a side effect (every time, even its own: ``USER_PATCHES`` is a key it
+    requires but never writes), so it runs on a shadow PKGDIR: hard links of the
+    package files (same size and mtime) and copies of both index files, inside
+    ``PKGDIR/.swarm-tmp``; the real index is never touched.
+    """
+    pkgdir = Path(pkgdir).absolute()
+    with contextlib.ExitStack() as stack:
+        prefix = _emaint_prefix(stack, prefix_root)
+        keyring = stack.enter_context(verifying(pkgdir, gpg))
+        (pkgdir / ".swarm-tmp").mkdir(exist_ok=True)
+        shadow = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emaint-check-",
+                                                                      dir=pkgdir / ".swarm-tmp")))
+        for file_path in _package_files(pkgdir):
+            target = shadow / file_path.relative_to(pkgdir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(file_path, target)
+        for name in (INDEX_NAME, COMPRESSED_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copy2(pkgdir / name, shadow / name)
+        env = _emaint_env(prefix, shadow, keyring, "compress-index -pkgdir-index-trusted")
+        done = subprocess.run([prefix.tool("emaint"), "binhost", "--check"], env=env, capture_output=True,
+                              text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    # Progress bars end in carriage returns: split on them too, and drop them.
+    lines = [line.strip() for line in re.split(r"[\r\n]+", done.stdout + done.stderr) if line.strip()]
+    problems = [line for line in lines if not line.startswith(("Emaint:", "[", "binhost"))
+                and not re.search(r"\d+%|\[=*>?\s*\]", line)]
+    if done.returncode != 0 and not problems:
+        problems = [f"emaint binhost --check exited {done.returncode}: {lines[-1] if lines else 'no output'}"]
+    return problems
+
+
+def _emaint_prefix(stack: contextlib.ExitStack, prefix_root: Path | None) -> Any:
+    from swarmctl.portage_env.prefix import load_prefix, make_prefix  # portage tooling only here
+
+    if prefix_root is None:
+        from swarmctl.overlay import install_overlay
+
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-reindex-")))
+        return make_prefix(scratch / "prefix", install_overlay(scratch / "repo"))
+    try:
+        return load_prefix(Path(prefix_root))
+    except FileNotFoundError as exc:
+        raise BinhostIndexError(str(exc)) from None
+
+
+def _emaint_env(prefix: Any, pkgdir: Path, keyring: Any, features: str) -> dict[str, str]:
+    env: dict[str, str] = prefix.env()
+    env["PKGDIR"] = str(pkgdir)
+    env["FEATURES"] = features
+    # Signed packages are read as a client would: against the published keys (our own
+    # temporary keyring, so no drop to nobody).
+    env["BINPKG_GPG_VERIFY_GPG_HOME"] = str(keyring.home)
+    env["BINPKG_GPG_VERIFY_BASE_COMMAND"] = keyring.settings()["BINPKG_GPG_VERIFY_BASE_COMMAND"]
+    env["GPG_VERIFY_USER_DROP"] = ""
+    env["GPG_VERIFY_GROUP_DROP"] = ""
+    return env
 
 
 def _blocks(text: str) -> Iterator[dict[str, str]]:
