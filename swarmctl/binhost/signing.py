@@ -561,3 +561,92 @@ def _set_modes(home: Path, nobody_readable: bool) -> None:
     for path in home.iterdir():
         if path.is_file() and not path.is_symlink():
             os.chmod(path, 0o644 if nobody_readable else 0o600)
+
+
+# -- health, for status and doctor -------------------------------------------------------
+
+def keyring_from_config(config: Any) -> Keyring:
+    """The binhost's signing keyring: binhost.gnupg_home, else $XDG_DATA_HOME/build-swarm/binhost-gnupg."""
+    from swarmctl.paths import data_home
+
+    cfg = config.binhost
+    return Keyring(Path(cfg.gnupg_home) if cfg.gnupg_home else data_home() / "binhost-gnupg", cfg.gpg)
+
+
+def config_trust_problems(config: Any, *, sample: int | None = 3) -> list[TrustProblem] | None:
+    """:func:`trust_problems` for this host's binhost; None when this host is no binhost (no binhost.dir)."""
+    if not config.binhost.dir:
+        return None
+    cfg = config.binhost
+    return trust_problems(keyring_from_config(config), Path(cfg.dir), warn_days=cfg.key_warn_days,
+                          critical_days=cfg.key_critical_days, sample=sample)
+
+
+@dataclass(frozen=True)
+class TrustProblem:
+    """Something wrong with the binhost's signing: ``severity`` is ``warning`` or ``critical``."""
+
+    code: str
+    severity: str
+    message: str
+
+
+def trust_problems(keyring: Keyring, pkgdir: Path | None, *, warn_days: float = 180, critical_days: float = 30,
+                   sample: int | None = 3, now: float | None = None) -> list[TrustProblem]:
+    """The signing key's state and a verification of published packages.
+
+    Critical: no usable key (uploads are refused), a key expiring within
+    ``critical_days``, a published package that fails verification against
+    ``PKGDIR/KEYS.asc``. Warning: expiry within ``warn_days``.
+
+    Args:
+        keyring: The binhost's signing keyring.
+        pkgdir: Its PKGDIR (None: the packages are not checked).
+        sample: Verify this many most recently published packages; None: every one.
+    """
+    problems: list[TrustProblem] = []
+    try:
+        key = keyring.signing_key(now)
+    except SigningError as exc:
+        problems.append(TrustProblem("signing_key_missing", "critical", str(exc)))
+    else:
+        days = key.days_left(now)
+        if days is not None and days < critical_days:
+            problems.append(TrustProblem("signing_key_expiring", "critical",
+                                         f"signing key {key.fingerprint[-16:]} expires in {days:.0f} days: "
+                                         "swarmctl binhost key rotate"))
+        elif days is not None and days < warn_days:
+            problems.append(TrustProblem("signing_key_expiring", "warning",
+                                         f"signing key {key.fingerprint[-16:]} expires in {days:.0f} days "
+                                         "(rotate before it does: swarmctl binhost key rotate)"))
+    if pkgdir is not None and (Path(pkgdir) / "Packages").is_file():
+        problems.extend(_package_problems(Path(pkgdir), keyring.gpg, sample))
+    return problems
+
+
+def _package_problems(pkgdir: Path, gpg: str, sample: int | None) -> list[TrustProblem]:
+    from swarmctl.binhost.index import PackagesIndex
+
+    entries = PackagesIndex.read(pkgdir / "Packages").entries
+    paths = sorted(entries, key=lambda p: int(entries[p].get("MTIME", "0") or 0), reverse=True)
+    if sample is not None:
+        paths = paths[:sample]
+    if not paths:
+        return []
+    failed = []
+    with verifying(pkgdir, gpg) as trusted:
+        if not trusted.fingerprints:
+            return [TrustProblem("packages_unverifiable", "critical",
+                                 f"{pkgdir / KEYS_NAME} holds no public key: clients cannot verify any package")]
+        for rel_path in paths:
+            try:
+                verify_gpkg(pkgdir / rel_path, trusted)
+            except SignatureInvalid:
+                failed.append(rel_path)
+            except OSError:
+                failed.append(rel_path)
+    if not failed:
+        return []
+    return [TrustProblem("package_signature_bad", "critical",
+                         f"{len(failed)} of {len(paths)} checked package(s) fail signature verification "
+                         f"({', '.join(failed[:3])}): clients refuse them; swarmctl binhost verify")]

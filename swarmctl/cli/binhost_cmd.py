@@ -22,11 +22,9 @@ def _pkgdir(ctx_obj: Any, given: str | None) -> Path:
 
 def binhost_keyring(config: Any) -> Any:
     """The binhost's signing :class:`~swarmctl.binhost.signing.Keyring` from the config."""
-    from swarmctl.binhost.signing import Keyring
-    from swarmctl.paths import data_home
+    from swarmctl.binhost.signing import keyring_from_config
 
-    cfg = config.binhost
-    return Keyring(Path(cfg.gnupg_home) if cfg.gnupg_home else data_home() / "binhost-gnupg", cfg.gpg)
+    return keyring_from_config(config)
 
 
 @click.group(short_help="Serve and check the binhost")

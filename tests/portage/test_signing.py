@@ -7,6 +7,7 @@ portage's own gpkg reader (``verify_gpkg``/``binhost verify``) or a real client.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -208,3 +209,30 @@ def test_signing_home_belonging_to_someone_else_is_not_used(keyring) -> None:  #
     finally:
         os.chown(keyring.home, 0, 0)
     subprocess.run(["true"], check=True)
+
+
+@pytest.mark.parametrize(("days", "expected"), [(400, None), (100, "warning"), (20, "critical")])
+def test_key_expiry_warns_at_180_days_and_goes_red_at_30(days, expected, keyrings, pkgdir) -> None:  # type: ignore[no-untyped-def]
+    from swarmctl.binhost.signing import trust_problems
+
+    problems = trust_problems(keyrings(days=days), pkgdir)
+    assert [(p.code, p.severity) for p in problems] == ([] if expected is None else
+                                                         [("signing_key_expiring", expected)])
+
+
+def test_status_and_doctor_go_red_without_a_key_or_with_a_bad_package(drone, pkgdir, keyring, keyrings,  # type: ignore[no-untyped-def]
+                                                                      swarm_env) -> None:
+    publisher = Publisher(pkgdir, keyring=keyring)
+    hello = publisher.publish_file(drone.gpkg(HELLO), HELLO)
+    keyring.publish(pkgdir)
+    env = {**swarm_env, "SWARM_BINHOST_DIR": str(pkgdir), "SWARM_BINHOST_GNUPG_HOME": str(keyring.home)}
+    status = json.loads(run_cli(["status", "--json"], env, check=False).stdout)
+    assert not [a for a in status["attention"] if a["code"].startswith(("signing", "package"))]
+    doctor = run_cli(["doctor"], env, check=False)
+    assert "signing key usable" in doctor.stdout
+    replace_package(pkgdir, hello.rel_path, drone.gpkg(HELLO).read_bytes())  # signature stripped
+    status = json.loads(run_cli(["status", "--json"], env, check=False).stdout)
+    assert {(a["code"], a["severity"]) for a in status["attention"]} >= {("package_signature_bad", "critical")}
+    keyless = {**env, "SWARM_BINHOST_GNUPG_HOME": str(keyrings(with_key=False).home)}
+    doctor = run_cli(["doctor"], keyless, check=False)
+    assert doctor.returncode != 0 and "key init" in doctor.stdout and "fail signature verification" in doctor.stdout
