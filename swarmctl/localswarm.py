@@ -144,6 +144,7 @@ class LocalSwarm:
         env = {**os.environ, **self.extra_env, "SWARM_REDIS_URL": self.redis_url, "SWARM_DRONE_TOKEN": token,
                "SWARM_DRONE_BUILDER": "portage", "SWARM_DRONE_PREFIX": str(prefix.root),
                "SWARM_BINHOST_URL": self.server.url if self.server else "",
+               "SWARM_BINHOST_KEYS_FILE": str(self.pkgdir / KEYS_NAME),
                "SWARM_DRONE_STATE_DIR": str(self.workdir / "drones" / name / "state"),
                "SWARM_DRONE_POLL_INTERVAL": "0.3", "SWARM_DRONE_HEARTBEAT_INTERVAL": "1"}
         log_file = open(self.workdir / "drones" / name / "daemon.log", "ab")  # noqa: SIM115 (lives with the process)

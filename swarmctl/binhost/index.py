@@ -16,14 +16,17 @@ check (:func:`verify`) read every file.
 Every write produces ``Packages`` and ``Packages.gz`` with the same content: both are
 written to temp files and fsynced, then ``Packages.gz`` is renamed into place first and
 ``Packages`` second. The header's TIMESTAMP increases by at least one second with
-every write (commits are spaced a second apart), and both files' mtime is set to
-it, so a client's If-Modified-Since (portage sends the TIMESTAMP it holds) is
-answered exactly. After a crash between the two renames, the next writer (or
+every write, and both files' mtime is set to it, so a client's If-Modified-Since
+(portage sends the TIMESTAMP it holds) tells every version apart and is answered
+exactly. Under sustained load (several writes a second) TIMESTAMP runs ahead of the
+clock, by at most ``MAX_TIMESTAMP_LEAD`` seconds; it falls back to the clock when the
+load stops. After a crash between the two renames, the next writer (or
 :meth:`IndexStore.reconcile`) rewrites the older of the two from the newer.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
 import gzip
@@ -54,6 +57,9 @@ COMPRESSED_NAME = "Packages.gz"
 #: gzip level for Packages.gz: the index is highly repetitive text, level 1 already
 #: shrinks it well below a fifth, at a fraction of level 6's cost on a large index.
 GZIP_LEVEL = 1
+#: Seconds the index TIMESTAMP may run ahead of the clock (one second per write, so a
+#: client's If-Modified-Since tells every version apart) before writes are slowed down.
+MAX_TIMESTAMP_LEAD = 300
 #: Lock file serializing every writer of one PKGDIR's index (publish, reindex).
 LOCK_NAME = ".swarm-index.lock"
 #: Keys every package entry must have for portage clients to accept the index.
@@ -107,13 +113,17 @@ class FileDigests:
 class PackagesIndex:
     """A parsed ``Packages`` file: header plus entries keyed by their ``PATH``.
 
-    ``rendered`` caches each entry's text block; :meth:`add` and :meth:`remove` keep
-    it right (change entries only through them once it has been rendered).
+    Once rendered, ``order`` holds the entries' sort keys in index order and
+    ``blocks`` their rendered text, position for position; :meth:`add` and
+    :meth:`remove` keep both right (change entries only through them), so rendering
+    a big index again is one C-level join, not a Python loop over every entry (which
+    would hold the GIL from the threads receiving uploads).
     """
 
     header: dict[str, str] = field(default_factory=dict)
     entries: dict[str, dict[str, str]] = field(default_factory=dict)
-    rendered: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+    order: list[tuple[tuple[str, int, str], str]] | None = field(default=None, repr=False, compare=False)
+    blocks: list[str] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> PackagesIndex:
@@ -137,7 +147,10 @@ class PackagesIndex:
 
     def copy(self) -> PackagesIndex:
         """A copy whose header and entry map can change without touching this one."""
-        return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), rendered=self.rendered.copy())
+        if self.order is None or self.blocks is None:
+            return PackagesIndex(header=dict(self.header), entries=self.entries.copy())
+        return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), order=self.order.copy(),
+                             blocks=self.blocks.copy())
 
     @property
     def timestamp(self) -> int:
@@ -153,14 +166,10 @@ class PackagesIndex:
             header["TTL"] = str(ttl)
         header.setdefault("VERSION", INDEX_VERSION)
         self.header["TIMESTAMP"] = header["TIMESTAMP"]
-        chunks = [_render_block(header)]
-        rendered = self.rendered
-        for path in sorted(self.entries, key=lambda p: _sort_key(self.entries[p])):
-            block = rendered.get(path)
-            if block is None:
-                block = rendered[path] = _render_block(self.entries[path])
-            chunks.append(block)
-        return "".join(chunks)
+        if self.order is None or self.blocks is None or len(self.order) != len(self.entries):
+            self.order = sorted((_sort_key(entry), path) for path, entry in self.entries.items())
+            self.blocks = [_render_block(self.entries[path]) for _, path in self.order]
+        return _render_block(header) + "".join(self.blocks)
 
     def write(self, path: Path, ttl: int | None = None) -> None:
         """Write ``Packages`` and ``Packages.gz`` (same content) atomically, gz first.
@@ -189,15 +198,37 @@ class PackagesIndex:
         missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
         if missing:
             raise BinhostIndexError(f"index entry lacks {', '.join(missing)}")
-        self.entries[entry["PATH"]] = dict(entry)
-        self.rendered.pop(entry["PATH"], None)
+        path = entry["PATH"]
+        if path in self.entries:
+            self._unplace(path)
+        self.entries[path] = dict(entry)
+        if self.order is not None and self.blocks is not None:
+            key = (_sort_key(entry), path)
+            at = bisect.bisect(self.order, key)
+            self.order.insert(at, key)
+            self.blocks.insert(at, _render_block(self.entries[path]))
         if entry.get("CHOST"):
             self.header.setdefault("CHOST", entry["CHOST"])
 
     def remove(self, rel_path: str) -> bool:
         """Drop the entry for a file; True if there was one."""
-        self.rendered.pop(rel_path, None)
-        return self.entries.pop(rel_path, None) is not None
+        if rel_path not in self.entries:
+            return False
+        self._unplace(rel_path)
+        del self.entries[rel_path]
+        return True
+
+    def _unplace(self, path: str) -> None:
+        """Take an entry out of the rendered order (before it changes or goes)."""
+        if self.order is None or self.blocks is None:
+            return
+        key = (_sort_key(self.entries[path]), path)
+        at = bisect.bisect_left(self.order, key)
+        if at < len(self.order) and self.order[at] == key:
+            del self.order[at]
+            del self.blocks[at]
+        else:  # not where it should be: forget the cache, the next render sorts again
+            self.order = self.blocks = None
 
     def build_ids(self, cpv: str) -> set[int]:
         """BUILD_IDs already published for ``cpv``."""
@@ -307,15 +338,16 @@ class IndexStore:
         index.write(self.path, self.ttl)
         self._cached = index
         self._cached_stat = _stat_key(self.path)
+        self._reconciled = (self._cached_stat, _stat_key(self.path.with_name(COMPRESSED_NAME)))
 
     def commit(self, apply: Callable[[PackagesIndex], Callable[[], None] | None]) -> None:
         """Apply one change in the next group commit; return when the index holding it is written.
 
         ``apply(index)`` changes the working index (or raises: then nothing of it is
         applied and the error is raised here); it may return an undo callable, run if
-        writing the index fails. Commits are at least a second apart (TIMESTAMP is
-        in seconds and must grow with every write); changes arriving meanwhile wait
-        and are written together.
+        writing the index fails. While one caller (the leader) writes the index, the
+        changes arriving meanwhile wait and are then written together by the next
+        leader, so a big index is rewritten once per group, not once per package.
 
         Raises:
             Whatever ``apply`` raised, or the write's error.
@@ -339,8 +371,8 @@ class IndexStore:
 
     def _lead(self) -> None:
         cached = self._cached
-        if cached is not None:  # space commits a second apart; changes queue up meanwhile
-            delay = cached.timestamp + 1 - time.time()
+        if cached is not None:  # TIMESTAMP may run ahead of the clock under load, but only so far
+            delay = cached.timestamp + 1 - time.time() - MAX_TIMESTAMP_LEAD
             if delay > 0:
                 time.sleep(delay)
         with self._group:

@@ -246,7 +246,8 @@ class Publisher:
 
         def apply(index: PackagesIndex) -> Callable[[], None]:
             """Runs in a group commit, under the index lock: link the file, add its entry."""
-            if rel_path in index.entries or info.build_id in index.build_ids(info.cpv) or dest.exists():
+            # The path is made of CPV and BUILD_ID: one lookup, whatever the size of the index.
+            if rel_path in index.entries or dest.exists():
                 existing = index.entries.get(rel_path, {})
                 raise PublishRefused("duplicate", f"{info.cpv} build {info.build_id} is already published",
                                      same_content=upload_sha256 in (existing.get("SHA256"),

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.binhost.client import BinhostClient, BinhostPublisher, outcome_of
-from swarmctl.binhost.index import UPLOAD_SHA256_KEY, FileDigests, PackagesIndex, verify
+from swarmctl.binhost.index import UPLOAD_SHA256_KEY, FileDigests, IndexStore, PackagesIndex, verify
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.signing import (
     KEYS_NAME,
@@ -236,3 +236,58 @@ def test_status_and_doctor_go_red_without_a_key_or_with_a_bad_package(drone, pkg
     keyless = {**env, "SWARM_BINHOST_GNUPG_HOME": str(keyrings(with_key=False).home)}
     doctor = run_cli(["doctor"], keyless, check=False)
     assert doctor.returncode != 0 and "key init" in doctor.stdout and "fail signature verification" in doctor.stdout
+
+
+SIGNING_CRASHER = """
+import shutil, sys
+from pathlib import Path
+from portage.gpkg import gpkg
+from swarmctl.binhost.gpkg import _ReaderSettings
+from swarmctl.binhost.publish import Publisher
+from swarmctl.binhost.signing import Keyring
+source, pkgdir, home, work = map(Path, sys.argv[1:5])
+publisher = Publisher(pkgdir, keyring=Keyring(home))
+settings = _ReaderSettings(MAKEOPTS="-j1", BINPKG_COMPRESS="zstd")
+settings.features = frozenset()
+for build_id in range(int(sys.argv[5]), 10**6):
+    variant = work / f"hello-1-{build_id}.gpkg.tar"
+    shutil.copy(source, variant)
+    package = gpkg(settings, None, str(variant))
+    metadata = package.get_metadata()
+    metadata["BUILD_ID"] = f"{build_id}\\n".encode()
+    package.update_metadata(metadata, new_basename=f"hello-1-{build_id}")
+    publisher.publish_file(variant, "app-misc/hello-1")
+    print(build_id, flush=True)
+"""
+
+
+def test_kill_9_while_signing_and_publishing_leaves_only_whole_signed_packages(drone, pkgdir, keyring,  # type: ignore[no-untyped-def]
+                                                                             tmp_path) -> None:
+    import gzip
+    import subprocess
+    import sys
+    import time
+
+    keyring.publish(pkgdir)
+    (tmp_path / "work").mkdir()
+    for round_ in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", SIGNING_CRASHER, str(drone.gpkg(HELLO)), str(pkgdir),
+                                 str(keyring.home), str(tmp_path / "work"), str(100 + round_ * 1000)],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        time.sleep(2.0 + 0.37 * round_)  # mid-publish: most of a publish is signing
+        proc.kill()
+        published_before_kill = proc.communicate()[0].split()
+        assert published_before_kill, "nothing was published before the kill: the test proves nothing"
+        index = PackagesIndex.read(pkgdir / "Packages")
+        visible = sorted(p.relative_to(pkgdir).as_posix() for p in pkgdir.glob("app-misc/hello/*.gpkg.tar"))
+        assert set(index.entries) <= set(visible)  # no entry without its file
+        with verifying(pkgdir) as trusted:
+            for rel in visible:  # every visible package is whole and signed by the binhost
+                verify_gpkg(pkgdir / rel, trusted)
+        with IndexStore(pkgdir).locked():
+            pass
+        assert gzip.decompress((pkgdir / "Packages.gz").read_bytes()) == (pkgdir / "Packages").read_bytes()
+    # At worst a package linked just before its group's index write is not indexed yet
+    # (start-up recovery adopts or removes it); everything indexed verifies.
+    problems = verify(pkgdir, check_signatures=True).problems
+    assert all(p.endswith("package file not in the index") for p in problems), problems
