@@ -57,6 +57,8 @@ COMPRESSED_NAME = "Packages.gz"
 #: gzip level for Packages.gz: the index is highly repetitive text, level 1 already
 #: shrinks it well below a fifth, at a fraction of level 6's cost on a large index.
 GZIP_LEVEL = 1
+#: Entries per cached chunk of the rendered index (see PackagesIndex).
+CHUNK_ENTRIES = 256
 #: Seconds the index TIMESTAMP may run ahead of the clock (one second per write, so a
 #: client's If-Modified-Since tells every version apart) before writes are slowed down.
 MAX_TIMESTAMP_LEAD = 300
@@ -114,16 +116,23 @@ class PackagesIndex:
     """A parsed ``Packages`` file: header plus entries keyed by their ``PATH``.
 
     Once rendered, ``order`` holds the entries' sort keys in index order and
-    ``blocks`` their rendered text, position for position; :meth:`add` and
-    :meth:`remove` keep both right (change entries only through them), so rendering
-    a big index again is one C-level join, not a Python loop over every entry (which
-    would hold the GIL from the threads receiving uploads).
+    ``blocks`` their rendered text, position for position, cut into chunks of about
+    ``CHUNK_ENTRIES`` entries by key range (``bounds``) whose joined text and gzip
+    member are cached (``chunks``). :meth:`add` and :meth:`remove` keep all of it
+    right and drop only the cache of the chunk they touch (change entries only
+    through them), so writing a big index again re-compresses one chunk and joins
+    the rest: the cost per change stays flat as the index grows, and no Python loop
+    over every entry holds the GIL from the threads receiving uploads. Packages.gz is
+    then a multi-member gzip file (header member, then one member per chunk), which
+    gzip readers (portage's ``GzipFile`` included) read as one stream.
     """
 
     header: dict[str, str] = field(default_factory=dict)
     entries: dict[str, dict[str, str]] = field(default_factory=dict)
     order: list[tuple[tuple[str, int, str], str]] | None = field(default=None, repr=False, compare=False)
-    blocks: list[str] | None = field(default=None, repr=False, compare=False)
+    blocks: list[bytes] | None = field(default=None, repr=False, compare=False)
+    bounds: list[tuple[tuple[str, int, str], str]] | None = field(default=None, repr=False, compare=False)
+    chunks: dict[int, tuple[bytes, bytes]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> PackagesIndex:
@@ -146,11 +155,11 @@ class PackagesIndex:
             raise BinhostIndexError(f"cannot read {path}: {exc}") from None
 
     def copy(self) -> PackagesIndex:
-        """A copy whose header and entry map can change without touching this one."""
-        if self.order is None or self.blocks is None:
+        """A copy whose header and entries can change without touching this one."""
+        if self.order is None or self.blocks is None or self.bounds is None:
             return PackagesIndex(header=dict(self.header), entries=self.entries.copy())
         return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), order=self.order.copy(),
-                             blocks=self.blocks.copy())
+                             blocks=self.blocks.copy(), bounds=self.bounds, chunks=self.chunks.copy())
 
     @property
     def timestamp(self) -> int:
@@ -159,6 +168,10 @@ class PackagesIndex:
 
     def render(self, ttl: int | None = None) -> str:
         """The index as text: header (fresh PACKAGES, TIMESTAMP after the last one, TTL), then entries."""
+        head, parts = self._render_parts(ttl)
+        return (head + b"".join(text for text, _ in parts)).decode("utf-8")
+
+    def _render_parts(self, ttl: int | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         header = dict(self.header)
         header["PACKAGES"] = str(len(self.entries))
         header["TIMESTAMP"] = str(max(int(time.time()), self.timestamp + 1))
@@ -166,10 +179,29 @@ class PackagesIndex:
             header["TTL"] = str(ttl)
         header.setdefault("VERSION", INDEX_VERSION)
         self.header["TIMESTAMP"] = header["TIMESTAMP"]
-        if self.order is None or self.blocks is None or len(self.order) != len(self.entries):
+        self._layout()
+        assert self.order is not None and self.blocks is not None and self.bounds is not None
+        parts = []
+        for number in range(len(self.bounds)):
+            cached = self.chunks.get(number)
+            if cached is None:
+                start = 0 if number == 0 else bisect.bisect_left(self.order, self.bounds[number])
+                end = (bisect.bisect_left(self.order, self.bounds[number + 1]) if number + 1 < len(self.bounds)
+                       else len(self.order))
+                text = b"".join(self.blocks[start:end])
+                cached = self.chunks[number] = (text, gzip.compress(text, compresslevel=GZIP_LEVEL, mtime=0))
+            parts.append(cached)
+        return _render_block(header).encode("utf-8"), parts
+
+    def _layout(self) -> None:
+        """(Re)build order, blocks and chunk bounds when missing, stale or lopsided."""
+        count = len(self.entries)
+        if (self.order is None or self.blocks is None or self.bounds is None or len(self.order) != count
+                or count > 2 * CHUNK_ENTRIES * max(1, len(self.bounds))):
             self.order = sorted((_sort_key(entry), path) for path, entry in self.entries.items())
-            self.blocks = [_render_block(self.entries[path]) for _, path in self.order]
-        return _render_block(header) + "".join(self.blocks)
+            self.blocks = [_render_block(self.entries[path]).encode("utf-8") for _, path in self.order]
+            self.bounds = self.order[::CHUNK_ENTRIES] or [(("", 0, ""), "")]
+            self.chunks = {}
 
     def write(self, path: Path, ttl: int | None = None) -> None:
         """Write ``Packages`` and ``Packages.gz`` (same content) atomically, gz first.
@@ -179,9 +211,10 @@ class PackagesIndex:
         directory is fsynced. Both files' mtime is the header's TIMESTAMP.
         """
         path = Path(path)
-        text = self.render(ttl).encode("utf-8")
+        head, parts = self._render_parts(ttl)
         stamp = self.timestamp
-        compressed = gzip.compress(text, compresslevel=GZIP_LEVEL, mtime=stamp)
+        text = head + b"".join(chunk for chunk, _ in parts)
+        compressed = gzip.compress(head, compresslevel=GZIP_LEVEL, mtime=stamp) + b"".join(gz for _, gz in parts)
         gz_path = path.with_name(path.name + ".gz")
         temps = [_stage(gz_path, compressed, stamp), _stage(path, text, stamp)]
         try:
@@ -202,11 +235,12 @@ class PackagesIndex:
         if path in self.entries:
             self._unplace(path)
         self.entries[path] = dict(entry)
-        if self.order is not None and self.blocks is not None:
+        if self.order is not None and self.blocks is not None and self.bounds is not None:
             key = (_sort_key(entry), path)
             at = bisect.bisect(self.order, key)
             self.order.insert(at, key)
-            self.blocks.insert(at, _render_block(self.entries[path]))
+            self.blocks.insert(at, _render_block(self.entries[path]).encode("utf-8"))
+            self.chunks.pop(max(0, bisect.bisect_right(self.bounds, key) - 1), None)
         if entry.get("CHOST"):
             self.header.setdefault("CHOST", entry["CHOST"])
 
@@ -220,15 +254,16 @@ class PackagesIndex:
 
     def _unplace(self, path: str) -> None:
         """Take an entry out of the rendered order (before it changes or goes)."""
-        if self.order is None or self.blocks is None:
+        if self.order is None or self.blocks is None or self.bounds is None:
             return
         key = (_sort_key(self.entries[path]), path)
         at = bisect.bisect_left(self.order, key)
         if at < len(self.order) and self.order[at] == key:
             del self.order[at]
             del self.blocks[at]
-        else:  # not where it should be: forget the cache, the next render sorts again
-            self.order = self.blocks = None
+            self.chunks.pop(max(0, bisect.bisect_right(self.bounds, key) - 1), None)
+        else:  # not where it should be: forget the layout, the next render rebuilds it
+            self.order = self.blocks = self.bounds = None
 
     def build_ids(self, cpv: str) -> set[int]:
         """BUILD_IDs already published for ``cpv``."""

@@ -291,3 +291,20 @@ def test_kill_9_while_signing_and_publishing_leaves_only_whole_signed_packages(d
     # (start-up recovery adopts or removes it); everything indexed verifies.
     problems = verify(pkgdir, check_signatures=True).problems
     assert all(p.endswith("package file not in the index") for p in problems), problems
+
+
+def test_drone_takes_the_pinned_keys_file_or_fetches_them_from_the_binhost(pkgdir, keyring, serve,  # type: ignore[no-untyped-def]
+                                                                          tmp_path) -> None:
+    from swarmctl.cli.drone_cmd import binhost_keys
+    from swarmctl.config import load_config
+    from swarmctl.exceptions import ConfigError
+    from tests.portage.test_portage_client import OpenGate
+
+    published = keyring.publish(pkgdir).read_text()
+    pinned = load_config(environ={"SWARM_BINHOST_KEYS_FILE": str(pkgdir / KEYS_NAME)})
+    assert binhost_keys(pinned) == published
+    with pytest.raises(ConfigError, match="cannot read"):
+        binhost_keys(load_config(environ={"SWARM_BINHOST_KEYS_FILE": str(tmp_path / "missing.asc")}))
+    server = serve(pkgdir, OpenGate())
+    assert binhost_keys(load_config(environ={"SWARM_BINHOST_URL": server.url})) == published
+    assert binhost_keys(load_config(environ={"SWARM_BINHOST_URL": "http://127.0.0.1:9"})) is None
