@@ -91,11 +91,11 @@ if str(REPO) not in sys.path:
 from swarmctl import keys  # noqa: E402
 from swarmctl.config import load_config  # noqa: E402
 from swarmctl.connection import TRANSIENT  # noqa: E402
-from swarmctl.drones import DroneRegistry  # noqa: E402
 from swarmctl.embedded import redis_server_binary  # noqa: E402
 from swarmctl.events import Event, _event  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
 from swarmctl.queue import Queue  # noqa: E402
+from swarmctl.registry import DroneRegistry  # noqa: E402
 from tests.testbed import TestBed, missing_requirements  # noqa: E402
 
 KINDS = ("drone_kill", "power_cut", "net_cut_short", "net_cut_long", "leader_kill",

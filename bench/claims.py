@@ -26,10 +26,10 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from swarmctl.config import load_config
-from swarmctl.drones import DroneRegistry
 from swarmctl.embedded import RedisProcess
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 JOBS_PER_RUN = 12_000
 RESULTS = Path(__file__).resolve().parent / "results"

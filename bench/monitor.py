@@ -43,9 +43,9 @@ sys.path.insert(0, str(REPO))
 
 from swarmctl import monitor  # noqa: E402
 from swarmctl.config import load_config  # noqa: E402
-from swarmctl.drones import DroneRegistry  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
 from swarmctl.queue import Queue  # noqa: E402
+from swarmctl.registry import DroneRegistry  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "monitor.json"
 INTERVAL = 2.0  # the monitor's default refresh interval

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import private_redis, spawn_drone, stop, swarm_env
 from swarmctl import keys
 from swarmctl.config import load_config
-from swarmctl.drones import DroneRegistry
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 ROUNDS = 10
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -21,9 +21,9 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import private_redis, swarm_env
 from swarmctl.config import load_config
-from swarmctl.drones import DroneRegistry
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 DRONES = 500
 CLAIMS = 2000

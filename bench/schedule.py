@@ -46,8 +46,8 @@ from bench._common import private_redis, require_data, spawn_drone, stop, swarm_
 from swarmctl import keys
 from swarmctl.config import load_config
 from swarmctl.dag import load_dag
-from swarmctl.drones import DroneRegistry
 from swarmctl.graph import break_cycles, critical_path, gates_of
+from swarmctl.registry import DroneRegistry
 
 JITTER_SIGMA = 0.3
 LOG_EPOCH = 1_500_000_000

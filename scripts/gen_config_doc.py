@@ -78,16 +78,20 @@ def render(settings: tuple[Setting, ...] = SETTINGS) -> str:
         "4. command-line options (e.g. `--redis URL`).",
         "",
         "Unknown sections or keys in the file are errors, so a typo never silently falls back to a default.",
+        "Every number must be finite and inside its range (both ends included); a value outside it is refused",
+        "with one line naming the key. Settings marked *secret* are never shown; keep them in a file readable",
+        "by its owner only (0600) or in the environment.",
         "",
     ]
     for section in SECTIONS:
         lines += [f"## `{section}`", ""]
         if section in SECTION_INTRO:
             lines += [SECTION_INTRO[section], ""]
-        lines += ["| Key | Type | Default | Environment | Description |", "|---|---|---|---|---|"]
+        lines += ["| Key | Type | Default | Range | Environment | Description |", "|---|---|---|---|---|---|"]
         for s in settings:
             if s.section == section:
-                lines.append(f"| `{s.name}` | {s.type.__name__} | {_value(s.default)} | `{s.env}` | "
+                kind = s.type.__name__ + (", *secret*" if s.secret else "")
+                lines.append(f"| `{s.name}` | {kind} | {_value(s.default)} | {s.range} | `{s.env}` | "
                              f"{_cell(s.doc)} |")
         lines.append("")
     lines += ["## A complete file with every default", "", "```yaml"]

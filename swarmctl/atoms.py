@@ -10,19 +10,21 @@ import re
 
 from swarmctl.exceptions import InvalidAtom
 
-# PMS 3.1: category and package names; 3.2: versions.
+# PMS 3.1: category and package names; 3.2: versions. ASCII only, as portage's grammar:
+# ``[0-9]`` not ``\d`` (which also matches Unicode digits such as U+FF11), and full matches
+# (``$`` would let a trailing newline through).
 _CATEGORY = r"[A-Za-z0-9_][A-Za-z0-9+_.-]*"
 _PN = r"[A-Za-z0-9_][A-Za-z0-9+_-]*"
-_VERSION = r"\d+(?:\.\d+)*[a-z]?(?:_(?:alpha|beta|pre|rc|p)\d*)*(?:-r\d+)?"
+_VERSION = r"[0-9]+(?:\.[0-9]+)*[a-z]?(?:_(?:alpha|beta|pre|rc|p)[0-9]*)*(?:-r[0-9]+)?"
 _SLOT = r"[A-Za-z0-9_][A-Za-z0-9+_.-]*"
 
-_CPV_RE = re.compile(rf"^(?P<cat>{_CATEGORY})/(?P<pn>{_PN})-(?P<pv>{_VERSION})$")
-_CP_RE = re.compile(rf"^(?P<cat>{_CATEGORY})/(?P<pn>{_PN})$")
+_CPV_RE = re.compile(rf"(?P<cat>{_CATEGORY})/(?P<pn>{_PN})-(?P<pv>{_VERSION})", re.ASCII)
+_CP_RE = re.compile(rf"(?P<cat>{_CATEGORY})/(?P<pn>{_PN})", re.ASCII)
 _ATOM_RE = re.compile(
-    rf"^(?P<op><=|>=|<|>|=|~)?(?P<body>{_CATEGORY}/{_PN}(?:-{_VERSION})?)(?P<glob>\*)?"
-    rf"(?::(?P<slot>{_SLOT}(?:/{_SLOT})?[*=]?|[*=]))?(?:::(?P<repo>{_PN}))?$"
+    rf"(?P<op><=|>=|<|>|=|~)?(?P<body>{_CATEGORY}/{_PN}(?:-{_VERSION})?)(?P<glob>\*)?"
+    rf"(?::(?P<slot>{_SLOT}(?:/{_SLOT})?[*=]?|[*=]))?(?:::(?P<repo>{_PN}))?", re.ASCII
 )
-_PN_LOOKS_VERSIONED = re.compile(rf"-{_VERSION}$")
+_PN_LOOKS_VERSIONED = re.compile(rf"-{_VERSION}\Z", re.ASCII)
 MAX_LENGTH = 256
 
 
@@ -38,7 +40,7 @@ def validate_cpv(text: str) -> str:
     candidate = text.strip()
     candidate = candidate.removeprefix("=")
     _check_length(candidate)
-    match = _CPV_RE.match(candidate)
+    match = _CPV_RE.fullmatch(candidate)
     if match is None or _PN_LOOKS_VERSIONED.search(match["pn"]) or match["cat"] in (".", ".."):
         raise InvalidAtom(
             f"not a valid Gentoo package version {text!r} (expected category/name-version, "
@@ -49,7 +51,7 @@ def validate_cpv(text: str) -> str:
 
 def split_cpv(cpv: str) -> tuple[str, str, str]:
     """``("sys-devel", "llvm", "19.1.7")`` for ``sys-devel/llvm-19.1.7`` (pv keeps -rN)."""
-    match = _CPV_RE.match(validate_cpv(cpv))
+    match = _CPV_RE.fullmatch(validate_cpv(cpv))
     assert match is not None
     return match["cat"], match["pn"], match["pv"]
 
@@ -64,7 +66,7 @@ def validate_cp(text: str) -> str:
     """A ``category/package`` name without version."""
     candidate = text.strip()
     _check_length(candidate)
-    match = _CP_RE.match(candidate)
+    match = _CP_RE.fullmatch(candidate)
     if match is None or _PN_LOOKS_VERSIONED.search(match["pn"]):
         raise InvalidAtom(f"not a valid Gentoo package name {text!r} (expected category/name)")
     return candidate
@@ -74,10 +76,10 @@ def validate_atom(text: str) -> str:
     """A dependency atom as found in a world file (operators, slots, repo)."""
     candidate = text.strip()
     _check_length(candidate)
-    match = _ATOM_RE.match(candidate)
+    match = _ATOM_RE.fullmatch(candidate)
     if match is None:
         raise InvalidAtom(f"not a valid Gentoo atom {text!r}")
-    has_version = _CPV_RE.match(match["body"]) is not None
+    has_version = _CPV_RE.fullmatch(match["body"]) is not None
     if bool(match["op"]) != has_version or (match["glob"] and match["op"] != "="):
         raise InvalidAtom(f"not a valid Gentoo atom {text!r} (operator and version go together)")
     return candidate

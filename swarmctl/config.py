@@ -8,10 +8,13 @@ then command-line options.
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -59,11 +62,53 @@ def coerce(setting: Setting, value: Any, origin: str) -> Any:
             raise ValueError(value)
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError(value)
-        return kind(value)
-    except (TypeError, ValueError):
+        result = kind(value)
+    except (TypeError, ValueError, OverflowError):
         raise ConfigError(
-            f"{origin}: {setting.name} must be {kind.__name__}, got {value!r}"
+            f"{origin}: {setting.name} must be {kind.__name__}, got {_shown(value)}"
         ) from None
+    if kind in (int, float):
+        _check_range(setting, result, origin)
+    check = _CHECKS.get(setting.name)
+    if check is not None and result:
+        problem = check(result)
+        if problem:
+            raise ConfigError(f"{origin}: {setting.name}: {problem}")
+    return result
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_range(setting: Setting, value: float, origin: str) -> None:
+    if not math.isfinite(value):
+        raise ConfigError(f"{origin}: {setting.name} must be a finite number, got {value!r}")
+    low = setting.min if setting.min is not None else -math.inf
+    high = setting.max if setting.max is not None else math.inf
+    if not low <= value <= high:
+        raise ConfigError(f"{origin}: {setting.name} must be in {setting.range}, got {value!r}")
+
+
+def _url_problem(value: str, schemes: tuple[str, ...]) -> str | None:
+    """Why a URL cannot be used (bad scheme, port or brackets), or None. Never shows a password."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError on an out-of-range or non-numeric port
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in schemes:
+        return f"must start with {', '.join(s + '://' for s in schemes)}"
+    if parts.scheme != "unix" and parts.scheme != "file" and not parts.hostname:
+        return "names no host"
+    return None
+
+
+_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "redis.url": lambda v: _url_problem(v, ("redis", "rediss", "unix")),
+    "binhost.url": lambda v: _url_problem(v, ("http", "https", "file")),
+}
 
 
 class Config:
@@ -118,6 +163,8 @@ def _read_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

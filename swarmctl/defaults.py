@@ -20,6 +20,10 @@ class Setting:
     default: Any
     type: type
     doc: str
+    secret: bool = False
+    #: Inclusive bounds of a numeric setting (every int and float has both; floats must be finite).
+    min: float | None = None
+    max: float | None = None
 
     @property
     def name(self) -> str:
@@ -29,16 +33,37 @@ class Setting:
     def env(self) -> str:
         return f"SWARM_{self.section.upper()}_{self.key.upper()}"
 
+    @property
+    def range(self) -> str:
+        """The bounds as text (``0.01 ... 3600``), or "" for a non-numeric setting."""
+        if self.min is None and self.max is None:
+            return ""
+        return f"{_number(self.min)} ... {_number(self.max)}"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "any"
+    if float(value).is_integer():
+        whole = int(value)
+        if whole >= 1024**3 and whole % 1024**3 == 0:
+            return f"{whole // 1024**3} GiB"
+        return str(whole)
+    return f"{value:g}"
+
+
+HOUR, DAY, YEAR = 3600.0, 86400.0, 365 * 86400.0
+
 
 SETTINGS: tuple[Setting, ...] = (
     # Redis: where the queue lives.
     Setting("redis", "url", None, str,
-            "redis://, rediss:// or unix:// URL of the server. Empty: the embedded local server."),
+            "redis://, rediss:// or unix:// URL of the server. Empty: the embedded local server.", secret=True),
     Setting("redis", "username", None, str, "ACL user name (overrides the URL's)."),
-    Setting("redis", "password", None, str, "Password (overrides the URL's)."),
+    Setting("redis", "password", None, str, "Password (overrides the URL's).", secret=True),
     Setting("redis", "sentinels", [], list, "Redis Sentinel addresses as host:port; set with service_name."),
     Setting("redis", "service_name", "build-swarm", str, "Sentinel service (master) name."),
-    Setting("redis", "socket_timeout", 5.0, float, "Seconds before a Redis call times out."),
+    Setting("redis", "socket_timeout", 5.0, float, "Seconds before a Redis call times out.", min=0.01, max=HOUR),
     Setting("redis", "allow_no_password", False, bool,
             "Allow a server on a non-loopback address without a password (refused by default)."),
     Setting("redis", "data_dir", None, str,
@@ -47,91 +72,116 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("queue", "policy", "critical-path", str,
             "Which ready job goes first: critical-path (longest remaining chain) or fifo."),
     Setting("queue", "default_estimate", 600.0, float,
-            "Estimated build seconds for a package with no recorded history."),
+            "Estimated build seconds for a package with no recorded history.", min=0.0, max=YEAR),
     Setting("queue", "block_after_drones", 2, int,
-            "A package that fails on this many different drones is blocked (the package's fault)."),
-    Setting("queue", "max_attempts", 6, int, "Attempts before a job is marked failed for good."),
+            "A package that fails on this many different drones is blocked (the package's fault).",
+            min=1, max=1000),
+    Setting("queue", "max_attempts", 6, int, "Attempts before a job is marked failed for good.",
+            min=1, max=1_000_000),
     Setting("queue", "claim_scan", 64, int,
-            "Ready jobs a claim looks at, best first (bounds claim cost whatever the queue length)."),
-    Setting("queue", "events_max", 10000, int, "Events kept in the event stream (older ones trimmed)."),
-    Setting("queue", "log_tail_lines", 40, int, "Lines of a failed build's log kept with the job."),
+            "Ready jobs a claim looks at, best first (bounds claim cost whatever the queue length).",
+            min=1, max=100_000),
+    Setting("queue", "events_max", 10000, int, "Events kept in the event stream (older ones trimmed).",
+            min=1, max=100_000_000),
+    Setting("queue", "log_tail_lines", 40, int, "Lines of a failed build's log kept with the job.",
+            min=0, max=10_000),
     # Drone daemon.
     Setting("drone", "name", None, str, "This drone's name (or --name)."),
-    Setting("drone", "token", None, str, "Enrollment token (or --token / SWARM_DRONE_TOKEN)."),
+    Setting("drone", "token", None, str, "Enrollment token (or SWARM_DRONE_TOKEN; --token shows it in ps).",
+            secret=True),
     Setting("drone", "state_dir", None, str,
             "Where build logs live. Empty: $XDG_STATE_HOME/build-swarm/drones/NAME."),
-    Setting("drone", "heartbeat_interval", 2.0, float, "Seconds between heartbeats."),
-    Setting("drone", "poll_interval", 1.0, float, "Seconds between claims while the queue is empty."),
+    Setting("drone", "heartbeat_interval", 2.0, float, "Seconds between heartbeats.", min=0.01, max=HOUR),
+    Setting("drone", "poll_interval", 1.0, float, "Seconds between claims while the queue is empty.",
+            min=0.01, max=HOUR),
     Setting("drone", "builder", "command", str, "Builder: command or portage."),
     Setting("drone", "prefix", None, str,
             "Portage prefix the portage builder uses (PORTAGE_OVERRIDE_EPREFIX). Empty: the host's portage."),
     Setting("drone", "repo", None, str,
             "Ebuild repository to create the prefix from when drone.prefix does not exist yet."),
     Setting("drone", "emerge_args", [], list, "Extra emerge arguments for the portage builder."),
+    Setting("drone", "build_user", "portage", str,
+            "User a root drone runs prefix builds as (the prefix is handed to it). Empty, or no such "
+            "user: builds run as the drone's own user and can read what it can read."),
+    Setting("drone", "build_env", [], list,
+            "Environment variables passed to builds beyond PATH, HOME, TERM, TZ, locale and proxies "
+            "(SWARM_* never)."),
     Setting("drone", "command", [], list,
             "Argv template for the command builder; {cpv} {category} {pn} {pv} are substituted."),
-    Setting("drone", "log_keep_jobs", 50, int, "Build logs kept (the newest N jobs)."),
-    Setting("drone", "log_max_bytes", 200 * 1024 * 1024, int, "Total bytes of build logs kept."),
+    Setting("drone", "log_keep_jobs", 50, int, "Build logs kept (the newest N jobs).", min=1, max=1_000_000),
+    Setting("drone", "log_max_bytes", 200 * 1024 * 1024, int, "Total bytes of build logs kept.",
+            min=1024, max=2**40),
     Setting("drone", "hung_idle_seconds", 1800.0, float,
-            "A build with no log output and no CPU for this long is flagged as hung."),
+            "A build with no log output and no CPU for this long is flagged as hung.", min=0.1, max=YEAR),
     Setting("drone", "hung_kill_seconds", 3600.0, float,
-            "A build hung for this long is killed and its job returned to the queue."),
+            "A build hung for this long is killed and its job returned to the queue.", min=0.1, max=YEAR),
     Setting("drone", "overdue_factor", 4.0, float,
-            "A build running longer than factor x its estimate is flagged as overdue."),
+            "A build running longer than factor x its estimate is flagged as overdue.", min=1.0, max=1000.0),
     # Orchestrator.
-    Setting("orchestrator", "interval", 2.0, float, "Seconds between maintenance sweeps."),
+    Setting("orchestrator", "interval", 2.0, float, "Seconds between maintenance sweeps.", min=0.01, max=HOUR),
     Setting("orchestrator", "offline_after", 10.0, float,
-            "A drone silent for this long is offline and its jobs are reclaimed."),
+            "A drone silent for this long is offline and its jobs are reclaimed.", min=0.1, max=DAY),
     Setting("orchestrator", "leader_ttl", 6.0, float,
-            "Seconds the leader lease lasts; a standby takes over after it expires."),
-    Setting("orchestrator", "metrics_port", 0, int, "Prometheus metrics port (0: off)."),
+            "Seconds the leader lease lasts; a standby takes over after it expires.", min=0.1, max=HOUR),
+    Setting("orchestrator", "metrics_port", 0, int, "Prometheus metrics port (0: off).", min=0, max=65535),
     Setting("orchestrator", "metrics_address", "127.0.0.1", str, "Address the metrics server binds."),
     # Circuit breaker.
-    Setting("breaker", "failures", 5, int, "Consecutive failures that ground a drone."),
-    Setting("breaker", "ground_seconds", 300.0, float, "How long a grounding lasts."),
+    Setting("breaker", "failures", 5, int, "Consecutive failures that ground a drone.", min=1, max=1000),
+    Setting("breaker", "ground_seconds", 300.0, float, "How long a grounding lasts.", min=0.0, max=YEAR),
     Setting("breaker", "backoff_factor", 1.0, float,
-            "Each repeated grounding lasts factor^(n-1) times longer (3 is Hydra's); 1 disables."),
-    Setting("breaker", "ground_max_seconds", 86400.0, float, "Longest grounding with backoff."),
+            "Each repeated grounding lasts factor^(n-1) times longer (3 is Hydra's); 1 disables.",
+            min=1.0, max=100.0),
+    Setting("breaker", "ground_max_seconds", 86400.0, float, "Longest grounding with backoff.", min=0.0, max=YEAR),
     # Self-healing.
     Setting("healing", "enabled", False, bool, "Run restart/reboot playbooks for grounded drones."),
     Setting("healing", "inventory", None, str, "Ansible inventory for the healing playbooks."),
     Setting("healing", "playbook_dir", None, str, "Where drone-restart.yml and drone-reboot.yml live."),
-    Setting("healing", "restarts_before_reboot", 2, int, "Failed restarts before a reboot is considered."),
+    Setting("healing", "restarts_before_reboot", 2, int, "Failed restarts before a reboot is considered.",
+            min=0, max=100),
     Setting("healing", "allow_reboot", False, bool, "Allow level-3 reboots without an operator."),
-    Setting("healing", "cooldown_seconds", 600.0, float, "Minimum seconds between actions on one drone."),
+    Setting("healing", "cooldown_seconds", 600.0, float, "Minimum seconds between actions on one drone.",
+            min=0.0, max=YEAR),
     # Binhost.
     Setting("binhost", "url", None, str, "Binhost base URL for uploads and --getbinpkg."),
     Setting("binhost", "dir", None, str, "PKGDIR the binhost serves (binhost serve --dir)."),
     Setting("binhost", "listen", "127.0.0.1:8770", str, "Address:port the binhost serves on."),
-    Setting("binhost", "max_upload_bytes", 4 * 1024**3, int, "Largest upload accepted."),
-    Setting("binhost", "read_timeout", 30.0, float, "Seconds an upload may stall before it is dropped."),
+    Setting("binhost", "max_upload_bytes", 4 * 1024**3, int, "Largest upload accepted.", min=1, max=2**40),
+    Setting("binhost", "read_timeout", 30.0, float, "Seconds an upload may stall before it is dropped.",
+            min=0.1, max=DAY),
     Setting("binhost", "min_upload_rate", 65536.0, float,
-            "Bytes per second an upload must average (deadline: read_timeout + size / rate)."),
-    Setting("binhost", "max_uploads", 8, int, "Uploads received at once; more are answered 503 (busy)."),
+            "Bytes per second an upload must average (deadline: read_timeout + size / rate).", min=1.0, max=1e12),
+    Setting("binhost", "max_uploads", 8, int, "Uploads received at once; more are answered 503 (busy).",
+            min=1, max=10_000),
     Setting("binhost", "header_timeout", 10.0, float,
-            "Seconds a connection has to send its request line and headers (against slow-loris)."),
-    Setting("binhost", "max_connections", 64, int, "Connections served at once; more get 503 at once."),
-    Setting("binhost", "max_connections_per_address", 16, int, "Connections one client address may hold."),
-    Setting("binhost", "upload_retries", 5, int, "Upload attempts before giving up."),
+            "Seconds a connection has to send its request line and headers (against slow-loris).",
+            min=0.1, max=HOUR),
+    Setting("binhost", "max_connections", 64, int, "Connections served at once; more get 503 at once.",
+            min=1, max=100_000),
+    Setting("binhost", "max_connections_per_address", 16, int, "Connections one client address may hold.",
+            min=1, max=100_000),
+    Setting("binhost", "upload_retries", 5, int, "Upload attempts before giving up.", min=1, max=100),
     Setting("binhost", "gnupg_home", None, str,
             "GnuPG home holding the binhost's signing key (owned by its user, mode 0700). "
             "Empty: $XDG_DATA_HOME/build-swarm/binhost-gnupg."),
     Setting("binhost", "gpg", "gpg", str, "The gpg program the binhost signs and verifies with."),
     Setting("binhost", "key_uid", "build-swarm binhost <binhost@build-swarm.invalid>", str,
             "User id of signing keys made by 'binhost key init/rotate'."),
-    Setting("binhost", "key_expiry_days", 730, int, "Lifetime of a new signing key, in days."),
-    Setting("binhost", "key_warn_days", 180, int, "status/doctor warn when the signing key expires this soon."),
-    Setting("binhost", "key_critical_days", 30, int, "status/doctor go red when the signing key expires this soon."),
+    Setting("binhost", "key_expiry_days", 730, int, "Lifetime of a new signing key, in days.", min=1, max=36500),
+    Setting("binhost", "key_warn_days", 180, int, "status/doctor warn when the signing key expires this soon.",
+            min=0, max=36500),
+    Setting("binhost", "key_critical_days", 30, int,
+            "status/doctor go red when the signing key expires this soon.", min=0, max=36500),
     Setting("binhost", "keys_file", None, str,
             "KEYS.asc a drone trusts for binary dependencies (from the binhost's PKGDIR). "
             "Empty: fetched from binhost.url at drone start (trust on first use)."),
     Setting("binhost", "index_ttl", 300, int,
-            "TTL (seconds) written into the Packages header: clients skip refreshes this long."),
+            "TTL (seconds) written into the Packages header: clients skip refreshes this long (0: none).",
+            min=0, max=86400),
     # Logs.
     Setting("log", "json", False, bool, "Log one JSON object a line (for log shippers)."),
     Setting("log", "file", None, str, "Also log to this file, rotated."),
-    Setting("log", "max_bytes", 10 * 1024 * 1024, int, "Rotate the log file at this size."),
-    Setting("log", "backups", 5, int, "Rotated log files kept."),
+    Setting("log", "max_bytes", 10 * 1024 * 1024, int, "Rotate the log file at this size.", min=0, max=2**40),
+    Setting("log", "backups", 5, int, "Rotated log files kept.", min=0, max=1000),
     # Nightly.
     Setting("nightly", "status_file", None, str,
             "Where the nightly playbook logs STARTED/FINISHED. Empty: /var/lib/build-swarm/nightly.status."),

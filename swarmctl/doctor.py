@@ -28,9 +28,10 @@ from swarmctl import keys
 from swarmctl.cli import terminal
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT, describe
-from swarmctl.drones import DroneRegistry
 from swarmctl.exceptions import SwarmError
-from swarmctl.meta import Meta, SwarmMeta, last_nightly, last_started, nightly_status_path, read_nightly_file
+from swarmctl.facts import FactStore, SwarmFacts
+from swarmctl.nightly import last_nightly, last_started, nightly_status_path, read_nightly_file
+from swarmctl.registry import DroneRegistry
 
 log = logging.getLogger("swarmctl.doctor")
 
@@ -132,7 +133,7 @@ def check_drones(client: redis.Redis, config: Config) -> Check:
     return Check("drones", "ok", summary)
 
 
-def check_cron(meta: Meta, now: float) -> Check:
+def check_cron(meta: FactStore, now: float) -> Check:
     verified = meta.read().cron_verify
     if verified is None:
         return Check("cron", "warn", "the nightly cron entry has never been verified",
@@ -150,13 +151,13 @@ def check_cron(meta: Meta, now: float) -> Check:
     return Check("cron", "ok", f"nightly cron entry verified scheduled {terminal.ago(age)} ago{detail}")
 
 
-def check_nightly(meta: Meta | None, config: Config, now: float) -> Check:
+def check_nightly(meta: FactStore | None, config: Config, now: float) -> Check:
     path = nightly_status_path(config)
     marks = read_nightly_file(path)
     info = meta.read() if meta is not None else None
     if info is None and not marks:
         return Check("nightly", "skip", f"no Redis and no status file at {path}")
-    info = info or SwarmMeta()
+    info = info or SwarmFacts()
     started = last_started(info, marks)
     latest = last_nightly(info, marks)
     if started is None or latest is None:
@@ -338,7 +339,7 @@ def run_checks(config: Config, connect: Callable[[], redis.Redis], deep: bool = 
                             "start it (swarmctl local start, or the redis service), or fix redis.url / "
                             "SWARM_REDIS_URL and the credentials"))
     if client is not None:
-        meta = Meta(client)
+        meta = FactStore(client)
         now_s, now_us = client.time()
         now = now_s + now_us / 1e6
         checks.append(_guard("redis", lambda: check_redis(client, config)))

@@ -30,9 +30,9 @@ import redis
 
 from swarmctl import keys, paths
 from swarmctl.config import Config
-from swarmctl.drones import DroneInfo, DroneRegistry, validate_machine_id
 from swarmctl.events import Events
 from swarmctl.exceptions import SwarmError
+from swarmctl.registry import DroneInfo, DroneRegistry, validate_machine_id
 
 log = logging.getLogger("swarmctl.healing")
 

@@ -32,7 +32,7 @@ EVENTS = NAMESPACE + "events"            # stream: every state change
 STATS = NAMESPACE + "stats"              # hash: counters (stale, reclaimed, ...)
 LEADER = NAMESPACE + "orchestrator:leader"
 HEALING = NAMESPACE + "healing"          # hash: drone -> JSON of its heal record
-META = NAMESPACE + "meta"                # hash: sync time, world size, ...
+FACTS = NAMESPACE + "meta"               # hash: swarm facts (sync time, world size, ...)
 
 STATES = ("needed", "delegated", "built", "failed", "blocked")
 

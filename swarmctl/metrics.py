@@ -34,9 +34,9 @@ from prometheus_client.utils import floatToGoString
 from swarmctl import keys
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
-from swarmctl.drones import STATUSES, DroneRegistry
-from swarmctl.meta import SwarmMeta
+from swarmctl.facts import SwarmFacts
 from swarmctl.queue import queue_counts, read_counts
+from swarmctl.registry import STATUSES, DroneRegistry
 
 log = logging.getLogger("swarmctl.metrics")
 
@@ -159,7 +159,7 @@ class SwarmCollector(Collector):
             n = queue_counts(pipe)
             pipe.smembers(keys.DRONES)
             pipe.hgetall(keys.STATS)
-            pipe.hgetall(keys.META)
+            pipe.hgetall(keys.FACTS)
             pipe.get(keys.LEADER)
             replies = pipe.execute()
         seconds, micros = replies[0]
@@ -174,7 +174,7 @@ class SwarmCollector(Collector):
         offline_after = self.config.orchestrator.offline_after
         drones = [DroneRegistry._info(name, row, now, offline_after) for name, row in zip(names, rows, strict=True)]
         return [*self._queue(counts), *self._drones(drones), *self._stats(stats), *self._events(),
-                *self._meta(SwarmMeta.from_hash(meta_hash), now, leader)]
+                *self._meta(SwarmFacts.from_hash(meta_hash), now, leader)]
 
     @staticmethod
     def _queue(counts: dict[str, int]) -> Iterator[Metric]:
@@ -239,7 +239,7 @@ class SwarmCollector(Collector):
         yield from (failures, heals, durations)
 
     @staticmethod
-    def _meta(meta: SwarmMeta, now: float, leader: str | None) -> Iterator[Metric]:
+    def _meta(meta: SwarmFacts, now: float, leader: str | None) -> Iterator[Metric]:
         yield GaugeMetricFamily("swarm_orchestrator_leader", "1 while an orchestrator holds the leader lease.",
                                 value=1.0 if leader else 0.0)
         if meta.sync_time is not None:

@@ -40,10 +40,10 @@ from swarmctl import keys
 from swarmctl.cli import terminal
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
-from swarmctl.drones import DroneInfo, DroneRegistry
 from swarmctl.events import Event, _event
-from swarmctl.meta import SwarmMeta
+from swarmctl.facts import SwarmFacts
 from swarmctl.queue import queue_counts, read_counts
+from swarmctl.registry import DroneInfo, DroneRegistry
 
 log = logging.getLogger("swarmctl.monitor")
 
@@ -134,7 +134,7 @@ class Snapshot:
     events: list[Event]
     rate_per_hour: float
     critical_path: float | None
-    meta: SwarmMeta = field(default_factory=SwarmMeta)
+    meta: SwarmFacts = field(default_factory=SwarmFacts)
     running: dict[str, RunningJob] = field(default_factory=dict)
     leader: str | None = None
     interval: float = 2.0
@@ -204,7 +204,7 @@ def gather(client: redis.Redis, config: Config, rate: BuiltRate | None = None, t
         pipe.smembers(keys.DRONES)
         pipe.smembers(keys.state_set("delegated"))
         pipe.xrevrange(keys.EVENTS, count=max(TAIL_SCAN, tail * 4))
-        pipe.hgetall(keys.META)
+        pipe.hgetall(keys.FACTS)
         pipe.get(keys.LEADER)
         n_rate = rate.queue_reads(pipe, time.time())
         replies = pipe.execute()
@@ -234,7 +234,7 @@ def gather(client: redis.Redis, config: Config, rate: BuiltRate | None = None, t
         chain = remaining_chain(top[0][1] if top else None, running.values(), now)
     events = [_event(i, f) for i, f in reversed(recent) if f.get("kind") not in QUIET_EVENTS][-tail:]
     return Snapshot(now=now, counts=counts, drones=drones, events=events, rate_per_hour=rate.per_hour(now),
-                    critical_path=chain, meta=SwarmMeta.from_hash(meta), running=running, leader=leader)
+                    critical_path=chain, meta=SwarmFacts.from_hash(meta), running=running, leader=leader)
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -301,7 +301,8 @@ def drone_table(snapshot: Snapshot, inner: int, rows: int | None = None) -> Tabl
         shown = fleet[:max(0, rows - 1)]
     for drone in shown:
         style = terminal.OFFLINE_ROW_STYLE if drone.status == "offline" else None
-        cells: list[Any] = [drone.name, _status_cell(drone, snapshot.now), drone.task or "-"]
+        # Text, not str: a drone-written value is never parsed as rich markup.
+        cells: list[Any] = [Text(drone.name), _status_cell(drone, snapshot.now), Text(drone.task or "-")]
         cells += [_cell(snapshot, drone, c.name) for c in optional]
         table.add_row(*cells, style=style)
     hidden = fleet[len(shown):]
@@ -398,7 +399,7 @@ def error_frame(message: str, width: int, interval: float) -> RenderableType:
 
 # -- the live view ------------------------------------------------------------------------------
 
-class Keys:
+class KeyReader:
     """Single key presses from a terminal's stdin (cbreak mode), or none when stdin is not one."""
 
     def __init__(self, fd: int | None) -> None:
@@ -420,16 +421,16 @@ class Keys:
 
 
 @contextmanager
-def keyboard() -> Iterator[Keys]:
+def keyboard() -> Iterator[KeyReader]:
     """Keys from stdin in cbreak mode (echo off, no line buffering), restored on exit."""
     fd = sys.stdin.fileno() if sys.stdin is not None and sys.stdin.isatty() else None
     if fd is None:
-        yield Keys(None)
+        yield KeyReader(None)
         return
     saved = termios.tcgetattr(fd)
     try:
         tty.setcbreak(fd)
-        yield Keys(fd)
+        yield KeyReader(fd)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 

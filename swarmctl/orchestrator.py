@@ -25,9 +25,9 @@ from swarmctl import keys
 from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
-from swarmctl.drones import DroneInfo, DroneRegistry
 from swarmctl.events import Events
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneInfo, DroneRegistry
 from swarmctl.scripts import Scripts
 
 log = logging.getLogger("swarmctl.orchestrator")

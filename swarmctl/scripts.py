@@ -321,7 +321,26 @@ return taken
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
                     "machine_id_seen", "clock")
 
-HEARTBEAT = PRELUDE + """
+# -- heartbeat field hygiene (the drone is untrusted: checked here, where Redis writes) -------------
+#: Longest value kept for each drone-written field, in bytes; any other field: DEFAULT_FIELD_MAX.
+HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
+                       "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32}
+DEFAULT_FIELD_MAX = 256
+
+CLEAN_FIELD = """
+-- A drone-written value made safe to store, decode and print: every field is ASCII by nature (a CPV,
+-- a host name, numbers, a version), so anything but printable ASCII goes: escapes and other control
+-- characters, C1 controls, bidi overrides, bytes that are not UTF-8 (which would break every
+-- reader that decodes). Then the value is capped to the field's limit.
+local field_max = {""" + ", ".join(f"['{k}'] = {v}" for k, v in HEARTBEAT_FIELD_MAX.items()) + """}
+local function clean_field(field, value)
+  value = string.gsub(value, '[^\\32-\\126]', '')
+  return string.sub(value, 1, field_max[field] or """ + str(DEFAULT_FIELD_MAX) + """)
+end
+"""
+# -- end of heartbeat field hygiene -----------------------------------------------------------------
+
+HEARTBEAT = PRELUDE + CLEAN_FIELD + """
 -- A drone's heartbeat. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] current job ('' if none),
 -- ARGV[4] its lease, ARGV[5] events max, ARGV[6..] field/value pairs for the drone hash (only the
 -- HEARTBEAT_FIELDS are written; anything else is dropped).
@@ -334,7 +353,7 @@ local dk = drone_key(name)
 local allowed = {""" + ", ".join(f"['{f}'] = true" for f in HEARTBEAT_FIELDS) + """}
 local fields = {}
 for i = 6, #ARGV - 1, 2 do
-  if allowed[ARGV[i]] then table.insert(fields, ARGV[i]); table.insert(fields, ARGV[i + 1]) end
+  if allowed[ARGV[i]] then table.insert(fields, ARGV[i]); table.insert(fields, clean_field(ARGV[i], ARGV[i + 1])) end
 end
 if #fields > 0 then redis.call('HSET', dk, unpack(fields)) end
 redis.call('HSET', dk, 'last_seen', now)

@@ -28,9 +28,10 @@ from rich.text import Text
 from swarmctl import keys
 from swarmctl.cli import terminal
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
-from swarmctl.meta import NightlyMark, SwarmMeta, last_nightly, nightly_status_path, read_nightly_file
+from swarmctl.facts import SwarmFacts
+from swarmctl.nightly import NightlyMark, last_nightly, nightly_status_path, read_nightly_file
 from swarmctl.queue import queue_counts, read_counts
+from swarmctl.registry import DroneRegistry
 
 SCHEMA_ID = "build-swarm/status/1"
 #: Default oldest acceptable portage sync (the story's "red when older than a day").
@@ -66,7 +67,7 @@ class StatusReport:
     """What ``swarmctl status`` knows, read at ``now`` (Redis clock)."""
 
     now: float
-    meta: SwarmMeta
+    meta: SwarmFacts
     nightly: NightlyMark | None
     queue: dict[str, int]
     swarm: SwarmCounts
@@ -94,12 +95,12 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
     with client.pipeline(transaction=False) as pipe:
         pipe.time()
         n = queue_counts(pipe)
-        pipe.hgetall(keys.META)
+        pipe.hgetall(keys.FACTS)
         pipe.get(keys.LEADER)
         replies = pipe.execute()
     seconds, micros = replies[0]
     queue = read_counts(replies[1:1 + n])
-    meta = SwarmMeta.from_hash(replies[1 + n])
+    meta = SwarmFacts.from_hash(replies[1 + n])
     drones = [d for d in DroneRegistry(client, config).list() if not d.revoked]
     swarm = SwarmCounts(
         drones_total=len(drones),

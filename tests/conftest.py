@@ -18,10 +18,10 @@ import pytest
 import redis
 
 from swarmctl.config import Config, load_config
-from swarmctl.drones import DroneRegistry
 from swarmctl.embedded import RedisProcess
 from swarmctl.paths import isolated_env
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 REPO = Path(__file__).resolve().parent.parent
 SWARMCTL = [sys.executable, "-m", "swarmctl"]

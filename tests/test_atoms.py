@@ -6,6 +6,7 @@ import pytest
 
 from swarmctl.atoms import split_cpv, validate_atom, validate_cp, validate_cpv
 from swarmctl.exceptions import InvalidAtom
+from tests.conftest import run_cli
 
 
 @pytest.mark.parametrize("cpv", ["sys-devel/llvm-19.1.7", "dev-qt/qtbase-6.8.2", "app-misc/foo-1.0_rc1_p2-r3",
@@ -42,3 +43,27 @@ def test_cp() -> None:
     assert validate_cp("app-misc/foo") == "app-misc/foo"
     with pytest.raises(InvalidAtom):
         validate_cp("app-misc/foo-1")
+
+
+@pytest.mark.parametrize("bad", [
+    "app-misc/hello-\uff11",            # FULLWIDTH DIGIT ONE
+    "app-misc/hello-\u0661",             # ARABIC-INDIC DIGIT ONE
+    "app-misc/hello-1.\u0662",
+    "app-misc/hello-1_rc\uff11",
+    "app-misc/hello-1-r\uff11",
+    "app-misc/h\u00e9llo-1",
+    "app-misc/hello\uff11-1",
+])
+def test_only_ascii_versions_and_names_as_in_portage(bad: str) -> None:
+    """PMS (and portage's regexes) allow ASCII digits only; ``\\d`` would accept any Unicode digit."""
+    with pytest.raises(InvalidAtom):
+        validate_cpv(bad)
+    with pytest.raises(InvalidAtom):
+        validate_atom(f"={bad}")
+
+
+def test_unicode_digits_are_refused_from_the_cli(swarm_env: dict[str, str]) -> None:
+    proc = run_cli(["queue", "add", "app-misc/hello-\uff11"], swarm_env, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "not a valid Gentoo package version" in proc.stderr
+    assert run_cli(["queue", "list", "--json"], swarm_env).stdout.strip() == "[]"

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
-from swarmctl.embedded import free_port
+import psutil
+
+from swarmctl.embedded import EmbeddedRedis, free_port
 from tests.conftest import run_cli
 
 
@@ -111,6 +116,39 @@ def test_embedded_server_is_shared_persistent_and_stoppable(swarm_env: dict[str,
         assert run_cli(["local", "status"], env, check=False).returncode == 1
         listed = json.loads(run_cli(["queue", "list", "--json"], env).stdout)  # restarted from its AOF
         assert [j["cpv"] for j in listed] == ["app-misc/a-1"]
+    finally:
+        run_cli(["local", "stop"], env, check=False)
+
+
+def test_a_stopped_embedded_server_is_an_error_never_a_second_server(
+        swarm_env: dict[str, str], tmp_path: Path) -> None:
+    """SIGSTOP the real embedded server: a command fails in one line; its socket and AOF stay its own."""
+    env = {k: v for k, v in swarm_env.items() if k != "SWARM_REDIS_URL"}
+    run_cli(["queue", "add", "app-misc/a-1"], env)
+    server = EmbeddedRedis(tmp_path / "xdg-data" / "build-swarm" / "redis")
+    pid = server.pid()
+    assert pid is not None and server.held()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        proc = run_cli(["queue", "add", "app-misc/phantom-1"], env, check=False)
+        took = time.monotonic() - started
+        assert proc.returncode != 0
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert "stopped" in lines[0] and f"kill -CONT {pid}" in lines[0]
+        assert took < 10, took
+        assert server.socket.exists() and server.pid() == pid  # the live server's socket was not unlinked
+        assert "stopped" in run_cli(["local", "stop"], env, check=False).stderr
+        servers = [p for p in psutil.process_iter(["cmdline"])
+                   if str(server.socket) in " ".join(p.info["cmdline"] or [])]
+        assert [p.pid for p in servers] == [pid]  # no second server on the same data
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        assert "stopped" in run_cli(["local", "stop"], env).stdout
+        listed = json.loads(run_cli(["queue", "list", "--json"], env).stdout)  # restarted from its AOF
+        assert [j["cpv"] for j in listed] == ["app-misc/a-1"]  # no phantom job
     finally:
         run_cli(["local", "stop"], env, check=False)
 

@@ -16,10 +16,10 @@ from rich.console import Console
 
 from swarmctl import doctor, keys
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
+from swarmctl.facts import FactStore
 from swarmctl.graph import JobSpec
-from swarmctl.meta import Meta
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 from tests.conftest import run_cli
 
 
@@ -95,7 +95,7 @@ def test_drones(redis_client: redis.Redis, config: Config) -> None:
 
 
 def test_cron(redis_client: redis.Redis) -> None:
-    meta = Meta(redis_client)
+    meta = FactStore(redis_client)
     now = time.time()
     assert doctor.check_cron(meta, now).state == "warn"
     meta.record_cron_verify(True, "0 2 * * * found in root's crontab (cronie)", when=now - 3600)
@@ -109,7 +109,7 @@ def test_cron(redis_client: redis.Redis) -> None:
 
 
 def test_nightly(redis_client: redis.Redis, config: Config, tmp_path: Path) -> None:
-    meta = Meta(redis_client)
+    meta = FactStore(redis_client)
     now = time.time()
     cfg = config.with_overrides(nightly__status_file=str(tmp_path / "nightly.status"))
     assert doctor.check_nightly(meta, cfg, now).state == "fail"  # never started

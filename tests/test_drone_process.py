@@ -11,9 +11,9 @@ import redis
 
 from swarmctl import keys
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 from tests.conftest import RedisServer, Spawner, wait_until
 
 FAST = {

@@ -11,10 +11,10 @@ import redis
 
 from swarmctl import keys
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.healing import Healer
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 
 @dataclass

@@ -19,12 +19,12 @@ from redis.retry import Retry
 
 from swarmctl import metrics
 from swarmctl.config import Config, load_config
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
+from swarmctl.facts import FactStore
 from swarmctl.graph import JobSpec
 from swarmctl.logging_setup import JsonFormatter, setup_logging
-from swarmctl.meta import Meta
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -91,9 +91,9 @@ def test_busy_swarm(redis_client: redis.Redis, config: Config, served: str) -> N
     metrics.record_upload_rejection(redis_client, "sha256-mismatch")
     metrics.record_upload_rejection(redis_client, "sha256-mismatch")
     metrics.record_upload_rejection(redis_client, "not-owner")
-    Meta(redis_client).set_sync_time(time.time() - 100)
-    Meta(redis_client).set_binhost(90, 100)
-    Meta(redis_client).record_nightly("FINISHED", 1234.0)
+    FactStore(redis_client).set_sync_time(time.time() - 100)
+    FactStore(redis_client).set_binhost(90, 100)
+    FactStore(redis_client).record_nightly("FINISHED", 1234.0)
     redis_client.set("swarm:orchestrator:leader", "orch-1", px=10_000)
 
     s = scrape(served)

@@ -11,10 +11,10 @@ from rich.console import Console
 
 from swarmctl import keys, monitor
 from swarmctl.config import Config
-from swarmctl.drones import DroneInfo, DroneRegistry
 from swarmctl.events import Event
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneInfo, DroneRegistry
 from tests.conftest import run_cli
 
 LONG_CPV = "dev-python/an-extraordinarily-long-package-name-that-never-fits-any-column-1.2.3_pre20240101-r7"

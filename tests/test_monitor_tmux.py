@@ -19,9 +19,9 @@ import pytest
 import redis
 
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 from tests.conftest import REPO, wait_until
 
 TMUX = shutil.which("tmux") or ("/usr/bin/tmux" if Path("/usr/bin/tmux").exists() else None)

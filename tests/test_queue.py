@@ -7,10 +7,10 @@ import redis
 
 from swarmctl import keys
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
 from swarmctl.exceptions import InvalidAtom, SwarmError
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Grounded, Queue, Unauthorized
+from swarmctl.registry import DroneRegistry
 
 
 def enroll(registry: DroneRegistry, *names: str) -> dict[str, str]:

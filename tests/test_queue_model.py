@@ -12,10 +12,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from swarmctl import keys
 from swarmctl.config import load_config
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Claim, Grounded, Queue
+from swarmctl.registry import DroneRegistry
 
 DRONES = ("izar", "tarn", "meridian")
 JOBS = {

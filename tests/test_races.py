@@ -13,12 +13,12 @@ import redis
 
 from swarmctl import keys
 from swarmctl.config import load_config
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.exceptions import SwarmError
 from swarmctl.graph import JobSpec
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 WORKERS = 8
 # Fresh interpreters, not fork(): earlier tests in the session may have left threads holding

@@ -14,10 +14,11 @@ from rich.console import Console
 
 from swarmctl import keys
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
+from swarmctl.facts import FactStore, SwarmFacts
 from swarmctl.graph import JobSpec
-from swarmctl.meta import Meta, SwarmMeta, parse_time, read_nightly_file
+from swarmctl.nightly import parse_time, read_nightly_file
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 from swarmctl.status import JSON_SCHEMA, as_json, exit_code, gather_status, render_status
 from tests.conftest import run_cli
 
@@ -32,7 +33,7 @@ def text_of(renderable: object, width: int = 120) -> str:
 
 def healthy(client: redis.Redis, config: Config) -> str:
     """A swarm with nothing to worry about: fresh sync, a leader, one idle drone, nothing queued."""
-    meta = Meta(client)
+    meta = FactStore(client)
     meta.set_sync_time(time.time() - 12 * 3600)
     meta.set_world_size(264)
     meta.set_binhost(4637, 4722)
@@ -93,7 +94,7 @@ def test_healthy_swarm_like_the_story(redis_client: redis.Redis, config: Config,
 
 def test_sync_stale_is_critical(redis_client: redis.Redis, config: Config, swarm_env: dict[str, str]) -> None:
     healthy(redis_client, config)
-    Meta(redis_client).set_sync_time(time.time() - 30 * 3600)
+    FactStore(redis_client).set_sync_time(time.time() - 30 * 3600)
     assert codes(status_json(swarm_env, 2)) == ["sync_stale"]
     # a looser limit makes it fine
     assert run_cli(["status", "--max-sync-age", "48"], swarm_env, check=False).returncode == 0
@@ -101,13 +102,13 @@ def test_sync_stale_is_critical(redis_client: redis.Redis, config: Config, swarm
 
 def test_sync_unknown_is_a_warning(redis_client: redis.Redis, config: Config, swarm_env: dict[str, str]) -> None:
     healthy(redis_client, config)
-    redis_client.hdel(keys.META, "sync_time")
+    redis_client.hdel(keys.FACTS, "sync_time")
     assert codes(status_json(swarm_env, 1)) == ["sync_unknown"]
 
 
 def test_nightly_failed_is_critical(redis_client: redis.Redis, config: Config, swarm_env: dict[str, str]) -> None:
     healthy(redis_client, config)
-    Meta(redis_client).record_nightly("FAILED", detail="emerge --sync and emerge-webrsync both failed")
+    FactStore(redis_client).record_nightly("FAILED", detail="emerge --sync and emerge-webrsync both failed")
     data = status_json(swarm_env, 2)
     assert codes(data) == ["nightly_failed"]
     assert "webrsync" in data["attention"][0]["message"]  # type: ignore[index]
@@ -186,7 +187,7 @@ def test_blocked_and_failed_are_warnings(redis_client: redis.Redis, config: Conf
 
 def test_critical_outranks_warnings(redis_client: redis.Redis, config: Config) -> None:
     healthy(redis_client, config)
-    Meta(redis_client).set_sync_time(time.time() - 3 * 86400)
+    FactStore(redis_client).set_sync_time(time.time() - 3 * 86400)
     Queue(redis_client, config).add([JobSpec("app-misc/hello-1")])
     redis_client.delete(keys.LEADER)
     report = gather_status(redis_client, config)
@@ -207,15 +208,15 @@ def test_unreachable_redis_exits_2(swarm_env: dict[str, str]) -> None:
 
 
 def test_meta_reads_are_tolerant(redis_client: redis.Redis) -> None:
-    redis_client.hset(keys.META, mapping={"sync_time": "yesterday", "world_size": "many", "nightly_last": "{",
+    redis_client.hset(keys.FACTS, mapping={"sync_time": "yesterday", "world_size": "many", "nightly_last": "{",
                                           "cron_verify": json.dumps({"ok": True})})
-    assert Meta(redis_client).read() == SwarmMeta()
+    assert FactStore(redis_client).read() == SwarmFacts()
     assert parse_time("2026-01-23T02:00:00Z") == pytest.approx(1769133600.0)
     assert parse_time(" 12.5 ") == 12.5 and parse_time(True) is None
     with pytest.raises(ValueError):
-        Meta(redis_client).set_binhost(5, 4)
+        FactStore(redis_client).set_binhost(5, 4)
     with pytest.raises(ValueError):
-        Meta(redis_client).record_nightly("MAYBE")
+        FactStore(redis_client).record_nightly("MAYBE")
 
 
 def test_nightly_file_tail(tmp_path: Path) -> None:

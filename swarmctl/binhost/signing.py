@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from swarmctl.atomicfile import write_atomic
 from swarmctl.exceptions import SwarmError
-from swarmctl.files import write_atomic
 
 logger = logging.getLogger("swarmctl.binhost.signing")
 

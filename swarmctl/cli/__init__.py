@@ -36,7 +36,20 @@ def cli(ctx: click.Context, config_path: str | None, redis_url: str | None, verb
 
 
 def _register() -> None:
-    from swarmctl.cli import drone_cmd, local_cmd, orchestrator_cmd, queue_cmd
+    from swarmctl.cli import (
+        binhost_cmd,
+        demo_cmd,
+        doctor_cmd,
+        drone_cmd,
+        heal_cmd,
+        history_cmd,
+        local_cmd,
+        monitor_cmd,
+        nightly_cmd,
+        orchestrator_cmd,
+        queue_cmd,
+        status_cmd,
+    )
 
     cli.add_command(queue_cmd.queue)
     cli.add_command(drone_cmd.drone)
@@ -44,13 +57,7 @@ def _register() -> None:
     cli.add_command(orchestrator_cmd.orchestrator)
     cli.add_command(orchestrator_cmd.events)
     cli.add_command(local_cmd.local)
-    for optional in ("binhost_cmd", "ops_cmd", "history_cmd", "heal_cmd", "demo_cmd", "nightly_cmd"):
-        try:
-            module = __import__(f"swarmctl.cli.{optional}", fromlist=["COMMANDS"])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"swarmctl.cli.{optional}":
-                raise
-            continue
+    for module in (binhost_cmd, status_cmd, monitor_cmd, doctor_cmd, history_cmd, heal_cmd, demo_cmd, nightly_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -54,8 +54,8 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
     )
     client = obj.redis()
     from swarmctl.binhost.signing import SigningError
-    from swarmctl.drones import DroneRegistry
     from swarmctl.queue import Queue
+    from swarmctl.registry import DroneRegistry
 
     gate = QueueGate(DroneRegistry(client, obj.config), Queue(client, obj.config))
     keyring = binhost_keyring(obj.config)

@@ -9,9 +9,9 @@ import redis
 
 from swarmctl.config import Config
 from swarmctl.connection import connect
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 
 class AppContext:

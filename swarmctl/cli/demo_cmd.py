@@ -30,7 +30,7 @@ def _frame(swarm) -> Group:  # type: ignore[no-untyped-def]
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for the builds.")
 def demo(workdir: str | None, drones: int, with_broken: bool, timeout: float) -> None:
     """Run a local swarm: embedded Redis, binhost, drones with real portage, then a client install."""
-    from swarmctl.localswarm import LocalSwarm
+    from swarmctl.demo import LocalSwarm
     from swarmctl.overlay import BROKEN_CPV
 
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="swarm-demo-"))

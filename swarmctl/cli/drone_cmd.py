@@ -5,20 +5,23 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import click
 
-from swarmctl import paths
+from swarmctl import build_env, paths
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
+from swarmctl.defaults import SETTINGS
 from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
 from swarmctl.drone.daemon import DroneDaemon, Publisher
-from swarmctl.drones import validate_name
 from swarmctl.exceptions import ConfigError
+from swarmctl.registry import validate_name
 
-log = logging.getLogger("swarmctl.cli.drone")
+log = logging.getLogger("swarmctl.drone")
 
 
 @click.group()
@@ -34,7 +37,7 @@ def enroll(app: AppContext, name: str, machine_id: str | None) -> None:
     """Enroll a drone and print its token (re-enrolling replaces the old token)."""
     token = app.registry.enroll(name, machine_id)
     click.echo(token)
-    terminal.note(f"drone {name} enrolled; start it with --token or SWARM_DRONE_TOKEN")
+    terminal.note(f"drone {name} enrolled; give its daemon the token in SWARM_DRONE_TOKEN or a 0600 config file")
 
 
 @drone.command("revoke")
@@ -71,14 +74,17 @@ def make_builder(app: AppContext) -> Builder:
     cfg = app.config.drone
     watchdog = Watchdog(idle=cfg.hung_idle_seconds, kill=cfg.hung_kill_seconds)
     if cfg.builder == "command":
-        return CommandBuilder(cfg.command, watchdog)
+        return CommandBuilder(cfg.command, watchdog, allow_env=cfg.build_env)
     if cfg.builder != "portage":
         raise ConfigError(f"drone.builder: unknown builder {cfg.builder!r} (command or portage)")
     from swarmctl.drone.portage_builder import PortageBuilder
-    from swarmctl.portage_env.prefix import load_prefix, make_prefix
+    from swarmctl.portage_env.prefix import hand_over, load_prefix, make_prefix
 
     if not cfg.prefix:
-        return PortageBuilder(None, app.config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog)
+        if os.geteuid() == 0:
+            log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
+        return PortageBuilder(None, app.config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+                              allow_env=cfg.build_env)
     keys = binhost_keys(app.config)
     try:
         prefix = load_prefix(Path(cfg.prefix))
@@ -94,7 +100,43 @@ def make_builder(app: AppContext) -> Builder:
             from swarmctl.binhost.signing import install_client_keyring
 
             install_client_keyring(prefix.gnupg_home, keys, nobody_readable=False)
-    return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog)
+    user = build_env.resolve_build_user(cfg.build_user)
+    if user is not None:
+        _check_build_user(user, [("-x", prefix.root.parent, "reach"),
+                                 ("-r", prefix.repo / "profiles/repo_name", "read"),
+                                 ("-x", prefix.bindir / "python3", "run"),
+                                 ("-x", Path(prefix.tool("emerge")), "run")])
+        hand_over(prefix, user)
+        _check_build_user(user, [("-w", prefix.root, "write")])
+        log.info("builds run as %s (uid %d) in %s", user.name, user.uid, prefix.root)
+    return PortageBuilder(prefix, extra_args=cfg.emerge_args, watchdog=watchdog, allow_env=cfg.build_env,
+                          user=user)
+
+
+def _check_build_user(user: build_env.BuildUser, checks: list[tuple[str, Path, str]]) -> None:
+    """Fail at start, in one line, when the build user cannot use the prefix, repository or portage."""
+    test = shutil.which("test") or "/usr/bin/test"
+    for flag, path, need in checks:
+        done = subprocess.run([test, flag, str(path)], check=False, cwd="/", env={"PATH": os.defpath},
+                              **build_env.as_user(user))  # type: ignore[call-overload]
+        if done.returncode != 0:
+            raise ConfigError(f"drone.build_user: {user.name} cannot {need} {path} (a parent directory may be "
+                              "private); make it reachable, or set drone.build_user to '' to build as root")
+
+
+def _guard_secrets(app: AppContext, token_on_command_line: bool) -> None:
+    """Keep the drone's secrets away from its builds and from other users (see build_env)."""
+    if token_on_command_line:
+        terminal.note("warning: --token is visible to every local user in ps; "
+                      "use SWARM_DRONE_TOKEN or drone.token in a 0600 config file")
+    secrets = [s for s in SETTINGS if s.secret]
+    if any(app.config.get(s.name) and s.env not in os.environ for s in secrets):  # from the file
+        problem = build_env.secret_file_problem(app.config.source)
+        if problem:
+            terminal.note(f"warning: {problem}")
+    # The values now live in the config object only; nothing this process starts inherits them.
+    build_env.scrub_environ([s.env for s in secrets])
+    build_env.hide_process()
 
 
 def binhost_keys(config: Any) -> str | None:
@@ -134,7 +176,8 @@ def make_publisher(app: AppContext, name: str, token: str) -> Publisher | None:
 
 @drone.command("run")
 @click.option("--name", help="This drone's name (or drone.name).")
-@click.option("--token", envvar="SWARM_DRONE_TOKEN", help="Enrollment token (or SWARM_DRONE_TOKEN).")
+@click.option("--token", envvar="SWARM_DRONE_TOKEN",
+              help="Enrollment token; prefer SWARM_DRONE_TOKEN (--token shows in ps).")
 @click.option("--builder", type=click.Choice(["command", "portage"]), help="Builder (or drone.builder).")
 @click.option("--command", "command", help="Argv template for the command builder, e.g. 'make-pkg {cpv}'.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where build logs go.")
@@ -154,6 +197,8 @@ def run(app: AppContext, name: str | None, token: str | None, builder: str | Non
         raise click.UsageError("a drone needs its token: --token, SWARM_DRONE_TOKEN or drone.token")
     if logging.getLogger().level > logging.INFO:
         logging.getLogger().setLevel(logging.INFO)
+    source = click.get_current_context().get_parameter_source("token")
+    _guard_secrets(app, source is click.core.ParameterSource.COMMANDLINE)
     directory = Path(cfg.state_dir) if cfg.state_dir else paths.state_home() / "drones" / cfg.name
     if not app.registry.authenticate(cfg.name, cfg.token):
         raise click.ClickException(f"drone {cfg.name!r} is not enrolled, revoked, or its token is wrong "

@@ -16,8 +16,8 @@ from swarmctl.cli.context import AppContext, pass_app
 @pass_app
 def heal(app: AppContext, name: str, reboot: bool, yes: bool, inventory: str | None) -> None:
     """Restart a drone's service, or reboot its host with --reboot --yes."""
-    from swarmctl.drones import validate_name
     from swarmctl.healing import Healer
+    from swarmctl.registry import validate_name
 
     validate_name(name)
     if reboot and not yes:

@@ -6,7 +6,8 @@ import click
 
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
-from swarmctl.meta import NIGHTLY_EVENTS, Meta
+from swarmctl.facts import FactStore
+from swarmctl.nightly import NIGHTLY_EVENTS
 
 
 @click.group()
@@ -20,7 +21,7 @@ def nightly() -> None:
 @pass_app
 def mark(app: AppContext, event: str, detail: str) -> None:
     """STARTED first, SYNCED after a good sync, FINISHED or FAILED last."""
-    meta = Meta(app.client)
+    meta = FactStore(app.client)
     if event.upper() == "SYNCED":
         meta.set_sync_time()
     else:
@@ -34,7 +35,7 @@ def mark(app: AppContext, event: str, detail: str) -> None:
 @pass_app
 def cron_check(app: AppContext, ok: bool, detail: str) -> None:
     """Record the cron verification (the job is really scheduled under cronie)."""
-    Meta(app.client).record_cron_verify(ok, detail[:500])
+    FactStore(app.client).record_cron_verify(ok, detail[:500])
     terminal.ok(f"cron check {'passed' if ok else 'FAILED'} recorded")
 
 

@@ -100,7 +100,7 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
     """Resolve what world needs with portage and queue what the binhost lacks (all or nothing)."""
     from pathlib import Path
 
-    from swarmctl.meta import Meta
+    from swarmctl.facts import FactStore
     from swarmctl.portage_env.prefix import load_prefix
     from swarmctl.resolver import PackageResolver
 
@@ -114,7 +114,7 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
     specs = resolution.job_specs()
     report = AddReport() if dry_run else app.queue.add(specs)
     if not dry_run:
-        meta = Meta(app.client)
+        meta = FactStore(app.client)
         meta.set_world_size(len(resolution.needed))
         meta.set_binhost(len(resolution.needed) - len(resolution.missing), len(resolution.needed))
     summary = {"world": len(resolution.needed), "available": len(resolution.needed) - len(resolution.missing),

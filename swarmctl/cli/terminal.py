@@ -16,6 +16,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from swarmctl.sanitize import printable
+
 STATUS_STYLE = {
     "building": "bold green",
     "idle": "yellow",
@@ -110,7 +112,9 @@ def drones_table(drones: Sequence[Any], now: float | None = None) -> Table:
     table.add_column("GROUNDED", justify="right")
     for d in drones:
         grounded = ago(d.grounded_until - now) if d.grounded_until else "-"
-        table.add_row(d.name, styled(d.status, STATUS_STYLE), d.task or "-", percent(d.cpu), percent(d.mem),
+        # Text, not str: a drone-written value is never parsed as rich markup.
+        table.add_row(Text(d.name), styled(d.status, STATUS_STYLE), Text(printable(d.task) or "-"),
+                      percent(d.cpu), percent(d.mem),
                       ago(d.heartbeat_age), str(d.failures), grounded)
     return table
 

@@ -23,6 +23,7 @@ from typing import Protocol
 import psutil
 
 from swarmctl.atoms import split_cpv
+from swarmctl.build_env import BuildUser, as_user, build_environment
 from swarmctl.exceptions import ConfigError
 
 #: ok / the build failed / a dependency could not be fetched / drone misconfigured / hung.
@@ -118,19 +119,23 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 def run_supervised(argv: Sequence[str], log_path: Path, abort: threading.Event,
                    env: Mapping[str, str] | None = None, cwd: Path | None = None,
-                   watchdog: Watchdog | None = None, poll: float = 0.5) -> tuple[int | None, str]:
+                   watchdog: Watchdog | None = None, poll: float = 0.5,
+                   user: BuildUser | None = None) -> tuple[int | None, str]:
     """Run argv (never a shell) with output to log_path, watching abort and progress.
+
+    ``env`` is the build's whole environment (default: the allowlisted part of this
+    process's, see :mod:`swarmctl.build_env`); ``user`` runs it as another user.
 
     Returns (exit code, "") when it finished, (None, "aborted"), (None, "hung") or
     (None, "cannot start: ...").
     """
     watchdog = watchdog or Watchdog()
+    env = build_environment() if env is None else env
     with open(log_path, "ab") as log:
         try:
             proc = subprocess.Popen(_dies_with_parent(argv, env), stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL,
-                                    env=dict(env) if env is not None else None, cwd=cwd,
-                                    start_new_session=True)
+                                    stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
+                                    start_new_session=True, **as_user(user))  # type: ignore[call-overload]
         except OSError as exc:
             log.write(f"swarmctl: cannot start {argv[0]}: {exc.strerror or exc}\n".encode())
             return None, f"cannot start {argv[0]}: {exc.strerror or exc}"
@@ -184,14 +189,17 @@ def substitute(template: Sequence[str], cpv: str) -> list[str]:
 class CommandBuilder:
     """Runs a configured argv template per job; a non-zero exit fails the job."""
 
-    def __init__(self, template: Sequence[str], watchdog: Watchdog | None = None) -> None:
+    def __init__(self, template: Sequence[str], watchdog: Watchdog | None = None,
+                 allow_env: Sequence[str] = ()) -> None:
         if not template:
             raise ConfigError("drone.command: the command builder needs an argv template")
         self.template = list(template)
         self.watchdog = watchdog
+        self.allow_env = list(allow_env)
 
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult:
-        code, problem = run_supervised(substitute(self.template, cpv), log_path, abort, watchdog=self.watchdog)
+        code, problem = run_supervised(substitute(self.template, cpv), log_path, abort,
+                                       env=build_environment(None, self.allow_env), watchdog=self.watchdog)
         if problem == "aborted":
             return BuildResult(ok=False, fault="none", reason="aborted", aborted=True)
         if problem == "hung":

@@ -30,9 +30,9 @@ from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.drone.builders import Builder, BuildResult
 from swarmctl.drone.logs import BuildLogs, tail
-from swarmctl.drones import DroneRegistry
 from swarmctl.exceptions import NotEnrolled
 from swarmctl.queue import Claim, Grounded, Queue, Unauthorized
+from swarmctl.registry import DroneRegistry
 
 log = logging.getLogger("swarmctl.drone")
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swarmctl.atoms import split_cpv, validate_cpv
+from swarmctl.build_env import BuildUser, as_user, build_environment
 from swarmctl.drone.builders import BuildResult, Watchdog, artifact_for, run_supervised
 from swarmctl.portage_env.prefix import PortagePrefix
 
@@ -85,6 +86,8 @@ class PortageBuilder:
         extra_args: Sequence[str] = (),
         watchdog: Watchdog | None = None,
         poll_interval: float = 0.5,
+        allow_env: Sequence[str] = (),
+        user: BuildUser | None = None,
     ) -> None:
         """Set up the builder.
 
@@ -98,7 +101,12 @@ class PortageBuilder:
                 ``["--jobs=2"]``).
             watchdog: When a build without output or CPU counts as hung (and is killed).
             poll_interval: How often the abort event and progress are checked.
+            allow_env: Variables passed to emerge beyond the allowlist (``drone.build_env``).
+            user: Run emerge as this user (the prefix must be handed to it, see
+                :func:`swarmctl.portage_env.prefix.hand_over`); prefix builds only.
         """
+        if user is not None and prefix is None:
+            raise ValueError("builds run as another user only in a prefix (the host's portage uses FEATURES=userpriv)")
         if prefix is not None and binhost_url is not None and prefix.binhost_url not in (None, binhost_url):
             raise ValueError("binhost_url differs from the prefix's binrepos.conf; make the prefix with it")
         self.prefix = prefix
@@ -108,6 +116,8 @@ class PortageBuilder:
         self.extra_args = list(extra_args)
         self.watchdog = watchdog
         self.poll_interval = poll_interval
+        self.allow_env = list(allow_env)
+        self.user = user
         self._pkgdir: Path | None = prefix.pkgdir if prefix is not None else None
 
     # -- public API ---------------------------------------------------------
@@ -130,11 +140,11 @@ class PortageBuilder:
         return argv
 
     def env(self) -> dict[str, str]:
-        """Environment emerge runs with."""
+        """Environment emerge runs with: the allowlist only (no secret ever reaches a build)."""
         if self.prefix is not None:
-            env = self.prefix.env()
+            env = self.prefix.env(allow=self.allow_env, user=self.user)
         else:
-            env = dict(os.environ)
+            env = build_environment(None, self.allow_env)
             env["LC_ALL"] = "C.UTF-8"
             if self.binhost_url:
                 env["PORTAGE_BINHOST"] = self.binhost_url
@@ -149,8 +159,9 @@ class PortageBuilder:
             RuntimeError: emerge --pretend failed (its last output line is the message).
         """
         argv = self.emerge_argv(cpv, pretend=True)
-        done = subprocess.run(argv, env=self.env(), capture_output=True, text=True,
-                              timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+        done = subprocess.run(argv, env=self.env(), capture_output=True, text=True,  # type: ignore[call-overload]
+                              timeout=timeout, check=False, stdin=subprocess.DEVNULL, cwd=self._cwd(),
+                              **as_user(self.user))
         if done.returncode != 0:
             lines = [line for line in (done.stderr + done.stdout).splitlines() if line.strip()]
             raise RuntimeError(lines[-1].strip() if lines else f"emerge --pretend exited {done.returncode}")
@@ -192,7 +203,7 @@ class PortageBuilder:
             log.write(f">>> build-swarm: {' '.join(argv)}\n".encode())
         started = time.monotonic()
         code, problem = run_supervised(argv, log_path, abort, env=self.env(), watchdog=self.watchdog,
-                                       poll=self.poll_interval)
+                                       poll=self.poll_interval, user=self.user, cwd=self._cwd())
         elapsed = time.monotonic() - started
         with open(log_path, "ab") as log:
             log.write(f"\n>>> build-swarm: {problem or f'exit {code}'} after {elapsed:.1f}s\n".encode())
@@ -226,6 +237,10 @@ class PortageBuilder:
         return self._pkgdir
 
     # -- helpers -------------------------------------------------------------
+
+    def _cwd(self) -> Path | None:
+        # Another user may not be able to enter the drone's working directory.
+        return self.prefix.tmpdir if self.user is not None and self.prefix is not None else None
 
     def _tool(self, name: str) -> str:
         return self.prefix.tool(name) if self.prefix is not None else name

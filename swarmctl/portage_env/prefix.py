@@ -44,14 +44,16 @@ prefix's keyring, which trusts the binhost's published keys (see
 from __future__ import annotations
 
 import contextlib
+import grp
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarmctl.files import write_atomic
+from swarmctl.atomicfile import write_atomic
+from swarmctl.build_env import BuildUser, build_environment
 
 logger = logging.getLogger("swarmctl.portage_env.prefix")
 
@@ -64,13 +66,8 @@ FEATURES = (
 #: The binrepos.conf section name a prefix uses for the swarm's binhost.
 BINREPO_NAME = "swarm"
 
-#: Variables inherited from the caller that would redirect portage elsewhere.
-_SCRUBBED_ENV = (
-    "ROOT", "SYSROOT", "EPREFIX", "BROOT", "PORTAGE_CONFIGROOT", "PORTAGE_OVERRIDE_EPREFIX",
-    "PKGDIR", "DISTDIR", "PORTAGE_TMPDIR", "PORTAGE_BINHOST", "PORTAGE_REPOSITORIES",
-    "PORTDIR", "PORTDIR_OVERLAY", "FEATURES", "USE", "EMERGE_DEFAULT_OPTS", "BINPKG_FORMAT",
-    "PYTHONPATH", "PYTHONHOME",
-)
+#: make.conf variables naming the user portage builds and installs files as.
+_USER_VARS = ("PORTAGE_USERNAME", "PORTAGE_GRPNAME", "PORTAGE_INST_UID", "PORTAGE_INST_GID")
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _GLOBAL_CONFIG = Path("share/portage/config")
 
@@ -137,27 +134,31 @@ class PortagePrefix:
         """Absolute path of one of portage's launchers (``emerge``, ``emaint``...)."""
         return str(self.bindir / name)
 
-    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    def env(self, base: Mapping[str, str] | None = None, allow: Iterable[str] = (),
+            user: BuildUser | None = None) -> dict[str, str]:
         """The environment for portage subprocesses running in this prefix.
 
         Args:
-            base: Environment to start from (default: ``os.environ``). Variables that
-                would point portage at another root or config are removed from it.
+            base: Environment to pick from (default: ``os.environ``). Only the allowlist
+                of :func:`swarmctl.build_env.build_environment` passes: nothing that would
+                point portage elsewhere (ROOT, PKGDIR, FEATURES...), and no secret.
+            allow: Extra variable names to pass (``drone.build_env``).
+            user: The user the build runs as: HOME, USER and LOGNAME become its own.
 
         Returns:
             A new dict: ``PORTAGE_OVERRIDE_EPREFIX`` set to the prefix, ``PATH`` with
             the venv's bin first, a C.UTF-8 locale so log messages are stable.
         """
-        env = dict(os.environ if base is None else base)
-        for name in _SCRUBBED_ENV:
-            env.pop(name, None)
+        env = build_environment(base, allow)
         inherited = env.get("PATH") or _SYSTEM_PATH
         parts = [str(self.bindir)] + [p for p in inherited.split(os.pathsep) if p and p != str(self.bindir)]
         env["PATH"] = os.pathsep.join(parts)
         env["PORTAGE_OVERRIDE_EPREFIX"] = str(self.root)
         env["LC_ALL"] = "C.UTF-8"
         env["LANG"] = "C.UTF-8"
-        env.setdefault("HOME", str(self.root / "var/tmp"))
+        if user is not None:
+            env.update(HOME=str(self.tmpdir), USER=user.name, LOGNAME=user.name)
+        env.setdefault("HOME", str(self.tmpdir))
         return env
 
 
@@ -283,9 +284,44 @@ def load_prefix(root: Path, venv: Path | None = None) -> PortagePrefix:
             if sep and key.strip() == "sync-uri":
                 binhost_url = value.strip()
     repo_name = (repo / "profiles/repo_name").read_text(encoding="utf-8").strip()
-    return PortagePrefix(root=root, repo=repo, repo_name=repo_name,
-                         venv=Path(venv if venv is not None else default_venv()).absolute(),
+    if venv is None:
+        venv = linked_venv(root) or default_venv()
+    return PortagePrefix(root=root, repo=repo, repo_name=repo_name, venv=Path(venv).absolute(),
                          binhost_url=binhost_url)
+
+
+def linked_venv(root: Path) -> Path | None:
+    """The venv a prefix was made with (its make.globals link points into it), if any."""
+    try:
+        target = Path(os.readlink(Path(root) / _GLOBAL_CONFIG / "make.globals"))
+    except OSError:
+        return None
+    venv = target.parents[len(_GLOBAL_CONFIG.parts)]
+    return venv if (venv / "bin").is_dir() else None
+
+
+def hand_over(prefix: PortagePrefix, user: BuildUser) -> None:
+    """Let ``user`` run portage in ``prefix`` on its own: it owns the tree, portage builds as it.
+
+    The prefix's make.conf names the user (PORTAGE_USERNAME, PORTAGE_INST_UID...) and every
+    file below the prefix is given to it (links are not followed: make.globals stays the venv's).
+    Idempotent.
+    """
+    group = grp.getgrgid(user.gid).gr_name
+    values = {"PORTAGE_USERNAME": user.name, "PORTAGE_GRPNAME": group,
+              "PORTAGE_INST_UID": str(user.uid), "PORTAGE_INST_GID": str(user.gid)}
+    make_conf = prefix.config_dir / "make.conf"
+    lines = [line for line in make_conf.read_text(encoding="utf-8").splitlines()
+             if line.split("=", 1)[0].strip() not in _USER_VARS]
+    lines += [f'{key}="{_quote(value)}"' for key, value in values.items()]
+    _write_atomic(make_conf, "\n".join(lines) + "\n")
+    os.chown(prefix.root, user.uid, user.gid)
+    for directory, dirs, files in os.walk(prefix.root):
+        for name in dirs + files:
+            path = os.path.join(directory, name)
+            with contextlib.suppress(FileNotFoundError):
+                if os.lstat(path).st_uid != user.uid:
+                    os.chown(path, user.uid, user.gid, follow_symlinks=False)
 
 
 def binrepos_conf(url: str) -> str:

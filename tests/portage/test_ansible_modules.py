@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from swarmctl.binhost.server import QueueGate, ServerSettings
-from swarmctl.drones import DroneRegistry
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.portage

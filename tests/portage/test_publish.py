@@ -27,9 +27,9 @@ from swarmctl.binhost.publish import Publisher
 from swarmctl.binhost.server import QueueGate, ServerSettings
 from swarmctl.config import Config
 from swarmctl.drone.builders import BuildResult, artifact_for
-from swarmctl.drones import DroneRegistry
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 from tests.portage.conftest import snapshot
 
 pytestmark = pytest.mark.portage

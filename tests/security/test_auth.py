@@ -19,11 +19,11 @@ import pytest
 import redis
 
 from swarmctl import keys
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.exceptions import NotEnrolled
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue, Unauthorized
+from swarmctl.registry import DroneRegistry
 from tests.conftest import Spawner, run_cli, wait_until
 
 FAST = {"SWARM_DRONE_HEARTBEAT_INTERVAL": "0.5", "SWARM_DRONE_POLL_INTERVAL": "0.05",
@@ -34,7 +34,7 @@ _FLOOD = r"""
 import json, secrets, sys, time
 import redis
 from swarmctl.config import load_config
-from swarmctl.drones import DroneRegistry
+from swarmctl.registry import DroneRegistry
 from swarmctl.queue import Queue, Unauthorized
 from swarmctl.exceptions import NotEnrolled
 url, victim, seconds, ident = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]

@@ -17,11 +17,11 @@ import yaml
 
 from swarmctl import keys
 from swarmctl.config import Config
-from swarmctl.drones import DroneRegistry
 from swarmctl.events import Events
 from swarmctl.exceptions import SwarmError
 from swarmctl.healing import Healer, default_playbook_dir
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 
 
 class Recorder:

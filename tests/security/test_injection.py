@@ -9,8 +9,10 @@ before any command is built from it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,11 +23,12 @@ from swarmctl.atoms import validate_cpv
 from swarmctl.config import Config, load_config
 from swarmctl.drone.builders import CommandBuilder, substitute
 from swarmctl.drone.portage_builder import PortageBuilder
-from swarmctl.drones import DroneRegistry
 from swarmctl.exceptions import InvalidAtom, SwarmError
 from swarmctl.graph import JobSpec
 from swarmctl.healing import Healer
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
+from swarmctl.scripts import HEARTBEAT_FIELD_MAX
 from tests.conftest import Spawner, run_cli, wait_until
 
 HOSTILE_ATOMS = [
@@ -159,3 +162,49 @@ def test_a_drone_planted_identity_is_never_templated_by_ansible(
     outcome = healer.act("tarn", "reboot", operator=True)
     assert not marker.exists(), "a machine id from Redis was run as a template on the control node"
     assert not outcome.ok and "REFUSED" in outcome.summary
+
+
+# -- what a drone writes about itself ----------------------------------------------------------------
+
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\x1b[31m\r\x08\x00\u009b6n\u202e"
+
+
+def test_heartbeat_fields_are_cleaned_and_capped_where_redis_writes_them(
+        registry: DroneRegistry, redis_client: redis.Redis, swarm_env: dict[str, str]) -> None:
+    """A drone calls the HEARTBEAT script itself (it is untrusted): escapes, non-ASCII and 100 KB never land."""
+    token = registry.enroll("izar")
+    fields = {"status": "idle" + ESCAPES, "task": "app-misc/x-1" + ESCAPES + "A" * 100_000,
+              "host": ESCAPES + "h" * 1000, "version": "[bold red]1.0[/]" + ESCAPES,
+              "cpu": "12.5" + ESCAPES, "mem": "9" * 5000, "pid": "1" + ESCAPES, "machine_id_seen": ESCAPES * 50,
+              "clock": "1" * 1000, "task_started": "2" * 1000, "hung": "0" + ESCAPES}
+    flat: list[str | bytes] = [item for pair in fields.items() for item in pair]
+    flat += ["host", b"\xff\xfe" + "h\u00e9".encode() * 200]  # not UTF-8, and a cut inside a character
+    # Straight to the script, as a hostile drone would: no Python of ours on the drone's side.
+    registry.scripts.heartbeat(keys=list(keys.QUEUE_KEYS), args=["izar", hashlib.sha256(token.encode()).hexdigest(),
+                                                                 "", "", 100, *flat])
+    stored = redis_client.hgetall(keys.drone("izar"))
+    for field in fields:
+        value = stored[field]
+        assert all(0x20 <= ord(ch) < 0x7f for ch in value), (field, value[:80])
+        assert len(value.encode()) <= HEARTBEAT_FIELD_MAX[field], (field, len(value))
+    assert stored["task"].startswith("app-misc/x-1]0;owned[2J[31m")
+    assert len(stored["task"]) == 256 and stored["hung"] == "0"
+
+    table = run_cli(["drones"], {**swarm_env, "COLUMNS": "200"}).stdout
+    assert "\x1b" not in table and "\u009b" not in table and "\u202e" not in table
+    assert len(table) < 4000
+    listed = json.loads(run_cli(["drones", "--json"], swarm_env).stdout)
+    assert len(json.dumps(listed)) < 4000
+
+
+def test_readers_clean_drone_fields_written_past_the_script(
+        registry: DroneRegistry, redis_client: redis.Redis, swarm_env: dict[str, str]) -> None:
+    """Data already in Redis (an older version, a direct write) is cleaned when read and shown."""
+    registry.enroll("izar")
+    redis_client.hset(keys.drone("izar"), mapping={"task": "[/]" + ESCAPES + "B" * 100_000,
+                                                   "host": ESCAPES, "last_seen": int(time.time() * 1000)})
+    info = registry.list()[0]
+    assert info.task is not None and len(info.task) <= 256 and "\x1b" not in info.task
+    assert info.host == "]0;owned[2J[31m6n"
+    proc = run_cli(["drones"], {**swarm_env, "COLUMNS": "200"})
+    assert "\x1b" not in proc.stdout and "[/]" in proc.stdout  # shown as text, not parsed as markup

@@ -16,13 +16,24 @@ see docs/security.md).
 
 from __future__ import annotations
 
+import bz2
 import hashlib
+import importlib.metadata
+import io
 import json
+import os
+import pwd
 import re
+import secrets
+import shutil
 import signal
 import stat
+import subprocess
 import sys
+import tarfile
+import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,10 +41,13 @@ import redis
 
 from swarmctl.ansible_exec import run_playbook
 from swarmctl.binhost.client import BinhostClient
-from swarmctl.embedded import free_port
+from swarmctl.build_env import build_environment
+from swarmctl.embedded import RedisProcess, free_port
+from swarmctl.paths import isolated_env
+from swarmctl.portage_env.prefix import make_prefix
 from swarmctl.queue import Queue
 from tests.conftest import Spawner, run_cli, wait_until
-from tests.portage.conftest import drone, sample_repo  # noqa: F401 - fixtures
+from tests.portage.conftest import copy_overlay_with, drone, sample_repo  # noqa: F401 - fixtures
 from tests.portage.signing_fixtures import keyrings  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.portage
@@ -196,12 +210,254 @@ def test_tokens_never_appear_in_logs_events_json_or_artifacts(  # type: ignore[n
 
     # The signing key: used (the published packages are signed), never written anywhere else.
     assert b"-----BEGIN PGP SIGNATURE-----" in next(pkgdir.rglob("hello-1-*.gpkg.tar")).read_bytes()
-    secrets = signing_secrets(signing_home)
+    signing = signing_secrets(signing_home)
     blob = text.encode()
     for path in tmp_path.rglob("*"):
         if path.is_file() and not path.is_symlink():
             data = path.read_bytes()
-            for name, secret in secrets.items():
+            for name, secret in signing.items():
                 assert secret not in data, f"signing secret ({name}) is in {path.relative_to(tmp_path)}"
-    for name, secret in secrets.items():
+    for name, secret in signing.items():
         assert secret not in blob, f"signing secret ({name}) is in an output or in Redis"
+
+# -- builds cannot read the farm's secrets ----------------------------------------------------------
+
+#: The attack from issue 11, exactly: a build that records the drone's SWARM_* variables and ships them.
+ENV_SPY = """\
+EAPI=8
+DESCRIPTION="Records the SWARM_* variables its build sees and installs them"
+HOMEPAGE="https://example.invalid/build-swarm"
+LICENSE="MIT"
+SLOT="0"
+KEYWORDS="amd64"
+S="${WORKDIR}"
+
+src_compile() {
+	env | grep ^SWARM_ > seen.txt
+	echo "env-spy ran as $(id -u)" > ran.txt
+}
+
+src_install() {
+	insinto /usr/share/env-spy
+	doins seen.txt ran.txt
+}
+"""
+
+#: Worse: every process's environment and command line, and the drone's config file.
+THIEF = """\
+EAPI=8
+DESCRIPTION="Reads what a build should not be able to read"
+HOMEPAGE="https://example.invalid/build-swarm"
+LICENSE="MIT"
+SLOT="0"
+KEYWORDS="amd64"
+S="${WORKDIR}"
+
+src_compile() {
+	env | grep ^SWARM_ > seen.txt
+	echo "thief ran as $(id -u)" > ran.txt
+	{
+		cat "@CONFIG@"
+		for f in /proc/[0-9]*/environ /proc/[0-9]*/cmdline; do tr '\\\\0' '\\\\n' < "$f"; echo; done
+	} > stolen.txt 2>/dev/null
+	true
+}
+
+src_install() {
+	insinto /usr/share/thief
+	doins seen.txt ran.txt stolen.txt
+}
+"""
+
+
+def blobs(path: Path, name: str = "") -> Iterator[tuple[str, bytes]]:
+    """A file's bytes and, recursively, the decompressed contents of its archives (tar, zstd, bz2)."""
+    data = path.read_bytes() if name == "" else b""
+    yield from _unpacked(name or str(path), data)
+
+
+def _unpacked(name: str, data: bytes) -> Iterator[tuple[str, bytes]]:
+    yield name, data
+    if name.endswith(".bz2"):
+        yield from _unpacked(name[:-4], bz2.decompress(data))
+    elif name.endswith(".zst"):
+        plain = subprocess.run(["zstd", "-dcq"], input=data, capture_output=True, check=True).stdout
+        yield from _unpacked(name[:-4], plain)
+    elif name.endswith(".tar"):
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            for member in archive.getmembers():
+                handle = archive.extractfile(member)
+                if handle is not None:
+                    yield from _unpacked(f"{name}!{member.name}", handle.read())
+
+
+@pytest.fixture(scope="session")
+def portage_for_nobody() -> Iterator[Path]:
+    """A venv with portage that the unprivileged build user can run.
+
+    The test venv's interpreter may live where that user cannot reach it (e.g. pyenv under
+    /root): then one is made from the system Python, with the same portage version.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("running builds as another user needs root")
+    nobody = pwd.getpwnam("nobody")
+    try:
+        usable = subprocess.run([sys.executable, "-c", "import portage"], user=nobody.pw_uid,
+                                group=nobody.pw_gid, extra_groups=[], cwd="/", capture_output=True,
+                                check=False).returncode == 0
+    except OSError:
+        usable = False
+    if usable:
+        yield Path(sys.prefix)
+        return
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None:
+        pytest.skip("no system python3 for the build user's portage")
+    venv = Path(tempfile.mkdtemp(prefix="swarm-build-venv-", dir="/var/tmp"))
+    try:
+        venv.chmod(0o755)
+        subprocess.run([system, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", f"portage=={importlib.metadata.version('portage')}"],
+                       check=True, capture_output=True, timeout=600)
+    except (subprocess.SubprocessError, OSError) as exc:
+        shutil.rmtree(venv, ignore_errors=True)
+        pytest.skip(f"cannot make a portage venv the build user can run: {exc}")
+    yield venv
+    shutil.rmtree(venv, ignore_errors=True)
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory the build user can enter (pytest's tmp dirs are private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="swarm-secrets-", dir="/var/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["own-user", "build-user"])
+def test_a_build_cannot_read_the_drone_token_or_the_redis_password(
+        mode: str, sample_repo: Path, request: pytest.FixtureRequest, open_dir: Path, tmp_path: Path) -> None:
+    """A real drone builds a hostile ebuild with real portage; no secret reaches the package or any file.
+
+    own-user: the drone builds as itself (root here) with its secrets in its environment, the
+    issue's setup; the build's environment is the allowlist. build-user: a root drone builds as
+    ``nobody``; the thief also reads the drone's 0600 config file and every process's environment
+    and command line, and gets nothing.
+    """
+    venv = request.getfixturevalue("portage_for_nobody") if mode == "build-user" else Path(sys.prefix)
+    password, cpv = secrets.token_hex(16), ("app-misc/thief-1" if mode == "build-user" else "app-misc/env-spy-1")
+    server = RedisProcess(tmp_path / "redis", password=password).start()
+    try:
+        _spy_run(mode, cpv, password, server.url, venv, sample_repo, open_dir, tmp_path)
+    finally:
+        server.stop()
+
+
+def _spy_run(mode: str, cpv: str, password: str, redis_url: str, venv: Path, sample_repo: Path,
+             base: Path, tmp_path: Path) -> None:
+    env = {**isolated_env(tmp_path), "SWARM_LOG_FILE": str(tmp_path / "logs" / "swarmctl.log"),
+           "SWARM_REDIS_URL": redis_url}
+    token = run_cli(["drone", "enroll", "spy"], env).stdout.strip()
+    run_cli(["queue", "add", cpv], env)
+    pkgdir = base / "binhost"
+    pkgdir.mkdir()
+    port = free_port()
+    spawn = Spawner(env, tmp_path)
+    try:
+        spawn(["binhost", "serve", "--dir", str(pkgdir), "--listen", f"127.0.0.1:{port}"], name="binhost")
+        config = tmp_path / "drone.yml"
+        drone_env = {"SWARM_DRONE_TOKEN": token}
+        settings = {"drone": {"name": "spy", "builder": "portage", "prefix": str(base / "prefix"),
+                              "state_dir": str(base / "state"), "poll_interval": 0.2,
+                              "build_user": "nobody" if mode == "build-user" else ""},
+                    "binhost": {"url": f"http://127.0.0.1:{port}"}}
+        if mode == "build-user":
+            settings["redis"] = {"url": redis_url}  # the password in the 0600 file, the token in the env
+        overlay = copy_overlay_with(sample_repo, base / "overlay", {
+            "app-misc/env-spy/env-spy-1.ebuild": ENV_SPY,
+            "app-misc/thief/thief-1.ebuild": THIEF.replace("@CONFIG@", str(config))})
+        make_prefix(base / "prefix", overlay, f"http://127.0.0.1:{port}", venv=venv)
+        config.write_text(json.dumps(settings))
+        config.chmod(0o600)
+        if mode == "build-user":
+            env_for_drone = {k: v for k, v in env.items() if k != "SWARM_REDIS_URL"}
+            spawn.env = env_for_drone
+        drone = spawn(["--config", str(config), "drone", "run", "--max-builds", "1"], env=drone_env, name="drone")
+        assert drone.wait(240) == 0, spawn.output(drone)
+        drone_output = spawn.output(drone)
+    finally:
+        spawn.stop_all()
+    published = sorted(pkgdir.rglob("*.gpkg.tar"))
+    assert len(published) == 1, drone_output
+
+    # What the build saw and shipped, read back from the published package itself.
+    shipped = dict(blobs(published[0]))
+    pn = cpv.split("/")[1].rsplit("-", 1)[0]
+
+    def installed(name: str) -> bytes:  # the image holds the prefix's path: match the end
+        found = [data for member, data in shipped.items() if member.endswith(f"/usr/share/{pn}/{name}")]
+        assert len(found) == 1, sorted(shipped)
+        return found[0]
+
+    ran = installed("ran.txt").decode()
+    assert ran.split()[-1] == ("65534" if mode == "build-user" else str(os.geteuid())), ran
+    assert installed("seen.txt") == b"", "the build saw SWARM_* variables"
+    if mode == "build-user":
+        stolen = installed("stolen.txt")
+        assert b"ebuild.sh" in stolen  # positive control: the thief did read what it was allowed to
+        assert config.read_text().count(password) == 1  # ... and the password was in the file it tried
+
+    # Everything the run wrote: the prefix (vdb, build dirs, saved environments), PKGDIRs, logs, state.
+    searched = 0
+    for root in (base, tmp_path):
+        for path in root.rglob("*"):
+            if not path.is_file() or path.is_symlink() or path == config:
+                continue
+            for name, data in blobs(path):
+                searched += 1
+                assert token.encode() not in data, f"the drone token is in {name}"
+                assert password.encode() not in data, f"the Redis password is in {name}"
+    assert searched > 50
+
+
+def test_build_environment_is_an_allowlist_and_never_passes_swarm_variables() -> None:
+    base = {"PATH": "/bin", "HOME": "/root", "SWARM_DRONE_TOKEN": "t", "SWARM_REDIS_PASSWORD": "p",
+            "AWS_SECRET_ACCESS_KEY": "k", "LD_PRELOAD": "/x.so", "MAKEOPTS": "-j2", "swarm_redis_url": "u"}
+    assert build_environment(base) == {"PATH": "/bin", "HOME": "/root"}
+    assert build_environment(base, ["MAKEOPTS", "SWARM_DRONE_TOKEN", "swarm_redis_url"]) == {
+        "PATH": "/bin", "HOME": "/root", "MAKEOPTS": "-j2"}
+
+
+def test_a_config_file_with_secrets_readable_by_others_is_warned_about(
+        swarm_env: dict[str, str], registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    token = registry.enroll("izar")
+    config = tmp_path / "drone.yml"
+    config.write_text(json.dumps({"drone": {"name": "izar", "token": token, "command": ["true"]}}))
+    config.chmod(0o644)
+    env = {**swarm_env, "SWARM_DRONE_POLL_INTERVAL": "0.1"}
+    proc = run_cli(["--config", str(config), "drone", "run", "--max-builds", "0"], env, check=False)
+    assert f"{config} holds secrets but is mode 0644" in proc.stderr and f"chmod 600 {config}" in proc.stderr
+    config.chmod(0o600)
+    proc = run_cli(["--config", str(config), "drone", "run", "--max-builds", "0"], env, check=False)
+    assert "holds secrets" not in proc.stderr
+    proc = run_cli(["drone", "run", "--name", "izar", "--token", token, "--command", "true", "--max-builds", "0"],
+                   env, check=False)
+    assert "--token is visible to every local user in ps" in proc.stderr
+
+
+def test_a_build_user_that_cannot_reach_the_prefix_stops_the_drone_in_one_line(
+        swarm_env: dict[str, str], registry, sample_repo: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Secure by default: a root drone does not quietly fall back to building as root."""
+    if os.geteuid() != 0:
+        pytest.skip("switching the build user needs root")
+    private = tmp_path / "private"  # pytest's tmp dirs are 0700 root: nobody cannot enter them
+    private.mkdir(mode=0o700)
+    make_prefix(private / "prefix", sample_repo)
+    token = registry.enroll("izar")
+    proc = run_cli(["drone", "run", "--name", "izar", "--builder", "portage", "--max-builds", "0"],
+                   {**swarm_env, "SWARM_DRONE_TOKEN": token, "SWARM_DRONE_PREFIX": str(private / "prefix"),
+                    "SWARM_DRONE_BUILD_USER": "nobody"}, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"error: drone.build_user: nobody cannot reach {private}" in proc.stderr, proc.stderr
+    assert (private / "prefix").stat().st_uid == 0  # nothing was handed over

@@ -27,16 +27,16 @@ from swarmctl.binhost.index import INDEX_NAME, FileDigests, PackagesIndex, verif
 from swarmctl.binhost.server import BinhostServer, QueueGate, make_server
 from swarmctl.binhost.signing import KEYS_NAME, MAX_HOME_CHARS, Keyring, NoSigningKey
 from swarmctl.config import Config, load_config
-from swarmctl.drones import DroneRegistry
 from swarmctl.embedded import EmbeddedRedis
 from swarmctl.events import Events
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.overlay import DEFAULT_WORLD, install_overlay
 from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
 from swarmctl.queue import Queue
+from swarmctl.registry import DroneRegistry
 from swarmctl.resolver import PackageResolver
 
-log = logging.getLogger("swarmctl.localswarm")
+log = logging.getLogger("swarmctl.demo")
 
 
 @dataclass

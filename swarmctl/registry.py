@@ -20,6 +20,7 @@ from swarmctl.config import Config
 from swarmctl.events import Events
 from swarmctl.exceptions import NotEnrolled, SwarmError
 from swarmctl.queue import Queue, token_sha
+from swarmctl.sanitize import printable
 from swarmctl.scripts import Scripts, decode
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -185,12 +186,12 @@ class DroneRegistry:
             status = reported if reported in STATUSES else "idle"
         started = num("task_started")
         return DroneInfo(
-            name=name, status=status, task=row.get("task") or None,
+            name=name, status=status, task=printable(row.get("task") or None),
             task_started=started, cpu=num("cpu"), mem=num("mem"), last_heartbeat=last_s,
             heartbeat_age=round(age, 1) if age is not None else None,
             failures=int(num("failures") or 0), grounded_until=grounded_until,
             built=int(num("built") or 0), revoked=revoked, hung=row.get("hung") == "1",
-            machine_id=row.get("machine_id") or None, host=row.get("host") or None,
+            machine_id=printable(row.get("machine_id") or None), host=printable(row.get("host") or None),
         )
 
     def offline(self, offline_after: float) -> list[str]:

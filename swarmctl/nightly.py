@@ -1,0 +1,122 @@
+"""The nightly run's record: its STARTED / FINISHED / FAILED marks and the status file.
+
+The nightly playbook appends to a status file (``nightly.status_file``), one JSON
+object a line: ``{"event": "STARTED", "time": 1769133600}``, and reports the same
+marks to Redis through ``swarmctl nightly mark`` (kept in the swarm facts,
+swarmctl.facts). Reads are tolerant: an unreadable line is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from swarmctl.config import Config
+    from swarmctl.facts import SwarmFacts
+
+NIGHTLY_EVENTS = ("STARTED", "FINISHED", "FAILED")
+#: Where the nightly status file lives when ``nightly.status_file`` is empty.
+DEFAULT_NIGHTLY_STATUS = "/var/lib/build-swarm/nightly.status"
+#: Bytes read from the end of the status file (it grows by one line a night).
+_STATUS_TAIL_BYTES = 64 * 1024
+
+
+
+def parse_time(value: Any) -> float | None:
+    """Epoch seconds from a number, a numeric string or an ISO 8601 string; None if unreadable."""
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class NightlyMark:
+    """One line of the nightly run's log: STARTED, FINISHED or FAILED at ``time``."""
+
+    event: str
+    time: float
+    detail: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> NightlyMark | None:
+        if not data:
+            return None
+        event = str(data.get("event", "")).upper()
+        when = parse_time(data.get("time"))
+        if event not in NIGHTLY_EVENTS or when is None:
+            return None
+        # The nightly playbook's FAILED line says what broke in "error" (and "task").
+        detail = data.get("detail") or data.get("error") or ""
+        if data.get("task") and not data.get("detail"):
+            detail = f"{data['task']}: {detail}" if detail else str(data["task"])
+        return cls(event, when, str(detail))
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def nightly_status_path(config: Config) -> Path:
+    """The nightly status file this host would read."""
+    return Path(config.nightly.status_file or DEFAULT_NIGHTLY_STATUS)
+
+
+def read_nightly_file(path: Path) -> list[NightlyMark]:
+    """The marks in a nightly status file, oldest first (unreadable lines skipped).
+
+    Only the file's last 64 KiB are read: it grows by a few lines a night.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            size = handle.tell()
+            handle.seek(max(0, size - _STATUS_TAIL_BYTES))
+            raw = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return []
+    lines = raw.splitlines()
+    if len(raw.encode()) >= _STATUS_TAIL_BYTES and lines:
+        lines = lines[1:]  # the first line may be cut
+    marks = []
+    for line in lines:
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        mark = NightlyMark.from_dict(data) if isinstance(data, dict) else None
+        if mark is not None:
+            marks.append(mark)
+    return marks
+
+
+def last_nightly(facts: SwarmFacts, file_marks: list[NightlyMark]) -> NightlyMark | None:
+    """The newest nightly mark from Redis or the status file."""
+    candidates = [m for m in (facts.nightly_last, file_marks[-1] if file_marks else None) if m]
+    return max(candidates, key=lambda m: m.time, default=None)
+
+
+def last_started(facts: SwarmFacts, file_marks: list[NightlyMark]) -> float | None:
+    """When the nightly run last started.
+
+    The status file has every STARTED; Redis keeps only the last event, and a
+    FINISHED or FAILED there proves a start shortly before it.
+    """
+    times = [m.time for m in file_marks if m.event == "STARTED"]
+    if facts.nightly_last is not None:
+        times.append(facts.nightly_last.time)
+    return max(times, default=None)
