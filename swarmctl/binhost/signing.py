@@ -23,6 +23,7 @@ one line without key material before it reaches a message.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -462,7 +463,9 @@ def verify_gpkg(path: Path, keyring: VerifyKeyring) -> None:
 
     package = gpkg(keyring.settings(), None, str(path))
     try:
-        package._verify_binpkg()
+        # Portage prints a coloured report of each failure on stderr; the exception says it in one line.
+        with contextlib.redirect_stderr(io.StringIO()):
+            package._verify_binpkg()
     except Exception as exc:  # MissingSignature, InvalidSignature, DigestException...
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise SignatureInvalid(f"{Path(path).name}: {type(exc).__name__}: "

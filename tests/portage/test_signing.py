@@ -228,14 +228,17 @@ def test_status_and_doctor_go_red_without_a_key_or_with_a_bad_package(drone, pkg
     env = {**swarm_env, "SWARM_BINHOST_DIR": str(pkgdir), "SWARM_BINHOST_GNUPG_HOME": str(keyring.home)}
     status = json.loads(run_cli(["status", "--json"], env, check=False).stdout)
     assert not [a for a in status["attention"] if a["code"].startswith(("signing", "package"))]
-    doctor = run_cli(["doctor"], env, check=False)
-    assert "signing key usable" in doctor.stdout
+    checks = {c["name"]: c for c in json.loads(run_cli(["doctor", "--json"], env, check=False).stdout)["checks"]}
+    assert checks["signing"]["state"] == "ok" and "signing key usable" in checks["signing"]["summary"]
     replace_package(pkgdir, hello.rel_path, drone.gpkg(HELLO).read_bytes())  # signature stripped
     status = json.loads(run_cli(["status", "--json"], env, check=False).stdout)
     assert {(a["code"], a["severity"]) for a in status["attention"]} >= {("package_signature_bad", "critical")}
     keyless = {**env, "SWARM_BINHOST_GNUPG_HOME": str(keyrings(with_key=False).home)}
-    doctor = run_cli(["doctor"], keyless, check=False)
-    assert doctor.returncode != 0 and "key init" in doctor.stdout and "fail signature verification" in doctor.stdout
+    doctor = run_cli(["doctor", "--json"], keyless, check=False)
+    signing = {c["name"]: c for c in json.loads(doctor.stdout)["checks"]}["signing"]
+    assert doctor.returncode == 2 and signing["state"] == "fail"
+    assert "key init" in signing["summary"] and "fail signature verification" in signing["summary"]
+    assert "Binary package is not usable" not in doctor.stderr  # one line per problem, not portage's report
 
 
 SIGNING_CRASHER = """
