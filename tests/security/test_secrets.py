@@ -349,15 +349,16 @@ def test_a_build_cannot_read_the_drone_token_or_the_redis_password(
     password, cpv = secrets.token_hex(16), ("app-misc/thief-1" if mode == "build-user" else "app-misc/env-spy-1")
     server = RedisProcess(tmp_path / "redis", password=password).start()
     try:
-        _spy_run(mode, cpv, password, server.url, venv, sample_repo, open_dir, tmp_path)
+        signing_home = request.getfixturevalue("keyrings")().home  # the binhost signs what it publishes
+        _spy_run(mode, cpv, password, server.url, venv, sample_repo, open_dir, tmp_path, signing_home)
     finally:
         server.stop()
 
 
 def _spy_run(mode: str, cpv: str, password: str, redis_url: str, venv: Path, sample_repo: Path,
-             base: Path, tmp_path: Path) -> None:
+             base: Path, tmp_path: Path, signing_home: Path) -> None:
     env = {**isolated_env(tmp_path), "SWARM_LOG_FILE": str(tmp_path / "logs" / "swarmctl.log"),
-           "SWARM_REDIS_URL": redis_url}
+           "SWARM_REDIS_URL": redis_url, "SWARM_BINHOST_GNUPG_HOME": str(signing_home)}
     token = run_cli(["drone", "enroll", "spy"], env).stdout.strip()
     run_cli(["queue", "add", cpv], env)
     pkgdir = base / "binhost"
