@@ -86,8 +86,10 @@ def parse_dag(data: Any, keep_cycle_edges: bool = False, where: str = "DAG") -> 
         value = node.get("seconds")
         seconds[cpv] = float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
     edges = [_edge(raw, f"{where}: edge {i}") for i, raw in enumerate(data["edges"])]
-    listed = {_edge(raw, f"{where}: removed edge {i}")
-              for i, raw in enumerate(data.get("edges_removed_to_make_acyclic") or [])}
+    removed = data.get("edges_removed_to_make_acyclic")
+    if removed is not None and not isinstance(removed, list):
+        raise DagError(f"{where}: 'edges_removed_to_make_acyclic' must be a list of edges")
+    listed = {_edge(raw, f"{where}: removed edge {i}") for i, raw in enumerate(removed or [])}
     dag = Dag(specs=list(specs.values()), seconds=seconds)
     seen: set[Edge] = set()
     for edge in edges:
@@ -114,6 +116,10 @@ def load_dag(path: str | Path, keep_cycle_edges: bool = False) -> Dag:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise DagError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DagError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
         raise DagError(f"{path}: not JSON (line {exc.lineno})") from None
+    except RecursionError:
+        raise DagError(f"{path}: JSON nested too deeply to be a dependency graph") from None
     return parse_dag(data, keep_cycle_edges, where=str(path))

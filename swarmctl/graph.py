@@ -3,13 +3,16 @@
 To build X as a binary package a drone installs X's build-time dependencies,
 and installing a binary also installs its run-time (and post) dependencies.
 So X is ready when every package in the run-time closure of its build
-dependencies is built. X's own run-time and post edges do not gate X.
+dependencies is built (gates_of, the reference semantics). X's own run-time
+and post edges do not gate X. What the queue stores is linear in the edges
+instead (plan_batch and the settle groups below).
 
 Pure functions over plain dicts: no Redis here.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -248,3 +251,180 @@ def critical_path(gates: Mapping[str, Iterable[str]], estimates: Mapping[str, fl
         longest_after = max((chain[d] for d in dependents[cpv] if d in chain), default=0.0)
         chain[cpv] = float(estimates.get(cpv, 0.0)) + longest_after
     return chain
+
+
+# -- what the queue stores: linear in the edges ---------------------------------------------------
+#
+# Redis does not hold gates_of()'s closures (700 packages build-depending on a root with a 700-long
+# run-time chain would be 490,000 gates). It holds the edges, and "settled" propagation makes
+# readiness exact: a job is *settled* when it is built and every job its run/post edges name is
+# settled (its binary installs). A job waits for each of its build dependencies to be settled,
+# which is the same as waiting for every job in their run-time closure to be built (gates_of).
+# Jobs on one cycle of run/post edges settle together: they form one *settle group* (named by its
+# smallest CPV) whose members are all built and whose out-edges are all settled.
+
+#: Kind of an edge already stored in Redis: never dropped to break a new cycle.
+EXISTING = "existing"
+
+
+@dataclass
+class Stored:
+    """A queued job as planning sees it: its settle group, the gates it waits for, and if it
+    names a settle group, the jobs that group's run/post edges name."""
+
+    group: str
+    gates: set[str] = field(default_factory=set)
+    needs: set[str] = field(default_factory=set)
+    members: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Plan:
+    """What the queue writes for a batch of new jobs."""
+
+    order: list[str]                 # every job after the jobs it waits for; a group's members together
+    gates: dict[str, list[str]]      # job -> build dependencies it waits for (for them to settle)
+    group: dict[str, str]            # job in a group of several -> the group's name
+    needs: dict[str, list[str]]      # group (or lone job) -> jobs its run/post edges name (outside it)
+    broken: list[BrokenEdge]
+    chain: dict[str, float]          # critical-path score of each new job
+
+
+def settle_groups(specs: Mapping[str, JobSpec]) -> dict[str, str]:
+    """The settle group of each job that shares one (a cycle of run/post edges): its smallest CPV."""
+    run_edges = {c: [d for d in s.run + s.post if d in specs] for c, s in specs.items()}
+    group: dict[str, str] = {}
+    for component in strongly_connected(run_edges):
+        name = min(component)
+        group.update(dict.fromkeys(component, name))
+    return group
+
+
+def wait_graph(gates: Mapping[str, Iterable[str]], group: Mapping[str, str],
+               needs: Mapping[str, Iterable[str]]) -> dict[str, list[str]]:
+    """Jobs ("j|cpv") and settle groups ("s|name") with what each waits for, for critical_path().
+
+    A job waits for the groups of its gates; a group waits for its members to be built and for
+    the groups of the jobs it needs. Its size is linear in the edges.
+    """
+    graph: dict[str, list[str]] = {}
+    for cpv, mine in gates.items():
+        graph[f"j|{cpv}"] = [f"s|{group.get(g, g)}" for g in mine]
+        graph.setdefault(f"s|{group.get(cpv, cpv)}", []).append(f"j|{cpv}")
+    for name, theirs in needs.items():
+        graph.setdefault(f"s|{name}", []).extend(f"s|{group.get(n, n)}" for n in theirs)
+    return graph
+
+
+def chains(gates: Mapping[str, Iterable[str]], group: Mapping[str, str], needs: Mapping[str, Iterable[str]],
+           estimates: Mapping[str, float]) -> dict[str, float]:
+    """critical_path() of each job in ``gates`` over the settle representation."""
+    chain = critical_path(wait_graph(gates, group, needs), {f"j|{c}": e for c, e in estimates.items()})
+    return {cpv: chain[f"j|{cpv}"] for cpv in gates if f"j|{cpv}" in chain}
+
+
+def plan_batch(new: Mapping[str, JobSpec], stored: Mapping[str, Stored], estimates: Mapping[str, float],
+               fifo: bool = False) -> Plan:
+    """Gates, settle groups, cycle breaks and write order for ``new`` jobs joining ``stored`` ones.
+
+    Cycles are found between settle groups (a cycle of run/post edges alone is one group, not a
+    cycle): each is broken at its weakest edges (post, then run, then build; stored edges never),
+    and a build edge inside one group (a package whose own build dependency installs it) is
+    dropped too. Every dropped edge is reported. ``stored`` must hold every queued job the new
+    jobs' edges reach.
+    """
+    own_group = settle_groups(new)
+    group = {c: own_group.get(c, c) for c in new} | {c: s.group for c, s in stored.items()}
+    known = group.keys()
+    strength = {**KIND_STRENGTH, EXISTING: len(KIND_STRENGTH)}
+    condensed: dict[str, dict[str, str]] = {g: {} for g in set(group.values())}
+    below: dict[tuple[str, str], list[tuple[str, str, str]]] = {}  # condensed edge -> new edges
+    dropped: set[tuple[str, str]] = set()
+    broken: list[BrokenEdge] = []
+
+    def link(source: str, target: str, kind: str, edge: tuple[str, str, str] | None) -> None:
+        mine = condensed.setdefault(source, {})
+        if strength[kind] > strength.get(mine.get(target, ""), -1):
+            mine[target] = kind
+        if edge is not None:
+            below.setdefault((source, target), []).append(edge)
+
+    for cpv, spec in new.items():
+        for dep in spec.build:
+            if dep == cpv or dep not in known:
+                continue
+            if group[dep] == group[cpv]:  # it would wait for its own group to be built
+                dropped.add((cpv, dep))
+                broken.append(BrokenEdge(job=cpv, gate=dep, kind="build"))
+            else:
+                link(group[cpv], group[dep], "build", (cpv, dep, "build"))
+        for kind, deps in (("run", spec.run), ("post", spec.post)):
+            for dep in deps:
+                if dep in known and group[dep] != group[cpv]:
+                    link(group[cpv], group[dep], kind, (cpv, dep, kind))
+    for job in stored.values():
+        for dep in job.gates:
+            if dep in known and group[dep] != job.group:
+                link(job.group, group[dep], EXISTING, None)
+        for name in job.needs:
+            if name in known and group[name] != job.group:
+                link(job.group, group[name], EXISTING, None)
+    for cut in break_cycles(condensed, strength):
+        for cpv, dep, kind in below.get((cut.job, cut.gate), []):
+            if (cpv, dep) not in dropped:
+                dropped.add((cpv, dep))
+                broken.append(BrokenEdge(job=cpv, gate=dep, kind=kind))
+
+    gates = {c: [d for d in dict.fromkeys(s.build) if d != c and (c, d) not in dropped] for c, s in new.items()}
+    needs: dict[str, list[str]] = {}
+    for cpv, spec in new.items():  # named before queued too: they count once they are
+        mine = needs.setdefault(group[cpv], [])
+        for dep in dict.fromkeys(spec.run + spec.post):
+            if group.get(dep) != group[cpv] and (cpv, dep) not in dropped and dep not in mine:
+                mine.append(dep)
+    # Critical path over new and stored jobs alike (stored ones only as what new jobs wait on).
+    all_gates = {c: s.gates for c, s in stored.items()} | gates
+    all_needs = {c: s.needs for c, s in stored.items() if s.needs} | needs
+    chain = {} if fifo else chains(all_gates, group, all_needs, estimates)
+    return Plan(order=_write_order(new, gates, group, needs, chain), gates=gates,
+                group=own_group, needs={g: n for g, n in needs.items() if n},
+                broken=broken, chain={c: chain.get(c, float(estimates.get(c, 0.0))) for c in new})
+
+
+def _write_order(new: Mapping[str, JobSpec], gates: Mapping[str, list[str]], group: Mapping[str, str],
+                 needs: Mapping[str, list[str]], chain: Mapping[str, float]) -> list[str]:
+    """New jobs so that each comes after every new job or group it waits for, a group's members
+    together, and otherwise best first (batch order under fifo, where ``chain`` is empty)."""
+    position = {c: i for i, c in enumerate(new)}
+    members: dict[str, list[str]] = {}
+    for cpv in new:
+        members.setdefault(group[cpv], []).append(cpv)
+    waits: dict[str, set[str]] = {g: set() for g in members}
+    for name, mine in members.items():
+        for cpv in mine:
+            waits[name].update(group[d] for d in gates[cpv] if d in new)
+        waits[name].update(group[n] for n in needs.get(name, ()) if n in new)
+        waits[name].discard(name)
+    waiters: dict[str, list[str]] = {g: [] for g in members}
+    for name, theirs in waits.items():
+        for other in theirs:
+            waiters[other].append(name)
+
+    def rank(name: str) -> tuple[float, int]:
+        best = min(members[name], key=lambda c: (-chain.get(c, 0.0), position[c]))
+        return -chain.get(best, 0.0), position[best]
+
+    left = {g: len(w) for g, w in waits.items()}
+    heap = [(rank(g), g) for g, n in left.items() if n == 0]
+    heapq.heapify(heap)
+    order: list[str] = []
+    while heap:
+        _, name = heapq.heappop(heap)
+        order.extend(sorted(members[name], key=lambda c: (-chain.get(c, 0.0), position[c])))
+        for other in waiters[name]:
+            left[other] -= 1
+            if left[other] == 0:
+                heapq.heappush(heap, (rank(other), other))
+    if len(order) != len(new):  # cannot happen once cycles are broken; never drop a job
+        order.extend(c for c in new if c not in set(order))
+    return order

@@ -16,8 +16,11 @@ HISTORY_PREFIX = NAMESPACE + "history:"
 HISTORY_SEEN = NAMESPACE + "history-seen"  # set: merges already imported from emerge.log files
 
 # Suffixes of the per-job and per-drone keys (the prelude uses these too).
-JOB_GATES = ":gates"            # set: jobs this one waits for
-JOB_DEPENDENTS = ":dependents"  # set: jobs waiting for this one
+JOB_GATES = ":gates"            # set: build dependencies this job waits for (to be settled)
+JOB_DEPENDENTS = ":dependents"  # set: jobs waiting for this one (to be settled)
+JOB_NEEDS = ":needs"            # set: jobs this settle group's run/post edges name (waits for their groups)
+JOB_HOLDERS = ":holders"        # set: settle groups whose run/post edges name this job
+JOB_MEMBERS = ":members"        # set: the members of a settle group of several jobs
 JOB_BLAME = ":failed-by"        # set: healthy drones whose failure blames the package
 JOB_AVOID = ":avoid"            # set: drones that failed it (not handed it again)
 JOB_TAILS = ":tails"            # hash: drone -> tail of its failed build log
@@ -26,6 +29,7 @@ DRONE_STREAK = ":streak"        # set: jobs failed in the drone's current failur
 
 READY = NAMESPACE + "queue:ready"        # zset: claimable jobs, best first
 SEQ = NAMESPACE + "queue:seq"            # counter: order of arrival (fifo)
+LISTING = NAMESPACE + "queue:listing"    # zset: every job by -priority (listing order, paged)
 DRONES = NAMESPACE + "drones"            # set: enrolled drone names
 HEARTBEATS = NAMESPACE + "heartbeats"    # zset: drone -> last heartbeat (ms)
 EVENTS = NAMESPACE + "events"            # stream: every state change
@@ -52,6 +56,18 @@ def job_gates(cpv: str) -> str:
 
 def job_dependents(cpv: str) -> str:
     return JOB_PREFIX + cpv + JOB_DEPENDENTS
+
+
+def job_needs(cpv: str) -> str:
+    return JOB_PREFIX + cpv + JOB_NEEDS
+
+
+def job_holders(cpv: str) -> str:
+    return JOB_PREFIX + cpv + JOB_HOLDERS
+
+
+def job_members(cpv: str) -> str:
+    return JOB_PREFIX + cpv + JOB_MEMBERS
 
 
 def job_blame(cpv: str) -> str:
@@ -96,4 +112,5 @@ QUEUE_KEYS: tuple[str, ...] = (
 
 def job_keys(cpv: str) -> list[str]:
     """All keys of one job (for deletion)."""
-    return [job(cpv), job_gates(cpv), job_dependents(cpv), job_blame(cpv), job_avoid(cpv), job_tails(cpv)]
+    return [job(cpv), job_gates(cpv), job_dependents(cpv), job_needs(cpv), job_holders(cpv), job_members(cpv),
+            job_blame(cpv), job_avoid(cpv), job_tails(cpv)]

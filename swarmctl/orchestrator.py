@@ -1,8 +1,10 @@
 """The orchestrator: one active leader running the maintenance loop.
 
 Each sweep reclaims the work of offline drones (self-healing level 1), flags
-hung or overdue builds, and hands grounded or silent drones to the healing
-policy (levels 2 and 3 are Ansible playbooks run by an executor). A second
+hung or overdue builds, hands grounded or silent drones to the healing
+policy (levels 2 and 3 are Ansible playbooks run by an executor), and every
+integrity interval repairs queue counts that disagree with the jobs
+(swarmctl.integrity). A second
 orchestrator waits as a hot standby and takes the lease when the leader dies.
 """
 
@@ -21,14 +23,16 @@ from typing import Protocol
 
 import redis
 
-from swarmctl import keys
+from swarmctl import integrity, keys
 from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.events import Events
+from swarmctl.exceptions import SwarmError
+from swarmctl.integrity import Repair
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneInfo, DroneRegistry
-from swarmctl.scripts import Scripts
+from swarmctl.scripts import Scripts, decode
 
 log = logging.getLogger("swarmctl.orchestrator")
 
@@ -43,6 +47,7 @@ class Healer(Protocol):
 class SweepReport:
     reclaimed: dict[str, list[str]] = field(default_factory=dict)
     overdue: list[str] = field(default_factory=list)
+    repaired: list[Repair] = field(default_factory=list)
 
 
 class Orchestrator:
@@ -61,13 +66,17 @@ class Orchestrator:
         self.stop = threading.Event()
         self.is_leader = False
         self._overdue_flagged: set[str] = set()
+        self._next_integrity = 0.0  # monotonic time of the next integrity check
         #: Since when (monotonic) this process has reached Redis without an error; None while it cannot.
         self.reachable_since: float | None = None
 
     def hold_lease(self) -> bool:
         """Take or renew the leader lease; True while this process leads."""
         ttl_ms = int(self.config.orchestrator.leader_ttl * 1000)
-        leading = bool(self.scripts.leader(keys=[keys.LEADER], args=[self.id, ttl_ms]))
+        reply = self.scripts.leader(keys=[keys.LEADER], args=[self.id, max(1, ttl_ms)])
+        if isinstance(reply, list):  # {'invalid', what}: never taken for a yes
+            raise SwarmError(f"leader lease refused: {decode(reply)[1]}")
+        leading = bool(reply)
         if leading and not self.is_leader:
             self.events.emit("leader", reason=f"orchestrator {self.id} took the lead")
             log.info("took the leader lease as %s", self.id)
@@ -90,12 +99,30 @@ class Orchestrator:
                 log.warning("reclaimed %d job(s) from offline drone %s", len(taken), name)
         drones = self.registry.list(offline_after)
         report.overdue = self._flag_overdue(drones)
+        report.repaired = self._check_integrity()
         if self.healer is not None:
             try:
                 self.healer.consider(drones)
             except Exception:  # a healing bug must not stop reclaiming
                 log.exception("healing policy failed")
         return report
+
+    def _check_integrity(self) -> list[Repair]:
+        """Every integrity_interval: repair counts that disagree with the jobs (swarmctl.integrity)."""
+        interval = self.config.orchestrator.integrity_interval
+        if interval <= 0 or time.monotonic() < self._next_integrity:
+            return []
+        self._next_integrity = time.monotonic() + interval
+        try:
+            repaired = integrity.check(self.redis, self.config.queue.events_max)
+        except TRANSIENT:
+            raise
+        except Exception:  # a checking bug must not stop reclaiming
+            log.exception("queue integrity check failed")
+            return []
+        if repaired:
+            log.warning("repaired the bookkeeping of %d job(s)", len(repaired))
+        return repaired
 
     def can_judge_silence(self, offline_after: float) -> bool:
         """Is a drone's silence its own? Not while Redis itself was out of reach or restarting.

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import secrets
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import redis
@@ -22,8 +23,8 @@ import redis
 from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cpv
 from swarmctl.config import Config
-from swarmctl.exceptions import NoSuchJob, SwarmError
-from swarmctl.graph import KIND_STRENGTH, BrokenEdge, JobSpec, break_cycles, critical_path, gates_of
+from swarmctl.exceptions import ConfigError, NoSuchJob, SwarmError
+from swarmctl.graph import BrokenEdge, JobSpec, Plan, Stored, chains, plan_batch
 from swarmctl.history import KEEP as HISTORY_KEEP
 from swarmctl.history import History
 from swarmctl.scripts import Scripts, decode
@@ -32,8 +33,18 @@ log = logging.getLogger("swarmctl.queue")
 
 #: Fault classes a drone reports with a failure.
 FAULTS = ("build", "drone", "dependency", "hung")
-#: Edge kind of gates already stored in Redis.
-_EXISTING = "existing"
+#: Longest a slice of a large add may keep Redis busy (one MULTI/EXEC); slices adapt to it.
+WRITE_SLICE_SECONDS = 0.03
+#: Most jobs in one slice, whatever the pace.
+MAX_SLICE = 2000
+#: Reads per pipeline round trip when walking many jobs.
+READ_PAGE = 5000
+#: Jobs read per call of the read-only PEEK script (PRIORITIES takes four times as many).
+PEEK_PAGE = 500
+#: A state filter over more jobs than this walks the listing index instead of reading them all.
+INDEX_WALK_MIN = 20000
+#: Jobs deleted per MULTI/EXEC by clear().
+CLEAR_SLICE = 500
 
 
 def token_sha(token: str) -> str:
@@ -83,7 +94,7 @@ class Job:
         return self.state == "needed" and self.pending <= 0
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: far cheaper than asdict
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,51 @@ class Unauthorized(SwarmError):
     """Unknown drone, wrong token or revoked."""
 
 
+class InvalidArgument(SwarmError):
+    """A script refused its arguments before writing anything."""
+
+
+class PartialAdd(SwarmError):
+    """Adding a batch failed partway: says how many jobs were queued before it did."""
+
+    def __init__(self, done: int, total: int, piece: list[str], cause: BaseException,
+                 found: set[str] | None) -> None:
+        if found is None:
+            counted = f"{done} to {done + len(piece)}"
+        else:
+            done += len(found)
+            counted = str(done)
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+        super().__init__(f"queued {counted} of {total} new job(s), then failed: {reason}; "
+                         "adding the same jobs again queues the rest")
+        self.done = done
+        self.total = total
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _slices(order: list[str], group: dict[str, str], size: Callable[[], int]) -> Iterator[list[str]]:
+    """Consecutive slices of ``order`` of about size() jobs; a settle group never split."""
+    piece: list[str] = []
+    for i, cpv in enumerate(order):
+        piece.append(cpv)
+        name = group.get(cpv)
+        if len(piece) >= size() and (name is None or i + 1 == len(order) or group.get(order[i + 1]) != name):
+            yield piece
+            piece = []
+    if piece:
+        yield piece
+
+
 class Queue:
     """The swarm's job queue on one Redis connection."""
 
@@ -126,77 +182,48 @@ class Queue:
         self.config = config
         self.scripts = Scripts(client)
         self.history = History(client, config.queue.default_estimate)
+        check_settings(config)
         self._max_events = config.queue.events_max
 
     def _run(self, script: Any, *args: object) -> list[str]:
-        return decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args]))
+        return refused(decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args])))
 
     # -- adding -------------------------------------------------------------------------------
 
-    def add(self, specs: Iterable[JobSpec]) -> AddReport:
+    def add(self, specs: Iterable[JobSpec], progress: Callable[[int, int], None] | None = None) -> AddReport:
         """Queue jobs with their edges; jobs already queued are left as they are.
 
-        Cycles are broken before anything is written (weakest gates first, see
-        swarmctl.graph.break_cycles) and reported. Each new job is written with
-        its critical-path priority already computed, best first (a topological
-        order: a job's gates score higher than the job), so a drone claiming
-        while a large batch is still being added takes the right job.
+        Cycles are broken before anything is written (weakest edges first, see
+        swarmctl.graph.plan_batch) and reported. Jobs are written in slices of one
+        MULTI/EXEC each, sized so that none keeps Redis busy for more than about
+        WRITE_SLICE_SECONDS, each job after everything it waits for, best first:
+        a drone claiming while a large batch is still being added takes the right
+        job, and a job is never claimable before its gates exist. ``progress``
+        hears (written, total) after each slice. If writing fails partway,
+        PartialAdd says how many jobs were queued (adding the same batch again
+        queues the rest).
         """
         batch: dict[str, JobSpec] = {}
         for spec in specs:
             cpv = validate_cpv(spec.cpv)
+            if spec.estimate is not None and not (math.isfinite(spec.estimate) and spec.estimate >= 0):
+                raise SwarmError(f"{cpv}: the estimate must be a finite number of seconds >= 0")
             batch[cpv] = JobSpec(cpv, [validate_cpv(d) for d in spec.build],
                                  [validate_cpv(d) for d in spec.run],
                                  [validate_cpv(d) for d in spec.post], spec.estimate)
-        known = self._load_specs(batch)
-        gates = gates_of(known)
-        for spec in batch.values():  # a named build dependency gates even before it is queued
-            for dep in spec.build:
-                if dep != spec.cpv:
-                    gates[spec.cpv].setdefault(dep, "build")
-        graph = {cpv: (gates[cpv] if cpv in batch else dict.fromkeys(self._gates(cpv), _EXISTING))
-                 for cpv in known}
-        # Gates already stored in Redis are never the ones dropped to break a new cycle.
-        report = AddReport(broken=break_cycles(graph, {**KIND_STRENGTH, _EXISTING: len(KIND_STRENGTH)}))
-        need_estimate = [c for c, s in batch.items() if s.estimate is None]
+        stored = self._load_stored(batch)
+        new = {c: s for c, s in batch.items() if c not in stored}
+        need_estimate = [c for c, s in new.items() if s.estimate is None]
         estimates = self.history.estimates(need_estimate) if need_estimate else {}
-        estimates.update({c: s.estimate for c, s in batch.items() if s.estimate is not None})
+        estimates.update({c: s.estimate for c, s in new.items() if s.estimate is not None})
         fifo = self.config.queue.policy == "fifo"
-        chain: dict[str, float] = {}
         if not fifo:
-            earlier = sorted(known.keys() - batch.keys())
-            with self.redis.pipeline(transaction=False) as pipe:
-                for cpv in earlier:
-                    pipe.hget(keys.job(cpv), "estimate")
-                stored = {c: float(v or 0) for c, v in zip(earlier, pipe.execute(), strict=True)}
-            chain = critical_path(graph, {**stored, **estimates})
-        order = sorted(batch, key=lambda c: -chain.get(c, 0.0)) if not fifo else list(batch)
-        # One MULTI/EXEC: a batch (a nightly sync, an import) lands whole or not at all.
-        with self.redis.pipeline(transaction=True) as pipe:
-            for cpv in order:
-                spec = batch[cpv]
-                self.scripts.add(keys=list(keys.QUEUE_KEYS), client=pipe, args=[
-                    cpv, estimates[cpv], "" if fifo else chain.get(cpv, estimates[cpv]), json.dumps(spec.build),
-                    json.dumps(spec.run), json.dumps(sorted(graph[cpv])), self._max_events,
-                    json.dumps(spec.post)])
-            replies = pipe.execute()
-        added = {cpv for cpv, reply in zip(order, replies, strict=True) if decode(reply)[0] == "added"}
-        for cpv in batch:
-            (report.added if cpv in added else report.existing).append(cpv)
-        report.broken = [e for e in report.broken if e.job in added]  # a queued job keeps its gates
-        shown = 20  # broken gates logged one by one; the rest summed up (all go to the event stream)
-        for edge in report.broken[:shown]:
-            log.warning("dependency cycle: %s no longer waits for %s (%s edge)", edge.job, edge.gate, edge.kind)
-        if len(report.broken) > shown:
-            log.warning("dependency cycles: %d more gates dropped (see the event stream)",
-                        len(report.broken) - shown)
-        with self.redis.pipeline(transaction=False) as pipe:  # plain commands: no script, no MULTI needed
-            for edge in report.broken:
-                pipe.xadd(keys.EVENTS, {"ts": int(time.time() * 1000), "kind": "cycle", "job": edge.job, "drone": "",
-                                        "reason": f"stopped waiting for {edge.gate} ({edge.kind} edge) "
-                                                  "to break a dependency cycle"},
-                          maxlen=self._max_events, approximate=True)
-            pipe.execute()
+            estimates.update(self._stored_estimates(stored.keys()))
+        plan = plan_batch(new, stored, estimates, fifo)
+        report = AddReport(existing=[c for c in batch if c in stored])
+        added = self._write(plan, new, estimates, fifo, report, progress)
+        report.broken = [e for e in plan.broken if e.job in added]
+        self._report_broken(report.broken)
         # Jobs queued earlier may now have longer chains (new jobs wait for them): rescore all.
         if report.added and not fifo:
             with self.redis.pipeline(transaction=False) as pipe:
@@ -207,47 +234,138 @@ class Queue:
                 self.reprioritize()
         return report
 
-    def _gates(self, cpv: str) -> set[str]:
-        return set(self.redis.smembers(keys.job_gates(cpv)))
+    def _write(self, plan: Plan, new: dict[str, JobSpec], estimates: dict[str, float], fifo: bool,
+               report: AddReport, progress: Callable[[int, int], None] | None) -> set[str]:
+        """ADD every planned job, slice by slice; returns the CPVs added (existing ones go to report)."""
+        added: set[str] = set()
+        size = 50
+        slices = _slices(plan.order, plan.group, lambda: size)
+        for piece in slices:
+            try:
+                with self.redis.pipeline(transaction=True) as pipe:
+                    for cpv in piece:
+                        spec = new[cpv]
+                        group = plan.group.get(cpv, "")
+                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING], client=pipe, args=[
+                            cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
+                            json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
+                            json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, []))])
+                    started = time.monotonic()
+                    replies = [decode(r) for r in pipe.execute()]
+                    took = time.monotonic() - started
+            except (redis.RedisError, OSError) as exc:
+                raise PartialAdd(len(added), len(new), piece, exc, self._queued(piece)) from exc
+            # The next slice as large as fits the budget at this slice's pace (at most twice as large).
+            size = max(10, min(2 * size, MAX_SLICE, int(WRITE_SLICE_SECONDS * len(piece) / max(took, 1e-4))))
+            for cpv, reply in zip(piece, replies, strict=True):
+                if reply[0] == "invalid":  # checked in Python first: a bug, nothing of this job written
+                    raise PartialAdd(len(added), len(new), [], SwarmError(f"{cpv}: {reply[1]}"), set())
+                if reply[0] == "added":
+                    added.add(cpv)
+                    report.added.append(cpv)
+                else:
+                    report.existing.append(cpv)  # queued by someone else meanwhile
+            if progress is not None:
+                progress(len(added) + len(report.existing), len(new) + len(report.existing))
+        return added
 
-    def _load_specs(self, batch: dict[str, JobSpec]) -> dict[str, JobSpec]:
-        """The batch plus every queued job its edges reach (their run/post edges matter)."""
-        known = dict(batch)
-        frontier = {d for s in batch.values() for d in s.build + s.run + s.post} - known.keys()
-        while frontier:
-            names = sorted(frontier)
+    def _queued(self, cpvs: list[str]) -> set[str] | None:
+        """Which of ``cpvs`` are queued now; None when Redis cannot say."""
+        try:
             with self.redis.pipeline(transaction=False) as pipe:
-                for cpv in names:
-                    pipe.hmget(keys.job(cpv), "after", "run", "post")
-                rows = pipe.execute()
+                for cpv in cpvs:
+                    pipe.hexists(keys.job(cpv), "state")
+                return {c for c, there in zip(cpvs, pipe.execute(), strict=True) if there}
+        except (redis.RedisError, OSError):
+            return None
+
+    def _report_broken(self, broken: list[BrokenEdge]) -> None:
+        shown = 20  # broken gates logged one by one; the rest summed up (all go to the event stream)
+        for edge in broken[:shown]:
+            log.warning("dependency cycle: %s no longer waits for %s (%s edge)", edge.job, edge.gate, edge.kind)
+        if len(broken) > shown:
+            log.warning("dependency cycles: %d more gates dropped (see the event stream)", len(broken) - shown)
+        for start in range(0, len(broken), READ_PAGE):
+            with self.redis.pipeline(transaction=False) as pipe:  # plain commands: no script, no MULTI
+                for edge in broken[start:start + READ_PAGE]:
+                    pipe.xadd(keys.EVENTS, {"ts": int(time.time() * 1000), "kind": "cycle", "job": edge.job,
+                                            "drone": "", "reason": f"stopped waiting for {edge.gate} "
+                                                                   f"({edge.kind} edge) to break a dependency cycle"},
+                              maxlen=self._max_events, approximate=True)
+                pipe.execute()
+
+    def _stored_estimates(self, cpvs: Iterable[str]) -> dict[str, float]:
+        names = sorted(cpvs)
+        found: dict[str, float] = {}
+        for start in range(0, len(names), READ_PAGE):
+            page = names[start:start + READ_PAGE]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for cpv in page:
+                    pipe.hget(keys.job(cpv), "estimate")
+                found.update({c: float(v or 0) for c, v in zip(page, pipe.execute(), strict=True)})
+        return found
+
+    def _load_stored(self, batch: dict[str, JobSpec]) -> dict[str, Stored]:
+        """Every queued job in the batch or reached from it, through edges and settle groups."""
+        stored: dict[str, Stored] = {}
+        seen: set[str] = set()
+        frontier = set(batch) | {d for s in batch.values() for d in s.build + s.run + s.post}
+        while frontier:
+            seen |= frontier
+            names = sorted(frontier)
             frontier = set()
-            for cpv, (after, run, post) in zip(names, rows, strict=True):
-                if after is None:
-                    continue  # not queued: taken as available
-                spec = JobSpec(cpv, json.loads(after), json.loads(run or "[]"), json.loads(post or "[]"))
-                known[cpv] = spec
-                frontier |= set(spec.build + spec.run + spec.post) - known.keys()
-        return known
+            for start in range(0, len(names), READ_PAGE):
+                page = names[start:start + READ_PAGE]
+                with self.redis.pipeline(transaction=False) as pipe:
+                    for cpv in page:
+                        pipe.hmget(keys.job(cpv), "state", "group")
+                    found = [(c, g) for c, (state, g) in zip(page, pipe.execute(), strict=True) if state is not None]
+                with self.redis.pipeline(transaction=False) as pipe:  # the edges of the queued ones only
+                    for cpv, _ in found:
+                        pipe.smembers(keys.job_gates(cpv))
+                        pipe.smembers(keys.job_needs(cpv))
+                        pipe.smembers(keys.job_members(cpv))
+                    rows = pipe.execute()
+                for i, (cpv, group) in enumerate(found):
+                    gates, needs, members = rows[3 * i:3 * i + 3]
+                    job = Stored(group or cpv, set(gates), set(needs), set(members))
+                    stored[cpv] = job
+                    frontier |= (job.gates | job.needs | job.members | {job.group}) - seen
+        return stored
 
     def reprioritize(self) -> int:
         """Recompute every open job's critical-path score; returns how many were scored."""
         open_jobs = sorted(self.redis.sunion(keys.state_set("needed"), keys.state_set("delegated")))
         if not open_jobs:
             return 0
-        with self.redis.pipeline(transaction=False) as pipe:
-            for cpv in open_jobs:
-                pipe.smembers(keys.job_gates(cpv))
-                pipe.hget(keys.job(cpv), "estimate")
-            replies = pipe.execute()
-        gates = {cpv: set(replies[2 * i]) for i, cpv in enumerate(open_jobs)}
-        estimates = {cpv: float(replies[2 * i + 1] or 0) for i, cpv in enumerate(open_jobs)}
-        chain = critical_path(gates, estimates)
-        with self.redis.pipeline(transaction=False) as pipe:
-            for cpv in open_jobs:
-                score = chain.get(cpv, estimates[cpv])
-                pipe.hset(keys.job(cpv), "priority", score)
-                pipe.zadd(keys.READY, {cpv: score}, xx=True)
-            pipe.execute()
+        gates: dict[str, set[str]] = {}
+        group: dict[str, str] = {}
+        needs: dict[str, set[str]] = {}
+        estimates: dict[str, float] = {}
+        for start in range(0, len(open_jobs), READ_PAGE):
+            page = open_jobs[start:start + READ_PAGE]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for cpv in page:
+                    pipe.smembers(keys.job_gates(cpv))
+                    pipe.hmget(keys.job(cpv), "estimate", "group")
+                    pipe.smembers(keys.job_needs(cpv))
+                replies = pipe.execute()
+            for i, cpv in enumerate(page):
+                mine, (estimate, name), theirs = replies[3 * i:3 * i + 3]
+                gates[cpv] = set(mine)
+                estimates[cpv] = float(estimate or 0)
+                group[cpv] = name or cpv
+                if theirs:
+                    needs[cpv] = set(theirs)
+        chain = chains(gates, group, needs, estimates)
+        for start in range(0, len(open_jobs), READ_PAGE):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for cpv in open_jobs[start:start + READ_PAGE]:
+                    score = chain.get(cpv, estimates[cpv])
+                    pipe.hset(keys.job(cpv), "priority", score)
+                    pipe.zadd(keys.READY, {cpv: score}, xx=True)
+                    pipe.zadd(keys.LISTING, {cpv: -score})
+                pipe.execute()
         return len(open_jobs)
 
     # -- the drone's side ---------------------------------------------------------------------
@@ -267,12 +385,22 @@ class Queue:
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
                  artifact: dict[str, Any] | None = None) -> str:
-        """Mark built if ``drone`` still owns the job: "ok", "stale" or "unauthorized"."""
+        """Mark built if ``drone`` still owns the job: "ok", "stale" or "unauthorized".
+
+        Raises InvalidArgument for a duration that is not a finite number of seconds >= 0 (and an
+        artifact JSON cannot carry): nothing is written then.
+        """
+        if not isinstance(duration, int | float) or not math.isfinite(duration) or duration < 0:
+            raise InvalidArgument(f"duration must be a finite number of seconds >= 0, got {duration!r}")
+        try:
+            artifact_json = json.dumps(artifact or {}, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"artifact is not plain JSON: {exc}") from None
         # The build's duration joins the package's history in the same script.
         reply = self.scripts.complete(keys=[*keys.QUEUE_KEYS, keys.history(cp_of(cpv))], args=[
-            cpv, drone, token_sha(token), lease, round(duration, 3), json.dumps(artifact or {}),
+            cpv, drone, token_sha(token), lease, round(duration, 3), artifact_json,
             self._max_events, HISTORY_KEEP])
-        return decode(reply)[0]
+        return refused(decode(reply))[0]
 
     def fail(self, cpv: str, drone: str, token: str, lease: str, fault: str, reason: str,
              log_tail: str = "") -> tuple[str, float]:
@@ -322,18 +450,62 @@ class Queue:
         self._reset(cpv, "failed blocked", "retried")
 
     def clear(self) -> int:
-        """Delete every job (gated behind --yes in the CLI); returns how many."""
-        cpvs = set()
+        """Delete every job (gated behind --yes in the CLI); returns how many.
+
+        Job by job in slices (each one MULTI/EXEC that takes the jobs out of every state set and
+        deletes their keys, so Redis never stalls and no set names a deleted job); then the keys
+        left under the job prefix that no queued job uses any more (the dependents set of a CPV
+        that was named but never queued, an emptied settle group).
+        """
+        cpvs: set[str] = set()
         for state in keys.STATES:
             cpvs |= self.redis.smembers(keys.state_set(state))
         with self.redis.pipeline(transaction=True) as pipe:
-            for cpv in cpvs:
-                pipe.delete(*keys.job_keys(cpv))
-            pipe.delete(keys.READY, *(keys.state_set(s) for s in keys.STATES))
             for name in self.redis.smembers(keys.DRONES):
                 pipe.delete(keys.drone_jobs(name))
             pipe.execute()
+        names = sorted(cpvs)
+        for start in range(0, len(names), CLEAR_SLICE):
+            page = names[start:start + CLEAR_SLICE]
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(keys.READY, *page)
+                pipe.zrem(keys.LISTING, *page)
+                for state in keys.STATES:
+                    pipe.srem(keys.state_set(state), *page)
+                for cpv in page:
+                    pipe.unlink(*keys.job_keys(cpv))
+                pipe.execute()
+        self.redis.delete(keys.LISTING)  # anything left names no job
+        self._drop_leftovers()
         return len(cpvs)
+
+    def _drop_leftovers(self) -> None:
+        """Delete per-job keys whose job is not queued and that no queued job refers to."""
+        suffixes = (keys.JOB_GATES, keys.JOB_DEPENDENTS, keys.JOB_NEEDS, keys.JOB_HOLDERS, keys.JOB_MEMBERS,
+                    keys.JOB_BLAME, keys.JOB_AVOID, keys.JOB_TAILS)
+        for found in _chunks(self.redis.scan_iter(match=keys.JOB_PREFIX + "*", count=1000), 1000):
+            owners = []
+            for key in found:
+                rest = key[len(keys.JOB_PREFIX):]
+                owners.append(next((rest[:-len(x)] for x in suffixes if rest.endswith(x)), rest))
+            with self.redis.pipeline(transaction=False) as pipe:
+                for owner in owners:
+                    pipe.hexists(keys.job(owner), "state")
+                queued = pipe.execute()
+            orphans = [k for k, o, q in zip(found, owners, queued, strict=True) if not q]
+            # A set that names a queued job (a named, unqueued dependency's waiters) stays.
+            with self.redis.pipeline(transaction=False) as pipe:
+                for key in orphans:
+                    pipe.type(key)
+                types = pipe.execute()
+            drop = []
+            for key, kind in zip(orphans, types, strict=True):
+                if kind == "set" and any(self.redis.hexists(keys.job(m), "state")
+                                         for m in self.redis.sscan_iter(key, count=1000)):
+                    continue
+                drop.append(key)
+            if drop:
+                self.redis.unlink(*drop)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -347,24 +519,102 @@ class Queue:
         """The failed builds' log tails, by drone."""
         return self.redis.hgetall(keys.job_tails(cpv))
 
-    def jobs(self, state: str | None = None) -> list[Job]:
-        """Every job (or those in one state), best priority first."""
+    def job_order(self, state: str | None = None) -> list[str]:
+        """The CPVs of every job (or of those in one state), best priority first, then by name."""
         states = [state] if state else list(keys.STATES)
-        cpvs = sorted(set().union(*(self.redis.smembers(keys.state_set(s)) for s in states)))
         with self.redis.pipeline(transaction=False) as pipe:
-            for cpv in cpvs:
-                pipe.hgetall(keys.job(cpv))
-                pipe.smembers(keys.job_avoid(cpv))
-            replies = pipe.execute()
-        jobs = [Job.from_hash(replies[2 * i], list(replies[2 * i + 1]))
-                for i in range(len(cpvs)) if replies[2 * i]]
-        return sorted(jobs, key=lambda j: (-j.priority, j.cpv))
+            for name in states:
+                pipe.smembers(keys.state_set(name))
+            cpvs = sorted(set().union(*pipe.execute()))
+        priority: dict[str, float] = {}
+        for start in range(0, len(cpvs), PEEK_PAGE * 4):  # a few ms of Redis per call
+            page = cpvs[start:start + PEEK_PAGE * 4]
+            found = self.scripts.priorities(keys=[], args=page)
+            priority.update((c, float(p or 0)) for c, p in zip(page, found, strict=True))
+        return sorted(cpvs, key=lambda c: -priority[c])  # stable: ties stay in name order
+
+    def load(self, cpvs: list[str]) -> list[Job]:
+        """The jobs of ``cpvs`` in that order (any no longer queued left out)."""
+        jobs: list[Job] = []
+        for start in range(0, len(cpvs), PEEK_PAGE):
+            for flat, avoid in self.scripts.peek(keys=[], args=cpvs[start:start + PEEK_PAGE]):
+                data = dict(zip(flat[::2], flat[1::2], strict=True))
+                if data.get("cpv"):
+                    jobs.append(Job.from_hash(data, avoid))
+        return jobs
+
+    def page(self, state: str | None = None, offset: int = 0, limit: int | None = None) -> tuple[list[str], int]:
+        """The CPVs of one page of jobs (or of those in one state), best first, and how many in all.
+
+        Read from the listing index in O(page) when it holds every job (jobs queued before it
+        existed, or a state filter over a small set, take job_order()).
+        """
+        with self.redis.pipeline(transaction=False) as pipe:
+            for name in keys.STATES:
+                pipe.scard(keys.state_set(name))
+            pipe.zcard(keys.LISTING)
+            *cards, indexed = pipe.execute()
+        counts = dict(zip(keys.STATES, cards, strict=True))
+        total = counts[state] if state else sum(cards)
+        if limit == 0 or offset >= total:
+            return [], total
+        if indexed != sum(cards) or (state and total <= INDEX_WALK_MIN):
+            order = self.job_order(state)
+            return (order[offset:] if limit is None else order[offset:offset + limit]), len(order)
+        if not state:
+            return self.redis.zrange(keys.LISTING, offset, -1 if limit is None else offset + limit - 1), total
+        want = total - offset if limit is None else min(limit, total - offset)
+        found: list[str] = []
+        skip, start = offset, 0
+        while len(found) < want and start < indexed:  # walk the index, keep the state's members
+            chunk = self.redis.zrange(keys.LISTING, start, start + READ_PAGE - 1)
+            start += READ_PAGE
+            for cpv, member in zip(chunk, self.redis.smismember(keys.state_set(state), chunk), strict=True):
+                if member and skip:
+                    skip -= 1
+                elif member:
+                    found.append(cpv)
+        return found[:want], total
+
+    def jobs(self, state: str | None = None, limit: int | None = None, offset: int = 0) -> list[Job]:
+        """Every job (or those in one state), best priority first; ``limit``/``offset`` page it."""
+        return self.load(self.page(state, offset, limit)[0])
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, plus ``ready`` (claimable now) and ``waiting`` (needed, gated)."""
         with self.redis.pipeline(transaction=False) as pipe:
             queue_counts(pipe)
             return read_counts(pipe.execute())
+
+
+def refused(reply: list[str]) -> list[str]:
+    """A script's reply, or InvalidArgument when it refused its arguments (having written nothing)."""
+    if reply and reply[0] == "invalid":
+        raise InvalidArgument(f"the queue refused: {reply[1]}")
+    return reply
+
+
+def check_settings(config: Config) -> None:
+    """The settings the queue's scripts take, checked before any script runs with them.
+
+    Raises:
+        ConfigError: one line naming the setting.
+    """
+    q, b, o = config.queue, config.breaker, config.orchestrator
+    for name, value, lowest, whole in (
+            ("queue.events_max", q.events_max, 1, True), ("queue.claim_scan", q.claim_scan, 1, True),
+            ("queue.max_attempts", q.max_attempts, 1, True),
+            ("queue.block_after_drones", q.block_after_drones, 1, True),
+            ("breaker.failures", b.failures, 1, True), ("breaker.ground_seconds", b.ground_seconds, 0, False),
+            ("breaker.backoff_factor", b.backoff_factor, 1, False),
+            ("breaker.ground_max_seconds", b.ground_max_seconds, 0, False),
+            ("orchestrator.offline_after", o.offline_after, 0.001, False),
+            ("orchestrator.leader_ttl", o.leader_ttl, 0.001, False),
+            ("orchestrator.integrity_interval", o.integrity_interval, 0, False)):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or value < lowest or (whole and value != int(value)):
+            kind = "an integer" if whole else "a finite number"
+            raise ConfigError(f"{name} must be {kind} >= {lowest}, got {value!r}")
 
 
 #: Replies queue_counts() adds to a pipeline.

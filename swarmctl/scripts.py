@@ -21,12 +21,56 @@ import redis
 
 from swarmctl import keys
 
-PRELUDE = f"""
+#: Argument checks every script makes before its first write: Redis does not roll back a script
+#: that fails halfway (a NaN duration once left a job built and its dependents waiting forever).
+#: Each returns nil when the argument is fine, else the refusal {'invalid', what}.
+CHECKS = """
+local function refuse_arg(what, raw)
+  return {'invalid', what .. ', got ' .. string.sub(tostring(raw), 1, 40)}
+end
+local function bad_number(i, what, low, whole)
+  local v = tonumber(ARGV[i])
+  if v == nil or v ~= v or v == math.huge or v == -math.huge or (low ~= nil and v < low)
+      or (whole and v ~= math.floor(v)) then
+    return refuse_arg(what .. ' must be a finite ' .. (whole and 'integer' or 'number')
+                      .. (low ~= nil and (' >= ' .. low) or ''), ARGV[i])
+  end
+  return nil
+end
+-- {index, what, lowest, integer?} for each numeric argument.
+local function bad_numbers(list)
+  for _, c in ipairs(list) do
+    local bad = bad_number(c[1], c[2], c[3], c[4])
+    if bad then return bad end
+  end
+  return nil
+end
+local function bad_names(list)  -- {index, what}: arguments that must not be empty
+  for _, c in ipairs(list) do
+    if ARGV[c[1]] == nil or ARGV[c[1]] == '' then return {'invalid', c[2] .. ' is empty'} end
+  end
+  return nil
+end
+-- A JSON list of non-empty strings: (list, nil), else (nil, refusal).
+local function json_names(i, what)
+  local ok, value = pcall(cjson.decode, ARGV[i])
+  if not ok or type(value) ~= 'table' then return nil, refuse_arg(what .. ' must be a JSON list', ARGV[i]) end
+  for _, name in ipairs(value) do
+    if type(name) ~= 'string' or name == '' then return nil, refuse_arg(what .. ' must list names', ARGV[i]) end
+  end
+  return value, nil
+end
+"""
+
+PRELUDE = CHECKS + f"""
 redis.replicate_commands()
 local JOB, DRONE = '{keys.JOB_PREFIX}', '{keys.DRONE_PREFIX}'
 local function job_key(c) return JOB .. c end
 local function gates_key(c) return JOB .. c .. '{keys.JOB_GATES}' end
 local function dependents_key(c) return JOB .. c .. '{keys.JOB_DEPENDENTS}' end
+local function needs_key(c) return JOB .. c .. '{keys.JOB_NEEDS}' end
+local function holders_key(c) return JOB .. c .. '{keys.JOB_HOLDERS}' end
+local function members_key(c) return JOB .. c .. '{keys.JOB_MEMBERS}' end
 local function blame_key(c) return JOB .. c .. '{keys.JOB_BLAME}' end
 local function avoid_key(c) return JOB .. c .. '{keys.JOB_AVOID}' end
 local function tails_key(c) return JOB .. c .. '{keys.JOB_TAILS}' end
@@ -68,6 +112,17 @@ local function requeue(cpv, drone)
   make_ready_if_free(cpv)
 end
 
+-- A job's settle group (swarmctl.graph): itself unless it shares a cycle of run/post edges.
+local function group_of(cpv) return redis.call('HGET', job_key(cpv), 'group') or cpv end
+
+-- Is a settle group open (a member unbuilt, or a group it needs open)? Not a job: no.
+local function open_group(name)
+  local j = redis.call('HMGET', job_key(name), 'unsettled', 'state')
+  if j[1] then return tonumber(j[1]) > 0 end
+  if j[2] then return j[2] ~= 'built' end  -- queued before settle groups were stored
+  return false
+end
+
 -- nil when the drone may act, else the refusal.
 local function refuse_drone(name, token_sha)
   local d = redis.call('HMGET', drone_key(name), 'token_sha256', 'revoked')
@@ -87,30 +142,83 @@ end
 """
 
 ADD = PRELUDE + """
--- Add one job. ARGV[1] cpv, ARGV[2] estimate s, ARGV[3] priority score (nil: -seq, fifo),
--- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] gates JSON list,
--- ARGV[7] events max, ARGV[8] post deps JSON.
--- Returns {'added', pending} or {'exists', state}.
+-- Add one job. ARGV[1] cpv, ARGV[2] estimate s, ARGV[3] priority score ('': -seq, fifo),
+-- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] gates JSON list (build deps it waits
+-- for, each until settled), ARGV[7] events max, ARGV[8] post deps JSON, ARGV[9] its settle group
+-- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it).
+-- KEYS[11] the listing zset (every job by -priority, for paged listing).
+-- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
 local cpv = ARGV[1]
+local bad = bad_names({{1, 'cpv'}}) or bad_numbers({{2, 'estimate', 0}, {7, 'events max', 1, true}})
+if not bad and ARGV[3] ~= '' then bad = bad_number(3, 'priority') end
+if bad then return bad end
+local lists = {}
+for _, a in ipairs({{4, 'build deps'}, {5, 'run deps'}, {6, 'gates'}, {8, 'post deps'}, {10, 'needs'}}) do
+  local list, refusal = json_names(a[1], a[2])
+  if refusal then return refusal end
+  lists[a[1]] = list
+end
 local jk = job_key(cpv)
 local state = redis.call('HGET', jk, 'state')
 if state then return {'exists', state} end
+local group = ARGV[9]
+if group == '' then group = cpv end
 local seq = redis.call('INCR', KEYS[10])
 local score = ARGV[3]
 if score == '' then score = tostring(-seq) end
 local now = now_ms()
 redis.call('HSET', jk, 'cpv', cpv, 'attempts', 0, 'estimate', ARGV[2], 'priority', score,
            'seq', seq, 'created', now, 'after', ARGV[4], 'run', ARGV[5], 'post', ARGV[8],
-           'drone', '', 'lease', '')
+           'drone', '', 'lease', '', 'group', group)
+redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
 local pending = 0
-for _, gate in ipairs(cjson.decode(ARGV[6])) do
+for _, gate in ipairs(lists[6]) do
   if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
     redis.call('SADD', dependents_key(gate), cpv)
-    local gs = redis.call('HGET', job_key(gate), 'state')
-    if gs and gs ~= 'built' then pending = pending + 1 end
+    if redis.call('HEXISTS', job_key(gate), 'state') == 1 and open_group(group_of(gate)) then
+      pending = pending + 1
+    end
   end
 end
 redis.call('HSET', jk, 'pending', pending)
+-- Its group is open while it is unbuilt, and while a job its run/post edges name is in an open
+-- group (a job named before it is queued counts once it is).
+if ARGV[9] ~= '' then redis.call('SADD', members_key(group), cpv) end
+redis.call('HINCRBY', job_key(group), 'unsettled', 1)
+for _, need in ipairs(lists[10]) do
+  if redis.call('SADD', needs_key(group), need) == 1 then
+    redis.call('SADD', holders_key(need), group)
+    if redis.call('HEXISTS', job_key(need), 'state') == 1 and open_group(group_of(need)) then
+      redis.call('HINCRBY', job_key(group), 'unsettled', 1)
+    end
+  end
+end
+-- Groups that named this job before it was queued wait for it now; one that was settled is open
+-- again, and so is everything that waited on it (transitively).
+local reopened = {}
+local function reopen(holder, member)
+  if holder ~= group and redis.call('SISMEMBER', needs_key(holder), member) == 1
+      and redis.call('HINCRBY', job_key(holder), 'unsettled', 1) == 1 then
+    table.insert(reopened, holder)
+  end
+end
+for _, holder in ipairs(redis.call('SMEMBERS', holders_key(cpv))) do reopen(holder, cpv) end
+local r = 1
+while reopened[r] do
+  local again = reopened[r]
+  r = r + 1
+  local members = redis.call('SMEMBERS', members_key(again))
+  if #members == 0 then members = {again} end
+  for _, member in ipairs(members) do
+    for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
+      if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
+        redis.call('HINCRBY', job_key(dep), 'pending', 1)
+        redis.call('ZREM', KEYS[1], dep)
+      end
+    end
+    for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do reopen(holder, member) end
+  end
+end
 -- Jobs that named this one before it existed now wait for it too.
 for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
   if redis.call('SISMEMBER', gates_key(dep), cpv) == 1 then
@@ -176,8 +284,13 @@ COMPLETE = PRELUDE + """
 -- A drone reports a job built. KEYS[11] the package's build history list.
 -- ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
 -- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept.
--- Returns {'ok'} | {'stale'} | {'unauthorized'}.
+-- Returns {'ok'} | {'stale'} | {'unauthorized'} | {'invalid', what}.
 local cpv, name, lease = ARGV[1], ARGV[2], ARGV[4]
+local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
+  or bad_numbers({{5, 'duration', 0}, {7, 'events max', 1, true}, {8, 'history kept', 1, true}})
+if bad then return bad end
+local ok, artifact = pcall(cjson.decode, ARGV[6])
+if not ok or type(artifact) ~= 'table' then return refuse_arg('artifact must be a JSON object', ARGV[6]) end
 local refusal = refuse_drone(name, ARGV[3])
 if refusal then return {refusal} end
 if not owns(cpv, name, lease) then stale(cpv, name, 'completion', ARGV[7]); return {'stale'} end
@@ -194,10 +307,33 @@ redis.call('HINCRBY', KEYS[9], 'built', 1)
 redis.call('LPUSH', KEYS[11], cjson.encode({cpv = cpv, seconds = tonumber(ARGV[5]), parallel = false,
                                             source = 'swarm'}))
 redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[8]) - 1)
-for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
-  if redis.call('SISMEMBER', gates_key(dep), cpv) == 1 then
-    redis.call('HINCRBY', job_key(dep), 'pending', -1)
-    make_ready_if_free(dep)
+-- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
+-- its members and counts down the groups that need it, which may settle in turn.
+local function count_down(group)
+  local left = tonumber(redis.call('HGET', job_key(group), 'unsettled') or '1') - 1
+  redis.call('HSET', job_key(group), 'unsettled', left)
+  return left <= 0
+end
+local settled = {}
+if count_down(group_of(cpv)) then settled[1] = group_of(cpv) end
+local i = 1
+while settled[i] do
+  local group = settled[i]
+  i = i + 1
+  local members = redis.call('SMEMBERS', members_key(group))
+  if #members == 0 then members = {group} end
+  for _, member in ipairs(members) do
+    for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
+      if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
+        redis.call('HINCRBY', job_key(dep), 'pending', -1)
+        make_ready_if_free(dep)
+      end
+    end
+    for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
+      if redis.call('SISMEMBER', needs_key(holder), member) == 1 and count_down(holder) then
+        table.insert(settled, holder)
+      end
+    end
   end
 end
 emit(ARGV[7], 'built', cpv, name, ARGV[5])
@@ -210,9 +346,17 @@ FAIL = PRELUDE + """
 -- ARGV[8] drones that block a package, ARGV[9] max attempts, ARGV[10] failures that ground,
 -- ARGV[11] grounding ms, ARGV[12] backoff factor, ARGV[13] longest grounding ms, ARGV[14] events max.
 -- Returns {outcome, grounded_until} with outcome requeued | failed | blocked, or {'stale'}
--- | {'unauthorized'}.
+-- | {'unauthorized'} | {'invalid', what}.
 local cpv, name, lease, fault = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
 local maxlen = ARGV[14]
+local bad = bad_names({{1, 'cpv'}, {2, 'drone'}}) or bad_numbers({
+  {8, 'drones that block', 1, true}, {9, 'max attempts', 1, true}, {10, 'failures that ground', 1, true},
+  {11, 'grounding ms', 0}, {12, 'backoff factor', 1}, {13, 'longest grounding ms', 0},
+  {14, 'events max', 1, true}})
+if bad then return bad end
+if not ({build = true, drone = true, dependency = true, hung = true})[fault] then
+  return refuse_arg('fault must be build, drone, dependency or hung', fault)
+end
 local refusal = refuse_drone(name, ARGV[3])
 if refusal then return {refusal} end
 if not owns(cpv, name, lease) then stale(cpv, name, 'failure report', maxlen); return {'stale'} end
@@ -278,8 +422,10 @@ return {outcome, tostring(grounded_until)}
 RELEASE = PRELUDE + """
 -- A drone gives a job back unbuilt (aborted on shutdown). ARGV[1] cpv, ARGV[2] drone,
 -- ARGV[3] token sha256, ARGV[4] lease, ARGV[5] reason, ARGV[6] events max.
--- Returns {'ok'} | {'stale'} | {'unauthorized'}.
+-- Returns {'ok'} | {'stale'} | {'unauthorized'} | {'invalid', what}.
 local cpv, name = ARGV[1], ARGV[2]
+local bad = bad_names({{1, 'cpv'}, {2, 'drone'}}) or bad_number(6, 'events max', 1, true)
+if bad then return bad end
 local refusal = refuse_drone(name, ARGV[3])
 if refusal then return {refusal} end
 if not owns(cpv, name, ARGV[4]) then stale(cpv, name, 'release', ARGV[6]); return {'stale'} end
@@ -294,8 +440,10 @@ RECLAIM = PRELUDE + """
 -- Take every job back from a drone. ARGV[1] drone, ARGV[2] offline threshold ms (0: do it
 -- regardless of heartbeats), ARGV[3] reason, ARGV[4] events max.
 -- Returns the reclaimed CPVs; none when the drone heartbeated within the threshold, which is
--- re-checked here so a drone that just came back keeps its work.
+-- re-checked here so a drone that just came back keeps its work; {'invalid', what} on bad arguments.
 local name = ARGV[1]
+local bad = bad_names({{1, 'drone'}}) or bad_numbers({{2, 'offline threshold ms', 0}, {4, 'events max', 1, true}})
+if bad then return bad end
 local threshold = tonumber(ARGV[2])
 if threshold > 0 then
   local seen = tonumber(redis.call('ZSCORE', KEYS[8], name) or '0')
@@ -381,8 +529,11 @@ return {'ok', redis.call('HGET', dk, 'grounded_until') or '0', tostring(now), ow
 RESET = PRELUDE + """
 -- Put a blocked or failed job back in the queue. ARGV[1] cpv, ARGV[2] allowed states
 -- (space separated), ARGV[3] event kind, ARGV[4] events max.
--- Returns {'ok'} | {'missing'} | {'state', current}.
+-- Returns {'ok'} | {'missing'} | {'state', current} | {'invalid', what}.
 local cpv = ARGV[1]
+local bad = bad_names({{1, 'cpv'}, {2, 'allowed states'}, {3, 'event kind'}})
+  or bad_number(4, 'events max', 1, true)
+if bad then return bad end
 local state = redis.call('HGET', job_key(cpv), 'state')
 if not state then return {'missing'} end
 if not string.find(' ' .. ARGV[2] .. ' ', ' ' .. state .. ' ', 1, true) then return {'state', state} end
@@ -394,9 +545,96 @@ emit(ARGV[4], ARGV[3], cpv, '', 'by operator')
 return {'ok'}
 """
 
-LEADER = """
+PRIORITIES = PRELUDE + """
+-- Read only: the priority score of each job in ARGV ('' for one not queued). One call answers for
+-- thousands of jobs, far cheaper than as many HGETs.
+local out = {}
+for i, cpv in ipairs(ARGV) do out[i] = redis.call('HGET', job_key(cpv), 'priority') or '' end
+return out
+"""
+
+PEEK = PRELUDE + """
+-- Read only: each job in ARGV as {its hash as a flat field/value list, the drones it avoids}
+-- ({{}, {}} for one not queued).
+local out = {}
+for i, cpv in ipairs(ARGV) do
+  out[i] = {redis.call('HGETALL', job_key(cpv)), redis.call('SMEMBERS', avoid_key(cpv))}
+end
+return out
+"""
+
+REPAIR = PRELUDE + """
+-- Make one job's derived bookkeeping agree with the facts (swarmctl.integrity): its state-set
+-- membership with its hash, its settle group's 'unsettled' count (when it names a group) with its
+-- members' states and the groups it needs, its 'pending' count with its gates' groups, and its
+-- place in the ready set with both. ARGV[1] cpv, ARGV[2] events max.
+-- Returns {what was wrong, ...} (empty when all agreed) | {'invalid', what}.
+local cpv = ARGV[1]
+local bad = bad_names({{1, 'cpv'}}) or bad_number(2, 'events max', 1, true)
+if bad then return bad end
+local jk = job_key(cpv)
+local j = redis.call('HMGET', jk, 'state', 'pending', 'group', 'unsettled', 'priority')
+local state = j[1]
+local fixed = {}
+for name, set in pairs(STATE_SET) do
+  if name ~= state and redis.call('SREM', set, cpv) == 1 then
+    table.insert(fixed, 'listed as ' .. name)
+  end
+end
+if not state or not STATE_SET[state] then
+  if redis.call('ZREM', KEYS[1], cpv) == 1 then table.insert(fixed, 'listed as ready') end
+else
+  if redis.call('SADD', STATE_SET[state], cpv) == 1 then table.insert(fixed, 'missing from ' .. state) end
+  if (j[3] or cpv) == cpv and (j[4] or j[3]) then  -- names a settle group (stored since groups exist)
+    local members = redis.call('SMEMBERS', members_key(cpv))
+    if #members == 0 then members = {cpv} end
+    local want = 0
+    for _, m in ipairs(members) do
+      if redis.call('HGET', job_key(m), 'state') ~= 'built' then want = want + 1 end
+    end
+    for _, need in ipairs(redis.call('SMEMBERS', needs_key(cpv))) do
+      if redis.call('HEXISTS', job_key(need), 'state') == 1 and open_group(group_of(need)) then
+        want = want + 1
+      end
+    end
+    if tonumber(j[4] or '-1') ~= want then
+      redis.call('HSET', jk, 'unsettled', want)
+      table.insert(fixed, 'unsettled ' .. tostring(j[4]) .. ' -> ' .. want)
+    end
+  end
+  local pending = 0
+  for _, gate in ipairs(redis.call('SMEMBERS', gates_key(cpv))) do
+    if redis.call('HEXISTS', job_key(gate), 'state') == 1 and open_group(group_of(gate)) then
+      pending = pending + 1
+    end
+  end
+  if tonumber(j[2] or '-1') ~= pending then
+    redis.call('HSET', jk, 'pending', pending)
+    table.insert(fixed, 'pending ' .. tostring(j[2]) .. ' -> ' .. pending)
+  end
+  local ready = redis.call('ZSCORE', KEYS[1], cpv)
+  if state == 'needed' and pending == 0 then
+    if not ready then
+      redis.call('ZADD', KEYS[1], tonumber(j[5] or '0') or 0, cpv)
+      table.insert(fixed, 'missing from ready')
+    end
+  elseif ready then
+    redis.call('ZREM', KEYS[1], cpv)
+    table.insert(fixed, 'listed as ready')
+  end
+end
+if #fixed > 0 then
+  redis.call('HINCRBY', KEYS[9], 'repaired', 1)
+  emit(ARGV[2], 'repaired', cpv, '', table.concat(fixed, '; '))
+end
+return fixed
+"""
+
+LEADER = CHECKS + """
 -- Take or keep the orchestrator lease. KEYS[1] leader key; ARGV[1] candidate id, ARGV[2] ttl ms.
--- Returns 1 when the candidate holds the lease.
+-- Returns 1 when the candidate holds the lease, else 0; {'invalid', what} on bad arguments.
+local bad = bad_names({{1, 'candidate id'}}) or bad_number(2, 'ttl ms', 1, true)
+if bad then return bad end
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]); return 1 end
 if holder then return 0 end
@@ -404,8 +642,10 @@ redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
 
-RESIGN = """
+RESIGN = CHECKS + """
 -- Give the lease up if held. KEYS[1] leader key; ARGV[1] candidate id.
+local bad = bad_names({{1, 'candidate id'}})
+if bad then return bad end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
@@ -423,6 +663,9 @@ class Scripts:
         self.reclaim = client.register_script(RECLAIM)
         self.heartbeat = client.register_script(HEARTBEAT)
         self.reset = client.register_script(RESET)
+        self.repair = client.register_script(REPAIR)
+        self.priorities = client.register_script(PRIORITIES)
+        self.peek = client.register_script(PEEK)
         self.leader = client.register_script(LEADER)
         self.resign = client.register_script(RESIGN)
 

@@ -13,19 +13,33 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from swarmctl import keys
 from swarmctl.config import load_config
 from swarmctl.events import Events
-from swarmctl.graph import JobSpec
+from swarmctl.graph import JobSpec, gates_of
 from swarmctl.queue import Claim, Grounded, Queue
 from swarmctl.registry import DroneRegistry
 
 DRONES = ("izar", "tarn", "meridian")
-JOBS = {
+JOBS = {  # build-time dependencies
     "sys-libs/zlib-1": [],
     "dev-libs/openssl-3": ["sys-libs/zlib-1"],
     "net-misc/curl-8": ["dev-libs/openssl-3", "sys-libs/zlib-1"],
     "dev-vcs/git-2": ["net-misc/curl-8"],
     "app-misc/hello-1": [],
     "app-misc/world-1": ["app-misc/hello-1"],
+    "app-misc/pair-a-1": [],
+    "app-misc/pair-b-1": [],
+    "app-misc/user-1": ["app-misc/pair-a-1"],
 }
+RUN = {  # run-time dependencies: curl's binary installs hello; pair-a and pair-b install each other
+    "net-misc/curl-8": ["app-misc/hello-1"],
+    "app-misc/pair-a-1": ["app-misc/pair-b-1"],
+    "app-misc/pair-b-1": ["app-misc/pair-a-1"],
+}
+SPECS = {c: JobSpec(c, build=d, run=RUN.get(c, [])) for c, d in JOBS.items()}
+#: The reference semantics: what each job waits for (its build deps' run-time closures) ...
+CLOSURE = {c: set(g) for c, g in gates_of(SPECS).items()}
+#: ... and what one build dependency brings: itself and its run-time closure.
+BRINGS = {b: set(gates_of({**SPECS, "probe/probe-1": JobSpec("probe/probe-1", build=[b])})["probe/probe-1"])
+          for b in JOBS}
 
 
 @pytest.fixture
@@ -48,7 +62,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.tokens = {d: self.registry.enroll(d) for d in DRONES}
         for d, t in self.tokens.items():
             self.registry.heartbeat(d, t, {"status": "idle"})
-        self.queue.add([JobSpec(c, build=deps, estimate=10) for c, deps in JOBS.items()])
+        self.queue.add([JobSpec(c, build=s.build, run=s.run, estimate=10) for c, s in SPECS.items()])
         self.held: dict[str, Claim] = {}      # drone -> its current claim (as the drone believes)
         self.old: list[tuple[str, Claim]] = []  # claims that were taken away
 
@@ -122,13 +136,14 @@ class QueueMachine(RuleBasedStateMachine):
         members = {s: self.client.smembers(keys.state_set(s)) for s in keys.STATES}
         for cpv, job in jobs.items():
             assert [s for s in keys.STATES if cpv in members[s]] == [job.state]
-            unbuilt_gates = [g for g in JOBS[cpv] if jobs[g].state != "built"]
-            assert job.pending == len(unbuilt_gates)
+            unbuilt = {g for g in CLOSURE[cpv] if jobs[g].state != "built"}
+            # One pending gate per build dependency whose run-time closure is not all built yet.
+            assert job.pending == sum(1 for b in JOBS[cpv] if BRINGS[b] & unbuilt)
             in_ready = self.client.zscore(keys.READY, cpv) is not None
-            assert in_ready == (job.state == "needed" and not unbuilt_gates)
+            assert in_ready == (job.state == "needed" and not unbuilt)
             if job.state == "delegated":
                 assert job.drone and cpv in self.client.smembers(keys.drone_jobs(job.drone))
-                assert all(g_state == "built" for g_state in (jobs[g].state for g in JOBS[cpv]))
+                assert not unbuilt
             else:
                 assert job.drone is None
         for drone, claim in self.held.items():

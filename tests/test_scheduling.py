@@ -104,9 +104,17 @@ def test_cli_add_takes_edge_kinds(swarm_env: dict[str, str], redis_client: redis
     run_cli(["queue", "add", "dev-libs/b-1"], swarm_env)
     run_cli(["queue", "add", "dev-libs/a-1", "--run", "dev-libs/b-1", "--post", "dev-libs/c-1"], swarm_env)
     run_cli(["queue", "add", "app-misc/x-1", "--after", "dev-libs/a-1"], swarm_env)
-    job = Queue(redis_client, config).get("app-misc/x-1")
-    assert (job.after, job.pending) == (["dev-libs/a-1"], 2)  # a, and b through a's run-time edge
-    assert Queue(redis_client, config).get("dev-libs/a-1").run == ["dev-libs/b-1"]
+    queue = Queue(redis_client, config)
+    job = queue.get("app-misc/x-1")
+    assert (job.after, job.pending) == (["dev-libs/a-1"], 1)  # one gate: a, until a and b are built
+    assert queue.get("dev-libs/a-1").run == ["dev-libs/b-1"]
+    registry = DroneRegistry(redis_client, config)
+    token = registry.enroll("izar")
+    registry.heartbeat("izar", token, {"status": "idle"})
+    build(queue, token, "dev-libs/a-1")
+    assert "app-misc/x-1" not in ready(queue)  # installing a's binary needs b, queued before x
+    build(queue, token, "dev-libs/b-1")
+    assert "app-misc/x-1" in ready(queue)
 
 
 def test_cli_import_dag(swarm_env: dict[str, str], redis_client: redis.Redis, config: Config,

@@ -40,6 +40,7 @@ import email.utils
 import io
 import json
 import logging
+import math
 import os
 import posixpath
 import select
@@ -587,7 +588,7 @@ def _float(text: str | None) -> float:
         value = float(text) if text else 0.0
     except ValueError:
         return 0.0
-    return value if value >= 0 and value == value else 0.0
+    return value if math.isfinite(value) and value >= 0 else 0.0  # never inf/nan into the queue
 
 
 def _one_line(value: object) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from collections import Counter
 
 import click
@@ -12,10 +14,16 @@ from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.dag import load_dag
 from swarmctl.graph import BrokenEdge, JobSpec
 from swarmctl.keys import STATES
-from swarmctl.queue import AddReport
+from swarmctl.queue import AddReport, Queue
 
 #: Broken cycle edges listed one by one; beyond that only counted by kind.
 SHOW_BROKEN = 20
+#: Jobs `queue list` shows on a terminal unless --limit says otherwise.
+TERMINAL_PAGE = 50
+#: Adds at least this large show their progress on a terminal.
+PROGRESS_FROM = 5000
+#: Jobs read per round of `queue list --json`.
+JSON_PAGE = 1000
 
 
 @click.group()
@@ -68,7 +76,7 @@ def _report_cycles(broken: list[BrokenEdge]) -> None:
 def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool) -> None:
     """Queue a whole dependency graph resolved by portage (nodes plus typed edges)."""
     dag = load_dag(path, keep_cycle_edges=keep_cycle_edges)
-    report: AddReport = app.queue.add(dag.specs)
+    report: AddReport = _add_counted(app, dag.specs)
     if as_json:
         terminal.print_json({"added": len(report.added), "existing": len(report.existing),
                              "edges": dag.edges, "removed_edges_not_loaded": len(dag.removed),
@@ -83,6 +91,24 @@ def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool
     if dag.dangling:
         terminal.note(f"{len(dag.dangling)} edge(s) naming a package that is not a node were ignored")
     _report_cycles(report.broken)
+
+
+def _add_counted(app: AppContext, specs: list[JobSpec]) -> AddReport:
+    """Queue.add, with a line on a terminal counting a large add up (it is written in slices)."""
+    shown = False
+
+    def show(done: int, total: int) -> None:
+        nonlocal shown
+        if total >= PROGRESS_FROM and sys.stderr.isatty():
+            sys.stderr.write(f"\rqueued {done} of {total}")
+            sys.stderr.flush()
+            shown = True
+
+    try:
+        return app.queue.add(specs, progress=show)
+    finally:
+        if shown:
+            sys.stderr.write("\n")
 
 
 @queue.command("sync")
@@ -112,7 +138,7 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
     source = binhost or app.config.binhost.dir or app.config.binhost.url
     resolution = PackageResolver(portage_prefix).resolve(Path(world_file), source)
     specs = resolution.job_specs()
-    report = AddReport() if dry_run else app.queue.add(specs)
+    report = AddReport() if dry_run else _add_counted(app, specs)
     if not dry_run:
         meta = FactStore(app.client)
         meta.set_world_size(len(resolution.needed))
@@ -131,15 +157,38 @@ def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | No
 
 @queue.command("list")
 @click.option("--state", type=click.Choice(STATES), help="Only jobs in this state.")
-@click.option("--json", "as_json", is_flag=True, help="JSON list of jobs.")
+@click.option("--json", "as_json", is_flag=True, help="JSON list of jobs (streamed page by page).")
+@click.option("--limit", type=click.IntRange(min=0), metavar="N",
+              help=f"At most N jobs (default: {TERMINAL_PAGE} on a terminal, all otherwise).")
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
+              help="Skip the first N jobs (in priority order).")
 @pass_app
-def list_jobs(app: AppContext, state: str | None, as_json: bool) -> None:
+def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | None, offset: int) -> None:
     """List jobs, highest priority first."""
-    jobs = app.queue.jobs(state)
+    if limit is None and not as_json and sys.stdout.isatty():
+        limit = TERMINAL_PAGE
+    chosen, total = app.queue.page(state, offset, limit)
     if as_json:
-        terminal.print_json([j.as_dict() for j in jobs])
-    else:
-        terminal.console.print(terminal.jobs_table(jobs))
+        _stream_json(app.queue, chosen)
+        return
+    jobs = app.queue.load(chosen)
+    terminal.console.print(terminal.jobs_table(jobs, total=total, offset=offset))
+    if offset + len(chosen) < total:
+        terminal.note(f"{total - offset - len(chosen)} more; --offset {offset + len(chosen)} for the next page, "
+                      "--limit N for more at once")
+
+
+def _stream_json(queue: Queue, cpvs: list[str]) -> None:
+    """A JSON list, one job per line, written a page at a time (memory stays one page, output
+    starts at once; one line per job keeps it greppable and uses the fast encoder)."""
+    out = sys.stdout
+    out.write("[")
+    first = True
+    for start in range(0, len(cpvs), JSON_PAGE):
+        for job in queue.load(cpvs[start:start + JSON_PAGE]):
+            out.write(("\n" if first else ",\n") + json.dumps(job.as_dict(), sort_keys=True, default=str))
+            first = False
+    out.write("]\n" if first else "\n]\n")
 
 
 @queue.command("show")

@@ -84,8 +84,12 @@ def styled(value: str, styles: dict[str, str]) -> Text:
     return Text(value.upper(), style=styles.get(value, ""))
 
 
-def jobs_table(jobs: Sequence[Any]) -> Table:
-    table = Table(title=f"{len(jobs)} job(s)", expand=False)
+def jobs_table(jobs: Sequence[Any], total: int | None = None, offset: int = 0) -> Table:
+    if total is None or (offset == 0 and len(jobs) == total):
+        title = f"{len(jobs)} job(s)"
+    else:
+        title = f"jobs {offset + 1 if jobs else offset}-{offset + len(jobs)} of {total}"
+    table = Table(title=title, expand=False)
     table.add_column("PACKAGE", overflow="ellipsis", no_wrap=True, max_width=48)
     table.add_column("STATE", no_wrap=True)
     table.add_column("DRONE", overflow="ellipsis", no_wrap=True, max_width=20)

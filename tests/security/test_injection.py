@@ -124,7 +124,9 @@ def test_a_cpv_written_straight_into_redis_never_reaches_the_command(
     """Someone with Redis access plants a job whose CPV carries a command: the drone refuses it."""
     marker = tmp_path / "pwned"
     bad = f"app-misc/x-1;touch {marker}"
-    queue.scripts.add(keys=list(keys.QUEUE_KEYS), args=[bad, 1, 1, "[]", "[]", "[]", 1000, "[]"])  # no validation
+    planted = queue.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING],  # no CPV validation in Lua
+                                args=[bad, 1, 1, "[]", "[]", "[]", 1000, "[]", "", "[]"])
+    assert planted[0] == "added"
     token = registry.enroll("izar")
     spawn(["drone", "run", "--name", "izar", "--command", f"sh -c 'touch {tmp_path}/ran-{{pn}}; echo {{cpv}}'"],
           env={"SWARM_DRONE_TOKEN": token, "SWARM_DRONE_POLL_INTERVAL": "0.1"}, name="izar")
