@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check swarmctl plugins tests bench
+	$(BIN)/mypy
 	@if [ -f .yamllint ]; then $(BIN)/yamllint -s .; fi
 	@if [ -d roles ] && [ -f .ansible-lint ]; then PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint; fi
 

@@ -39,6 +39,7 @@ from swarmctl.binhost.client import BinhostClient
 from swarmctl.binhost.index import PackagesIndex
 from swarmctl.binhost.server import make_server
 from swarmctl.binhost.signing import Keyring, sign_gpkg
+from swarmctl.drone.builders import Artifact
 from swarmctl.drone.portage_builder import PortageBuilder
 from swarmctl.overlay import install_overlay
 from swarmctl.portage_env.prefix import make_prefix
@@ -75,7 +76,7 @@ def synthetic_index(pkgdir: Path, count: int) -> None:
     index.write(pkgdir / "Packages")
 
 
-def bench_publish(artifacts: list, work: Path, count: int, keyring: Keyring) -> dict[str, float]:  # type: ignore[type-arg]
+def bench_publish(artifacts: list[Artifact], work: Path, count: int, keyring: Keyring) -> dict[str, float]:
     pkgdir = work / f"binhost-{count}"
     pkgdir.mkdir()
     synthetic_index(pkgdir, count)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,7 +108,7 @@ class Healer:
 
     def consider(self, drones: list[DroneInfo]) -> None:
         """Called by the orchestrator each sweep with the fleet."""
-        now = time.time()
+        now = self.registry.server_time()
         cfg = self.config.healing
         for drone in drones:
             if drone.revoked or self.busy(drone.name):
@@ -165,7 +164,7 @@ class Healer:
         if not info:
             raise SwarmError(f"no drone named {name!r} is enrolled")
         record = self.record(name)
-        record.last_kind, record.last_action = kind, time.time()
+        record.last_kind, record.last_action = kind, self.registry.server_time()
         record.built_at_action = int(info.get("built") or 0)
         extra: dict[str, Any] = {"target": name}
         if kind == "reboot":

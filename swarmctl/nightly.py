@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swarmctl.logtail import tail
+
 if TYPE_CHECKING:
     from swarmctl.config import Config
     from swarmctl.facts import SwarmFacts
@@ -21,6 +23,8 @@ if TYPE_CHECKING:
 NIGHTLY_EVENTS = ("STARTED", "FINISHED", "FAILED")
 #: Where the nightly status file lives when ``nightly.status_file`` is empty.
 DEFAULT_NIGHTLY_STATUS = "/var/lib/build-swarm/nightly.status"
+#: The report's file name, in the status file's directory (playbooks/nightly.yml writes it).
+NIGHTLY_REPORT = "nightly-report.html"
 #: Bytes read from the end of the status file (it grows by one line a night).
 _STATUS_TAIL_BYTES = 64 * 1024
 
@@ -76,24 +80,18 @@ def nightly_status_path(config: Config) -> Path:
     return Path(config.nightly.status_file or DEFAULT_NIGHTLY_STATUS)
 
 
+def nightly_report_path(config: Config) -> Path:
+    """Where the nightly playbook writes the report of the night's builds: beside the status file."""
+    return nightly_status_path(config).with_name(NIGHTLY_REPORT)
+
+
 def read_nightly_file(path: Path) -> list[NightlyMark]:
     """The marks in a nightly status file, oldest first (unreadable lines skipped).
 
     Only the file's last 64 KiB are read: it grows by a few lines a night.
     """
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - _STATUS_TAIL_BYTES))
-            raw = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    lines = raw.splitlines()
-    if len(raw.encode()) >= _STATUS_TAIL_BYTES and lines:
-        lines = lines[1:]  # the first line may be cut
     marks = []
-    for line in lines:
+    for line in tail(path, max_bytes=_STATUS_TAIL_BYTES).splitlines():
         try:
             data = json.loads(line)
         except ValueError:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from swarmctl.embedded import EmbeddedRedis, free_port
-from tests.conftest import run_cli
+from swarmctl.embedded import EmbeddedRedis
+from tests.helpers import free_port, run_cli
 
 
 def test_queue_add_list_json(swarm_env: dict[str, str]) -> None:

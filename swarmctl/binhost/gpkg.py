@@ -34,7 +34,6 @@ GPKG_SUFFIX = ".gpkg.tar"
 #: Largest metadata member accepted (it is decompressed in memory by portage).
 MAX_METADATA_BYTES = 32 * 1024 * 1024
 
-_BUILD_ID_NAME = re.compile(r"^(?P<pf>.+)-(?P<build_id>[1-9]\d{0,9})\.gpkg\.tar$")
 # Metadata files that are not one text value (ebuild copy, compressed environment).
 _SKIPPED_METADATA = re.compile(r"(\.ebuild$|\.bz2$|^environment)")
 
@@ -66,14 +65,9 @@ class GpkgInfo:
     basename: str
     metadata: dict[str, str] = field(default_factory=dict)
 
-    @property
-    def file_name(self) -> str:
-        """The multi-instance file name portage uses: ``PF-BUILD_ID.gpkg.tar``."""
-        suffix = f"-{self.build_id}" if self.build_id is not None else ""
-        return f"{self.pf}{suffix}{GPKG_SUFFIX}"
 
 
-class _ReaderSettings(dict):  # type: ignore[type-arg]
+class _ReaderSettings(dict[str, str]):
     """The part of ``portage.config`` that portage's gpkg reader touches."""
 
     features: frozenset[str] = frozenset({"binpkg-ignore-signature"})
@@ -122,20 +116,6 @@ def inspect_gpkg(path: Path, settings: Any = None) -> GpkgInfo:
         basename=str(reader.prefix or ""),
         metadata=metadata,
     )
-
-
-def parse_file_name(name: str) -> tuple[str, int | None]:
-    """``("hello-1", 3)`` for ``hello-1-3.gpkg.tar``; ``(pf, None)`` without BUILD_ID.
-
-    Raises:
-        GpkgError: The name does not end in ``.gpkg.tar``.
-    """
-    if not name.endswith(GPKG_SUFFIX):
-        raise GpkgError(f"{name}: not a .gpkg.tar file name")
-    match = _BUILD_ID_NAME.match(name)
-    if match is None:
-        return name[: -len(GPKG_SUFFIX)], None
-    return match["pf"], int(match["build_id"])
 
 
 def _open(path: Path, settings: Any) -> Any:

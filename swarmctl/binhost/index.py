@@ -48,6 +48,7 @@ from zlib import error as zlib_error
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.binhost.signing import verifying
 from swarmctl.exceptions import SwarmError
+from swarmctl.progress import ProgressFn, no_progress, tick
 
 logger = logging.getLogger("swarmctl.binhost.index")
 
@@ -505,7 +506,7 @@ class VerifyReport:
 
 
 def verify(pkgdir: Path, *, check_manifests: bool = False, check_signatures: bool = False,
-           gpg: str = "gpg") -> VerifyReport:
+           gpg: str = "gpg", progress: ProgressFn = no_progress) -> VerifyReport:
     """Check every index entry against its file, and every file against the index.
 
     Args:
@@ -515,6 +516,7 @@ def verify(pkgdir: Path, *, check_manifests: bool = False, check_signatures: boo
             would: signature required, made by a key in ``PKGDIR/KEYS.asc``, Manifest
             and members intact (implies ``check_manifests``).
         gpg: The gpg program.
+        progress: Hears how many entries of how many are checked (swarmctl.progress).
 
     Returns:
         One problem per line: missing file, size or checksum mismatch, entry without
@@ -524,23 +526,25 @@ def verify(pkgdir: Path, *, check_manifests: bool = False, check_signatures: boo
     if check_signatures:
         with verifying(pkgdir, gpg) as keyring:
             if not keyring.fingerprints:
-                report = _verify(pkgdir, check_manifests=True, settings=None)
+                report = _verify(pkgdir, check_manifests=True, settings=None, progress=progress)
                 report.problems.insert(0, f"{pkgdir / 'KEYS.asc'}: no public keys published: "
                                           "no package can be verified")
                 return report
-            return _verify(pkgdir, check_manifests=True, settings=keyring.settings())
-    return _verify(pkgdir, check_manifests=check_manifests, settings=None)
+            return _verify(pkgdir, check_manifests=True, settings=keyring.settings(), progress=progress)
+    return _verify(pkgdir, check_manifests=check_manifests, settings=None, progress=progress)
 
 
-def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any) -> VerifyReport:
+def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any, progress: ProgressFn) -> VerifyReport:
     report = VerifyReport()
     index_path = pkgdir / INDEX_NAME
     if not index_path.is_file():
         report.problems.append(f"{index_path}: no index")
         return report
     index = PackagesIndex.read(index_path)
+    stage = "verifying with manifests" if check_manifests else "verifying"
     for rel_path, entry in sorted(index.entries.items()):
         report.checked += 1
+        tick(progress, stage, report.checked, len(index.entries))
         missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
         if missing:
             report.problems.append(f"{rel_path}: entry lacks {', '.join(missing)}")
@@ -573,7 +577,7 @@ def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any) -> VerifyRepo
 
 
 def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
-            timeout: float = 3600.0, gpg: str = "gpg") -> int:
+            timeout: float = 3600.0, gpg: str = "gpg", progress: ProgressFn = no_progress) -> int:
     """Rebuild ``PKGDIR/Packages`` with portage's ``emaint binhost --fix``, then add SHA256.
 
     Args:
@@ -584,6 +588,7 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
             otherwise emaint only refreshes entries whose size or mtime changed.
         timeout: Seconds emaint may take.
         gpg: The gpg program signed packages are verified with.
+        progress: Hears when emaint runs (no total) and how many files of how many are hashed.
 
     Returns:
         Number of packages in the new index.
@@ -609,6 +614,7 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
             # Incremental on top of make.conf: one plain Packages, built from the files
             # (store.save below writes Packages.gz beside it).
             env = _emaint_env(prefix, pkgdir, keyring, "-compress-index -pkgdir-index-trusted")
+            progress("indexing with emaint", 0, None)
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
@@ -633,7 +639,8 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
                     + (" ..." if len(dropped) > 5 else "") + "; index left unchanged")
             with contextlib.suppress(FileNotFoundError):
                 aside.unlink()
-            for rel_path, entry in index.entries.items():
+            for n, (rel_path, entry) in enumerate(index.entries.items(), 1):
+                tick(progress, "hashing", n, len(index.entries))
                 file_path = _inside(pkgdir, rel_path)
                 if file_path is not None and file_path.is_file():
                     entry["SHA256"] = FileDigests.of(file_path).sha256
@@ -734,7 +741,7 @@ def _evaluate_use(value: str, use: frozenset[str], atoms: bool) -> str:
     from portage.dep import Atom, paren_enclose, use_reduce
 
     try:
-        return paren_enclose(use_reduce(value, uselist=use, token_class=Atom if atoms else None))
+        return str(paren_enclose(use_reduce(value, uselist=use, token_class=Atom if atoms else None)))
     except Exception:  # an unparsable string stays as the package says
         return value
 

@@ -38,8 +38,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from io import BufferedIOBase
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from swarmctl.atoms import split_cpv, validate_cpv
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
@@ -85,7 +86,7 @@ class Published:
     """
 
     cpv: str
-    build_id: int
+    build_id: int | None
     rel_path: str
     sha256: str
     size: int
@@ -162,7 +163,7 @@ class Publisher:
 
     def receive(
         self,
-        body: BinaryIO,
+        body: IO[bytes] | BufferedIOBase,
         cpv: str,
         sha256: str,
         size: int,
@@ -286,7 +287,7 @@ class Publisher:
                          size=digests.size, signed_by=signed_by)
 
 
-def _copy_exact(body: BinaryIO, sink: BinaryIO, size: int, deadline: float | None) -> FileDigests:
+def _copy_exact(body: IO[bytes] | BufferedIOBase, sink: BinaryIO, size: int, deadline: float | None) -> FileDigests:
     md5, sha1 = hashlib.md5(usedforsecurity=False), hashlib.sha1(usedforsecurity=False)
     sha256 = hashlib.sha256()
     remaining = size

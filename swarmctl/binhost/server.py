@@ -52,11 +52,15 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from swarmctl.binhost.index import UPLOAD_SHA256_KEY, IndexStore
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.signing import Keyring
+
+if TYPE_CHECKING:  # the gate is handed both; importing them here would load the queue for every server
+    from swarmctl.queue import Queue
+    from swarmctl.registry import DroneRegistry
 
 logger = logging.getLogger("swarmctl.binhost.server")
 
@@ -98,7 +102,7 @@ class Gate(Protocol):
 class QueueGate:
     """The real :class:`Gate`: ``DroneRegistry`` for tokens, ``Queue`` for ownership."""
 
-    def __init__(self, registry: Any, queue: Any) -> None:
+    def __init__(self, registry: DroneRegistry, queue: Queue) -> None:
         self.registry = registry
         self.queue = queue
 
@@ -106,7 +110,7 @@ class QueueGate:
         return bool(self.registry.authenticate(drone, token))
 
     def owner_of(self, cpv: str) -> tuple[str | None, str | None]:
-        return self.queue.owner_of(cpv)  # type: ignore[no-any-return]
+        return self.queue.owner_of(cpv)
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
                  artifact: dict[str, Any]) -> str:
@@ -287,7 +291,7 @@ class BinhostServer(ThreadingHTTPServer):
     def url(self) -> str:
         """Base URL clients use (``http://host:port``)."""
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -296,8 +300,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "build-swarm-binhost"
 
     def setup(self) -> None:
-        self.timeout = self.server.settings.read_timeout
         super().setup()
+        self.connection.settimeout(self.server.settings.read_timeout)
         self._reader = _DeadlineReader(self.connection, self.server.settings.read_timeout)
         self.rfile.close()  # the plain makefile() reader; ours replaces it
         self.rfile = io.BufferedReader(self._reader)

@@ -52,7 +52,7 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         max_connections_per_address=cfg.max_connections_per_address,
         index_ttl=cfg.index_ttl,
     )
-    client = obj.redis()
+    client = obj.client
     from swarmctl.binhost.signing import SigningError
     from swarmctl.queue import Queue
     from swarmctl.registry import DroneRegistry
@@ -87,8 +87,9 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
 @click.option("--prefix", "prefix_root", type=click.Path(file_okay=False),
               help="Portage prefix to run emaint in (default: a temporary one).")
 @click.option("--incremental", is_flag=True, help="Only refresh entries whose file changed.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @click.pass_obj
-def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, incremental: bool) -> None:
+def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, incremental: bool, quiet: bool) -> None:
     """Rebuild the Packages index from the package files (emaint binhost --fix)."""
     from swarmctl.binhost.index import reindex
     from swarmctl.exceptions import SwarmError
@@ -97,8 +98,9 @@ def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, increment
     if not directory.is_dir():
         raise click.ClickException(f"{directory} is not a directory")
     try:
-        count = reindex(directory, prefix_root=Path(prefix_root) if prefix_root else None,
-                        full=not incremental, gpg=obj.config.binhost.gpg)
+        with terminal.progress(quiet) as progress:
+            count = reindex(directory, prefix_root=Path(prefix_root) if prefix_root else None,
+                            full=not incremental, progress=progress, gpg=obj.config.binhost.gpg)
     except (SwarmError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     terminal.ok(f"indexed {count} package(s) in {directory / 'Packages'}")
@@ -110,8 +112,9 @@ def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, increment
 @click.option("--signatures/--no-signatures", default=True, show_default=True,
               help="Verify every package's signature against PKGDIR/KEYS.asc as a default portage "
                    "client does (implies --manifests).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @click.pass_obj
-def verify_cmd(obj: Any, pkgdir: str | None, manifests: bool, signatures: bool) -> None:
+def verify_cmd(obj: Any, pkgdir: str | None, manifests: bool, signatures: bool, quiet: bool) -> None:
     """Check every package file against the index (size, MD5, SHA1, SHA256) and vice versa,
     and every package's signature against the published keys."""
     from swarmctl.binhost.index import verify
@@ -119,8 +122,9 @@ def verify_cmd(obj: Any, pkgdir: str | None, manifests: bool, signatures: bool) 
 
     directory = _pkgdir(obj, pkgdir)
     try:
-        report = verify(directory, check_manifests=manifests, check_signatures=signatures,
-                        gpg=obj.config.binhost.gpg)
+        with terminal.progress(quiet) as progress:
+            report = verify(directory, check_manifests=manifests, check_signatures=signatures,
+                            gpg=obj.config.binhost.gpg, progress=progress)
     except SwarmError as exc:
         raise click.ClickException(str(exc)) from None
     for problem in report.problems:

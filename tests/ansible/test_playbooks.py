@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.ansible_exec import PlaybookResult, run_playbook
-from tests.ansible.conftest import SWARMCTL_BIN, BedSwarm
+from tests.ansible.helpers import SWARMCTL_BIN, BedSwarm
 from tests.testbed import TestBed
 from tests.testbed.fixtures import require_testbed
 
@@ -143,6 +143,9 @@ def test_nightly_logs_started_then_finished_or_failed(bed: tuple[TestBed, Path, 
     after = json.loads(swarm.cli("status", "--json", check=False).stdout)
     assert after["sync"]["nightly"]["event"] == "FINISHED" and after["sync"]["nightly"]["detail"] == "sync: webrsync"
     assert after["sync"]["ok"] is True
+    # The previous run's picture is drawn beside the status file (a page with its figures).
+    page = testbed.run(1, ["cat", "/var/lib/build-swarm/nightly-report.html"]).stdout
+    assert "<svg" in page and "makespan" in page
 
     bad = _run(bed, "nightly.yml", "h1", **common, swarm_nightly_queue_command="false")
     assert not bad.ok

@@ -37,7 +37,7 @@ class Recorder:
 
 
 @pytest.fixture
-def fleet(redis_client: redis.Redis, config: Config, tmp_path: Path):  # type: ignore[no-untyped-def]
+def fleet(redis_client: redis.Redis, config: Config, tmp_path: Path):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all: {}\n")
     cfg = config.with_overrides(healing__inventory=str(inventory), healing__cooldown_seconds=0,
@@ -47,7 +47,7 @@ def fleet(redis_client: redis.Redis, config: Config, tmp_path: Path):  # type: i
 
 
 @pytest.mark.parametrize("recorded", [None, ""])
-def test_no_reboot_without_a_recorded_machine_id(recorded: str | None, fleet, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_no_reboot_without_a_recorded_machine_id(recorded: str | None, fleet, redis_client) -> None:
     cfg, registry, queue, recorder = fleet
     token = registry.enroll("tarn")
     if recorded is not None:
@@ -66,7 +66,7 @@ def test_no_reboot_without_a_recorded_machine_id(recorded: str | None, fleet, re
     assert refusals and all("refusing to reboot an unidentified host" in e.reason for e in refusals)
 
 
-def test_a_reboot_is_aimed_at_one_named_host_with_its_identity(fleet, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_a_reboot_is_aimed_at_one_named_host_with_its_identity(fleet, redis_client) -> None:
     cfg, registry, _queue, recorder = fleet
     registry.enroll("tarn", machine_id="0123456789abcdef0123456789abcdef")
     Healer(redis_client, cfg, recorder).act("tarn", "reboot", operator=True)
@@ -74,7 +74,7 @@ def test_a_reboot_is_aimed_at_one_named_host_with_its_identity(fleet, redis_clie
         "target": "tarn", "expected_machine_id": "0123456789abcdef0123456789abcdef"})]
 
 
-def test_no_action_on_a_drone_that_is_not_enrolled(fleet, redis_client) -> None:  # type: ignore[no-untyped-def]
+def test_no_action_on_a_drone_that_is_not_enrolled(fleet, redis_client) -> None:
     cfg, _registry, _queue, recorder = fleet
     with pytest.raises(SwarmError, match="no drone named"):
         Healer(redis_client, cfg, recorder).act("all", "reboot", operator=True)
