@@ -156,7 +156,7 @@ def _published(keyring: Any, directory: Path | None) -> str:
 
 
 def _describe_key(key: Any) -> str:
-    from swarmctl.cli.terminal import stamp
+    from swarmctl.humanize import stamp
 
     expiry = "never expires" if key.expires is None else f"expires {stamp(key.expires)} " \
         f"({key.days_left():.0f} days)"

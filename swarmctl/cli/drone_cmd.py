@@ -155,7 +155,7 @@ def binhost_keys(config: Any) -> str | None:
     url = f"{cfg.url.rstrip('/')}/KEYS.asc"
     try:
         with urllib.request.urlopen(url, timeout=cfg.read_timeout) as reply:
-            text = reply.read(1024 * 1024).decode("ascii")
+            text: str = reply.read(1024 * 1024).decode("ascii")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         log.warning("no binhost keys (%s: %s): binary dependencies will fail verification", url, exc)
         return None

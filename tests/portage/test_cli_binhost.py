@@ -29,8 +29,9 @@ def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str], keyr
 
 
 def test_long_binhost_work_shows_progress_on_a_terminal_only(  # type: ignore[no-untyped-def]
-        drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:
-    Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+        drone, pkgdir: Path, swarm_env: dict[str, str], keyring) -> None:
+    Publisher(pkgdir, keyring=keyring).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+    keyring.publish(pkgdir)  # verify checks signatures against KEYS.asc
     tty = {**swarm_env, "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
     shown = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], tty).stdout
     assert "verifying with manifests" in shown and "1 of 1" in shown, shown
