@@ -28,8 +28,8 @@ from swarmctl.binhost.signing import (
     verify_gpkg,
     verifying,
 )
-from tests.conftest import run_cli
-from tests.portage.conftest import snapshot
+from tests.helpers import run_cli
+from tests.portage.helpers import snapshot
 from tests.portage.test_publish import HELLO, Swarm, sha
 
 pytestmark = pytest.mark.portage
