@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/publish.py
+	$(BIN)/python bench/package_policy.py
 	$(BIN)/python bench/schedule.py
 
 clean:

@@ -42,13 +42,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zlib import error as zlib_error
 
-from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
+from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, PolicyViolation, inspect_gpkg
 from swarmctl.binhost.signing import verifying
 from swarmctl.exceptions import SwarmError
 from swarmctl.progress import ProgressFn, no_progress, tick
+
+if TYPE_CHECKING:
+    from swarmctl.binhost.policy import ContentPolicy
 
 logger = logging.getLogger("swarmctl.binhost.index")
 
@@ -506,16 +509,19 @@ class VerifyReport:
 
 
 def verify(pkgdir: Path, *, check_manifests: bool = False, check_signatures: bool = False,
-           gpg: str = "gpg", progress: ProgressFn = no_progress) -> VerifyReport:
+           gpg: str = "gpg", policy: ContentPolicy | None = None,
+           progress: ProgressFn = no_progress) -> VerifyReport:
     """Check every index entry against its file, and every file against the index.
 
     Args:
         pkgdir: The binhost directory.
-        check_manifests: Also verify each gpkg's internal Manifest (slower).
+        check_manifests: Also verify each gpkg's internal Manifest and apply the content
+            policy, as a publish does (slower).
         check_signatures: Also let portage verify each package as a default client
             would: signature required, made by a key in ``PKGDIR/KEYS.asc``, Manifest
             and members intact (implies ``check_manifests``).
         gpg: The gpg program.
+        policy: The content policy (default: the documented defaults).
         progress: Hears how many entries of how many are checked (swarmctl.progress).
 
     Returns:
@@ -526,15 +532,17 @@ def verify(pkgdir: Path, *, check_manifests: bool = False, check_signatures: boo
     if check_signatures:
         with verifying(pkgdir, gpg) as keyring:
             if not keyring.fingerprints:
-                report = _verify(pkgdir, check_manifests=True, settings=None, progress=progress)
+                report = _verify(pkgdir, check_manifests=True, settings=None, policy=policy, progress=progress)
                 report.problems.insert(0, f"{pkgdir / 'KEYS.asc'}: no public keys published: "
                                           "no package can be verified")
                 return report
-            return _verify(pkgdir, check_manifests=True, settings=keyring.settings(), progress=progress)
-    return _verify(pkgdir, check_manifests=check_manifests, settings=None, progress=progress)
+            return _verify(pkgdir, check_manifests=True, settings=keyring.settings(), policy=policy,
+                           progress=progress)
+    return _verify(pkgdir, check_manifests=check_manifests, settings=None, policy=policy, progress=progress)
 
 
-def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any, progress: ProgressFn) -> VerifyReport:
+def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any, policy: ContentPolicy | None,
+            progress: ProgressFn) -> VerifyReport:
     report = VerifyReport()
     index_path = pkgdir / INDEX_NAME
     if not index_path.is_file():
@@ -563,17 +571,30 @@ def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any, progress: Pro
             if key in entry and entry[key].lower() != actual:
                 report.problems.append(f"{rel_path}: {key} mismatch (index {entry[key]}, file {actual})")
         if check_manifests:
-            try:
-                info = inspect_gpkg(file_path, settings)
-                if info.cpv != entry["CPV"]:
-                    report.problems.append(f"{rel_path}: file is {info.cpv}, index says {entry['CPV']}")
-            except GpkgError as exc:
-                report.problems.append(str(exc))
+            report.problems += _manifest_problems(file_path, rel_path, entry, policy, settings)
     for file_path in sorted(_package_files(pkgdir)):
         rel_path = file_path.relative_to(pkgdir).as_posix()
         if rel_path not in index.entries:
             report.problems.append(f"{rel_path}: package file not in the index")
     return report
+
+
+def _manifest_problems(file_path: Path, rel_path: str, entry: dict[str, str],
+                       policy: ContentPolicy | None, settings: Any = None) -> list[str]:
+    """What ``verify --manifests`` finds in one file: Manifest, identity, content policy."""
+    from swarmctl.binhost.policy import ContentPolicy
+
+    policy = policy or ContentPolicy.default()
+    try:
+        info = inspect_gpkg(file_path, settings, limits=policy.limits)
+        if info.cpv != entry["CPV"]:
+            return [f"{rel_path}: file is {info.cpv}, index says {entry['CPV']}"]
+        policy.check(file_path, info)
+    except PolicyViolation as exc:
+        return [f"{rel_path}: {exc}"]
+    except GpkgError as exc:  # its message starts with the file's name
+        return [str(exc)]
+    return []
 
 
 def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,

@@ -24,6 +24,11 @@ and at most ``max_connections`` connections (``max_connections_per_address`` fro
 address) are served at once; the next one gets an immediate 503 and is closed, so a
 flood of idle sockets costs no threads and cannot lock other hosts out.
 
+Before it serves, the server finishes or undoes what a killed predecessor left in PKGDIR
+(:func:`swarmctl.binhost.recovery.recover`). A package the content policy refuses is
+answered ``policy`` (422) and shown as an ``upload-refused`` event; an I/O error such as a
+full disk is ``io_error`` (500), which the drone retries.
+
 Replies are one JSON object on one line: ``{"status": "accepted"|"refused",
 "code": ..., "reason": ...}``.
 
@@ -55,8 +60,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from swarmctl.binhost.index import UPLOAD_SHA256_KEY, IndexStore
+from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
+from swarmctl.binhost.recovery import RecoveryReport, recover
 from swarmctl.binhost.signing import Keyring
+from swarmctl.exceptions import SwarmError
 
 if TYPE_CHECKING:  # the gate is handed both; importing them here would load the queue for every server
     from swarmctl.queue import Queue
@@ -77,6 +85,7 @@ _STATUS_OF_CODE = {
     "checksum_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
     "bad_package": HTTPStatus.UNPROCESSABLE_ENTITY,
     "cpv_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "policy": HTTPStatus.UNPROCESSABLE_ENTITY,
     "busy": HTTPStatus.SERVICE_UNAVAILABLE,
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
     "no_signing_key": HTTPStatus.SERVICE_UNAVAILABLE,
@@ -85,6 +94,8 @@ _STATUS_OF_CODE = {
 _CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".asc": "application/pgp-keys",
                   "": "text/plain; charset=utf-8"}
 _LINGER_SECONDS = 2.0
+#: Refusals of what an authenticated owner uploaded that become events (the package is at fault).
+_EVENT_CODES = frozenset({"policy", "bad_package", "cpv_mismatch"})
 _LINGER_BYTES = 4 * 1024 * 1024
 
 
@@ -123,6 +134,14 @@ class QueueGate:
         with contextlib.suppress(Exception):
             record_upload_rejection(self.queue.redis, code)
 
+    def package_refused(self, cpv: str, drone: str, code: str, reason: str) -> None:
+        """An ``upload-refused`` event: the owner's package was refused for what it is."""
+        from swarmctl.events import Events
+
+        with contextlib.suppress(Exception):
+            Events(self.queue.redis, self.queue.config.queue.events_max).emit(
+                "upload-refused", job=cpv, drone=drone, reason=f"{code}: {reason}"[:500])
+
 
 @dataclass(frozen=True)
 class ServerSettings:
@@ -140,6 +159,7 @@ class ServerSettings:
         max_connections_per_address: Connections one client address may hold at once,
             so one host's idle sockets cannot take every slot.
         index_ttl: TTL written into the index header (clients skip refreshes within it).
+        policy: The content policy packages must pass (default: the documented defaults).
     """
 
     max_upload_bytes: int = 4 * 1024**3
@@ -150,6 +170,7 @@ class ServerSettings:
     max_connections: int = 64
     max_connections_per_address: int = 16
     index_ttl: int = 300
+    policy: ContentPolicy | None = None
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -223,7 +244,14 @@ class BinhostServer(ThreadingHTTPServer):
         self.gate = gate
         self.settings = settings or ServerSettings()
         self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, keyring=keyring,
-                                   store=IndexStore(self.pkgdir, ttl=self.settings.index_ttl))
+                                   store=IndexStore(self.pkgdir, ttl=self.settings.index_ttl),
+                                   policy=self.settings.policy)
+        # What a killed predecessor left: unindexed published files, stale upload temp files.
+        try:
+            self.recovery = recover(self.publisher)
+        except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
+            logger.error("binhost recovery in %s did not finish: %s", self.pkgdir, exc)
+            self.recovery = RecoveryReport()
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
@@ -368,8 +396,12 @@ class _Handler(BaseHTTPRequestHandler):
                                                       commit_check=still_owner)
         except PublishRefused as exc:
             # A refused body may be partly unread: close the connection after replying.
-            unread = exc.code not in ("checksum_mismatch", "bad_package", "cpv_mismatch", "duplicate",
+            unread = exc.code not in ("checksum_mismatch", "bad_package", "cpv_mismatch", "policy", "duplicate",
                                       "not_owner")
+            if exc.code in _EVENT_CODES:
+                report = getattr(self.server.gate, "package_refused", None)
+                if report is not None:
+                    report(cpv, drone, exc.code, str(exc))
             self._reply_refusal(_Refusal(exc.code, str(exc), **exc.details), linger=unread)
             return
         outcome = "unknown"

@@ -353,6 +353,7 @@ def sign_gpkg(path: Path, keyring: Keyring, key: KeyInfo | None = None) -> KeyIn
     Raises:
         NoSigningKey: No usable key.
         SigningError: Portage or gpg failed.
+        OSError: Reading or writing the package failed (e.g. ENOSPC).
     """
     from portage.gpkg import gpkg
 
@@ -373,6 +374,8 @@ def sign_gpkg(path: Path, keyring: Keyring, key: KeyInfo | None = None) -> KeyIn
     package = gpkg(settings, None, str(path))
     try:
         package.update_signature(keep_current_signature=False)
+    except OSError:
+        raise  # an I/O error (a full disk), not a signing problem: the caller tells them apart
     except Exception as exc:  # portage raises GPGException, DigestException, OSError...
         raise SigningError(f"signing {Path(path).name} failed: {' '.join(str(exc).split())[:300]}") from None
     return key

@@ -38,6 +38,7 @@ def binhost() -> None:
 @click.pass_obj
 def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
     """Accept verified uploads from drones and serve PKGDIR to portage clients."""
+    from swarmctl.binhost.policy import ContentPolicy
     from swarmctl.binhost.server import QueueGate, ServerSettings, make_server
 
     directory = _pkgdir(obj, pkgdir)
@@ -51,6 +52,7 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         max_connections=cfg.max_connections,
         max_connections_per_address=cfg.max_connections_per_address,
         index_ttl=cfg.index_ttl,
+        policy=ContentPolicy.from_config(cfg),
     )
     client = obj.client
     from swarmctl.binhost.signing import SigningError
@@ -108,7 +110,7 @@ def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, increment
 
 @binhost.command("verify")
 @click.option("--dir", "pkgdir", metavar="PKGDIR", help="Binhost directory (default: binhost.dir).")
-@click.option("--manifests", is_flag=True, help="Also verify every gpkg's internal Manifest.")
+@click.option("--manifests", is_flag=True, help="Also verify every gpkg's internal Manifest and its content policy.")
 @click.option("--signatures/--no-signatures", default=True, show_default=True,
               help="Verify every package's signature against PKGDIR/KEYS.asc as a default portage "
                    "client does (implies --manifests).")
@@ -118,13 +120,15 @@ def verify_cmd(obj: Any, pkgdir: str | None, manifests: bool, signatures: bool, 
     """Check every package file against the index (size, MD5, SHA1, SHA256) and vice versa,
     and every package's signature against the published keys."""
     from swarmctl.binhost.index import verify
+    from swarmctl.binhost.policy import ContentPolicy
     from swarmctl.exceptions import SwarmError
 
     directory = _pkgdir(obj, pkgdir)
     try:
         with terminal.progress(quiet) as progress:
             report = verify(directory, check_manifests=manifests, check_signatures=signatures,
-                            gpg=obj.config.binhost.gpg, progress=progress)
+                            gpg=obj.config.binhost.gpg, policy=ContentPolicy.from_config(obj.config.binhost),
+                            progress=progress)
     except SwarmError as exc:
         raise click.ClickException(str(exc)) from None
     for problem in report.problems:

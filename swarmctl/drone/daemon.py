@@ -312,8 +312,10 @@ class DroneDaemon:
         else:
             outcome = self.publisher.publish(claim, result, duration)
             if outcome == "failed":
+                # The package's content refused by policy is the build's fault (two drones block
+                # it); any other permanent refusal is this drone's.
                 verdict = getattr(self.publisher, "last_verdict", None)
-                return BuildResult(ok=False, fault="drone",
+                return BuildResult(ok=False, fault=getattr(verdict, "fault", "drone"),
                                    reason=f"the binhost refused the package: {getattr(verdict, 'reason', '?')}")
             if outcome == "retry-later":
                 outcome = self._with_redis("release", lambda: q.release(

@@ -88,6 +88,15 @@ def test_drone_restart_restarts_the_service(bed: tuple[TestBed, Path, Path]) -> 
     assert after is not None and after != before
 
 
+def test_drone_restart_refuses_a_protected_host(bed: tuple[TestBed, Path, Path]) -> None:
+    testbed, _, _ = bed
+    before = _drone_pid(testbed, 2)
+    result = _run(bed, "drone-restart.yml", "h2", target="h2")
+    assert not result.ok
+    assert "REFUSED" in result.hosts["h2"] and "protected" in result.hosts["h2"], result.summary
+    assert _drone_pid(testbed, 2) == before
+
+
 def test_drone_reboot_refuses_a_protected_host(bed: tuple[TestBed, Path, Path]) -> None:
     testbed, _, _ = bed
     boot = testbed.boot_id(2)

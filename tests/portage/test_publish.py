@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -130,8 +131,8 @@ def headers_for(swarm: Swarm, cpv: str, path: Path, **over: str) -> dict[str, st
                                   "cpv_mismatch", "wrong_token", "not_owner", "stale_lease", "duplicate"])
 def test_refused_uploads_leave_no_trace(case: str, drone, swarm, binhost, pkgdir, tmp_path) -> None:
     hello = drone.gpkg(HELLO)
-    if case == "duplicate":  # the same build id is already there (the job is still delegated)
-        Publisher(pkgdir).publish_file(hello, HELLO)
+    if case == "duplicate":  # the same build id, other bytes, is already there (the job is still delegated)
+        Publisher(pkgdir).publish_file(repacked(hello, tmp_path / hello.name), HELLO)
     before = snapshot(pkgdir)
     up = client(binhost.url, token=swarm.token)
     lease = swarm.leases[HELLO]
@@ -170,12 +171,33 @@ def test_refused_uploads_leave_no_trace(case: str, drone, swarm, binhost, pkgdir
         assert (verdict.status, verdict.code) == (409, "not_owner")
     elif case == "duplicate":
         verdict = up.upload(hello, HELLO, lease, sha256=sha(hello))
-        assert (verdict.status, verdict.code) == (409, "duplicate") and verdict.payload["same_content"]
+        assert (verdict.status, verdict.code) == (409, "duplicate") and not verdict.payload["same_content"]
     assert_untouched(pkgdir, before)
     assert swarm.queue.get(HELLO).state == "delegated"
     refusals = {k: int(v) for k, v in swarm.queue.redis.hgetall(keys.STATS).items()
                 if k.startswith("upload_rejected:")}
     assert sum(refusals.values()) >= 1, "the refusal was not counted for the metrics"
+
+
+def repacked(path: Path, dest: Path) -> Path:
+    """The same package with other container bytes (member times), so a different file that verifies."""
+    with tarfile.open(path) as source, tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as out:
+        for member in source.getmembers():
+            member.mtime += 1000
+            out.addfile(member, source.extractfile(member))
+    return dest
+
+
+def test_retry_of_a_publish_whose_completion_was_lost_is_accepted(drone, swarm, binhost, pkgdir) -> None:
+    """The file is published and indexed but the job was never completed (the binhost died
+    in between): the owner's retry of the same file is accepted and completes the job."""
+    hello = drone.gpkg(HELLO)
+    Publisher(pkgdir).publish_file(hello, HELLO)
+    before = snapshot(pkgdir)
+    verdict = client(binhost.url, token=swarm.token).upload(hello, HELLO, swarm.leases[HELLO], sha256=sha(hello))
+    assert verdict.accepted and verdict.payload["queue"] == "ok", verdict
+    assert snapshot(pkgdir) == before
+    assert swarm.queue.get(HELLO).state == "built"
 
 
 def test_replayed_upload_is_an_idempotent_duplicate(drone, swarm, binhost, pkgdir) -> None:
