@@ -14,7 +14,8 @@ lock:
   upload's own SHA256 (the drone's retry declares it; signing changed the bytes) is
   read from the name of the upload's leftover temp file, which is the same inode;
 - every ``.part`` upload file nobody holds locked (its receiver is gone: a live
-  upload holds an ``flock`` on its temp file) is removed, as are temp index files
+  upload holds an ``flock`` on its temp file) is removed, with the copy portage's
+  signing was writing next to it (``<upload>.part.<pid>...``), as are temp index files
   (``.Packages.*.tmp``) an interrupted index write left.
 
 The drone's retry of the interrupted upload then finds its own file published and is
