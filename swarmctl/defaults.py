@@ -171,6 +171,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("binhost", "max_connections_per_address", 16, int, "Connections one client address may hold.",
             min=1, max=100_000),
     Setting("binhost", "upload_retries", 5, int, "Upload attempts before giving up.", min=1, max=100),
+    Setting("binhost", "gnupg_home", None, str,
+            "GnuPG home holding the binhost's signing key (owned by its user, mode 0700). "
+            "Empty: $XDG_DATA_HOME/build-swarm/binhost-gnupg."),
+    Setting("binhost", "gpg", "gpg", str, "The gpg program the binhost signs and verifies with."),
+    Setting("binhost", "key_uid", "build-swarm binhost <binhost@build-swarm.invalid>", str,
+            "User id of signing keys made by 'binhost key init/rotate'."),
+    Setting("binhost", "key_expiry_days", 730, int, "Lifetime of a new signing key, in days.", min=1, max=36500),
+    Setting("binhost", "key_warn_days", 180, int, "status/doctor warn when the signing key expires this soon.",
+            min=0, max=36500),
+    Setting("binhost", "key_critical_days", 30, int,
+            "status/doctor go red when the signing key expires this soon.", min=0, max=36500),
+    Setting("binhost", "keys_file", None, str,
+            "KEYS.asc a drone trusts for binary dependencies (from the binhost's PKGDIR). "
+            "Empty: fetched from binhost.url at drone start (trust on first use)."),
+    Setting("binhost", "index_ttl", 300, int,
+            "TTL (seconds) written into the Packages header: clients skip refreshes this long (0: none).",
+            min=0, max=86400),
     # Binhost content policy (swarmctl/binhost/policy.py): what a package may contain.
     Setting("binhost", "repositories", ["swarm-sample"], list,
             "Repositories a published package may come from (its REPO); list every repository the "

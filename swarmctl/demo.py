@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tarfile
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,8 +29,9 @@ from pathlib import Path
 import redis
 
 from swarmctl import keys
-from swarmctl.binhost.index import verify
+from swarmctl.binhost.index import INDEX_NAME, FileDigests, PackagesIndex, verify
 from swarmctl.binhost.server import BinhostServer, QueueGate, make_server
+from swarmctl.binhost.signing import KEYS_NAME, MAX_HOME_CHARS, Keyring, NoSigningKey
 from swarmctl.config import Config, load_config
 from swarmctl.embedded import EmbeddedRedis
 from swarmctl.events import Event, Events
@@ -94,6 +98,8 @@ class LocalSwarm:
         self.server: BinhostServer | None = None
         self.orchestrator: Orchestrator | None = None
         self._threads: list[threading.Thread] = []
+        self._scratch: list[Path] = []
+        self.keyring: Keyring | None = None
         self.started = 0.0
 
     @property
@@ -115,12 +121,32 @@ class LocalSwarm:
         self.registry = DroneRegistry(self.client, cfg)
         self.repo = install_overlay(self.workdir / "overlay") if self.repo_source is None else self.repo_source
         self.pkgdir.mkdir(parents=True, exist_ok=True)
-        self.server = make_server(self.pkgdir, "127.0.0.1:0", QueueGate(self.registry, self.queue))
+        self.keyring = self._signing_keyring()
+        self.server = make_server(self.pkgdir, "127.0.0.1:0", QueueGate(self.registry, self.queue),
+                                  keyring=self.keyring)
         self._thread(self.server.serve_forever, "binhost")
         self.orchestrator = Orchestrator(self.client, cfg)
         self._thread(self.orchestrator.run, "orchestrator")
         for i in range(1, self.n_drones + 1):
             self.start_drone(f"drone-{i}")
+
+    def _signing_keyring(self) -> Keyring:
+        """The binhost's key (made once per work dir); KEYS.asc published in PKGDIR."""
+        home = self.workdir / "binhost-gnupg"
+        if len(str(home)) > MAX_HOME_CHARS:  # gpg-agent's socket must fit: a short private dir instead
+            home = Path(tempfile.mkdtemp(prefix="swarm-demo-gnupg-", dir="/tmp")) / "home"
+            self._scratch.append(home.parent)
+        keyring = Keyring(home)
+        try:
+            keyring.signing_key()
+        except NoSigningKey:
+            keyring.init("build-swarm demo binhost <demo@build-swarm.invalid>", 30)
+        keyring.publish(self.pkgdir)
+        return keyring
+
+    @property
+    def keys_asc(self) -> str:
+        return (self.pkgdir / KEYS_NAME).read_text(encoding="ascii")
 
     def _thread(self, target: Callable[[], object], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -130,7 +156,7 @@ class LocalSwarm:
     def drone_prefix(self, name: str) -> PortagePrefix:
         assert self.server is not None
         return make_prefix(self.workdir / "drones" / name, self.repo, self.server.url,
-                           make_conf={"MAKEOPTS": "-j1"})
+                           make_conf={"MAKEOPTS": "-j1"}, binhost_keys=self.keys_asc)
 
     def start_drone(self, name: str) -> subprocess.Popen[bytes]:
         prefix = self.drone_prefix(name)
@@ -138,6 +164,7 @@ class LocalSwarm:
         env = {**os.environ, **self.extra_env, "SWARM_REDIS_URL": self.redis_url, "SWARM_DRONE_TOKEN": token,
                "SWARM_DRONE_BUILDER": "portage", "SWARM_DRONE_PREFIX": str(prefix.root),
                "SWARM_BINHOST_URL": self.server.url if self.server else "",
+               "SWARM_BINHOST_KEYS_FILE": str(self.pkgdir / KEYS_NAME),
                "SWARM_DRONE_STATE_DIR": str(self.workdir / "drones" / name / "state"),
                "SWARM_DRONE_POLL_INTERVAL": "0.3", "SWARM_DRONE_HEARTBEAT_INTERVAL": "1"}
         log_file = open(self.workdir / "drones" / name / "daemon.log", "ab")  # noqa: SIM115 (lives with the process)
@@ -259,7 +286,7 @@ class LocalSwarm:
     def summary(self) -> SwarmSummary:
         jobs = self.queue.jobs()
         built_events = Counter(e.job for e in Events(self.client).since() if e.kind == "built")
-        report = verify(self.pkgdir, check_manifests=True)
+        report = verify(self.pkgdir, check_signatures=True)
         summary = SwarmSummary(
             jobs=len(jobs), built=sorted(j.cpv for j in jobs if j.state == "built"),
             blocked=sorted(j.cpv for j in jobs if j.state == "blocked"),
@@ -273,14 +300,49 @@ class LocalSwarm:
             summary.problems.append(f"binhost index: {'; '.join(summary.index_problems[:3])}")
         return summary
 
-    def install_on_client(self, atom: str) -> tuple[bool, str]:
-        """A fresh prefix installs ``atom`` from the binhost only (emerge --getbinpkgonly)."""
+    def install_on_client(self, atom: str, name: str = "client", url: str | None = None) -> tuple[bool, str]:
+        """A fresh default client installs ``atom`` from the binhost only (emerge --getbinpkgonly).
+
+        Its binrepos.conf leaves verify-signature at portage's default (on); its keyring
+        trusts the binhost's KEYS.asc (locally signed, as getuto does), and as root
+        portage verifies as nobody when the work dir lets nobody in.
+        """
         assert self.server is not None
-        client = make_prefix(self.workdir / "client", self.repo, self.server.url)
+        root = self.workdir / name
+        client = make_prefix(root, self.repo, url or self.server.url, binhost_keys=self.keys_asc,
+                             verify_as_nobody=_others_can_enter(root))
         proc = subprocess.run([str(client.tool("emerge")), "--getbinpkgonly", "--oneshot", "--quiet-build=y",
                                "--color=n", "--nospinner", atom], env=client.env(), capture_output=True,
                               text=True, timeout=600)
         return proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+
+    def tampered_is_refused(self) -> tuple[bool, str]:
+        """A copy of the binhost with one package altered after signing (its index entry made to
+        match, so only the signature can tell) is served; a fresh default client must refuse it.
+
+        Returns:
+            (refused for the signature's sake, what the client said).
+        """
+        copy = self.workdir / "tampered-binhost"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(self.pkgdir, copy, ignore=shutil.ignore_patterns(".swarm-*"))
+        index = PackagesIndex.read(copy / INDEX_NAME)
+        rel_path, entry = sorted(index.entries.items())[0]
+        _flip_image_byte(copy / rel_path)
+        digests = FileDigests.of(copy / rel_path)
+        entry.update(SIZE=str(digests.size), MD5=digests.md5, SHA1=digests.sha1, SHA256=digests.sha256)
+        index.write(copy / INDEX_NAME)
+        server = make_server(copy, "127.0.0.1:0", QueueGate(self.registry, self.queue))
+        thread = threading.Thread(target=server.serve_forever, name="tampered-binhost", daemon=True)
+        thread.start()
+        try:
+            ok, output = self.install_on_client(f"={entry['CPV']}", name="client-tampered", url=server.url)
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(10)
+        refused = not ok and "verification failed" in output
+        return refused, f"{rel_path}: " + output
 
     def stop(self) -> None:
         """Stop everything this swarm started: drones, binhost, orchestrator, embedded Redis.
@@ -306,4 +368,24 @@ class LocalSwarm:
             self.server.server_close()
         for thread in self._threads:
             thread.join(timeout=10)
+        if self.keyring is not None:
+            self.keyring.stop_agent()
+        for scratch in self._scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
         self.redis_server.stop()
+
+
+def _others_can_enter(path: Path) -> bool:
+    """Whether every existing directory above ``path`` lets other users (nobody) through."""
+    return all(parent.stat().st_mode & 0o001 for parent in Path(path).absolute().parents if parent.exists())
+
+
+def _flip_image_byte(path: Path) -> None:
+    """Change one byte in the middle of a gpkg's image member (the tar stays readable)."""
+    with tarfile.open(path, "r:") as container:
+        image = next(m for m in container.getmembers() if m.name.endswith("/image.tar.zst"))
+    with open(path, "r+b") as handle:
+        handle.seek(image.offset_data + image.size // 2)
+        byte = handle.read(1)
+        handle.seek(-1, os.SEEK_CUR)
+        handle.write(bytes([byte[0] ^ 0xFF]))

@@ -259,6 +259,21 @@ def check_binhost_index(config: Config, deep: bool) -> Check:
     return Check("binhost index", "ok", f"{pkgdir}: {checked} entries match their files ({how})")
 
 
+def check_signing(config: Config, deep: bool) -> Check:
+    """The binhost's signing key (present, not expiring) and published packages verifying."""
+    from swarmctl.binhost.signing import config_trust_problems
+
+    problems = config_trust_problems(config, sample=None if deep else 3)
+    if problems is None:
+        return Check("signing", "skip", "binhost.dir is not set on this host (run doctor on the binhost)")
+    if not problems:
+        how = "every package" if deep else "the newest packages"
+        return Check("signing", "ok", f"signing key usable; {how} verify against KEYS.asc")
+    worst = "fail" if any(p.severity == "critical" for p in problems) else "warn"
+    return Check("signing", worst, "; ".join(p.message for p in problems),
+                 "see docs/operator-guide.md (signing key): key init, key rotate, binhost verify")
+
+
 def drone_skews(client: redis.Redis, config: Config) -> dict[str, float]:
     """Drone clock minus Redis clock, in seconds, for the drones that reveal theirs.
 
@@ -359,6 +374,7 @@ def run_checks(config: Config, connect: Callable[[], redis.Redis], deep: bool = 
             checks.append(Check(name, "skip", "needs Redis"))
         checks.append(_guard("nightly", lambda: check_nightly(None, config, time.time())))
     checks.append(_guard("binhost index", lambda: check_binhost_index(config, deep)))
+    checks.append(_guard("signing", lambda: check_signing(config, deep)))
     if client is not None:
         checks.append(_guard("clock", lambda: check_clock(client, config, max_skew)))
     else:

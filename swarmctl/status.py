@@ -123,12 +123,24 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age,
                           misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"})
-    report.attention = assess(report)
+    report.attention = assess(report) + signing_attention(config)
+    report.attention.sort(key=lambda a: -SEVERITY_CODE[a.severity])
     page = nightly_report_path(config)
     with contextlib.suppress(OSError):
         report.report_time = page.stat().st_mtime
         report.report_path = str(page)
     return report
+
+
+def signing_attention(config: Config) -> list[Attention]:
+    """The binhost's signing key and newest packages, when this host is the binhost."""
+    from swarmctl.binhost.signing import config_trust_problems
+
+    try:
+        problems = config_trust_problems(config) or []
+    except Exception as exc:  # gpg missing or broken: say so, do not hide the rest of status
+        return [Attention("signing_unknown", "warning", f"cannot check the signing key: {exc}")]
+    return [Attention(p.code, p.severity, p.message) for p in problems]
 
 
 def assess(report: StatusReport) -> list[Attention]:

@@ -204,7 +204,8 @@ def test_cli(redis_client: redis.Redis, config: Config, swarm_env: dict[str, str
     proc = run_cli(["doctor", "--json"], swarm_env, check=False)
     data = json.loads(proc.stdout)
     names = [c["name"] for c in data["checks"]]
-    assert names == ["redis", "orchestrator", "drones", "cron", "nightly", "binhost index", "clock", "preflight"]
+    assert names == ["redis", "orchestrator", "drones", "cron", "nightly", "binhost index", "signing", "clock",
+                     "preflight"]
     assert proc.returncode == data["exit_code"] == 2
     text = run_cli(["doctor"], swarm_env, check=False).stdout
     assert "[FAIL] orchestrator" in text and "fix: start one" in text

@@ -31,7 +31,7 @@ logger = logging.getLogger("swarmctl.binhost.client")
 
 #: Refusal codes worth another attempt (the next try may well succeed).
 RETRYABLE_CODES = frozenset({"busy", "unavailable", "timeout", "truncated", "io_error", "network",
-                             "checksum_mismatch", "server_error"})
+                             "checksum_mismatch", "server_error", "no_signing_key"})
 _CHUNK = 256 * 1024
 _CONTINUE_WAIT = 3.0
 

@@ -8,9 +8,10 @@ reader check that Manifest (every member, every byte) and then reads the metadat
 
 Portage's gpkg reader only wants a handful of settings from a full portage config
 (FEATURES, compression flags, MAKEOPTS), so the binhost does not need a portage
-prefix to verify uploads: :class:`_ReaderSettings` stands in for one. The swarm does
-not sign packages (the binhost checks SHA256 and the Manifest instead), so signature
-checks are off; a signed package is still accepted if its Manifest matches.
+prefix to verify uploads: :class:`_ReaderSettings` stands in for one. Uploads are
+unsigned (the binhost signs them after these checks), so the stand-in reads without
+signature checks; published, signed packages are read with the verification settings
+of :class:`swarmctl.binhost.signing.VerifyKeyring` instead.
 """
 
 from __future__ import annotations

@@ -5,30 +5,48 @@ one block per package file separated by blank lines. Clients (``emerge
 --getbinpkg``) refuse an index whose entries lack ``SIZE``, ``MD5`` and ``SHA1``;
 the swarm adds ``SHA256`` (portage ignores keys it does not know).
 
-Publishing is incremental: :class:`IndexStore` keeps the parsed index in memory
-and re-parses ``Packages`` only when the file changed underneath it, so publishing
-one package hashes one package file, whatever the size of the binhost. A full
-rebuild (:func:`reindex`) and a full check (:func:`verify`) read every file.
+Publishing is incremental: :class:`IndexStore` keeps the parsed index (and each
+entry's rendered text) in memory and re-parses ``Packages`` only when the file
+changed underneath it, so publishing one package hashes one package file, whatever
+the size of the binhost. Concurrent publishes are grouped (:meth:`IndexStore.commit`):
+one leader writes the index once for every change waiting, so the index cost per
+package stays flat as the binhost grows. A full rebuild (:func:`reindex`) and a full
+check (:func:`verify`) read every file.
+
+Every write produces ``Packages`` and ``Packages.gz`` with the same content: both are
+written to temp files and fsynced, then ``Packages.gz`` is renamed into place first and
+``Packages`` second. The header's TIMESTAMP increases by at least one second with
+every write, and both files' mtime is set to it, so a client's If-Modified-Since
+(portage sends the TIMESTAMP it holds) tells every version apart and is answered
+exactly. Under sustained load (several writes a second) TIMESTAMP runs ahead of the
+clock, by at most ``MAX_TIMESTAMP_LEAD`` seconds; it falls back to the clock when the
+load stops. After a crash between the two renames, the next writer (or
+:meth:`IndexStore.reconcile`) rewrites the older of the two from the newer.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import fcntl
+import gzip
 import hashlib
 import logging
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from zlib import error as zlib_error
 
-from swarmctl.atomicfile import write_atomic
-from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
+from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, PolicyViolation, inspect_gpkg
+from swarmctl.binhost.signing import verifying
 from swarmctl.exceptions import SwarmError
 from swarmctl.progress import ProgressFn, no_progress, tick
 
@@ -38,11 +56,23 @@ if TYPE_CHECKING:
 logger = logging.getLogger("swarmctl.binhost.index")
 
 INDEX_NAME = "Packages"
+#: The compressed copy clients ask for first.
+COMPRESSED_NAME = "Packages.gz"
+#: gzip level for Packages.gz: the index is highly repetitive text, level 1 already
+#: shrinks it well below a fifth, at a fraction of level 6's cost on a large index.
+GZIP_LEVEL = 1
+#: Entries per cached chunk of the rendered index (see PackagesIndex).
+CHUNK_ENTRIES = 256
+#: Seconds the index TIMESTAMP may run ahead of the clock (one second per write, so a
+#: client's If-Modified-Since tells every version apart) before writes are slowed down.
+MAX_TIMESTAMP_LEAD = 300
 #: Lock file serializing every writer of one PKGDIR's index (publish, reindex).
 LOCK_NAME = ".swarm-index.lock"
 #: Keys every package entry must have for portage clients to accept the index.
 REQUIRED_KEYS = ("CPV", "PATH", "SIZE", "MD5", "SHA1")
 INDEX_VERSION = "0"
+#: The SHA256 a drone declared for an upload the binhost then signed (portage ignores it).
+UPLOAD_SHA256_KEY = "UPLOAD_SHA256"
 
 # gpkg metadata name -> index key (portage translates these three).
 _TRANSLATED = {"DESCRIPTION": "DESC", "repository": "REPO"}
@@ -87,10 +117,26 @@ class FileDigests:
 
 @dataclass
 class PackagesIndex:
-    """A parsed ``Packages`` file: header plus entries keyed by their ``PATH``."""
+    """A parsed ``Packages`` file: header plus entries keyed by their ``PATH``.
+
+    Once rendered, ``order`` holds the entries' sort keys in index order and
+    ``blocks`` their rendered text, position for position, cut into chunks of about
+    ``CHUNK_ENTRIES`` entries by key range (``bounds``) whose joined text and gzip
+    member are cached (``chunks``). :meth:`add` and :meth:`remove` keep all of it
+    right and drop only the cache of the chunk they touch (change entries only
+    through them), so writing a big index again re-compresses one chunk and joins
+    the rest: the cost per change stays flat as the index grows, and no Python loop
+    over every entry holds the GIL from the threads receiving uploads. Packages.gz is
+    then a multi-member gzip file (header member, then one member per chunk), which
+    gzip readers (portage's ``GzipFile`` included) read as one stream.
+    """
 
     header: dict[str, str] = field(default_factory=dict)
     entries: dict[str, dict[str, str]] = field(default_factory=dict)
+    order: list[tuple[tuple[str, int, str], str]] | None = field(default=None, repr=False, compare=False)
+    blocks: list[bytes] | None = field(default=None, repr=False, compare=False)
+    bounds: list[tuple[tuple[str, int, str], str]] | None = field(default=None, repr=False, compare=False)
+    chunks: dict[int, tuple[bytes, bytes]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> PackagesIndex:
@@ -112,40 +158,116 @@ class PackagesIndex:
         except (OSError, UnicodeDecodeError) as exc:
             raise BinhostIndexError(f"cannot read {path}: {exc}") from None
 
-    def render(self) -> str:
-        """The index as text: header (with fresh PACKAGES and TIMESTAMP), then entries."""
+    def copy(self) -> PackagesIndex:
+        """A copy whose header and entries can change without touching this one."""
+        if self.order is None or self.blocks is None or self.bounds is None:
+            return PackagesIndex(header=dict(self.header), entries=self.entries.copy())
+        return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), order=self.order.copy(),
+                             blocks=self.blocks.copy(), bounds=self.bounds, chunks=self.chunks.copy())
+
+    @property
+    def timestamp(self) -> int:
+        text = self.header.get("TIMESTAMP", "")
+        return int(text) if text.isdigit() else 0
+
+    def render(self, ttl: int | None = None) -> str:
+        """The index as text: header (fresh PACKAGES, TIMESTAMP after the last one, TTL), then entries."""
+        head, parts = self._render_parts(ttl)
+        return (head + b"".join(text for text, _ in parts)).decode("utf-8")
+
+    def _render_parts(self, ttl: int | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         header = dict(self.header)
         header["PACKAGES"] = str(len(self.entries))
-        header["TIMESTAMP"] = str(int(time.time()))
+        header["TIMESTAMP"] = str(max(int(time.time()), self.timestamp + 1))
+        if ttl:
+            header["TTL"] = str(ttl)
         header.setdefault("VERSION", INDEX_VERSION)
-        chunks = [_render_block(header)]
-        for path in sorted(self.entries, key=lambda p: _sort_key(self.entries[p])):
-            chunks.append(_render_block(self.entries[path]))
-        return "".join(chunks)
+        self.header["TIMESTAMP"] = header["TIMESTAMP"]
+        self._layout()
+        assert self.order is not None and self.blocks is not None and self.bounds is not None
+        parts = []
+        for number in range(len(self.bounds)):
+            cached = self.chunks.get(number)
+            if cached is None:
+                start = 0 if number == 0 else bisect.bisect_left(self.order, self.bounds[number])
+                end = (bisect.bisect_left(self.order, self.bounds[number + 1]) if number + 1 < len(self.bounds)
+                       else len(self.order))
+                text = b"".join(self.blocks[start:end])
+                cached = self.chunks[number] = (text, gzip.compress(text, compresslevel=GZIP_LEVEL, mtime=0))
+            parts.append(cached)
+        return _render_block(header).encode("utf-8"), parts
 
-    def write(self, path: Path) -> None:
-        """Write atomically: temp file in the same directory, fsync, rename.
+    def _layout(self) -> None:
+        """(Re)build order, blocks and chunk bounds when missing, stale or lopsided."""
+        count = len(self.entries)
+        if (self.order is None or self.blocks is None or self.bounds is None or len(self.order) != count
+                or count > 2 * CHUNK_ENTRIES * max(1, len(self.bounds))):
+            self.order = sorted((_sort_key(entry), path) for path, entry in self.entries.items())
+            self.blocks = [_render_block(self.entries[path]).encode("utf-8") for _, path in self.order]
+            self.bounds = self.order[::CHUNK_ENTRIES] or [(("", 0, ""), "")]
+            self.chunks = {}
 
-        A stale ``Packages.gz`` next to it is removed so no client ever reads an
-        older compressed copy.
+    def write(self, path: Path, ttl: int | None = None) -> None:
+        """Write ``Packages`` and ``Packages.gz`` (same content) atomically, gz first.
+
+        Each goes to a temp file in the same directory and is fsynced; then
+        ``Packages.gz`` and ``Packages`` are renamed into place, in that order, and the
+        directory is fsynced. Both files' mtime is the header's TIMESTAMP.
         """
         path = Path(path)
-        write_atomic(path, self.render())
-        with contextlib.suppress(FileNotFoundError):
-            path.with_name(path.name + ".gz").unlink()
+        head, parts = self._render_parts(ttl)
+        stamp = self.timestamp
+        text = head + b"".join(chunk for chunk, _ in parts)
+        compressed = gzip.compress(head, compresslevel=GZIP_LEVEL, mtime=stamp) + b"".join(gz for _, gz in parts)
+        gz_path = path.with_name(path.name + ".gz")
+        temps = [_stage(gz_path, compressed, stamp), _stage(path, text, stamp)]
+        try:
+            os.replace(temps[0], gz_path)
+            os.replace(temps[1], path)
+        finally:
+            for temp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)
+        _fsync_dir(path.parent)
 
     def add(self, entry: dict[str, str]) -> None:
         """Insert or replace the entry for ``entry["PATH"]``."""
         missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
         if missing:
             raise BinhostIndexError(f"index entry lacks {', '.join(missing)}")
-        self.entries[entry["PATH"]] = dict(entry)
+        path = entry["PATH"]
+        if path in self.entries:
+            self._unplace(path)
+        self.entries[path] = dict(entry)
+        if self.order is not None and self.blocks is not None and self.bounds is not None:
+            key = (_sort_key(entry), path)
+            at = bisect.bisect(self.order, key)
+            self.order.insert(at, key)
+            self.blocks.insert(at, _render_block(self.entries[path]).encode("utf-8"))
+            self.chunks.pop(max(0, bisect.bisect_right(self.bounds, key) - 1), None)
         if entry.get("CHOST"):
             self.header.setdefault("CHOST", entry["CHOST"])
 
     def remove(self, rel_path: str) -> bool:
         """Drop the entry for a file; True if there was one."""
-        return self.entries.pop(rel_path, None) is not None
+        if rel_path not in self.entries:
+            return False
+        self._unplace(rel_path)
+        del self.entries[rel_path]
+        return True
+
+    def _unplace(self, path: str) -> None:
+        """Take an entry out of the rendered order (before it changes or goes)."""
+        if self.order is None or self.blocks is None or self.bounds is None:
+            return
+        key = (_sort_key(self.entries[path]), path)
+        at = bisect.bisect_left(self.order, key)
+        if at < len(self.order) and self.order[at] == key:
+            del self.order[at]
+            del self.blocks[at]
+            self.chunks.pop(max(0, bisect.bisect_right(self.bounds, key) - 1), None)
+        else:  # not where it should be: forget the layout, the next render rebuilds it
+            self.order = self.blocks = self.bounds = None
 
     def build_ids(self, cpv: str) -> set[int]:
         """BUILD_IDs already published for ``cpv``."""
@@ -158,6 +280,31 @@ class PackagesIndex:
     def cpvs(self) -> set[str]:
         """Every CPV with at least one published package."""
         return {entry["CPV"] for entry in self.entries.values()}
+
+
+def _stage(path: Path, data: bytes, stamp: int) -> str:
+    """``data`` in an fsynced temp file beside ``path`` (mode 0644, mtime ``stamp``)."""
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)
+        os.utime(temp, (stamp, stamp))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return temp
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def make_entry(info: GpkgInfo, rel_path: str, digests: FileDigests, mtime: int) -> dict[str, str]:
@@ -181,39 +328,165 @@ def make_entry(info: GpkgInfo, rel_path: str, digests: FileDigests, mtime: int) 
     return entry
 
 
-class IndexStore:
-    """One PKGDIR's index with an in-memory cache and an exclusive writer lock.
+@dataclass
+class _Change:
+    apply: Callable[[PackagesIndex], Callable[[], None] | None]
+    done: bool = False
+    error: BaseException | None = None
+    undo: Callable[[], None] | None = None
 
-    ``with store.locked() as index: ...; store.save(index)`` is the only way the
-    swarm changes an index. The lock is a ``flock`` on ``PKGDIR/.swarm-index.lock``
-    (serializes processes) plus a thread lock (serializes a threaded server).
+
+class IndexStore:
+    """One PKGDIR's index with an in-memory cache, an exclusive writer lock and group commit.
+
+    Two ways to change an index: ``store.commit(change)`` (publishing: concurrent
+    changes are written together), or ``with store.locked() as index: ...;
+    store.save(index)`` (reindex). The lock is a ``flock`` on
+    ``PKGDIR/.swarm-index.lock`` (serializes processes) plus a thread lock.
     """
 
-    def __init__(self, pkgdir: Path) -> None:
+    def __init__(self, pkgdir: Path, ttl: int | None = None) -> None:
+        """Args:
+            pkgdir: The binhost directory.
+            ttl: Seconds written as the index header's TTL (clients skip refreshes
+                within it); None or 0 writes none.
+        """
         self.pkgdir = Path(pkgdir)
         self.path = self.pkgdir / INDEX_NAME
+        self.ttl = ttl
         self._thread_lock = threading.Lock()
         self._cached: PackagesIndex | None = None
         self._cached_stat: tuple[int, int, int] | None = None
+        self._group = threading.Condition()
+        self._pending: list[_Change] = []
+        self._leading = False
+        #: Index writes done by :meth:`commit` and the changes they carried (for benches).
+        self.commits = 0
+        self.committed_changes = 0
+        self._reconciled: tuple[object, object] | None = None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[PackagesIndex]:
         """Hold the writer lock; yields a private copy of the current index."""
         with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
-            current = self._load()
-            yield PackagesIndex(header=dict(current.header),
-                                entries=current.entries.copy())
+            self.reconcile()
+            yield self._load().copy()
 
     def save(self, index: PackagesIndex) -> None:
         """Write ``index`` atomically (call inside :meth:`locked`) and cache it."""
-        index.write(self.path)
+        index.write(self.path, self.ttl)
         self._cached = index
         self._cached_stat = _stat_key(self.path)
+        self._reconciled = (self._cached_stat, _stat_key(self.path.with_name(COMPRESSED_NAME)))
+
+    def commit(self, apply: Callable[[PackagesIndex], Callable[[], None] | None]) -> None:
+        """Apply one change in the next group commit; return when the index holding it is written.
+
+        ``apply(index)`` changes the working index (or raises: then nothing of it is
+        applied and the error is raised here); it may return an undo callable, run if
+        writing the index fails. While one caller (the leader) writes the index, the
+        changes arriving meanwhile wait and are then written together by the next
+        leader, so a big index is rewritten once per group, not once per package.
+
+        Raises:
+            Whatever ``apply`` raised, or the write's error.
+        """
+        change = _Change(apply)
+        with self._group:
+            self._pending.append(change)
+            while not change.done and self._leading:
+                self._group.wait()
+            if not change.done:
+                self._leading = True
+        if not change.done:
+            try:
+                self._lead()
+            finally:
+                with self._group:
+                    self._leading = False
+                    self._group.notify_all()
+        if change.error is not None:
+            raise change.error
+
+    def _lead(self) -> None:
+        cached = self._cached
+        if cached is not None:  # TIMESTAMP may run ahead of the clock under load, but only so far
+            delay = cached.timestamp + 1 - time.time() - MAX_TIMESTAMP_LEAD
+            if delay > 0:
+                time.sleep(delay)
+        with self._group:
+            batch, self._pending = self._pending, []
+        try:
+            with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
+                self.reconcile()
+                index = self._load().copy()
+                applied = []
+                for change in batch:
+                    try:
+                        change.undo = change.apply(index)
+                        applied.append(change)
+                    except BaseException as exc:  # this change only; the others go on
+                        change.error = exc
+                if applied:
+                    try:
+                        self.save(index)
+                    except BaseException as exc:
+                        for change in applied:
+                            change.error = exc
+                            if change.undo is not None:
+                                with contextlib.suppress(Exception):
+                                    change.undo()
+                        raise
+                    self.commits += 1
+                    self.committed_changes += len(applied)
+        except BaseException as exc:
+            for change in batch:
+                if change.error is None and not change.done:
+                    change.error = exc
+        finally:
+            with self._group:
+                for change in batch:
+                    change.done = True
+                self._group.notify_all()
 
     def snapshot(self) -> PackagesIndex:
         """The current index (read-only use; reparsed only if the file changed)."""
         with self._thread_lock:
             return self._load()
+
+    def reconcile(self) -> bool:
+        """Make ``Packages`` and ``Packages.gz`` the same again after a crash between their renames.
+
+        Call with the writer lock held. The one with the newer TIMESTAMP wins (the gz
+        copy on a tie: it is renamed first). Returns True if a file was rewritten.
+        """
+        gz_path = self.path.with_name(COMPRESSED_NAME)
+        key = (_stat_key(self.path), _stat_key(gz_path))
+        if key == self._reconciled:
+            return False
+        changed = False
+        try:
+            plain = self.path.read_bytes() if self.path.exists() else None
+            packed = gzip.decompress(gz_path.read_bytes()) if gz_path.exists() else None
+        except (OSError, EOFError, gzip.BadGzipFile, zlib_error) as exc:
+            logger.warning("%s unreadable (%s): rewriting it from %s", gz_path, exc, self.path)
+            packed = None
+        if plain is not None and packed != plain:
+            index_plain = PackagesIndex.parse(plain.decode("utf-8", "replace"))
+            index_packed = PackagesIndex.parse(packed.decode("utf-8", "replace")) if packed else None
+            newer = index_packed if index_packed is not None and \
+                index_packed.timestamp >= index_plain.timestamp else index_plain
+            logger.warning("Packages and Packages.gz differ (a write was interrupted): rewriting both "
+                           "from the newer (TIMESTAMP %d)", newer.timestamp)
+            newer.write(self.path, self.ttl)
+            self._cached, self._cached_stat = newer, _stat_key(self.path)
+            changed = True
+        elif plain is None and packed is not None:
+            newer = PackagesIndex.parse(packed.decode("utf-8", "replace"))
+            newer.write(self.path, self.ttl)
+            changed = True
+        self._reconciled = (_stat_key(self.path), _stat_key(gz_path))
+        return changed
 
     def _load(self) -> PackagesIndex:
         key = _stat_key(self.path)
@@ -235,7 +508,8 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(pkgdir: Path, *, check_manifests: bool = False, policy: ContentPolicy | None = None,
+def verify(pkgdir: Path, *, check_manifests: bool = False, check_signatures: bool = False,
+           gpg: str = "gpg", policy: ContentPolicy | None = None,
            progress: ProgressFn = no_progress) -> VerifyReport:
     """Check every index entry against its file, and every file against the index.
 
@@ -243,14 +517,32 @@ def verify(pkgdir: Path, *, check_manifests: bool = False, policy: ContentPolicy
         pkgdir: The binhost directory.
         check_manifests: Also verify each gpkg's internal Manifest and apply the content
             policy, as a publish does (slower).
+        check_signatures: Also let portage verify each package as a default client
+            would: signature required, made by a key in ``PKGDIR/KEYS.asc``, Manifest
+            and members intact (implies ``check_manifests``).
+        gpg: The gpg program.
         policy: The content policy (default: the documented defaults).
         progress: Hears how many entries of how many are checked (swarmctl.progress).
 
     Returns:
         One problem per line: missing file, size or checksum mismatch, entry without
-        required keys, package file not in the index, bad gpkg.
+        required keys, package file not in the index, bad gpkg, bad or missing signature.
     """
     pkgdir = Path(pkgdir)
+    if check_signatures:
+        with verifying(pkgdir, gpg) as keyring:
+            if not keyring.fingerprints:
+                report = _verify(pkgdir, check_manifests=True, settings=None, policy=policy, progress=progress)
+                report.problems.insert(0, f"{pkgdir / 'KEYS.asc'}: no public keys published: "
+                                          "no package can be verified")
+                return report
+            return _verify(pkgdir, check_manifests=True, settings=keyring.settings(), policy=policy,
+                           progress=progress)
+    return _verify(pkgdir, check_manifests=check_manifests, settings=None, policy=policy, progress=progress)
+
+
+def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any, policy: ContentPolicy | None,
+            progress: ProgressFn) -> VerifyReport:
     report = VerifyReport()
     index_path = pkgdir / INDEX_NAME
     if not index_path.is_file():
@@ -279,7 +571,7 @@ def verify(pkgdir: Path, *, check_manifests: bool = False, policy: ContentPolicy
             if key in entry and entry[key].lower() != actual:
                 report.problems.append(f"{rel_path}: {key} mismatch (index {entry[key]}, file {actual})")
         if check_manifests:
-            report.problems += _manifest_problems(file_path, rel_path, entry, policy)
+            report.problems += _manifest_problems(file_path, rel_path, entry, policy, settings)
     for file_path in sorted(_package_files(pkgdir)):
         rel_path = file_path.relative_to(pkgdir).as_posix()
         if rel_path not in index.entries:
@@ -288,23 +580,25 @@ def verify(pkgdir: Path, *, check_manifests: bool = False, policy: ContentPolicy
 
 
 def _manifest_problems(file_path: Path, rel_path: str, entry: dict[str, str],
-                       policy: ContentPolicy | None) -> list[str]:
+                       policy: ContentPolicy | None, settings: Any = None) -> list[str]:
     """What ``verify --manifests`` finds in one file: Manifest, identity, content policy."""
     from swarmctl.binhost.policy import ContentPolicy
 
     policy = policy or ContentPolicy.default()
     try:
-        info = inspect_gpkg(file_path, limits=policy.limits)
+        info = inspect_gpkg(file_path, settings, limits=policy.limits)
         if info.cpv != entry["CPV"]:
             return [f"{rel_path}: file is {info.cpv}, index says {entry['CPV']}"]
         policy.check(file_path, info)
-    except GpkgError as exc:
+    except PolicyViolation as exc:
         return [f"{rel_path}: {exc}"]
+    except GpkgError as exc:  # its message starts with the file's name
+        return [str(exc)]
     return []
 
 
 def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
-            timeout: float = 3600.0, progress: ProgressFn = no_progress) -> int:
+            timeout: float = 3600.0, gpg: str = "gpg", progress: ProgressFn = no_progress) -> int:
     """Rebuild ``PKGDIR/Packages`` with portage's ``emaint binhost --fix``, then add SHA256.
 
     Args:
@@ -314,37 +608,33 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
         full: Ignore the existing index (every file is re-read and re-hashed);
             otherwise emaint only refreshes entries whose size or mtime changed.
         timeout: Seconds emaint may take.
+        gpg: The gpg program signed packages are verified with.
         progress: Hears when emaint runs (no total) and how many files of how many are hashed.
 
     Returns:
         Number of packages in the new index.
 
     Raises:
-        BinhostIndexError: emaint failed (the previous index is left in place).
+        BinhostIndexError: emaint failed, or would drop a package file (a signature
+            that does not verify against ``PKGDIR/KEYS.asc``, a damaged file); the
+            previous index is left in place.
     """
-    from swarmctl.portage_env.prefix import load_prefix, make_prefix  # portage tooling only here
-
     pkgdir = Path(pkgdir).absolute()
     store = IndexStore(pkgdir)
     with contextlib.ExitStack() as stack:
-        if prefix_root is None:
-            from swarmctl.overlay import install_overlay
-
-            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-reindex-")))
-            prefix = make_prefix(scratch / "prefix", install_overlay(scratch / "repo"))
-        else:
-            try:
-                prefix = load_prefix(Path(prefix_root))
-            except FileNotFoundError as exc:
-                raise BinhostIndexError(str(exc)) from None
+        prefix = _emaint_prefix(stack, prefix_root)
+        keyring = stack.enter_context(verifying(pkgdir, gpg))
+        files = sorted(p.relative_to(pkgdir).as_posix() for p in _package_files(pkgdir))
         with store.locked():
             aside = pkgdir / f".{INDEX_NAME}.before-reindex"
-            if full and store.path.exists():
-                os.replace(store.path, aside)
-            env = prefix.env()
-            env["PKGDIR"] = str(pkgdir)
-            # Incremental on top of make.conf: one plain Packages, built from the files.
-            env["FEATURES"] = "-compress-index -pkgdir-index-trusted"
+            if store.path.exists():
+                if full:
+                    os.replace(store.path, aside)
+                else:
+                    shutil.copy2(store.path, aside)
+            # Incremental on top of make.conf: one plain Packages, built from the files
+            # (store.save below writes Packages.gz beside it).
+            env = _emaint_env(prefix, pkgdir, keyring, "-compress-index -pkgdir-index-trusted")
             progress("indexing with emaint", 0, None)
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
@@ -355,9 +645,21 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
                 output = (done.stderr or done.stdout).strip().splitlines()
                 raise BinhostIndexError(f"emaint binhost --fix failed (exit {done.returncode}): "
                                   f"{output[-1] if output else 'no output'}")
+            index = PackagesIndex.read(store.path)
+            dropped = [rel for rel in files if rel not in index.entries]
+            if dropped:
+                # Never a quiet success: a package file emaint could not read (bad or
+                # untrusted signature, damaged file) is an error, and the old index stays.
+                if aside.exists():
+                    os.replace(aside, store.path)
+                else:
+                    store.path.unlink()
+                raise BinhostIndexError(
+                    f"reindex would drop {len(dropped)} of {len(files)} package(s) (unreadable, or "
+                    f"signature not verified against KEYS.asc): {', '.join(dropped[:5])}"
+                    + (" ..." if len(dropped) > 5 else "") + "; index left unchanged")
             with contextlib.suppress(FileNotFoundError):
                 aside.unlink()
-            index = PackagesIndex.read(store.path)
             for n, (rel_path, entry) in enumerate(index.entries.items(), 1):
                 tick(progress, "hashing", n, len(index.entries))
                 file_path = _inside(pkgdir, rel_path)
@@ -365,6 +667,70 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
                     entry["SHA256"] = FileDigests.of(file_path).sha256
             store.save(index)
             return len(index.entries)
+
+
+def emaint_check(pkgdir: Path, *, prefix_root: Path | None = None, gpg: str = "gpg",
+                 timeout: float = 3600.0) -> list[str]:
+    """Portage's own ``emaint binhost --check`` on PKGDIR; the problems it reports (none: clean).
+
+    Run with FEATURES=compress-index (the binhost writes Packages.gz) and signed
+    packages read against ``PKGDIR/KEYS.asc``. Portage 3.0.83's check rewrites the
+    index as a side effect (every time, even its own: ``USER_PATCHES`` is a key it
+    requires but never writes), so it runs on a shadow PKGDIR: hard links of the
+    package files (same size and mtime) and copies of both index files, inside
+    ``PKGDIR/.swarm-tmp``; the real index is never touched.
+    """
+    pkgdir = Path(pkgdir).absolute()
+    with contextlib.ExitStack() as stack:
+        prefix = _emaint_prefix(stack, prefix_root)
+        keyring = stack.enter_context(verifying(pkgdir, gpg))
+        (pkgdir / ".swarm-tmp").mkdir(exist_ok=True)
+        shadow = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emaint-check-",
+                                                                      dir=pkgdir / ".swarm-tmp")))
+        for file_path in _package_files(pkgdir):
+            target = shadow / file_path.relative_to(pkgdir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(file_path, target)
+        for name in (INDEX_NAME, COMPRESSED_NAME):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.copy2(pkgdir / name, shadow / name)
+        env = _emaint_env(prefix, shadow, keyring, "compress-index -pkgdir-index-trusted")
+        done = subprocess.run([prefix.tool("emaint"), "binhost", "--check"], env=env, capture_output=True,
+                              text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+    # Progress bars end in carriage returns: split on them too, and drop them.
+    lines = [line.strip() for line in re.split(r"[\r\n]+", done.stdout + done.stderr) if line.strip()]
+    problems = [line for line in lines if not line.startswith(("Emaint:", "[", "binhost"))
+                and not re.search(r"\d+%|\[=*>?\s*\]", line)]
+    if done.returncode != 0 and not problems:
+        problems = [f"emaint binhost --check exited {done.returncode}: {lines[-1] if lines else 'no output'}"]
+    return problems
+
+
+def _emaint_prefix(stack: contextlib.ExitStack, prefix_root: Path | None) -> Any:
+    from swarmctl.portage_env.prefix import load_prefix, make_prefix  # portage tooling only here
+
+    if prefix_root is None:
+        from swarmctl.overlay import install_overlay
+
+        scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="swarm-reindex-")))
+        return make_prefix(scratch / "prefix", install_overlay(scratch / "repo"))
+    try:
+        return load_prefix(Path(prefix_root))
+    except FileNotFoundError as exc:
+        raise BinhostIndexError(str(exc)) from None
+
+
+def _emaint_env(prefix: Any, pkgdir: Path, keyring: Any, features: str) -> dict[str, str]:
+    env: dict[str, str] = prefix.env()
+    env["PKGDIR"] = str(pkgdir)
+    env["FEATURES"] = features
+    # Signed packages are read as a client would: against the published keys (our own
+    # temporary keyring, so no drop to nobody).
+    env["BINPKG_GPG_VERIFY_GPG_HOME"] = str(keyring.home)
+    env["BINPKG_GPG_VERIFY_BASE_COMMAND"] = keyring.settings()["BINPKG_GPG_VERIFY_BASE_COMMAND"]
+    env["GPG_VERIFY_USER_DROP"] = ""
+    env["GPG_VERIFY_GROUP_DROP"] = ""
+    return env
 
 
 def _blocks(text: str) -> Iterator[dict[str, str]]:

@@ -32,14 +32,16 @@ full disk is ``io_error`` (500), which the drone retries.
 Replies are one JSON object on one line: ``{"status": "accepted"|"refused",
 "code": ..., "reason": ...}``.
 
-Any other ``GET``/``HEAD`` serves files below PKGDIR for portage clients; hidden
-entries (the upload temp dir, the lock), directories, symlinks leaving PKGDIR and
-``..`` are refused.
+Any other ``GET``/``HEAD`` serves files below PKGDIR for portage clients (``Packages``,
+``Packages.gz``, ``KEYS.asc``, packages) with Last-Modified, and 304 Not Modified
+when If-Modified-Since is not older than the file; hidden entries (the upload temp
+dir, the lock), directories, symlinks leaving PKGDIR and ``..`` are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import io
 import json
 import logging
@@ -57,9 +59,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from swarmctl.binhost.index import UPLOAD_SHA256_KEY, IndexStore
 from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.recovery import RecoveryReport, recover
+from swarmctl.binhost.signing import Keyring
 from swarmctl.exceptions import SwarmError
 
 if TYPE_CHECKING:  # the gate is handed both; importing them here would load the queue for every server
@@ -84,9 +88,11 @@ _STATUS_OF_CODE = {
     "policy": HTTPStatus.UNPROCESSABLE_ENTITY,
     "busy": HTTPStatus.SERVICE_UNAVAILABLE,
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
+    "no_signing_key": HTTPStatus.SERVICE_UNAVAILABLE,
     "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
 }
-_CONTENT_TYPES = {".tar": "application/x-tar", "": "text/plain; charset=utf-8"}
+_CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".asc": "application/pgp-keys",
+                  "": "text/plain; charset=utf-8"}
 _LINGER_SECONDS = 2.0
 #: Refusals of what an authenticated owner uploaded that become events (the package is at fault).
 _EVENT_CODES = frozenset({"policy", "bad_package", "cpv_mismatch"})
@@ -152,6 +158,7 @@ class ServerSettings:
         max_connections: Connections served at once; more are answered 503 and closed.
         max_connections_per_address: Connections one client address may hold at once,
             so one host's idle sockets cannot take every slot.
+        index_ttl: TTL written into the index header (clients skip refreshes within it).
         policy: The content policy packages must pass (default: the documented defaults).
     """
 
@@ -162,6 +169,7 @@ class ServerSettings:
     header_timeout: float = 10.0
     max_connections: int = 64
     max_connections_per_address: int = 16
+    index_ttl: int = 300
     policy: ContentPolicy | None = None
 
 
@@ -231,11 +239,13 @@ class BinhostServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], pkgdir: Path, gate: Gate,
-                 settings: ServerSettings | None = None) -> None:
+                 settings: ServerSettings | None = None, keyring: Keyring | None = None) -> None:
         self.pkgdir = Path(pkgdir).absolute()
         self.gate = gate
         self.settings = settings or ServerSettings()
-        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, policy=self.settings.policy)
+        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, keyring=keyring,
+                                   store=IndexStore(self.pkgdir, ttl=self.settings.index_ttl),
+                                   policy=self.settings.policy)
         # What a killed predecessor left: unindexed published files, stale upload temp files.
         try:
             self.recovery = recover(self.publisher)
@@ -428,6 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _Refusal("bad_request", f"bad Content-Length {length!r}") from None
         try:
             cpv = self.server.publisher.check_declaration(cpv, sha256, size)
+            self.server.publisher.signing_key()  # no key: refuse before the body is sent
         except PublishRefused as exc:
             raise _Refusal(exc.code, str(exc)) from None
         try:
@@ -449,7 +460,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _already_published(self, cpv: str, sha256: str) -> bool:
         index = self.server.publisher.store.snapshot()
-        return any(entry.get("CPV") == cpv and entry.get("SHA256") == sha256 for entry in index.entries.values())
+        return any(entry.get("CPV") == cpv and sha256 in (entry.get("SHA256"), entry.get(UPLOAD_SHA256_KEY))
+                   for entry in index.entries.values())
 
     def _is_upload(self) -> bool:
         return self.command in ("PUT", "POST") and urllib.parse.urlsplit(self.path).path == UPLOAD_PATH
@@ -474,6 +486,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         with handle:
             st = os.fstat(handle.fileno())
+            if _not_modified_since(self.headers.get("If-Modified-Since"), int(st.st_mtime)):
+                # The index's mtime is its TIMESTAMP, which portage sends back: an unchanged
+                # index costs one small reply.
+                self.send_response(HTTPStatus.NOT_MODIFIED)
+                self.send_header("Last-Modified", self.date_time_string(int(st.st_mtime)))
+                self.end_headers()
+                return
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", _CONTENT_TYPES.get(target.suffix, "application/octet-stream"))
             self.send_header("Content-Length", str(st.st_size))
@@ -577,10 +596,27 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings | None = None) -> BinhostServer:
-    """Bind a :class:`BinhostServer` (port 0 picks a free port; see ``.url``)."""
+def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings | None = None,
+                keyring: Keyring | None = None) -> BinhostServer:
+    """Bind a :class:`BinhostServer` (port 0 picks a free port; see ``.url``).
+
+    ``keyring`` signs every published package; None publishes unsigned (tests only).
+    """
     host, port = parse_listen(listen)
-    return BinhostServer((host, port), pkgdir, gate, settings)
+    return BinhostServer((host, port), pkgdir, gate, settings, keyring)
+
+
+def _not_modified_since(header: str | None, mtime: int) -> bool:
+    """Whether a file last modified at ``mtime`` is unchanged since the If-Modified-Since date."""
+    if not header:
+        return False
+    try:
+        since = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError, IndexError):
+        return False
+    if since.tzinfo is None:
+        return False
+    return mtime <= since.timestamp()
 
 
 def _float(text: str | None) -> float:

@@ -144,7 +144,14 @@ def demo(workdir: str | None, drones: int, with_broken: bool, timeout: float, st
             ok, output = swarm.install_on_client(top)
             summary.client_ok = ok
             if ok:
-                terminal.ok(f"a fresh portage client installed {top} from the binhost (emerge --getbinpkgonly)")
+                terminal.ok(f"a fresh portage client installed {top} from the binhost (emerge --getbinpkgonly, "
+                            "signatures verified)")
+                refused, said = swarm.tampered_is_refused()
+                if refused:
+                    terminal.ok("a package altered after signing was refused by a fresh client "
+                                f"({said.split(':', 1)[0]})")
+                else:
+                    summary.problems.append(f"a tampered package was not refused for its signature:\n{said}")
             else:
                 summary.problems.append(f"client install of {top} failed:\n{output}")
     except Stopped as exc:

@@ -37,13 +37,21 @@ def builder_from_config(config: Config) -> Builder:
             log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
         return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free)
+    keys = binhost_keys(config)
     try:
         prefix = load_prefix(Path(cfg.prefix))
     except FileNotFoundError:
         if not cfg.repo:
             raise ConfigError(f"drone.prefix: {cfg.prefix} is not a portage prefix yet; "
                               "set drone.repo to create it from a repository") from None
-        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), config.binhost.url)
+        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), config.binhost.url, binhost_keys=keys)
+    else:
+        if cfg.repo:  # refresh the configuration (binrepos.conf, keyring) of an existing prefix
+            prefix = make_prefix(prefix.root, Path(cfg.repo), config.binhost.url, binhost_keys=keys)
+        elif keys is not None:
+            from swarmctl.binhost.signing import install_client_keyring
+
+            install_client_keyring(prefix.gnupg_home, keys, nobody_readable=False)
     user = build_env.resolve_build_user(cfg.build_user)
     if user is not None:
         _check_build_user(user, [("-x", prefix.root.parent, "reach"),
@@ -66,3 +74,27 @@ def _check_build_user(user: build_env.BuildUser, checks: list[tuple[str, Path, s
         if done.returncode != 0:
             raise ConfigError(f"drone.build_user: {user.name} cannot {need} {path} (a parent directory may be "
                               "private); make it reachable, or set drone.build_user to '' to build as root")
+
+
+def binhost_keys(config: Config) -> str | None:
+    """The public keys binary dependencies must be signed with (binhost.keys_file, else
+    fetched from the binhost: trust on first use, logged); None when neither is there."""
+    import urllib.request
+
+    cfg = config.binhost
+    if cfg.keys_file:
+        try:
+            return Path(cfg.keys_file).read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"binhost.keys_file: cannot read {cfg.keys_file}: {exc}") from None
+    if not cfg.url:
+        return None
+    url = f"{cfg.url.rstrip('/')}/KEYS.asc"
+    try:
+        with urllib.request.urlopen(url, timeout=cfg.read_timeout) as reply:
+            text: str = reply.read(1024 * 1024).decode("ascii")
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        log.warning("no binhost keys (%s: %s): binary dependencies will fail verification", url, exc)
+        return None
+    log.warning("trusting the binhost keys fetched from %s (set binhost.keys_file to pin them)", url)
+    return text

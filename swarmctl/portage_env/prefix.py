@@ -12,7 +12,9 @@ Layout written by :func:`make_prefix` (``E`` is the prefix root)::
     E/etc/portage/make.profile  ->     REPO/profiles/<profile>
     E/etc/portage/repos.conf/swarm.conf
     E/etc/portage/binrepos.conf        only when a binhost URL is given
+    E/etc/portage/gnupg/               verification keyring (the binhost's KEYS.asc)
     E/share/portage/config/make.globals       -> VENV/share/portage/config/make.globals
+    E/share/portage/config/binrepos.conf      -> VENV/share/portage/config/binrepos.conf
     E/share/portage/config/sets/portage.conf  -> VENV/share/portage/config/sets/portage.conf
     E/var/db/pkg  E/var/cache/{binpkgs,distfiles,edb}  E/var/tmp  E/var/lib/portage/world
 
@@ -31,6 +33,12 @@ Consequences, all deliberate:
   atomically, so many prefixes can be created concurrently from many processes
   and re-running :func:`make_prefix` is idempotent;
 * a portage upgrade in the venv is seen by every prefix at once (no stale copies).
+
+Binary packages from the binhost are verified as on any Gentoo client: the linked
+global ``binrepos.conf`` sets ``verify-signature = true`` and the prefix's own
+binrepos.conf does not override it; ``BINPKG_GPG_VERIFY_GPG_HOME`` points at the
+prefix's keyring, which trusts the binhost's published keys (see
+:func:`swarmctl.binhost.signing.install_client_keyring`).
 """
 
 from __future__ import annotations
@@ -108,6 +116,11 @@ class PortagePrefix:
         return self.root / "etc/portage"
 
     @property
+    def gnupg_home(self) -> Path:
+        """The verification keyring (``BINPKG_GPG_VERIFY_GPG_HOME``)."""
+        return self.root / "etc/portage/gnupg"
+
+    @property
     def world_file(self) -> Path:
         """The prefix's own world file (``--oneshot`` builds never add to it)."""
         return self.root / "var/lib/portage/world"
@@ -163,6 +176,8 @@ def make_prefix(
     profile: str = "default/linux/amd64",
     make_conf: Mapping[str, str] | None = None,
     pkgdir: Path | None = None,
+    binhost_keys: str | None = None,
+    verify_as_nobody: bool = False,
 ) -> PortagePrefix:
     """Create (or refresh) a self-contained portage prefix.
 
@@ -175,13 +190,17 @@ def make_prefix(
             ``profiles/<profile>`` (e.g. the bundled overlay, see
             :func:`swarmctl.overlay.install_overlay`).
         binhost_url: Base URL of a binhost for ``--getbinpkg``; written to
-            ``binrepos.conf`` with ``verify-signature = false`` (the swarm's binhost
-            verifies SHA256 and the gpkg Manifest instead of GPG signatures).
+            ``binrepos.conf``. Signature verification stays at portage's default (on).
         venv: Environment with portage installed (default: the running one).
         profile: Profile path inside ``repo/profiles``.
         make_conf: Extra ``make.conf`` variables (e.g. ``{"MAKEOPTS": "-j2"}``); they
             override the defaults written here.
         pkgdir: Use this PKGDIR instead of ``root/var/cache/binpkgs``.
+        binhost_keys: The binhost's ``KEYS.asc``: the prefix's verification keyring
+            trusts exactly these keys (None leaves the keyring as it is).
+        verify_as_nobody: Verify as portage does by default for root (gpg runs as
+            nobody:nogroup; every directory above the prefix must let them in).
+            False (drones): gpg runs as the prefix's user.
 
     Returns:
         The prefix.
@@ -215,7 +234,13 @@ def make_prefix(
 
     link_global_config(root, venv)
     _replace_symlink(prefix.config_dir / "make.profile", profile_dir)
+    if binhost_keys is not None:
+        from swarmctl.binhost.signing import install_client_keyring
+
+        install_client_keyring(prefix.gnupg_home, binhost_keys, nobody_readable=verify_as_nobody)
     settings = _make_conf(prefix, pkgdir)
+    if not verify_as_nobody:
+        settings.update(GPG_VERIFY_USER_DROP="", GPG_VERIFY_GROUP_DROP="")
     settings.update(make_conf or {})
     _write_if_changed(prefix.config_dir / "make.conf", "".join(
         f'{key}="{_quote(value)}"\n' for key, value in settings.items()))
@@ -302,12 +327,10 @@ def hand_over(prefix: PortagePrefix, user: BuildUser) -> None:
 def binrepos_conf(url: str) -> str:
     """The binrepos.conf text for the swarm binhost at ``url``.
 
-    ``verify-signature = false`` because portage >= 3.0.74 refuses unsigned
-    binary packages by default and the swarm's integrity check is the binhost's
-    SHA256 + gpkg Manifest verification plus the index's MD5/SHA1.
+    It does not mention ``verify-signature``: portage's default (on, from the
+    global binrepos.conf) applies, and the binhost signs every package.
     """
-    return (f"[{BINREPO_NAME}]\npriority = 10\nsync-uri = {url.rstrip('/')}\n"
-            "verify-signature = false\n")
+    return f"[{BINREPO_NAME}]\npriority = 10\nsync-uri = {url.rstrip('/')}\n"
 
 
 def link_global_config(root: Path, venv: Path) -> None:
@@ -320,7 +343,7 @@ def link_global_config(root: Path, venv: Path) -> None:
         FileNotFoundError: The venv has no portage global config.
     """
     source = venv / _GLOBAL_CONFIG
-    for relative in ("make.globals", "sets/portage.conf"):
+    for relative in ("make.globals", "binrepos.conf", "sets/portage.conf"):
         target = source / relative
         if not target.is_file():
             raise FileNotFoundError(f"{target} missing: is portage installed in {venv}?")
@@ -340,6 +363,7 @@ def _make_conf(prefix: PortagePrefix, pkgdir: Path | None) -> dict[str, str]:
         "PORTAGE_INST_UID": "0",
         "PORTAGE_INST_GID": "0",
         "PORTAGE_TRUST_HELPER": "",
+        "BINPKG_GPG_VERIFY_GPG_HOME": str(prefix.gnupg_home),
         "ACCEPT_LICENSE": "*",
         "CLEAN_DELAY": "0",
         "EMERGE_WARNING_DELAY": "0",

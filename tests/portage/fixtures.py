@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.binhost.server import Gate, ServerSettings
+from swarmctl.binhost.signing import Keyring
 from swarmctl.drone.portage_builder import PortageBuilder
 from swarmctl.overlay import install_overlay
 from swarmctl.portage_env.prefix import make_prefix
@@ -43,8 +44,9 @@ def drone(tmp_path_factory: pytest.TempPathFactory, sample_repo: Path) -> Drone:
 def serve() -> Iterator[Callable[..., ServerThread]]:
     started: list[ServerThread] = []
 
-    def start(pkgdir: Path, gate: Gate, settings: ServerSettings | None = None) -> ServerThread:
-        server = ServerThread(pkgdir, gate, settings)
+    def start(pkgdir: Path, gate: Gate, settings: ServerSettings | None = None,
+              signing: Keyring | None = None) -> ServerThread:
+        server = ServerThread(pkgdir, gate, settings, signing)
         started.append(server)
         return server
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from swarmctl.binhost.server import BinhostServer, Gate, ServerSettings, make_server
+from swarmctl.binhost.signing import Keyring
 from swarmctl.drone.builders import BuildResult
 from swarmctl.drone.portage_builder import PortageBuilder
 from swarmctl.portage_env.prefix import PortagePrefix
@@ -47,8 +48,9 @@ def snapshot(pkgdir: Path) -> dict[str, bytes | None]:
 class ServerThread:
     """A BinhostServer running in a thread, always shut down at teardown."""
 
-    def __init__(self, pkgdir: Path, gate: Gate, settings: ServerSettings | None = None) -> None:
-        self.server: BinhostServer = make_server(pkgdir, "127.0.0.1:0", gate, settings)
+    def __init__(self, pkgdir: Path, gate: Gate, settings: ServerSettings | None = None,
+                 signing: Keyring | None = None) -> None:
+        self.server: BinhostServer = make_server(pkgdir, "127.0.0.1:0", gate, settings, keyring=signing)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 

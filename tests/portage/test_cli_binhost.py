@@ -13,8 +13,11 @@ from tests.helpers import free_port, run_cli, wait_until
 pytestmark = pytest.mark.portage
 
 
-def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:
-    Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str], keyring) -> None:  # type: ignore[no-untyped-def]
+    Publisher(pkgdir, keyring=keyring).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+    unpublished = run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env, check=False)
+    assert unpublished.returncode != 0 and "no public keys published" in unpublished.stdout
+    keyring.publish(pkgdir)
     ok = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], swarm_env)
     assert "1 package(s) verified" in ok.stdout + ok.stderr
     (pkgdir / "Packages").unlink()
@@ -26,8 +29,9 @@ def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> N
 
 
 def test_long_binhost_work_shows_progress_on_a_terminal_only(  # type: ignore[no-untyped-def]
-        drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:
-    Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+        drone, pkgdir: Path, swarm_env: dict[str, str], keyring) -> None:
+    Publisher(pkgdir, keyring=keyring).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+    keyring.publish(pkgdir)  # verify checks signatures against KEYS.asc
     tty = {**swarm_env, "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
     shown = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], tty).stdout
     assert "verifying with manifests" in shown and "1 of 1" in shown, shown

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gzip
 import shutil
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,11 +69,93 @@ def test_store_reparses_only_when_the_file_changed(tmp_path: Path) -> None:
     assert len(store.snapshot().entries) == 4
 
 
-def test_write_is_atomic_and_drops_stale_gz(tmp_path: Path) -> None:
+def test_write_produces_a_matching_packages_gz_with_a_growing_timestamp(tmp_path: Path) -> None:
     (tmp_path / "Packages.gz").write_bytes(b"old")
+    index = PackagesIndex(entries=synthetic_entries(2))
+    index.write(tmp_path / "Packages", ttl=600)
+    text = (tmp_path / "Packages").read_bytes()
+    assert gzip.decompress((tmp_path / "Packages.gz").read_bytes()) == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Packages", "Packages.gz"]
+    header = PackagesIndex.parse(text.decode()).header
+    assert header["TTL"] == "600"
+    stamp = int(header["TIMESTAMP"])
+    assert int((tmp_path / "Packages").stat().st_mtime) == int((tmp_path / "Packages.gz").stat().st_mtime) == stamp
+    index.write(tmp_path / "Packages")  # in the same second: TIMESTAMP still moves on
+    assert PackagesIndex.read(tmp_path / "Packages").timestamp > stamp
+
+
+def test_store_repairs_a_write_interrupted_between_the_two_renames(tmp_path: Path) -> None:
     PackagesIndex(entries=synthetic_entries(2)).write(tmp_path / "Packages")
-    assert not (tmp_path / "Packages.gz").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Packages"]
+    newer = PackagesIndex(entries=synthetic_entries(3))
+    newer.write(tmp_path / "next")  # the gz copy is renamed first: simulate dying right after it
+    (tmp_path / "next.gz").rename(tmp_path / "Packages.gz")
+    store = IndexStore(tmp_path)
+    with store.locked() as index:
+        assert len(index.entries) == 3
+    assert gzip.decompress((tmp_path / "Packages.gz").read_bytes()) == (tmp_path / "Packages").read_bytes()
+
+
+def test_concurrent_commits_are_grouped_and_none_is_lost(tmp_path: Path) -> None:
+    PackagesIndex(entries=synthetic_entries(1000)).write(tmp_path / "Packages")
+    store = IndexStore(tmp_path)
+    entries = list(synthetic_entries(1240).values())[1000:]
+    refused = []
+
+    def publish(part: list[dict[str, str]]) -> None:
+        for entry in part:
+            def apply(index: PackagesIndex, entry: dict[str, str] = entry) -> None:
+                if entry["PATH"].endswith("pkg1007-1-1.gpkg.tar"):
+                    raise ValueError("refused")  # one change refused: the others still land
+                index.add(entry)
+            try:
+                store.commit(apply)
+            except ValueError:
+                refused.append(entry["PATH"])
+
+    threads = [threading.Thread(target=publish, args=(entries[i::8],)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    final = PackagesIndex.read(tmp_path / "Packages")
+    assert len(final.entries) == 1239 and refused == ["app-synth/pkg1007/pkg1007-1-1.gpkg.tar"]
+    assert store.committed_changes == 239 and store.commits < 239  # some changes were written together
+    assert gzip.decompress((tmp_path / "Packages.gz").read_bytes()) == (tmp_path / "Packages").read_bytes()
+
+
+CRASHER = """
+import os, sys
+from pathlib import Path
+from swarmctl.binhost.index import IndexStore, PackagesIndex
+pkgdir = Path(sys.argv[1]); store = IndexStore(pkgdir); start = int(sys.argv[2])
+for i in range(start, start + 100000):
+    rel = f"app-crash/p{i}/p{i}-1-1.gpkg.tar"
+    def apply(index, rel=rel, i=i):
+        (pkgdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkgdir / rel).write_bytes(b"x")
+        index.add({"CPV": f"app-crash/p{i}-1", "PATH": rel, "SIZE": "1", "MD5": "0" * 32, "SHA1": "0" * 40,
+                   "BUILD_ID": "1"})
+    store.commit(apply)
+"""
+
+
+def test_kill_9_during_group_commits_leaves_no_entry_without_its_file(tmp_path: Path) -> None:
+    PackagesIndex(entries=synthetic_entries(20000)).write(tmp_path / "Packages")
+    for n in range(4):
+        proc = subprocess.Popen([sys.executable, "-c", CRASHER, str(tmp_path), str(n * 100000)])
+        time.sleep(1.3 + 0.35 * n)  # lands anywhere in a write of a 20,000-entry index
+        proc.kill()
+        proc.wait()
+        for name in ("Packages", "Packages.gz"):  # before any repair: both name only existing files
+            data = (tmp_path / name).read_bytes()
+            index = PackagesIndex.parse((gzip.decompress(data) if name.endswith(".gz") else data).decode())
+            assert len(index.entries) >= 20000
+            assert all((tmp_path / rel).exists() for rel in index.entries if rel.startswith("app-crash/"))
+        with IndexStore(tmp_path).locked():
+            pass
+        assert gzip.decompress((tmp_path / "Packages.gz").read_bytes()) == (tmp_path / "Packages").read_bytes()
+    assert len(list(tmp_path.glob("app-crash/*/*"))) > 4  # the crasher did publish before each kill
+
 
 
 def test_add_refuses_entries_clients_would_reject() -> None:
@@ -110,3 +197,22 @@ def test_reindex_without_prefix_uses_a_scratch_one(drone, pkgdir: Path) -> None:
     shutil.copy(drone.gpkg(CPVS[0]), target)
     assert reindex(pkgdir) == 1
     assert verify(pkgdir).ok
+
+
+def test_incremental_render_matches_a_full_render() -> None:
+    import random
+
+    rng = random.Random(7)
+    index = PackagesIndex(entries=synthetic_entries(300))
+    index.render()  # from here on, add/remove keep the cached order
+    extra = list(synthetic_entries(400).values())[300:]
+    rng.shuffle(extra)
+    for entry in extra:
+        index.add(entry)
+        index.add({**entry, "BUILD_ID": "2", "PATH": entry["PATH"].replace("-1-1.", "-1-2.")})
+    for path in rng.sample(sorted(index.entries), 50):
+        assert index.remove(path)
+    index.add({**extra[0], "SIZE": "99"})  # replace an entry in place
+    incremental = index.render().split("\n\n", 1)[1]
+    fresh = PackagesIndex(entries=dict(index.entries)).render().split("\n\n", 1)[1]
+    assert incremental == fresh and "SIZE: 99" in incremental

@@ -23,7 +23,10 @@ def test_layout_env_and_binrepos(tmp_path: Path, sample_repo: Path) -> None:
     assert "-sandbox" in conf and "-binpkg-signing" in conf
     assert os.readlink(prefix.config_dir / "make.profile").endswith("profiles/default/linux/amd64")
     binrepos = (prefix.config_dir / "binrepos.conf").read_text()
-    assert "sync-uri = http://127.0.0.1:9\n" in binrepos and "verify-signature = false" in binrepos
+    assert "sync-uri = http://127.0.0.1:9\n" in binrepos and "verify-signature" not in binrepos
+    # portage's shipped default (verify-signature = true) reaches the prefix
+    assert "verify-signature = true" in (prefix.root / "share/portage/config/binrepos.conf").read_text()
+    assert f'BINPKG_GPG_VERIFY_GPG_HOME="{prefix.gnupg_home}"' in conf
     env = prefix.env({"PATH": "/usr/bin:/bin", "PKGDIR": "/elsewhere", "ROOT": "/mnt"})
     assert env["PORTAGE_OVERRIDE_EPREFIX"] == str(prefix.root)
     assert env["PATH"].split(":")[0] == str(Path(sys.prefix) / "bin")

@@ -25,7 +25,10 @@ def test_demo_builds_everything_once_blocks_the_broken_package_and_serves_a_clie
     for field in ("MD5:", "SHA1:", "SIZE:", "SHA256:"):
         assert field in packages
     assert "CPV: app-broken/broken-1" not in packages
-    assert verify(workdir / "binhost").ok
+    assert verify(workdir / "binhost", check_signatures=True).ok  # every package signed by KEYS.asc's key
+    assert (workdir / "binhost" / "KEYS.asc").read_text().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+    assert "signatures verified" in out and "altered after signing was refused" in out
+    assert "verify-signature" not in (workdir / "client/etc/portage/binrepos.conf").read_text()
     assert not (workdir / "redis" / "redis.sock").exists()  # the demo stopped its Redis
     logs = {p.parent.parent.parent.name for p in (workdir / "drones").glob("*/state/logs/*.log")}
     assert len(logs) >= 2  # the work was spread over several drones

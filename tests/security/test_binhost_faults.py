@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import socket
 import subprocess
 import threading
@@ -25,12 +26,14 @@ import pytest
 import redis
 
 from swarmctl.binhost.client import BinhostClient, UploadVerdict, outcome_of
-from swarmctl.binhost.index import PackagesIndex, verify
+from swarmctl.binhost.index import UPLOAD_SHA256_KEY, FileDigests, PackagesIndex, verify
 from swarmctl.binhost.server import ServerSettings
+from swarmctl.binhost.signing import Keyring, sign_gpkg, signature_present
 from swarmctl.config import Config
 from tests.helpers import wait_until
 from tests.portage.fixtures import drone, pkgdir, sample_repo, serve  # noqa: F401 - fixtures
 from tests.portage.helpers import snapshot
+from tests.portage.signing_fixtures import keyring, keyrings  # noqa: F401 - fixtures
 from tests.portage.test_publish import HELLO, Swarm, sha
 
 pytestmark = pytest.mark.portage
@@ -70,27 +73,29 @@ def upload_in_background(url: str, path: Path, swarm: Swarm) -> tuple[threading.
 
 
 @pytest.mark.parametrize("point", ["linked", "indexed"])
-def test_binhost_killed_mid_publish_recovers_and_the_retry_succeeds(point: str, drone, swarm, pkgdir, spawn) -> None:  # type: ignore[no-untyped-def]
+def test_binhost_killed_mid_publish_recovers_and_the_retry_succeeds(point: str, drone, swarm, pkgdir, spawn,  # type: ignore[no-untyped-def]
+                                                                   keyring: Keyring) -> None:
     hello = drone.gpkg(HELLO)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     args = ["binhost", "serve", "--dir", str(pkgdir), "--listen", f"127.0.0.1:{port}"]
-    first = spawn(args, env={"SWARM_TEST_BINHOST_PAUSE": point}, name="binhost-paused")
+    signing = {"SWARM_BINHOST_GNUPG_HOME": str(keyring.home)}
+    first = spawn(args, env={**signing, "SWARM_TEST_BINHOST_PAUSE": point}, name="binhost-paused")
     assert wait_until(lambda: answering(url), timeout=20), spawn.output(first)
     thread, verdicts = upload_in_background(url, hello, swarm)
     assert wait_until(lambda: f"paused at {point}" in spawn.output(first), timeout=30), spawn.output(first)
     first.kill()  # SIGKILL, mid-publish
     first.wait(10)
 
-    # What the crash left: the file in place, a .part upload file, and the index without it
-    # ("linked") or with it but the job never completed ("indexed").
-    assert (pkgdir / DEST).read_bytes() == hello.read_bytes()
+    # What the crash left: the signed file in place, a .part upload file, and the index without
+    # it ("linked") or with it but the job never completed ("indexed").
+    assert signature_present(pkgdir / DEST) and not signature_present(hello)
     assert [p.suffix for p in (pkgdir / ".swarm-tmp").iterdir()] == [".part"]
     indexed = DEST in PackagesIndex.read(pkgdir / "Packages").entries
     assert indexed == (point == "indexed")
     assert swarm.queue.get(HELLO).state == "delegated"
 
-    second = spawn(args, name="binhost-restarted")
+    second = spawn(args, env=signing, name="binhost-restarted")
     thread.join(60)
     assert verdicts, "the drone's upload never finished"
     verdict = verdicts[0]
@@ -98,8 +103,11 @@ def test_binhost_killed_mid_publish_recovers_and_the_retry_succeeds(point: str, 
     assert outcome_of(verdict) == "ok"
     assert swarm.queue.get(HELLO).state == "built"
     assert list((pkgdir / ".swarm-tmp").iterdir()) == []
-    assert PackagesIndex.read(pkgdir / "Packages").entries[DEST]["SHA256"] == sha(hello)
-    report = verify(pkgdir, check_manifests=True)
+    entry = PackagesIndex.read(pkgdir / "Packages").entries[DEST]
+    # The entry describes the signed bytes and still knows the drone's upload (its retry).
+    assert entry["SHA256"] == FileDigests.of(pkgdir / DEST).sha256 != sha(hello)
+    assert entry[UPLOAD_SHA256_KEY] == sha(hello)
+    report = verify(pkgdir, check_manifests=True, check_signatures=True)
     assert report.ok, report.problems
     if point == "linked":
         assert "1 unindexed package(s) indexed" in spawn.output(second)
@@ -123,6 +131,25 @@ def test_an_unindexed_file_that_does_not_verify_is_quarantined(drone, swarm, pkg
     assert DEST not in PackagesIndex.read(pkgdir / "Packages").entries
     with pytest.raises(urllib.error.HTTPError):
         urllib.request.urlopen(f"{server.url}/.swarm-quarantine/{DEST}", timeout=5)
+
+
+@pytest.mark.parametrize("signer", ["unsigned", "other_key"])
+def test_an_unindexed_file_not_signed_by_the_binhost_is_quarantined(signer: str, drone, swarm, pkgdir, serve,  # type: ignore[no-untyped-def]
+                                                                   keyrings) -> None:
+    """A signing binhost adopts a leftover only if its own key signed it: an intact package
+    unsigned or signed by another key is moved aside, never indexed."""
+    leftover = pkgdir / DEST
+    leftover.parent.mkdir(parents=True)
+    shutil.copyfile(drone.gpkg(HELLO), leftover)
+    if signer == "other_key":
+        sign_gpkg(leftover, keyrings())
+    data = leftover.read_bytes()
+    own = keyrings()
+    own.publish(pkgdir)
+    server = serve(pkgdir, swarm.gate, signing=own)
+    assert server.server.recovery.quarantined == [DEST]
+    assert (pkgdir / ".swarm-quarantine" / DEST).read_bytes() == data and not leftover.exists()
+    assert DEST not in PackagesIndex.read(pkgdir / "Packages").entries
 
 
 # -- a full disk -------------------------------------------------------------------------------------
@@ -154,13 +181,20 @@ def fill(disk: Path, leave: int) -> Path:
     return filler
 
 
-@pytest.mark.parametrize("where", ["body", "index"])
-def test_a_full_disk_is_io_error_and_the_drone_keeps_the_job(where: str, drone, swarm, small_disk, serve) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("where", ["body", "signing", "index"])
+def test_a_full_disk_is_io_error_and_the_drone_keeps_the_job(where: str, drone, swarm, small_disk, serve,  # type: ignore[no-untyped-def]
+                                                            keyring: Keyring) -> None:
     hello = drone.gpkg(HELLO)
-    binhost = serve(small_disk, swarm.gate, ServerSettings(max_upload_bytes=1024 * 1024, read_timeout=5.0))
+    # "index" publishes unsigned: signing frees the upload's pages when it renames its copy
+    # over it, which would leave room for the index.
+    binhost = serve(small_disk, swarm.gate, ServerSettings(max_upload_bytes=1024 * 1024, read_timeout=5.0),
+                    signing=None if where == "index" else keyring)
+    if where != "index":
+        keyring.publish(small_disk)  # KEYS.asc, as `binhost serve` writes it
     page = os.statvfs(small_disk).f_frsize
     body_pages = -(-hello.stat().st_size // page)
-    # "body": no room at all; "index": room for the upload's pages only, not for Packages.
+    # "body": no room at all; "signing", "index": room for the upload's pages only (not for the
+    # signed copy, not for Packages).
     filler = fill(small_disk, 0 if where == "body" else body_pages * page)
     before = snapshot(small_disk)
     client = BinhostClient(binhost.url, "d1", swarm.token, attempts=1, timeout=10)
@@ -175,4 +209,4 @@ def test_a_full_disk_is_io_error_and_the_drone_keeps_the_job(where: str, drone, 
         filler.unlink()
     again = client.upload(hello, HELLO, swarm.leases[HELLO], sha256=sha(hello))
     assert again.accepted, again
-    assert verify(small_disk, check_manifests=True).ok
+    assert verify(small_disk, check_manifests=True, check_signatures=where != "index").ok

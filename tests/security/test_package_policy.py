@@ -25,6 +25,7 @@ from swarmctl.binhost.index import PackagesIndex
 from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.server import QueueGate, ServerSettings
+from swarmctl.binhost.signing import Keyring
 from swarmctl.config import Config
 from swarmctl.drone.daemon import DroneDaemon
 from swarmctl.drone.portage_builder import PortageBuilder
@@ -34,6 +35,7 @@ from swarmctl.portage_env.prefix import make_prefix
 from tests.helpers import run_cli
 from tests.portage.fixtures import drone, pkgdir, sample_repo, serve  # noqa: F401 - fixtures
 from tests.portage.helpers import copy_overlay_with, snapshot
+from tests.portage.signing_fixtures import keyring, keyrings  # noqa: F401 - fixtures
 from tests.portage.test_publish import HELLO, Swarm, sha
 from tests.security.forge import forged_gpkg, member
 from tests.security.test_uploads import whole_tree
@@ -157,7 +159,8 @@ def test_prefix_packages_are_judged_where_they_install(dest: str, eprefix: str, 
     assert ContentPolicy.default().protected(dest, "app-misc/x", eprefix) == protected
 
 
-def test_verify_manifests_applies_the_same_policy(drone, tmp_path: Path, swarm_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_verify_manifests_applies_the_same_policy(drone, tmp_path: Path, swarm_env: dict[str, str],  # type: ignore[no-untyped-def]
+                                                  keyring: Keyring) -> None:
     pkgdir = tmp_path / "binhost"
     lax = ContentPolicy(repositories=("swarm-sample",))  # nothing protected, no mode allowed... but checked
     forged = forged_gpkg(drone.gpkg(HELLO), tmp_path / "hello-1-1.gpkg.tar",
@@ -165,12 +168,15 @@ def test_verify_manifests_applies_the_same_policy(drone, tmp_path: Path, swarm_e
     with pytest.raises(PublishRefused):
         Publisher(pkgdir, policy=lax).publish_file(forged, HELLO)
     lax = ContentPolicy(repositories=("swarm-sample",), mode_allow=("*",))  # a binhost that allowed it
-    Publisher(pkgdir, policy=lax).publish_file(forged, HELLO)
-    plain = run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env)
+    Publisher(pkgdir, policy=lax, keyring=keyring).publish_file(forged, HELLO)
+    keyring.publish(pkgdir)
+    # Index only (sizes, checksums): the policy is not looked at.
+    plain = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--no-signatures"], swarm_env)
     assert "1 package(s) verified" in plain.stdout + plain.stderr
     deep = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], swarm_env, check=False)
     assert deep.returncode != 0
     assert "usr/share/swarm-evil/rootshell: setuid" in deep.stdout + deep.stderr
+    assert "1 problem(s)" in deep.stdout + deep.stderr  # its signature (the binhost's) verifies
     assert "Traceback" not in deep.stderr
 
 

@@ -1,14 +1,17 @@
 # ruff: noqa: F811 - the portage fixtures imported below are used as test parameters
 """Threat family: secrets at rest and in output. A real flow, then a grep for its tokens.
 
-Two drones are enrolled through the CLI; one runs as a daemon process, the other
-uploads real packages through the binhost client (accepted and refused uploads);
-operators read ``drones``, ``events``, ``queue list/show`` as JSON; an Ansible playbook
-gets a token as an extra var. Then every file written under the test's directories,
+The binhost makes its signing key and serves signed packages; two drones are
+enrolled through the CLI; one runs as a daemon process, the other uploads real
+packages through the binhost client (accepted and refused uploads); operators
+read ``drones``, ``events``, ``queue list/show`` as JSON; an Ansible playbook gets
+a token as an extra var. Then every file written under the test's directories,
 every captured output, every Redis value and ansible-runner's artifacts are searched
-for the tokens. The only places a token may be: the enroll command's stdout (that is
-its job), the playbook's own destination file, and ansible-runner's private
-``env/extravars`` input (mode 0600 inside a 0700 dir; see docs/security.md).
+for the tokens, and for the signing key's secret and its revocation certificate
+(which may live only in the binhost's GnuPG home). The only places a token may be:
+the enroll command's stdout (that is its job), the playbook's own destination file,
+and ansible-runner's private ``env/extravars`` input (mode 0600 inside a 0700 dir;
+see docs/security.md).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import io
 import json
 import os
 import pwd
+import re
 import secrets
 import shutil
 import signal
@@ -43,6 +47,7 @@ from swarmctl.queue import Queue
 from tests.helpers import RedisProcess, Spawner, free_port, isolated_env, run_cli, wait_until
 from tests.portage.fixtures import drone, sample_repo  # noqa: F401 - fixtures
 from tests.portage.helpers import copy_overlay_with
+from tests.portage.signing_fixtures import Keyrings, keyrings  # noqa: F401 - keyrings is a fixture
 
 pytestmark = pytest.mark.portage
 HELLO, GREETER = "app-misc/hello-1", "app-misc/greeter-1"
@@ -77,9 +82,29 @@ def redis_values(client: redis.Redis) -> str:
     return "\n".join(parts)
 
 
+def signing_secrets(home: Path) -> dict[str, bytes]:
+    """The binhost's secret key scalar (hex and raw) and its revocation certificate's body."""
+    secrets = {}
+    for key_file in (home / "private-keys-v1.d").glob("*.key"):
+        scalar = re.search(r"\(d\s+#([0-9A-Fa-f]+)#\)", key_file.read_text())
+        assert scalar, f"no secret scalar found in {key_file.name}"
+        secrets[f"{key_file.name} hex"] = scalar.group(1).encode()
+        secrets[f"{key_file.name} hex lower"] = scalar.group(1).lower().encode()
+        secrets[f"{key_file.name} raw"] = bytes.fromhex(scalar.group(1))
+    for cert in (home / "openpgp-revocs.d").glob("*.rev"):
+        body = [line for line in cert.read_text().splitlines() if len(line) > 40 and " " not in line]
+        assert body, "no revocation certificate body"
+        secrets[f"{cert.name} body"] = max(body, key=len).encode()
+    assert len(secrets) >= 4
+    return secrets
+
+
 def test_tokens_never_appear_in_logs_events_json_or_artifacts(
-        drone, swarm_env: dict[str, str], spawn: Spawner, redis_client: redis.Redis, config, tmp_path: Path) -> None:
-    env = {**swarm_env, "SWARM_LOG_FILE": str(tmp_path / "logs" / "swarmctl.log")}
+        drone, swarm_env: dict[str, str], spawn: Spawner, redis_client: redis.Redis, config, tmp_path: Path,
+        keyrings: Keyrings) -> None:
+    signing_home = keyrings(with_key=False).home  # the binhost's private GnuPG home, outside tmp_path
+    env = {**swarm_env, "SWARM_LOG_FILE": str(tmp_path / "logs" / "swarmctl.log"),
+           "SWARM_BINHOST_GNUPG_HOME": str(signing_home)}
     spawn.env = env
     outputs: list[str] = []
 
@@ -110,6 +135,7 @@ def test_tokens_never_appear_in_logs_events_json_or_artifacts(
 
     pkgdir = tmp_path / "binhost"
     pkgdir.mkdir()
+    cli("binhost", "key", "init", "--dir", str(pkgdir))
     port = free_port()
     spawn(["-vv", "binhost", "serve", "--dir", str(pkgdir), "--listen", f"127.0.0.1:{port}"], name="binhost")
     url = f"http://127.0.0.1:{port}"
@@ -181,6 +207,17 @@ def test_tokens_never_appear_in_logs_events_json_or_artifacts(
     for name, token in tokens.items():
         assert token not in text, f"{name}'s token is in an output or in Redis"
 
+    # The signing key: used (the published packages are signed), never written anywhere else.
+    assert b"-----BEGIN PGP SIGNATURE-----" in next(pkgdir.rglob("hello-1-*.gpkg.tar")).read_bytes()
+    signing = signing_secrets(signing_home)
+    blob = text.encode()
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            data = path.read_bytes()
+            for name, secret in signing.items():
+                assert secret not in data, f"signing secret ({name}) is in {path.relative_to(tmp_path)}"
+    for name, secret in signing.items():
+        assert secret not in blob, f"signing secret ({name}) is in an output or in Redis"
 
 # -- builds cannot read the farm's secrets ----------------------------------------------------------
 
@@ -311,15 +348,16 @@ def test_a_build_cannot_read_the_drone_token_or_the_redis_password(
     password, cpv = secrets.token_hex(16), ("app-misc/thief-1" if mode == "build-user" else "app-misc/env-spy-1")
     server = RedisProcess(tmp_path / "redis", password=password).start()
     try:
-        _spy_run(mode, cpv, password, server.url, venv, sample_repo, open_dir, tmp_path)
+        signing_home = request.getfixturevalue("keyrings")().home  # the binhost signs what it publishes
+        _spy_run(mode, cpv, password, server.url, venv, sample_repo, open_dir, tmp_path, signing_home)
     finally:
         server.stop()
 
 
 def _spy_run(mode: str, cpv: str, password: str, redis_url: str, venv: Path, sample_repo: Path,
-             base: Path, tmp_path: Path) -> None:
+             base: Path, tmp_path: Path, signing_home: Path) -> None:
     env = {**isolated_env(tmp_path), "SWARM_LOG_FILE": str(tmp_path / "logs" / "swarmctl.log"),
-           "SWARM_REDIS_URL": redis_url}
+           "SWARM_REDIS_URL": redis_url, "SWARM_BINHOST_GNUPG_HOME": str(signing_home)}
     token = run_cli(["drone", "enroll", "spy"], env).stdout.strip()
     run_cli(["queue", "add", cpv], env)
     pkgdir = base / "binhost"
