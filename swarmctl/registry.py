@@ -25,6 +25,7 @@ from swarmctl.scripts import Scripts, decode
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _MACHINE_ID_RE = re.compile(r"[0-9a-f]{32}")
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_.~+/=-]{32,256}")
 STATUSES = ("building", "idle", "grounded", "stopping", "offline")
 
 
@@ -40,6 +41,18 @@ def validate_machine_id(machine_id: str) -> str:
     if not isinstance(machine_id, str) or not _MACHINE_ID_RE.fullmatch(machine_id):
         raise SwarmError(f"invalid machine id {machine_id!r} (32 hex digits, as in /etc/machine-id)")
     return machine_id
+
+
+def new_token() -> str:
+    """A fresh enrollment token (256 random bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def validate_token(token: str) -> str:
+    """A pre-generated token: at least 32 printable characters, no whitespace (it lives in YAML)."""
+    if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+        raise SwarmError("invalid token: it must be 32 to 256 characters from A-Z a-z 0-9 - _ . ~ + / =")
+    return token
 
 
 @dataclass
@@ -81,10 +94,13 @@ class DroneRegistry:
         self.config = config
         self.scripts = Scripts(client)
 
-    def enroll(self, name: str, machine_id: str | None = None) -> str:
-        """Enroll (or re-enroll, invalidating the old token) and return the new token."""
+    def enroll(self, name: str, machine_id: str | None = None, token: str | None = None) -> str:
+        """Enroll (or re-enroll, invalidating the old token) and return the token.
+
+        ``token`` is a pre-generated one (from a vault or a provisioning tool); None makes a new one.
+        """
         validate_name(name)
-        token = secrets.token_urlsafe(32)
+        token = new_token() if token is None else validate_token(token)
         fields: dict[str, Any] = {"token_sha256": token_sha(token), "revoked": 0,
                                   "enrolled_at": int(time.time() * 1000)}
         if machine_id:

@@ -112,8 +112,9 @@ def _add_counted(app: AppContext, specs: list[JobSpec]) -> AddReport:
 
 
 @queue.command("sync")
-@click.option("--world", "world_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="World file (one atom per line) to resolve.")
+@click.option("--world", "world_file", type=click.Path(dir_okay=False),
+              help="World file (one atom per line) to resolve (default: nightly.world_file, "
+                   "then /var/lib/portage/world).")
 @click.option("--binhost", "binhost", metavar="DIR|URL",
               help="The binhost's PKGDIR, Packages file or URL (default: binhost.dir, then binhost.url).")
 @click.option("--prefix", type=click.Path(file_okay=False),
@@ -121,22 +122,30 @@ def _add_counted(app: AppContext, specs: list[JobSpec]) -> AddReport:
 @click.option("--dry-run", is_flag=True, help="Resolve and report; queue nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
 @pass_app
-def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | None, dry_run: bool,
+def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: str | None, dry_run: bool,
          as_json: bool) -> None:
     """Resolve what world needs with portage and queue what the binhost lacks (all or nothing)."""
     from pathlib import Path
 
     from swarmctl.facts import FactStore
+    from swarmctl.nightly import nightly_world_path
     from swarmctl.portage_env.prefix import load_prefix
     from swarmctl.resolver import PackageResolver
 
+    world = Path(world_file) if world_file else nightly_world_path(app.config)
+    if not world.is_file():
+        raise click.ClickException(f"world file {str(world)!r} does not exist (--world or nightly.world_file)")
     prefix_dir = prefix or app.config.drone.prefix
     try:
         portage_prefix = load_prefix(Path(prefix_dir)) if prefix_dir else None
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     source = binhost or app.config.binhost.dir or app.config.binhost.url
-    resolution = PackageResolver(portage_prefix).resolve(Path(world_file), source)
+    if not source:
+        # Without a binhost every package counts as missing: coverage would read 0 %.
+        terminal.note("no binhost to compare with (--binhost, binhost.dir or binhost.url): "
+                      "every package counts as missing")
+    resolution = PackageResolver(portage_prefix).resolve(world, source)
     specs = resolution.job_specs()
     report = AddReport() if dry_run else _add_counted(app, specs)
     if not dry_run:
