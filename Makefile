@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check swarmctl plugins tests bench
+	$(BIN)/mypy
 	@if [ -f .yamllint ]; then $(BIN)/yamllint -s .; fi
 	@if [ -d roles ] && [ -f .ansible-lint ]; then PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/ansible-lint; fi
 
@@ -29,6 +30,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/monitor.py
 	$(BIN)/python bench/publish.py
+	$(BIN)/python bench/package_policy.py
 	$(BIN)/python bench/schedule.py
 
 clean:

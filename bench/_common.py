@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from swarmctl.embedded import RedisProcess
-from swarmctl.paths import isolated_env
-
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: bench/ is on the path, the tests package is not
+    sys.path.insert(0, str(REPO))
+
+from tests.helpers import RedisProcess, isolated_env  # noqa: E402
 
 
 def shared_data() -> Path:

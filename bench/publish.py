@@ -24,6 +24,7 @@ from pathlib import Path
 from swarmctl.binhost.client import BinhostClient
 from swarmctl.binhost.index import PackagesIndex
 from swarmctl.binhost.server import make_server
+from swarmctl.drone.builders import Artifact
 from swarmctl.drone.portage_builder import PortageBuilder
 from swarmctl.overlay import install_overlay
 from swarmctl.portage_env.prefix import make_prefix
@@ -60,7 +61,7 @@ def synthetic_index(pkgdir: Path, count: int) -> None:
     index.write(pkgdir / "Packages")
 
 
-def bench_publish(artifacts: list, work: Path, count: int) -> dict[str, float]:  # type: ignore[type-arg]
+def bench_publish(artifacts: list[Artifact], work: Path, count: int) -> dict[str, float]:
     pkgdir = work / f"binhost-{count}"
     pkgdir.mkdir()
     synthetic_index(pkgdir, count)

@@ -25,18 +25,10 @@ from swarmctl.config import load_config
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
+from tests.helpers import wait_until
 
 ROUNDS = 10
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def wait_for(predicate, timeout: float, step: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return False
 
 
 def main() -> None:
@@ -55,11 +47,11 @@ def main() -> None:
                 cpv = f"app-misc/victim{i}-1"
                 queue.add([JobSpec(cpv)])
                 drone = spawn_drone(f"d{i}", registry.enroll(f"d{i}"), "sleep 600", env, home / "logs")
-                assert wait_for(lambda c=cpv: client.hget(keys.job(c), "state") == "delegated", 30)
+                assert wait_until(lambda c=cpv: client.hget(keys.job(c), "state") == "delegated", 30, step=0.02)
                 time.sleep(1)  # mid-build, heartbeating
                 drone.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
-                assert wait_for(lambda c=cpv: client.zscore(keys.READY, c) is not None, 60)
+                assert wait_until(lambda c=cpv: client.zscore(keys.READY, c) is not None, 60, step=0.02)
                 samples.append(time.monotonic() - killed)
                 drone.wait()
                 print(f"round {i + 1}: claimable again after {samples[-1]:.2f} s")

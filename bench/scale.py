@@ -27,6 +27,7 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import private_redis, swarm_env
+from swarmctl import keys
 from swarmctl.config import load_config
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
@@ -154,7 +155,7 @@ def large_writes(tmp: Path) -> dict[str, object]:
         queue.clear()
         before = client.info("memory")["used_memory"]
         wide = timed_import(dag_file(tmp / "700.dag.json", wide_dag(700, 700)), url, env)
-        gate_keys = [k for k in client.scan_iter(match="swarm:job:*:*", count=5000)
+        gate_keys = [k for k in client.scan_iter(match=keys.JOB_PREFIX + "*:*", count=5000)
                      if k.endswith((":gates", ":dependents", ":needs", ":holders"))]
         with client.pipeline(transaction=False) as pipe:
             for key in gate_keys:
@@ -198,7 +199,7 @@ def main() -> None:
         for name, token in tokens.items():
             registry.heartbeat(name, token, {"status": "idle", "cpu": 3.0, "mem": 20.0})
         for size in (1_000, 20_000):
-            client.delete(*client.keys("swarm:job:*") or ["-"])
+            client.delete(*client.keys(keys.JOB_PREFIX + "*") or ["-"])
             queue.clear()
             t0 = time.perf_counter()
             queue.add(graph(size))
@@ -217,7 +218,7 @@ def main() -> None:
                        "redis_used_memory_mb": round(memory / 2**20, 1)})
         print(f"queue list --json ({n_jobs} jobs): {list_s:.2f} s; drones --json ({n_drones}): {drones_s:.2f} s; "
               f"Redis memory {memory / 2**20:.1f} MiB")
-    small, large = result["jobs_1000"]["claim"]["p50_ms"], result["jobs_20000"]["claim"]["p50_ms"]  # type: ignore[index]
+    small, large = result["jobs_1000"]["claim"]["p50_ms"], result["jobs_20000"]["claim"]["p50_ms"]
     result["claim_p50_growth_ratio"] = round(large / small, 2)
     print(f"claim p50 at 20,000 / at 1,000 jobs: {large / small:.2f}x")
     RESULTS.mkdir(exist_ok=True)

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -68,6 +69,7 @@ def run_playbook(
     *,
     timeout: int | None = None,
     playbook_dir: str | Path | None = None,
+    single_host: bool = False,
 ) -> PlaybookResult:
     """Run ``playbook`` against ``limit`` in ``inventory`` and summarise it per host.
 
@@ -81,6 +83,9 @@ def run_playbook(
         keep_artifacts: Run dirs kept under ``private_data_dir_root`` (older ones are deleted).
         timeout: Seconds before the run is cancelled (None: no limit).
         playbook_dir: Where bare playbook names are looked up.
+        single_host: ``limit`` must name exactly one host of the inventory, by its own name:
+            checked before anything runs (see :func:`single_host_problem`), else the result
+            is a refusal and Ansible never starts.
 
     Returns:
         The run's :class:`PlaybookResult`. Ansible failures are results, not exceptions.
@@ -94,6 +99,12 @@ def run_playbook(
     inv_path = Path(inventory).resolve()
     if not inv_path.exists():
         raise FileNotFoundError(f"inventory not found: {inv_path}")
+    if single_host:
+        problem = single_host_problem(inv_path, limit)
+        if problem:
+            summary = f"{play_path.name} [{limit}]: REFUSED: {problem}; nothing was run"
+            log.warning("%s", summary)
+            return PlaybookResult(ok=False, rc=-1, status="refused", hosts={}, summary=summary)
     root = Path(private_data_dir_root)
     root.mkdir(parents=True, exist_ok=True)
     data_dir = root / f"{time.strftime('%Y%m%dT%H%M%S')}-{play_path.stem}-{uuid.uuid4().hex[:8]}"
@@ -131,6 +142,45 @@ def run_playbook(
     (data_dir / "env" / "extravars").unlink(missing_ok=True)
     _prune(root, keep_artifacts, data_dir)
     return PlaybookResult(ok=ok, rc=rc, status=status, hosts=hosts, summary=summary, artifact_dir=artifact_dir)
+
+
+_RESOLVE_SCRIPT = """
+import json, sys
+from ansible.inventory.manager import InventoryManager
+from ansible.parsing.dataloader import DataLoader
+inventory = InventoryManager(loader=DataLoader(), sources=[sys.argv[1]])
+name = sys.argv[2]
+print(json.dumps({"group": name in inventory.groups, "host": name in inventory.hosts,
+                  "matches": sorted(h.name for h in inventory.get_hosts(pattern=name))}))
+"""
+
+
+def single_host_problem(inventory: str | Path, name: str, timeout: float = 120.0) -> str | None:
+    """Why ``name`` is not safe to use as a one-host limit in ``inventory``; None if it is.
+
+    An Ansible host pattern matches groups before hosts: a drone enrolled as ``binhost``
+    (or ``all``, or an inventory alias) would aim a playbook at every host of that group.
+    So the inventory is resolved the way ansible-playbook resolves it (its own
+    ``InventoryManager``, in a subprocess so the caller's process stays free of Ansible's
+    global state) and the name must be an inventory host, not a group, and resolve to
+    exactly that one host.
+    """
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "ANSIBLE_NOCOLOR": "1",
+           "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    try:
+        done = subprocess.run([sys.executable, "-c", _RESOLVE_SCRIPT, str(inventory), name], env=env,
+                              capture_output=True, text=True, timeout=timeout, check=False,
+                              stdin=subprocess.DEVNULL)
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        return f"cannot resolve {name!r} in the inventory {inventory}"
+    if found["group"]:
+        return f"{name!r} is an inventory group, not one host"
+    if not found["host"]:
+        return f"{name!r} is not a host of the inventory {inventory}"
+    if found["matches"] != [name]:
+        return f"{name!r} matches {len(found['matches'])} hosts ({', '.join(found['matches'][:5])}), not one"
+    return None
 
 
 def summarize_events(events: Iterable[Mapping[str, Any]], stats: Mapping[str, Any]) -> dict[str, str]:

@@ -83,3 +83,25 @@ def validate_atom(text: str) -> str:
     if bool(match["op"]) != has_version or (match["glob"] and match["op"] != "="):
         raise InvalidAtom(f"not a valid Gentoo atom {text!r} (operator and version go together)")
     return candidate
+
+
+_BUILD_ID = re.compile(r"-([1-9][0-9]{0,9})$")  # ASCII digits, as the rest of the grammar
+
+
+def split_build_id(text: str) -> tuple[str, int | None]:
+    """``("app-misc/hello-1", 3)`` for ``app-misc/hello-1-3``, ``("hello-1", 3)`` for ``hello-1-3``.
+
+    Binary packages carry a BUILD_ID after the version (emerge's output, gpkg
+    file names). A PN never ends in a hyphen and a version (PMS 3.1.2), so a
+    trailing ``-N`` after a valid version is the BUILD_ID; without one the
+    text comes back with None.
+    """
+    match = _BUILD_ID.search(text)
+    if match is None:
+        return text, None
+    head = text[:match.start()]
+    try:
+        validate_cpv(head if "/" in head else f"any/{head}")
+    except InvalidAtom:
+        return text, None
+    return head, int(match[1])

@@ -1,13 +1,12 @@
-"""Exponential backoff with full jitter, for Redis, SSH and binhost retries."""
+"""Exponential backoff with jitter, for Redis, SSH and binhost retries.
+
+Not "full jitter": each delay is at least half the base, so a retry never comes back at once.
+"""
 
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable, Iterator
-from typing import TypeVar
-
-T = TypeVar("T")
+from collections.abc import Iterator
 
 
 def delays(base: float = 0.5, cap: float = 30.0, factor: float = 2.0,
@@ -18,22 +17,3 @@ def delays(base: float = 0.5, cap: float = 30.0, factor: float = 2.0,
     while True:
         yield pick(base / 2, ceiling)
         ceiling = min(cap, ceiling * factor)
-
-
-def retry(call: Callable[[], T], *, retry_on: tuple[type[BaseException], ...], attempts: int = 5,
-          base: float = 0.5, cap: float = 30.0,
-          on_retry: Callable[[int, BaseException, float], None] | None = None,
-          sleep: Callable[[float], None] = time.sleep) -> T:
-    """Call until it succeeds or ``attempts`` calls failed (then the last error is raised)."""
-    waits = delays(base, cap)
-    for attempt in range(1, attempts + 1):
-        try:
-            return call()
-        except retry_on as exc:
-            if attempt == attempts:
-                raise
-            wait = next(waits)
-            if on_retry is not None:
-                on_retry(attempt, exc, wait)
-            sleep(wait)
-    raise AssertionError("unreachable")

@@ -23,6 +23,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 logger = logging.getLogger("swarmctl.build_env")
 
@@ -84,7 +85,15 @@ def resolve_build_user(name: str | None) -> BuildUser | None:
     return BuildUser(name=entry.pw_name, uid=entry.pw_uid, gid=entry.pw_gid, home=entry.pw_dir)
 
 
-def as_user(user: BuildUser | None) -> dict[str, object]:
+class UserArgs(TypedDict, total=False):
+    """The ``subprocess.Popen`` keyword arguments :func:`as_user` gives."""
+
+    user: int
+    group: int
+    extra_groups: list[int]
+
+
+def as_user(user: BuildUser | None) -> UserArgs:
     """``subprocess.Popen`` arguments that run the child as ``user`` (no supplementary groups).
 
     Popen switches in the forked child before exec, without a preexec_fn (unsafe with threads).
@@ -102,7 +111,7 @@ def hide_process() -> bool:
     """
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+        return bool(libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
 

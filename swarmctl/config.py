@@ -114,6 +114,17 @@ _CHECKS: dict[str, Callable[[Any], str | None]] = {
 class Config:
     """Resolved settings; ``config.queue.policy`` or ``config.get("queue.policy")``."""
 
+    # One namespace per section of swarmctl.defaults (a test keeps this list equal to SECTIONS).
+    redis: SimpleNamespace
+    queue: SimpleNamespace
+    drone: SimpleNamespace
+    orchestrator: SimpleNamespace
+    breaker: SimpleNamespace
+    healing: SimpleNamespace
+    binhost: SimpleNamespace
+    log: SimpleNamespace
+    nightly: SimpleNamespace
+
     def __init__(self, values: dict[str, Any], source: Path | None = None) -> None:
         self._values = values
         self.source = source

@@ -26,7 +26,7 @@ def describe(config: Config) -> str:
         host = parts.hostname or ""
         if parts.port:
             host = f"{host}:{parts.port}"
-        return urlunsplit((parts.scheme, host, parts.path, "", "")) or cfg.url
+        return urlunsplit((parts.scheme, host, parts.path, "", "")) or str(cfg.url)
     return str(EmbeddedRedis(cfg.data_dir))
 
 
@@ -76,3 +76,9 @@ def unavailable(config: Config, exc: BaseException) -> BackendUnavailable:
     """The one-line error for a server that cannot be reached."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return BackendUnavailable(f"cannot reach {describe(config)}: {reason}")
+
+
+def server_time(client: redis.Redis) -> float:
+    """Redis's clock in epoch seconds: the one clock for every time stored in Redis."""
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1e6

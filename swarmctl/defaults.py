@@ -163,6 +163,39 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("binhost", "max_connections_per_address", 16, int, "Connections one client address may hold.",
             min=1, max=100_000),
     Setting("binhost", "upload_retries", 5, int, "Upload attempts before giving up.", min=1, max=100),
+    # Binhost content policy (swarmctl/binhost/policy.py): what a package may contain.
+    Setting("binhost", "repositories", ["swarm-sample"], list,
+            "Repositories a published package may come from (its REPO); list every repository the "
+            "drones build from, e.g. [gentoo, my-overlay]. Empty: any."),
+    Setting("binhost", "protected_paths", [
+        "/etc/cron.d", "/etc/cron.hourly", "/etc/cron.daily", "/etc/cron.weekly", "/etc/cron.monthly",
+        "/etc/crontab", "/var/spool/cron", "/etc/sudoers", "/etc/sudoers.d", "/etc/doas.conf",
+        "/etc/ld.so.preload", "/etc/passwd", "/etc/shadow", "/etc/group", "/etc/gshadow", "/etc/ssh",
+        "/etc/portage", "/root", "/home", "/var/db/pkg"], list,
+            "Installed paths no package may write to or below, nor link to (unless path_allow allows it)."),
+    Setting("binhost", "path_allow", [
+        "sys-apps/baselayout:*", "sys-process/*:/etc/cron*", "sys-process/*:/var/spool/cron*",
+        "app-admin/logrotate:/etc/cron.daily/*", "sys-apps/man-db:/etc/cron.daily/*",
+        "sys-apps/mlocate:/etc/cron.daily/*", "sys-apps/plocate:/etc/cron.daily/*",
+        "sys-fs/mdadm:/etc/cron.weekly/*", "app-admin/sudo:/etc/sudoers*", "app-admin/doas:/etc/doas.conf",
+        "net-misc/openssh*:/etc/ssh*"], list,
+            "Exceptions to protected_paths: CATEGORY/PN-GLOB:PATH-GLOB (or PATH-GLOB for any package)."),
+    Setting("binhost", "mode_allow", [
+        "sys-apps/shadow:*", "sys-apps/util-linux:*", "app-admin/sudo:*", "app-admin/doas:*", "sys-auth/polkit:*",
+        "sys-apps/dbus:*", "net-misc/iputils:*", "sys-process/*:*", "net-misc/openssh*:*", "app-misc/screen:*",
+        "sys-fs/fuse*:*", "sys-apps/bubblewrap:*", "mail-mta/*:*", "x11-base/xorg-server:*",
+        "sys-apps/man-db:*"], list,
+            "Files that may be setuid, setgid or world-writable: CATEGORY/PN-GLOB:PATH-GLOB (or PATH-GLOB)."),
+    Setting("binhost", "max_metadata_bytes", 64 * 1024**2, int,
+            "Largest unpacked metadata tar of a package (checked while it streams).", min=64 * 1024, max=2**40),
+    Setting("binhost", "max_unpacked_bytes", 16 * 1024**3, int,
+            "Largest unpacked image of a package (checked while it streams).", min=1024**2, max=2**50),
+    Setting("binhost", "max_unpacked_ratio", 200.0, float,
+            "Largest unpacked/packed size ratio of a package's metadata or image above 256 MiB "
+            "unpacked (decompression bombs); 0: no ratio cap.", min=0.0, max=1e9),
+    Setting("binhost", "max_index_value_bytes", 32 * 1024, int,
+            "Longest metadata value (DESCRIPTION, RDEPEND...) a package may put in the Packages index.",
+            min=256, max=64 * 1024**2),
     # Logs.
     Setting("log", "json", False, bool, "Log one JSON object a line (for log shippers)."),
     Setting("log", "file", None, str, "Also log to this file, rotated."),

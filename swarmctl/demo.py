@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,6 @@ class SwarmSummary:
     index_problems: list[str]
     seconds: float
     client_ok: bool | None = None
-    client_output: str = ""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -102,7 +102,7 @@ class LocalSwarm:
         for i in range(1, self.n_drones + 1):
             self.start_drone(f"drone-{i}")
 
-    def _thread(self, target, name: str) -> None:  # type: ignore[no-untyped-def]
+    def _thread(self, target: Callable[[], object], name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
         thread.start()
         self._threads.append(thread)
@@ -141,7 +141,7 @@ class LocalSwarm:
         counts = self.queue.counts()
         return counts["needed"] == 0 and counts["delegated"] == 0
 
-    def wait(self, timeout: float, on_tick=None) -> bool:  # type: ignore[no-untyped-def]
+    def wait(self, timeout: float, on_tick: Callable[[], None] | None = None) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if on_tick is not None:

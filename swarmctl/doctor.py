@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from rich.table import Table
-from rich.text import Text
 
 from swarmctl import keys
-from swarmctl.cli import terminal
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT, describe
 from swarmctl.exceptions import SwarmError
 from swarmctl.facts import FactStore, SwarmFacts
+from swarmctl.humanize import ago
 from swarmctl.nightly import last_nightly, last_started, nightly_status_path, read_nightly_file
 from swarmctl.registry import DroneRegistry
 
@@ -120,7 +118,7 @@ def check_drones(client: redis.Redis, config: Config) -> Check:
                      "swarm-drone / rc-service swarm-drone status) and that they reach Redis")
     problems = []
     if silent:
-        ages = [f"{d.name} ({terminal.ago(d.heartbeat_age)})" for d in silent]
+        ages = [f"{d.name} ({ago(d.heartbeat_age)})" for d in silent]
         problems.append(f"silent: {_names(ages)}")
     if grounded:
         problems.append(f"grounded: {_names(grounded)}")
@@ -142,13 +140,13 @@ def check_cron(meta: FactStore, now: float) -> Check:
     age = now - verified.time
     detail = f" ({verified.detail})" if verified.detail else ""
     if not verified.ok:
-        return Check("cron", "fail", f"cron verification FAILED {terminal.ago(age)} ago{detail}",
+        return Check("cron", "fail", f"cron verification FAILED {ago(age)} ago{detail}",
                      "the nightly job is not scheduled: check that cronie (not dcron) runs and "
                      "crontab -l shows the entry, then converge the binhost again")
     if age > CRON_VERIFY_MAX_AGE:
-        return Check("cron", "warn", f"cron last verified {terminal.ago(age)} ago{detail}",
+        return Check("cron", "warn", f"cron last verified {ago(age)} ago{detail}",
                      "converge the binhost again to re-verify the schedule")
-    return Check("cron", "ok", f"nightly cron entry verified scheduled {terminal.ago(age)} ago{detail}")
+    return Check("cron", "ok", f"nightly cron entry verified scheduled {ago(age)} ago{detail}")
 
 
 def check_nightly(meta: FactStore | None, config: Config, now: float) -> Check:
@@ -165,17 +163,17 @@ def check_nightly(meta: FactStore | None, config: Config, now: float) -> Check:
                      "check the cron check above, then run the nightly playbook by hand and read its log")
     if latest.event == "FAILED":
         detail = f": {latest.detail}" if latest.detail else ""
-        return Check("nightly", "fail", f"last nightly FAILED {terminal.ago(now - latest.time)} ago{detail}",
+        return Check("nightly", "fail", f"last nightly FAILED {ago(now - latest.time)} ago{detail}",
                      "read the nightly log; a sync failure falls back to emerge-webrsync, so check the "
                      "network and mirrors too")
     if now - started > NIGHTLY_MAX_GAP:
-        return Check("nightly", "fail", f"last nightly STARTED {terminal.ago(now - started)} ago",
+        return Check("nightly", "fail", f"last nightly STARTED {ago(now - started)} ago",
                      "cron did not run it: check the cron line above and the binhost's cron log")
     if latest.event == "STARTED" and now - latest.time > NIGHTLY_MAX_RUN:
-        return Check("nightly", "warn", f"nightly STARTED {terminal.ago(now - latest.time)} ago and never "
+        return Check("nightly", "warn", f"nightly STARTED {ago(now - latest.time)} ago and never "
                      "finished", "the run probably died: read its log, then run it again")
-    return Check("nightly", "ok", f"last nightly {latest.event} {terminal.ago(now - latest.time)} ago "
-                 f"(STARTED {terminal.ago(now - started)} ago)")
+    return Check("nightly", "ok", f"last nightly {latest.event} {ago(now - latest.time)} ago "
+                 f"(STARTED {ago(now - started)} ago)")
 
 
 def index_problems(pkgdir: Path, deep: bool = False, limit: int = 50) -> tuple[int, list[str]]:
@@ -350,18 +348,3 @@ def exit_code(checks: list[Check]) -> int:
 
 def as_json(checks: list[Check]) -> dict[str, Any]:
     return {"checks": [c.as_dict() for c in checks], "exit_code": exit_code(checks)}
-
-
-def render_checks(checks: list[Check]) -> Table:
-    """One row per check (state, name, what was seen); the fix under each problem, wrapped in its column."""
-    table = Table.grid(padding=(0, 1))
-    table.add_column(no_wrap=True)
-    table.add_column(no_wrap=True, style="bold")
-    table.add_column(ratio=1)
-    for check in checks:
-        body = Text(check.summary)
-        if check.hint and check.state in ("warn", "fail"):
-            body.append(f"\nfix: {check.hint}", style="dim")
-        table.add_row(Text(f"[{terminal.CHECK_MARK[check.state]}]", style=terminal.CHECK_STYLE[check.state]),
-                      check.name, body)
-    return table

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -196,72 +195,3 @@ class EmbeddedRedis:
         while time.monotonic() < deadline and (self.is_running() or self.held()):
             time.sleep(0.05)
         return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisProcess:
-    """A private foreground redis-server on a TCP port (tests, benchmarks, the demo)."""
-
-    def __init__(self, directory: Path, port: int | None = None, appendonly: bool = False,
-                 bind: str = "127.0.0.1", password: str | None = None) -> None:
-        self.dir = directory
-        self.bind = bind
-        self.port = port or free_port(bind)
-        self.appendonly = appendonly
-        self.password = password
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}{self.bind}:{self.port}/0"
-
-    def start(self) -> RedisProcess:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        argv = [redis_server_binary(), "--port", str(self.port), "--bind", self.bind, "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes" if self.appendonly else "no", "--daemonize", "no"]
-        if self.password:
-            # From stdin ("-"), not argv: every local user can read a process's command line.
-            argv.insert(1, "-")
-        else:
-            argv += ["--protected-mode", "no"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"requirepass {self.password}\n".encode() if self.password else b"")
-        self.proc.stdin.close()
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            try:
-                client.ping()
-                return self
-            except (redis.ConnectionError, redis.BusyLoadingError):
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise BackendUnavailable(f"redis-server on {self.bind}:{self.port} did not start") from None
-                time.sleep(0.05)
-            finally:
-                client.close()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        """SIGKILL: a crash, not a shutdown."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None

@@ -150,9 +150,9 @@ class EmergeLogParser:
         if text.startswith("=== ("):
             binary = _BINARY.match(text)
             if binary is not None:
-                for key, pending in self._open.items():
+                for key, merge in self._open.items():
                     if key[0] == binary.group(3):
-                        pending.binary = True
+                        merge.binary = True
             return
         start, done = _START.match(text), _DONE.match(text)
         found = start or done

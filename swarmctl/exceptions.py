@@ -20,7 +20,18 @@ class BackendUnavailable(SwarmError):
 
 
 class NotEnrolled(SwarmError):
-    """A drone name or token is unknown or revoked."""
+    """A drone name or token is unknown or revoked: the one answer to every failed drone authentication."""
+
+
+class Grounded(SwarmError):
+    """The drone is grounded by its circuit breaker until ``until`` (epoch seconds, Redis clock)."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(f"grounded until {until:.0f}")
+        self.until = until
+
+    def __reduce__(self) -> tuple[type[Grounded], tuple[float]]:
+        return Grounded, (self.until,)  # picklable across processes
 
 
 class NoSuchJob(SwarmError):

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import redis
 
 from swarmctl import keys
+from swarmctl.connection import server_time
 from swarmctl.nightly import NIGHTLY_EVENTS, NightlyMark, parse_time
 
 log = logging.getLogger("swarmctl.facts")
@@ -111,13 +111,17 @@ class FactStore:
     def read(self) -> SwarmFacts:
         return SwarmFacts.from_hash(self.redis.hgetall(keys.FACTS))
 
+    def _now(self) -> float:
+        """Facts are compared with Redis's clock (status, doctor), so they are stamped with it."""
+        return server_time(self.redis)
+
     def _set(self, mapping: dict[str, Any], pipeline: redis.client.Pipeline | None) -> None:
         target = pipeline if pipeline is not None else self.redis
         target.hset(keys.FACTS, mapping=mapping)
 
     def set_sync_time(self, when: float | None = None, pipeline: redis.client.Pipeline | None = None) -> None:
         """Record a successful ``emerge --sync`` (now, unless ``when`` is given)."""
-        self._set({SYNC_TIME: f"{time.time() if when is None else when:.3f}"}, pipeline)
+        self._set({SYNC_TIME: f"{self._now() if when is None else when:.3f}"}, pipeline)
 
     def set_world_size(self, packages: int, pipeline: redis.client.Pipeline | None = None) -> None:
         """How many packages @world resolves to."""
@@ -137,13 +141,13 @@ class FactStore:
         event = event.upper()
         if event not in NIGHTLY_EVENTS:
             raise ValueError(f"nightly event must be one of {', '.join(NIGHTLY_EVENTS)}")
-        mark = NightlyMark(event, time.time() if when is None else when, detail)
+        mark = NightlyMark(event, self._now() if when is None else when, detail)
         self._set({NIGHTLY_LAST: json.dumps(mark.as_dict(), sort_keys=True)}, pipeline)
         return mark
 
     def record_cron_verify(self, ok: bool, detail: str = "", when: float | None = None,
                            pipeline: redis.client.Pipeline | None = None) -> CronCheck:
         """Record the result of checking that the nightly cron job is scheduled."""
-        check = CronCheck(bool(ok), time.time() if when is None else when, detail)
+        check = CronCheck(bool(ok), self._now() if when is None else when, detail)
         self._set({CRON_VERIFY: json.dumps(check.as_dict(), sort_keys=True)}, pipeline)
         return check

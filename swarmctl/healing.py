@@ -10,6 +10,9 @@ Level 1 (reclaiming an offline drone's work) is the orchestrator's sweep. Here:
   reboots the host, only when ``allow_reboot`` is on or an operator asked
   (``swarmctl heal NAME --reboot --yes``). The playbook refuses a protected host
   and checks the host's identity against the machine id recorded at enrollment.
+- Both are aimed at one inventory host named like the drone: a name that is a group,
+  or resolves to any other set of hosts, is refused before Ansible starts, and both
+  playbooks refuse a host the target does not name and a protected host.
 - A cooldown between actions on one drone: no restart storms.
 
 Actions run in background threads so a slow playbook never stalls the sweep.
@@ -20,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -109,7 +111,7 @@ class Healer:
 
     def consider(self, drones: list[DroneInfo]) -> None:
         """Called by the orchestrator each sweep with the fleet."""
-        now = time.time()
+        now = self.registry.server_time()
         cfg = self.config.healing
         for drone in drones:
             if drone.revoked or self.busy(drone.name):
@@ -165,7 +167,7 @@ class Healer:
         if not info:
             raise SwarmError(f"no drone named {name!r} is enrolled")
         record = self.record(name)
-        record.last_kind, record.last_action = kind, time.time()
+        record.last_kind, record.last_action = kind, self.registry.server_time()
         record.built_at_action = int(info.get("built") or 0)
         extra: dict[str, Any] = {"target": name}
         if kind == "reboot":
@@ -181,8 +183,10 @@ class Healer:
         self.events.emit(f"{kind}ing", drone=name, reason=f"level {2 if kind == 'restart' else 3}, by {who}")
         playbook = RESTART_PLAYBOOK if kind == "restart" else REBOOT_PLAYBOOK
         try:
+            # single_host: a drone's name must resolve to that one inventory host, never to a
+            # group (a drone enrolled as "binhost" must not reach the binhost group's hosts).
             result = self.executor(playbook, self.inventory, name, extra, self.data_root,
-                                   playbook_dir=self.playbook_dir)
+                                   playbook_dir=self.playbook_dir, single_host=True)
             outcome = ActionOutcome(bool(result.ok), result.summary)
         except (OSError, RuntimeError) as exc:
             outcome = ActionOutcome(False, f"{playbook} could not run: {exc}")

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis
 
 from swarmctl import keys
-from swarmctl.atoms import cp_of
+from swarmctl.atoms import cp_of, validate_cpv
+from swarmctl.exceptions import InvalidAtom
+
+if TYPE_CHECKING:
+    from swarmctl.emergelog import Merge
 
 KEEP = 20  # recent builds kept per package
 
@@ -42,14 +48,34 @@ class History:
     def records(self, cp: str) -> list[BuildRecord]:
         return [BuildRecord(**json.loads(raw)) for raw in self.redis.lrange(keys.history(cp), 0, -1)]
 
-    def estimate(self, cpv: str, records: list[BuildRecord] | None = None) -> float:
+    def import_merges(self, merges: Sequence[tuple[Merge, str]]) -> int:
+        """Record merges read from emerge.log files (with the file each came from); returns the repeats.
+
+        A merge is known by what and when it built, so importing a log again records nothing twice.
+        """
+        with self.redis.pipeline(transaction=False) as pipe:
+            for merge, _path in merges:
+                pipe.sadd(keys.HISTORY_SEEN, f"{merge.cpv}@{merge.start}-{merge.end}")
+            new = pipe.execute()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for (merge, path), fresh in zip(merges, new, strict=True):
+                if fresh:
+                    self.record(merge.record(source=f"emerge.log:{path}"), pipeline=pipe)
+            pipe.execute()
+        return int(len(new) - sum(new))
+
+    def estimate(self, atom: str, records: list[BuildRecord] | None = None) -> float:
         """Median of recent builds: same version first, then the package, then the default.
 
-        Serial measurements are preferred over ones taken under ``--jobs``.
+        ``atom`` is a CPV, or a ``category/package`` for the package as a whole (every version's
+        builds). Serial measurements are preferred over ones taken under ``--jobs``.
         """
         if records is None:
-            records = self.records(cp_of(cpv))
-        for pool in ([r for r in records if r.cpv == cpv], records):
+            try:
+                records = self.records(cp_of(validate_cpv(atom)))
+            except InvalidAtom:
+                records = self.records(atom)
+        for pool in ([r for r in records if r.cpv == atom], records):
             serial = [r.seconds for r in pool if not r.parallel]
             sample = serial or [r.seconds for r in pool]
             if sample:

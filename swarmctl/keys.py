@@ -3,7 +3,7 @@
 Fixed keys reach Lua scripts through KEYS (in the order of QUEUE_KEYS); the
 per-job and per-drone keys are built in Lua by the prelude that
 swarmctl.scripts generates from the prefixes below, so no other file spells
-a key.
+a key (tests/test_layering.py checks the package, the tests and the benches).
 """
 
 from __future__ import annotations

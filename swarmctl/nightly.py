@@ -14,6 +14,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from swarmctl.logtail import tail
+
 if TYPE_CHECKING:
     from swarmctl.config import Config
     from swarmctl.facts import SwarmFacts
@@ -23,6 +25,8 @@ NIGHTLY_EVENTS = ("STARTED", "FINISHED", "FAILED")
 DEFAULT_NIGHTLY_STATUS = "/var/lib/build-swarm/nightly.status"
 #: The world file the nightly resolves when ``nightly.world_file`` is empty (Portage's own).
 DEFAULT_WORLD_FILE = "/var/lib/portage/world"
+#: The report's file name, in the status file's directory (playbooks/nightly.yml writes it).
+NIGHTLY_REPORT = "nightly-report.html"
 #: Bytes read from the end of the status file (it grows by one line a night).
 _STATUS_TAIL_BYTES = 64 * 1024
 
@@ -83,24 +87,18 @@ def nightly_world_path(config: Config) -> Path:
     return Path(config.nightly.world_file or DEFAULT_WORLD_FILE)
 
 
+def nightly_report_path(config: Config) -> Path:
+    """Where the nightly playbook writes the report of the night's builds: beside the status file."""
+    return nightly_status_path(config).with_name(NIGHTLY_REPORT)
+
+
 def read_nightly_file(path: Path) -> list[NightlyMark]:
     """The marks in a nightly status file, oldest first (unreadable lines skipped).
 
     Only the file's last 64 KiB are read: it grows by a few lines a night.
     """
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            size = handle.tell()
-            handle.seek(max(0, size - _STATUS_TAIL_BYTES))
-            raw = handle.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    lines = raw.splitlines()
-    if len(raw.encode()) >= _STATUS_TAIL_BYTES and lines:
-        lines = lines[1:]  # the first line may be cut
     marks = []
-    for line in lines:
+    for line in tail(path, max_bytes=_STATUS_TAIL_BYTES).splitlines():
         try:
             data = json.loads(line)
         except ValueError:

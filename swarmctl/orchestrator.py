@@ -182,13 +182,3 @@ class Orchestrator:
                 self.stop.wait(wait)
         with suppress(*TRANSIENT):
             self.resign()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, step: float = 0.1) -> bool:
-    """Poll until ``predicate`` holds or ``timeout`` passes (for tools and tests)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()

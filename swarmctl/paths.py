@@ -32,17 +32,3 @@ def state_home() -> Path:
 def cache_home() -> Path:
     """User cache dir ($XDG_CACHE_HOME/build-swarm): ansible-runner data dirs."""
     return _xdg("XDG_CACHE_HOME", ".cache")
-
-
-def isolated_env(home: Path, redis_url: str | None = None) -> dict[str, str]:
-    """Environment for a swarmctl process with its own XDG dirs under ``home`` (tests, benches).
-
-    The caller's SWARM_* settings are dropped so nothing leaks in from the shell.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SWARM_")}
-    env.update({"XDG_CONFIG_HOME": str(home / "xdg-config"), "XDG_DATA_HOME": str(home / "xdg-data"),
-                "XDG_STATE_HOME": str(home / "xdg-state"), "XDG_CACHE_HOME": str(home / "xdg-cache"),
-                "PYTHONUNBUFFERED": "1", "LC_ALL": "C.UTF-8"})
-    if redis_url:
-        env["SWARM_REDIS_URL"] = redis_url
-    return env

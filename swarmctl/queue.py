@@ -8,7 +8,6 @@ stale, never applied.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -23,11 +22,13 @@ import redis
 from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cpv
 from swarmctl.config import Config
-from swarmctl.exceptions import ConfigError, NoSuchJob, SwarmError
+from swarmctl.events import Events
+from swarmctl.exceptions import ConfigError, Grounded, NoSuchJob, NotEnrolled, SwarmError
 from swarmctl.graph import BrokenEdge, JobSpec, Plan, Stored, chains, plan_batch
 from swarmctl.history import KEEP as HISTORY_KEEP
 from swarmctl.history import History
 from swarmctl.scripts import Scripts, decode
+from swarmctl.tokens import token_sha
 
 log = logging.getLogger("swarmctl.queue")
 
@@ -45,11 +46,6 @@ PEEK_PAGE = 500
 INDEX_WALK_MIN = 20000
 #: Jobs deleted per MULTI/EXEC by clear().
 CLEAR_SLICE = 500
-
-
-def token_sha(token: str) -> str:
-    """Tokens are stored and compared only as SHA-256 digests."""
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass
@@ -114,21 +110,6 @@ class AddReport:
     broken: list[BrokenEdge] = field(default_factory=list)
 
 
-class Grounded(SwarmError):
-    """The drone is grounded by its circuit breaker until ``until`` (epoch seconds)."""
-
-    def __init__(self, until: float) -> None:
-        super().__init__(f"grounded until {until:.0f}")
-        self.until = until
-
-    def __reduce__(self) -> tuple[type[Grounded], tuple[float]]:
-        return Grounded, (self.until,)  # picklable across processes
-
-
-class Unauthorized(SwarmError):
-    """Unknown drone, wrong token or revoked."""
-
-
 class InvalidArgument(SwarmError):
     """A script refused its arguments before writing anything."""
 
@@ -184,6 +165,7 @@ class Queue:
         self.history = History(client, config.queue.default_estimate)
         check_settings(config)
         self._max_events = config.queue.events_max
+        self.events = Events(client, self._max_events)
 
     def _run(self, script: Any, *args: object) -> list[str]:
         return refused(decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args])))
@@ -288,10 +270,8 @@ class Queue:
         for start in range(0, len(broken), READ_PAGE):
             with self.redis.pipeline(transaction=False) as pipe:  # plain commands: no script, no MULTI
                 for edge in broken[start:start + READ_PAGE]:
-                    pipe.xadd(keys.EVENTS, {"ts": int(time.time() * 1000), "kind": "cycle", "job": edge.job,
-                                            "drone": "", "reason": f"stopped waiting for {edge.gate} "
-                                                                   f"({edge.kind} edge) to break a dependency cycle"},
-                              maxlen=self._max_events, approximate=True)
+                    self.events.emit("cycle", job=edge.job, reason=f"stopped waiting for {edge.gate} "
+                                     f"({edge.kind} edge) to break a dependency cycle", pipeline=pipe)
                 pipe.execute()
 
     def _stored_estimates(self, cpvs: Iterable[str]) -> dict[str, float]:
@@ -380,7 +360,7 @@ class Queue:
         if reply[0] == "grounded":
             raise Grounded(int(reply[1]) / 1000.0)
         if reply[0] == "unauthorized":
-            raise Unauthorized(f"drone {drone!r} is not enrolled, revoked, or its token is wrong")
+            raise NotEnrolled(f"drone {drone!r} is not enrolled, revoked, or its token is wrong")
         return None
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
@@ -517,7 +497,8 @@ class Queue:
 
     def tails(self, cpv: str) -> dict[str, str]:
         """The failed builds' log tails, by drone."""
-        return self.redis.hgetall(keys.job_tails(cpv))
+        tails: dict[str, str] = self.redis.hgetall(keys.job_tails(cpv))
+        return tails
 
     def job_order(self, state: str | None = None) -> list[str]:
         """The CPVs of every job (or of those in one state), best priority first, then by name."""

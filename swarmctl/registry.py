@@ -7,9 +7,9 @@ daemon gets nothing, unlike the seed project's "ghost drone".
 
 from __future__ import annotations
 
+import builtins
 import re
 import secrets
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -17,15 +17,16 @@ import redis
 
 from swarmctl import keys
 from swarmctl.config import Config
+from swarmctl.connection import server_time
 from swarmctl.events import Events
 from swarmctl.exceptions import NotEnrolled, SwarmError
-from swarmctl.queue import Queue, token_sha
+from swarmctl.queue import Queue
 from swarmctl.sanitize import printable
 from swarmctl.scripts import Scripts, decode
+from swarmctl.tokens import new_token, token_sha, validate_token
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _MACHINE_ID_RE = re.compile(r"[0-9a-f]{32}")
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_.~+/=-]{32,256}")
 STATUSES = ("building", "idle", "grounded", "stopping", "offline")
 
 
@@ -41,18 +42,6 @@ def validate_machine_id(machine_id: str) -> str:
     if not isinstance(machine_id, str) or not _MACHINE_ID_RE.fullmatch(machine_id):
         raise SwarmError(f"invalid machine id {machine_id!r} (32 hex digits, as in /etc/machine-id)")
     return machine_id
-
-
-def new_token() -> str:
-    """A fresh enrollment token (256 random bits, URL-safe)."""
-    return secrets.token_urlsafe(32)
-
-
-def validate_token(token: str) -> str:
-    """A pre-generated token: at least 32 printable characters, no whitespace (it lives in YAML)."""
-    if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
-        raise SwarmError("invalid token: it must be 32 to 256 characters from A-Z a-z 0-9 - _ . ~ + / =")
-    return token
 
 
 @dataclass
@@ -89,10 +78,11 @@ class HeartbeatReply:
 class DroneRegistry:
     """Enrolled drones and their live state in Redis."""
 
-    def __init__(self, client: redis.Redis, config: Config | None = None) -> None:
+    def __init__(self, client: redis.Redis, config: Config) -> None:
         self.redis = client
         self.config = config
         self.scripts = Scripts(client)
+        self.events = Events(client, config.queue.events_max)
 
     def enroll(self, name: str, machine_id: str | None = None, token: str | None = None) -> str:
         """Enroll (or re-enroll, invalidating the old token) and return the token.
@@ -102,14 +92,14 @@ class DroneRegistry:
         validate_name(name)
         token = new_token() if token is None else validate_token(token)
         fields: dict[str, Any] = {"token_sha256": token_sha(token), "revoked": 0,
-                                  "enrolled_at": int(time.time() * 1000)}
+                                  "enrolled_at": int(self.server_time() * 1000)}
         if machine_id:
             fields["machine_id"] = validate_machine_id(machine_id.strip().lower())
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.drone(name), mapping=fields)
             pipe.sadd(keys.DRONES, name)
             pipe.execute()
-        Events(self.redis).emit("enrolled", drone=name)
+        self.events.emit("enrolled", drone=name)
         return token
 
     def revoke(self, name: str, queue: Queue) -> list[str]:
@@ -117,7 +107,7 @@ class DroneRegistry:
         self._require(name)
         self.redis.hset(keys.drone(name), "revoked", 1)
         taken = queue.reclaim(name, None, "drone revoked")
-        Events(self.redis).emit("revoked", drone=name)
+        self.events.emit("revoked", drone=name)
         return taken
 
     def authenticate(self, name: str, token: str) -> bool:
@@ -133,13 +123,13 @@ class DroneRegistry:
             raise NotEnrolled(f"no drone named {name!r} is enrolled")
 
     def heartbeat(self, name: str, token: str, fields: dict[str, Any], current: str | None = None,
-                  lease: str | None = None, max_events: int = 10000) -> HeartbeatReply:
+                  lease: str | None = None) -> HeartbeatReply:
         """Record liveness and status; raises NotEnrolled for an unknown or revoked drone."""
         flat: list[str] = []
         for key, value in fields.items():
             flat += [key, "" if value is None else str(value)]
         reply = decode(self.scripts.heartbeat(keys=list(keys.QUEUE_KEYS), args=[
-            name, token_sha(token), current or "", lease or "", max_events, *flat]))
+            name, token_sha(token), current or "", lease or "", self.config.queue.events_max, *flat]))
         if reply[0] != "ok":
             raise NotEnrolled(f"drone {name!r} is not enrolled, revoked, or its token is wrong")
         return HeartbeatReply(int(reply[1]) / 1000.0, int(reply[2]) / 1000.0, reply[3] == "1")
@@ -150,18 +140,17 @@ class DroneRegistry:
         until_ms = int((self.server_time() + seconds) * 1000)
         self.redis.hset(keys.drone(name), mapping={"grounded_until": until_ms, "failures": 0})
         taken = queue.reclaim(name, None, "drone grounded by operator")
-        Events(self.redis).emit("grounded", drone=name, reason=f"by operator for {seconds:.0f} s")
+        self.events.emit("grounded", drone=name, reason=f"by operator for {seconds:.0f} s")
         return taken
 
     def release(self, name: str) -> None:
         """End a grounding early."""
         self._require(name)
         self.redis.hset(keys.drone(name), mapping={"grounded_until": 0, "failures": 0})
-        Events(self.redis).emit("released", drone=name, reason="grounding lifted by operator")
+        self.events.emit("released", drone=name, reason="grounding lifted by operator")
 
     def server_time(self) -> float:
-        seconds, micros = self.redis.time()
-        return seconds + micros / 1e6
+        return server_time(self.redis)
 
     def names(self) -> list[str]:
         return sorted(self.redis.smembers(keys.DRONES))
@@ -169,7 +158,7 @@ class DroneRegistry:
     def list(self, offline_after: float | None = None) -> list[DroneInfo]:
         """Every enrolled drone with its derived status (offline when silent too long)."""
         if offline_after is None:
-            offline_after = self.config.orchestrator.offline_after if self.config else 10.0
+            offline_after = self.config.orchestrator.offline_after
         names = self.names()
         now = self.server_time()
         with self.redis.pipeline(transaction=False) as pipe:
@@ -210,7 +199,7 @@ class DroneRegistry:
             machine_id=printable(row.get("machine_id") or None), host=printable(row.get("host") or None),
         )
 
-    def offline(self, offline_after: float) -> list[str]:
+    def offline(self, offline_after: float) -> builtins.list[str]:  # list: the method above
         """Drones with jobs whose heartbeat is older than the threshold (server clock)."""
         cutoff = (self.server_time() - offline_after) * 1000
         silent = self.redis.zrangebyscore(keys.HEARTBEATS, "-inf", cutoff)

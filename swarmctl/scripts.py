@@ -526,6 +526,15 @@ end
 return {'ok', redis.call('HGET', dk, 'grounded_until') or '0', tostring(now), owns_current}
 """
 
+EMIT = """
+-- Append one event stamped with Redis's clock. KEYS[1] events stream; ARGV[1] max length (approximate),
+-- ARGV[2] kind, ARGV[3] job, ARGV[4] drone, ARGV[5] reason.
+local t = redis.call('TIME')
+local ts = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'ts', ts, 'kind', ARGV[2], 'job', ARGV[3],
+                  'drone', ARGV[4], 'reason', ARGV[5])
+"""
+
 RESET = PRELUDE + """
 -- Put a blocked or failed job back in the queue. ARGV[1] cpv, ARGV[2] allowed states
 -- (space separated), ARGV[3] event kind, ARGV[4] events max.

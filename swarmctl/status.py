@@ -18,18 +18,22 @@ into the process's exit status, monitoring-plugin style:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import redis
-from rich.console import Group
-from rich.text import Text
 
 from swarmctl import keys
-from swarmctl.cli import terminal
 from swarmctl.config import Config
 from swarmctl.facts import SwarmFacts
-from swarmctl.nightly import NightlyMark, last_nightly, nightly_status_path, read_nightly_file
+from swarmctl.nightly import (
+    NightlyMark,
+    last_nightly,
+    nightly_report_path,
+    nightly_status_path,
+    read_nightly_file,
+)
 from swarmctl.queue import queue_counts, read_counts
 from swarmctl.registry import DroneRegistry
 
@@ -74,6 +78,8 @@ class StatusReport:
     leader: str | None
     max_sync_age: float = MAX_SYNC_AGE
     attention: list[Attention] = field(default_factory=list)
+    report_path: str | None = None    # the nightly's report of the night's work, when written
+    report_time: float | None = None  # when it was written (this host's clock: the file's mtime)
 
     @property
     def sync_age(self) -> float | None:
@@ -113,6 +119,10 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age)
     report.attention = assess(report)
+    page = nightly_report_path(config)
+    with contextlib.suppress(OSError):
+        report.report_time = page.stat().st_mtime
+        report.report_path = str(page)
     return report
 
 
@@ -160,48 +170,6 @@ def exit_code(attention: list[Attention]) -> int:
     return max((SEVERITY_CODE[a.severity] for a in attention), default=OK)
 
 
-def render_status(report: StatusReport) -> Group:
-    """The human view: the story's four lines, the queue, then what needs attention."""
-    meta, q, swarm = report.meta, report.queue, report.swarm
-    bad = terminal.SEVERITY_STYLE["critical"]
-    if meta.sync_time is None:
-        sync = Text("never recorded", style=terminal.SEVERITY_STYLE["warning"])
-    else:
-        sync = Text(f"{terminal.stamp(meta.sync_time)} ({terminal.ago(report.sync_age)} ago)",
-                    style=bad if report.sync_bad else "")
-    if report.nightly is not None:
-        sync.append(f"  nightly {report.nightly.event} {terminal.stamp(report.nightly.time)}",
-                    style=bad if report.nightly.event == "FAILED" else "dim")
-    world = "unknown" if meta.world_size is None else f"{meta.world_size:,} packages"
-    if meta.binhost_percent is None:
-        binary = Text("unknown", style="dim")
-    else:
-        binary = Text(f"{meta.binhost_percent:.1f}% available ({meta.binhost_available:,}/{meta.binhost_total:,})")
-    plural = "package" if swarm.building == 1 else "packages"
-    drones = Text(f"{swarm.drones_online}/{swarm.drones_total} drones online, {swarm.building} {plural} building",
-                  style=bad if report.open_jobs and not swarm.drones_available else "")
-    if swarm.drones_grounded:
-        drones.append(f", {swarm.drones_grounded} grounded", style=terminal.STATUS_STYLE["grounded"])
-    queue = Text(f"{q['needed']} needed ({q['ready']} ready, {q['waiting']} waiting), {q['delegated']} building, "
-                 f"{q['built']} built, ")
-    queue.append(f"{q['failed']} failed", style=terminal.STATE_STYLE["failed"] if q["failed"] else "")
-    queue.append(", ")
-    queue.append(f"{q['blocked']} blocked", style=terminal.STATE_STYLE["blocked"] if q["blocked"] else "")
-    lines = [terminal.labelled(label, "").append_text(value if isinstance(value, Text) else Text(value))
-             for label, value in (("Sync", sync), ("World", world), ("Binary", binary), ("Swarm", drones),
-                                  ("Queue", queue))]
-    if report.attention:
-        lines.append(Text(""))
-        for item in report.attention:
-            line = Text(f"{item.severity.upper():>8} ", style=terminal.SEVERITY_STYLE[item.severity])
-            line.append(f"{item.code}: ", style="bold")
-            line.append(item.message)
-            lines.append(line)
-    else:
-        lines.append(Text("all well", style=terminal.SEVERITY_STYLE["ok"]))
-    return Group(*lines)
-
-
 def as_json(report: StatusReport) -> dict[str, Any]:
     """The ``--json`` document (see JSON_SCHEMA)."""
     meta = report.meta
@@ -224,6 +192,8 @@ def as_json(report: StatusReport) -> dict[str, Any]:
         },
         "swarm": asdict(report.swarm) | {"leader": report.leader},
         "queue": dict(report.queue),
+        "report": None if report.report_path is None else {"path": report.report_path,
+                                                            "time": report.report_time},
         "attention": [a.as_dict() for a in report.attention],
         "exit_code": exit_code(report.attention),
     }
@@ -239,10 +209,18 @@ JSON_SCHEMA: dict[str, Any] = {
     "$id": SCHEMA_ID,
     "title": "swarmctl status --json",
     "type": "object",
-    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "attention", "exit_code"],
+    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "report", "attention",
+                 "exit_code"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA_ID},
+        "report": {
+            "description": "the nightly's picture of the night's work (swarmctl report), when written",
+            "type": ["object", "null"],
+            "required": ["path", "time"],
+            "additionalProperties": False,
+            "properties": {"path": {"type": "string"}, "time": {"type": "number"}},
+        },
         "time": {"type": "number", "description": "Redis server time, epoch seconds"},
         "sync": {
             "type": "object",

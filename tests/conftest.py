@@ -1,4 +1,4 @@
-"""Shared fixtures: a private real Redis server per test session, CLI helpers.
+"""Shared fixtures: a private real Redis server per test session, subprocess spawning.
 
 CI sets SWARM_REQUIRE_ALL=1: then a test that would skip (no root, a missing
 system package) fails instead, so CI always runs everything.
@@ -7,10 +7,6 @@ system package) fails instead, so CI always runs everything.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,13 +14,10 @@ import pytest
 import redis
 
 from swarmctl.config import Config, load_config
-from swarmctl.embedded import RedisProcess
-from swarmctl.paths import isolated_env
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
+from tests.helpers import REPO, RedisProcess, Spawner, isolated_env
 
-REPO = Path(__file__).resolve().parent.parent
-SWARMCTL = [sys.executable, "-m", "swarmctl"]
 REQUIRE_ALL = os.environ.get("SWARM_REQUIRE_ALL", "") not in ("", "0")
 
 pytest_plugins = ["tests.testbed.fixtures"] if (REPO / "tests" / "testbed" / "fixtures.py").exists() else []
@@ -40,19 +33,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"SWARM_REQUIRE_ALL is set, so this skip is a failure: {reason}"
 
 
-#: Tests and benchmarks share the package's private-server helper.
-RedisServer = RedisProcess
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    server = RedisProcess(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(redis_server: RedisProcess) -> str:
     return redis_server.url
 
 
@@ -87,44 +76,6 @@ def registry(redis_client: redis.Redis, config: Config) -> DroneRegistry:
     return DroneRegistry(redis_client, config)
 
 
-def run_cli(args: list[str], env: dict[str, str], check: bool = True,
-            timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``swarmctl ARGS`` as a user would, in a subprocess (``input`` on its stdin)."""
-    proc = subprocess.run([*SWARMCTL, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=tempfile.gettempdir(), input=input)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"swarmctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
-class Spawner:
-    """Starts swarmctl subprocesses and always stops them at teardown."""
-
-    def __init__(self, env: dict[str, str], logdir: Path) -> None:
-        self.env = env
-        self.logdir = logdir
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def __call__(self, args: list[str], env: dict[str, str] | None = None,
-                 name: str = "proc") -> subprocess.Popen[bytes]:
-        log = open(self.logdir / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen([*SWARMCTL, *args], env={**self.env, **(env or {})}, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-        proc.log_path = log.name  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
-
-    def output(self, proc: subprocess.Popen[bytes]) -> str:
-        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.procs:
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
 def spawn(swarm_env: dict[str, str], tmp_path: Path) -> Iterator[Spawner]:
     spawner = Spawner(swarm_env, tmp_path)
@@ -132,11 +83,3 @@ def spawn(swarm_env: dict[str, str], tmp_path: Path) -> Iterator[Spawner]:
     spawner.stop_all()
 
 
-def wait_until(predicate, timeout: float, step: float = 0.1):  # type: ignore[no-untyped-def]
-    """Poll until predicate() is truthy; return its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(step)

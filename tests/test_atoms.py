@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from swarmctl.atoms import split_cpv, validate_atom, validate_cp, validate_cpv
+from swarmctl.atoms import split_build_id, split_cpv, validate_atom, validate_cp, validate_cpv
 from swarmctl.exceptions import InvalidAtom
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.mark.parametrize("cpv", ["sys-devel/llvm-19.1.7", "dev-qt/qtbase-6.8.2", "app-misc/foo-1.0_rc1_p2-r3",
@@ -43,6 +43,19 @@ def test_cp() -> None:
     assert validate_cp("app-misc/foo") == "app-misc/foo"
     with pytest.raises(InvalidAtom):
         validate_cp("app-misc/foo-1")
+
+
+@pytest.mark.parametrize(("text", "split"), [
+    ("app-misc/hello-1-3", ("app-misc/hello-1", 3)),  # emerge's "binary" line
+    ("hello-1-3", ("hello-1", 3)),  # a gpkg file name without .gpkg.tar
+    ("sys-devel/gcc-14.2.0-r1-12", ("sys-devel/gcc-14.2.0-r1", 12)),
+    ("app-misc/hello-1", ("app-misc/hello-1", None)),  # the 1 is the version, not a build id
+    ("hello-1", ("hello-1", None)),
+    ("app-misc/hello-1-r2", ("app-misc/hello-1-r2", None)),
+    ("app-misc/hello-1-0", ("app-misc/hello-1-0", None)),  # build ids start at 1
+])
+def test_build_id_is_split_only_after_a_valid_version(text: str, split: tuple[str, int | None]) -> None:
+    assert split_build_id(text) == split
 
 
 @pytest.mark.parametrize("bad", [

@@ -12,9 +12,9 @@ import psutil
 import redis
 
 from swarmctl import keys
-from swarmctl.embedded import EmbeddedRedis, free_port
+from swarmctl.embedded import EmbeddedRedis
 from swarmctl.registry import DroneRegistry
-from tests.conftest import run_cli
+from tests.helpers import free_port, run_cli
 
 
 def test_queue_add_list_json(swarm_env: dict[str, str]) -> None:
@@ -173,7 +173,8 @@ def test_open_server_check_passes_loopback_passwords_and_override() -> None:
         refuse_open_server(load_config(environ=env))
 
 
-def test_enroll_with_a_token_file(swarm_env: dict[str, str], redis_client: redis.Redis, tmp_path: Path) -> None:
+def test_enroll_with_a_token_file(swarm_env: dict[str, str], redis_client: redis.Redis, registry: DroneRegistry,
+                                  tmp_path: Path) -> None:
     # Generated: written 0600 to the file, not printed; the daemon's token works.
     made = tmp_path / "drone-a.token"
     proc = run_cli(["drone", "enroll", "drone-a", "--token-file", str(made)], swarm_env)
@@ -191,7 +192,6 @@ def test_enroll_with_a_token_file(swarm_env: dict[str, str], redis_client: redis
     stdin = run_cli(["drone", "enroll", "drone-c", "--token-file", "-"], swarm_env,
                     input="another-pre-generated-token-0123456789abc\n")
     assert "another" not in stdin.stdout
-    registry = DroneRegistry(redis_client)
     for name, tok in (("drone-a", token), ("drone-b", "pre-generated-token-from-a-vault-0123456789"),
                       ("drone-c", "another-pre-generated-token-0123456789abc")):
         assert registry.authenticate(name, tok), name

@@ -11,8 +11,7 @@ import pytest
 from swarmctl.config import load_config
 from swarmctl.defaults import SETTINGS
 from swarmctl.exceptions import ConfigError
-from swarmctl.paths import isolated_env
-from tests.conftest import run_cli
+from tests.helpers import isolated_env, run_cli
 
 
 def test_defaults_are_documented_and_typed() -> None:
@@ -54,6 +53,14 @@ def test_bad_overrides_name_the_key(env: dict[str, str], message: str) -> None:
 def test_missing_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "nope.yml", environ={})
+
+
+def test_config_declares_every_section_for_the_type_checker() -> None:
+    """Config's annotations (what mypy checks attribute access against) name exactly the declared sections."""
+    from swarmctl.config import Config
+    from swarmctl.defaults import SECTIONS
+
+    assert sorted(Config.__annotations__) == sorted(SECTIONS)
 
 
 def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:

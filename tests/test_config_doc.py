@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from swarmctl.defaults import SETTINGS
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCRIPT = REPO / "scripts" / "gen_config_doc.py"
 
@@ -22,7 +22,7 @@ def test_every_setting_is_documented() -> None:
         assert f"`{setting.name}`" in text and f"`{setting.env}`" in text, setting.name
 
 
-def test_check_notices_a_stale_doc(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_notices_a_stale_doc(tmp_path) -> None:
     stale = tmp_path / "configuration.md"
     stale.write_text("# old\n")
     proc = subprocess.run([sys.executable, str(SCRIPT), "--check", "--output", str(stale)], capture_output=True,

@@ -15,12 +15,13 @@ import redis
 from rich.console import Console
 
 from swarmctl import doctor, keys
+from swarmctl.cli.views.doctor import render_checks
 from swarmctl.config import Config
 from swarmctl.facts import FactStore
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
@@ -191,7 +192,7 @@ def test_render_and_exit_codes() -> None:
     checks = [doctor.Check("redis", "ok", "reachable"), doctor.Check("cron", "warn", "never verified", "converge"),
               doctor.Check("binhost index", "skip", "not here")]
     console = Console(width=100, file=io.StringIO(), record=True, color_system=None)
-    console.print(doctor.render_checks(checks))
+    console.print(render_checks(checks))
     text = console.export_text()
     assert "[ ok ] redis" in text and "[WARN] cron" in text and "fix: converge" in text and "[skip]" in text
     assert doctor.exit_code(checks) == 1

@@ -14,7 +14,7 @@ from swarmctl.config import Config
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import RedisServer, Spawner, wait_until
+from tests.helpers import RedisProcess, Spawner, wait_until
 
 FAST = {
     "SWARM_ORCHESTRATOR_OFFLINE_AFTER": "3",
@@ -25,7 +25,7 @@ FAST = {
 }
 
 
-def start_drone(spawn: Spawner, registry: DroneRegistry, name: str, command: str, **env: str):  # type: ignore[no-untyped-def]
+def start_drone(spawn: Spawner, registry: DroneRegistry, name: str, command: str, **env: str):
     token = registry.enroll(name)
     return spawn(["drone", "run", "--name", name, "--token", token, "--command", command],
                  env={**FAST, **env}, name=name)
@@ -90,7 +90,7 @@ def test_rogue_drone_is_grounded_and_the_healthy_one_builds_everything(
     assert queue.counts()["blocked"] == 0  # the drone's fault, not the packages'
 
 
-def spawn_events(queue: Queue):  # type: ignore[no-untyped-def]
+def spawn_events(queue: Queue):
     from swarmctl.events import Events
 
     return Events(queue.redis).since()
@@ -147,19 +147,19 @@ class OwnRedis:
 
     def __init__(self, spawn: Spawner, directory: Path, config: Config) -> None:
         self.spawn = spawn
-        self.server = RedisServer(directory, appendonly=True).start()
+        self.server = RedisProcess(directory, appendonly=True).start()
         client = redis.Redis.from_url(self.server.url, decode_responses=True)
         cfg = config.with_overrides(redis__url=self.server.url)
         self.queue, self.registry = Queue(client, cfg), DroneRegistry(client, cfg)
 
-    def drone(self, name: str, command: str):  # type: ignore[no-untyped-def]
+    def drone(self, name: str, command: str):
         token = self.registry.enroll(name)
         return self.spawn(["drone", "run", "--name", name, "--token", token, "--command", command],
                           env={**FAST, "SWARM_REDIS_URL": self.server.url}, name=name)
 
 
 @pytest.fixture
-def own_redis(spawn: Spawner, tmp_path: Path, config: Config):  # type: ignore[no-untyped-def]
+def own_redis(spawn: Spawner, tmp_path: Path, config: Config):
     swarm = OwnRedis(spawn, tmp_path / "r", config)
     yield swarm
     swarm.server.stop()

@@ -11,12 +11,12 @@ import redis
 from swarmctl.config import Config
 from swarmctl.emergelog import jobs_option, parse_file, parse_lines
 from swarmctl.history import BuildRecord, History
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 DATA = Path(__file__).parent / "data"
 
 
-def durations(report) -> dict[str, list[tuple[int, bool]]]:  # type: ignore[no-untyped-def]
+def durations(report) -> dict[str, list[tuple[int, bool]]]:
     out: dict[str, list[tuple[int, bool]]] = {}
     for merge in report.merges:
         out.setdefault(merge.cpv, []).append((merge.seconds, merge.parallel))
@@ -84,6 +84,8 @@ def test_estimate_prefers_same_version_then_package_then_default(redis_client: r
     assert history.estimate("dev-lang/rust-1.75.0") == 3600  # serial sample of the same version
     assert history.estimate("dev-lang/rust-1.76.0") == 3400  # median of the package's serial builds
     assert history.estimate("dev-lang/go-1.22") == 321.0
+    assert history.estimate("dev-lang/rust") == 3400  # the package as a whole: every version's serial builds
+    assert history.estimate("dev-lang/go") == 321.0
 
 
 def test_cli_import_and_show(redis_client: redis.Redis, swarm_env: dict[str, str], config: Config) -> None:

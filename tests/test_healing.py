@@ -35,7 +35,7 @@ class RecordingExecutor:
 
 
 @pytest.fixture
-def setup(redis_client: redis.Redis, config: Config, tmp_path: Path):  # type: ignore[no-untyped-def]
+def setup(redis_client: redis.Redis, config: Config, tmp_path: Path):
     inventory = tmp_path / "hosts.yml"
     inventory.write_text("all: {}\n")
     cfg = config.with_overrides(healing__inventory=str(inventory), healing__cooldown_seconds=0,
@@ -52,7 +52,7 @@ def consider(healer: Healer, registry: DroneRegistry) -> None:
     healer.wait(10)
 
 
-def test_grounded_drone_is_restarted_then_reboot_needs_permission(setup, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_grounded_drone_is_restarted_then_reboot_needs_permission(setup, redis_client: redis.Redis) -> None:
     cfg, registry, executor, queue = setup
     healer = Healer(redis_client, cfg, executor)
     registry.ground("tarn", 300, queue)
@@ -69,7 +69,7 @@ def test_grounded_drone_is_restarted_then_reboot_needs_permission(setup, redis_c
     assert "swarmctl heal tarn --reboot --yes" in refusal.reason
 
 
-def test_reboot_with_permission_passes_the_recorded_identity(setup, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_reboot_with_permission_passes_the_recorded_identity(setup, redis_client: redis.Redis) -> None:
     cfg, registry, executor, queue = setup
     healer = Healer(redis_client, cfg.with_overrides(healing__allow_reboot=True), executor)
     for _ in range(3):
@@ -80,7 +80,7 @@ def test_reboot_with_permission_passes_the_recorded_identity(setup, redis_client
     assert healer.record("tarn").reboots == 1
 
 
-def test_cooldown_prevents_restart_storms(setup, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_cooldown_prevents_restart_storms(setup, redis_client: redis.Redis) -> None:
     cfg, registry, executor, queue = setup
     healer = Healer(redis_client, cfg.with_overrides(healing__cooldown_seconds=600), executor)
     for _ in range(5):
@@ -89,24 +89,25 @@ def test_cooldown_prevents_restart_storms(setup, redis_client: redis.Redis) -> N
     assert len(executor.calls) == 1
 
 
-def test_unidentified_host_is_never_rebooted(setup, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_unidentified_host_is_never_rebooted(setup, redis_client: redis.Redis) -> None:
     cfg, _registry, executor, _queue = setup
     redis_client.hdel(keys.drone("tarn"), "machine_id")
     outcome = Healer(redis_client, cfg, executor).act("tarn", "reboot", operator=True)
     assert not outcome.ok and "no machine id" in outcome.summary and executor.calls == []
 
 
-def test_recovered_drone_starts_over(setup, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_recovered_drone_starts_over(setup, redis_client: redis.Redis) -> None:
     cfg, registry, executor, queue = setup
     healer = Healer(redis_client, cfg, executor)
     registry.ground("tarn", 300, queue)
     consider(healer, registry)
+    assert healer.record("tarn").restarts == 1 and [c[0] for c in executor.calls] == ["drone-restart.yml"]
     redis_client.hincrby(keys.drone("tarn"), "built", 1)  # it built something since
     consider(healer, registry)
     assert healer.record("tarn").restarts == 0
 
 
-def test_never_seen_or_healthy_drones_are_left_alone(setup, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+def test_never_seen_or_healthy_drones_are_left_alone(setup, redis_client: redis.Redis) -> None:
     cfg, registry, executor, _queue = setup
     registry.enroll("spare")  # enrolled, never ran: nothing to restart
     consider(Healer(redis_client, cfg, executor), registry)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from swarmctl import metrics
+from swarmctl import keys, metrics
 from swarmctl.config import Config, load_config
 from swarmctl.events import Events
 from swarmctl.facts import FactStore
@@ -25,6 +24,7 @@ from swarmctl.graph import JobSpec
 from swarmctl.logging_setup import JsonFormatter, setup_logging
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
+from tests.helpers import free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -35,12 +35,6 @@ def parse(text: str) -> Samples:
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -86,15 +80,16 @@ def test_busy_swarm(redis_client: redis.Redis, config: Config, served: str) -> N
     taken = queue.reclaim("drone-Tarn", None, "test")
     assert taken == [claim.cpv]
     registry.ground("drone-Tarn", 60, queue)
-    Events(redis_client).emit("restarted", drone="drone-Tarn", reason="level 2")
-    Events(redis_client).emit("heal-refused", drone="drone-Tarn", reason="protected host")
+    events = Events(redis_client, config.queue.events_max)
+    events.emit("restarted", drone="drone-Tarn", reason="level 2")
+    events.emit("heal-refused", drone="drone-Tarn", reason="protected host")
     metrics.record_upload_rejection(redis_client, "sha256-mismatch")
     metrics.record_upload_rejection(redis_client, "sha256-mismatch")
     metrics.record_upload_rejection(redis_client, "not-owner")
     FactStore(redis_client).set_sync_time(time.time() - 100)
     FactStore(redis_client).set_binhost(90, 100)
     FactStore(redis_client).record_nightly("FINISHED", 1234.0)
-    redis_client.set("swarm:orchestrator:leader", "orch-1", px=10_000)
+    redis_client.set(keys.LEADER, "orch-1", px=10_000)
 
     s = scrape(served)
     assert s[("swarm_queue_jobs", (("state", "built"),))] == 2
@@ -155,7 +150,7 @@ def test_tally_pages_through_many_events(redis_client: redis.Redis) -> None:
     tally = metrics.EventTally(redis_client)
     with redis_client.pipeline(transaction=False) as pipe:
         for i in range(2500):
-            pipe.xadd("swarm:events", {"ts": 0, "kind": "built", "job": f"a/b-{i}", "drone": "d", "reason": "10"})
+            pipe.xadd(keys.EVENTS, {"ts": 0, "kind": "built", "job": f"a/b-{i}", "drone": "d", "reason": "10"})
         pipe.execute()
     assert tally.update() == 2500
     assert tally.duration_count == 2500 and tally.update() == 0

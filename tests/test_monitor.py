@@ -10,12 +10,14 @@ import redis
 from rich.console import Console
 
 from swarmctl import keys, monitor
+from swarmctl.cli.live import run_live
+from swarmctl.cli.views.monitor import render_frame
 from swarmctl.config import Config
 from swarmctl.events import Event
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneInfo, DroneRegistry
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 LONG_CPV = "dev-python/an-extraordinarily-long-package-name-that-never-fits-any-column-1.2.3_pre20240101-r7"
 LONG_DRONE = "drone-with-a-name-much-longer-than-the-column-allows"
@@ -65,7 +67,7 @@ def busy(redis_client: redis.Redis, config: Config) -> dict[str, str]:
 def test_empty_swarm(redis_client: redis.Redis, config: Config) -> None:
     snap = monitor.gather(redis_client, config)
     assert snap.counts["needed"] == 0 and snap.drones == [] and snap.events == []
-    text = text_of(monitor.render_frame(snap, 80), 80)
+    text = text_of(render_frame(snap, 80), 80)
     assert "Build Swarm Monitor" in text
     for expected in ("Needed: 0", "Building: 0", "Built: 0", "Failed/Blocked: 0/0", "Rate: 0/hr", "ETA: done",
                      "no drones enrolled", "no events yet", "Leader: none"):
@@ -75,7 +77,7 @@ def test_empty_swarm(redis_client: redis.Redis, config: Config) -> None:
 def test_busy_swarm(redis_client: redis.Redis, config: Config, busy: dict[str, str]) -> None:
     snap = monitor.gather(redis_client, config)
     assert snap.counts["delegated"] == 2 and snap.counts["needed"] == 2
-    lines = lines_of(monitor.render_frame(snap, 120), 120)
+    lines = lines_of(render_frame(snap, 120), 120)
     text = "\n".join(lines)
     assert "Needed: 2" in text and "Building: 2" in text and "Drones: 4/5 online" in text
     rows = table_rows(lines)
@@ -98,7 +100,7 @@ def test_status_colours(redis_client: redis.Redis, config: Config, busy: dict[st
     snap = monitor.gather(redis_client, config)
     console = Console(width=120, file=io.StringIO(), color_system="truecolor", force_terminal=True)
     seen: dict[str, str] = {}
-    for segment in console.render(monitor.render_frame(snap, 120)):
+    for segment in console.render(render_frame(snap, 120)):
         word = segment.text.strip().split(" ")[0]
         if word in ("BUILDING", "IDLE", "GROUNDED", "OFFLINE") and segment.style and segment.style.color:
             seen.setdefault(word, segment.style.color.name)
@@ -108,7 +110,7 @@ def test_status_colours(redis_client: redis.Redis, config: Config, busy: dict[st
 def test_long_names_never_break_columns(redis_client: redis.Redis, config: Config, busy: dict[str, str]) -> None:
     snap = monitor.gather(redis_client, config)
     for width in (40, 60, 80, 100, 160):
-        lines = lines_of(monitor.render_frame(snap, width), width)
+        lines = lines_of(render_frame(snap, width), width)
         assert all(len(line) <= width for line in lines), width
         # every drone is exactly one line, cut with an ellipsis rather than wrapped
         long_rows = [line for line in table_rows(lines) if "drone-w" in line]
@@ -120,13 +122,13 @@ def test_long_names_never_break_columns(redis_client: redis.Redis, config: Confi
 
 def test_narrow_terminals_drop_columns(redis_client: redis.Redis, config: Config, busy: dict[str, str]) -> None:
     snap = monitor.gather(redis_client, config)
-    head = {w: next(line for line in lines_of(monitor.render_frame(snap, w), w) if "DRONE" in line)
+    head = {w: next(line for line in lines_of(render_frame(snap, w), w) if "DRONE" in line)
             for w in (40, 62, 80, 120)}
     assert "TASK" in head[40] and "CPU" not in head[40] and "TIME" not in head[40]
     assert "TIME" in head[62] and "SEEN" not in head[62]
     assert all(col in head[120] for col in ("TIME", "CPU", "RAM", "SEEN"))
     # the header packs whole items onto more lines instead of splitting one
-    narrow = "\n".join(lines_of(monitor.render_frame(snap, 40), 40))
+    narrow = "\n".join(lines_of(render_frame(snap, 40), 40))
     assert "Failed/Blocked: 0/0" in narrow and "Rate: 0/hr" in narrow
 
 
@@ -135,7 +137,7 @@ def test_height_limits_rows(redis_client: redis.Redis, config: Config) -> None:
     for i in range(60):
         beat(registry, f"d{i:02d}", registry.enroll(f"d{i:02d}"))
     snap = monitor.gather(redis_client, config)
-    lines = lines_of(monitor.render_frame(snap, 100, height=24), 100)
+    lines = lines_of(render_frame(snap, 100, height=24), 100)
     assert len(lines) == 24
     more = [line for line in lines if "more" in line]
     assert more and "idle" in more[0]
@@ -157,7 +159,7 @@ def test_elapsed_uses_the_claim_time(redis_client: redis.Redis, config: Config) 
     snap = monitor.gather(redis_client, config)
     elapsed = snap.elapsed(snap.drones[0])
     assert elapsed is not None and 120 < elapsed < 140
-    assert "2m0" in text_of(monitor.render_frame(snap, 100), 100)
+    assert "2m0" in text_of(render_frame(snap, 100), 100)
 
 
 def test_rate_and_eta_from_real_builds(redis_client: redis.Redis, config: Config) -> None:
@@ -179,7 +181,7 @@ def test_rate_and_eta_from_real_builds(redis_client: redis.Redis, config: Config
     eta = later.eta
     assert eta is not None and not eta.lower_bound
     assert eta.seconds == pytest.approx(600)  # the 600 s chain outlasts the backlog (3 jobs at 36/hr: 300 s)
-    text = text_of(monitor.render_frame(later, 100), 100)
+    text = text_of(render_frame(later, 100), 100)
     assert "Rate: 36/hr" in text and "ETA: 10m00s" in text and "Built: 3" in text
     # a fresh tracker reading the window from the stream agrees
     assert monitor.gather(redis_client, config).rate_per_hour == pytest.approx(36.0)
@@ -240,7 +242,7 @@ def test_render_is_pure() -> None:
                             rate_per_hour=8.0, critical_path=None,
                             running={"sys-devel/llvm-19.1.7": monitor.RunningJob(
                                 "sys-devel/llvm-19.1.7", "drone-Izar", 400.0, 28800, 28800)})
-    text = text_of(monitor.render_frame(snap, 90), 90)
+    text = text_of(render_frame(snap, 90), 90)
     assert "Needed: 45" in text and "Built: 312" in text and "Rate: 8/hr" in text and "Failed/Blocked: 0/1" in text
     assert "ETA: 5h45m" in text  # 46 open at 8/hr
     assert "HUNG" in text and "10m00s" in text
@@ -270,7 +272,7 @@ def test_live_view_rides_out_a_redis_outage() -> None:
 
     out = io.StringIO()
     console = Console(width=80, height=30, file=out, color_system=None, force_terminal=True)
-    monitor.run_live(read, console, interval=0.01, screen=False)
+    run_live(read, console, interval=0.01, screen=False)
     text = out.getvalue()
     assert "cannot read the swarm: Connection refused" in text
     assert "Needed: 7" in text

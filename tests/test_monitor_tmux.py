@@ -22,7 +22,7 @@ from swarmctl.config import Config
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import REPO, wait_until
+from tests.helpers import REPO, wait_until
 
 TMUX = shutil.which("tmux") or ("/usr/bin/tmux" if Path("/usr/bin/tmux").exists() else None)
 pytestmark = pytest.mark.skipif(TMUX is None, reason="tmux is not installed (apt-get install tmux)")

@@ -7,9 +7,9 @@ import redis
 
 from swarmctl import keys
 from swarmctl.config import Config
-from swarmctl.exceptions import InvalidAtom, SwarmError
+from swarmctl.exceptions import Grounded, InvalidAtom, NotEnrolled, SwarmError
 from swarmctl.graph import JobSpec
-from swarmctl.queue import Grounded, Queue, Unauthorized
+from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
 
 
@@ -46,13 +46,13 @@ def test_dependency_queued_later_still_gates(queue: Queue, registry: DroneRegist
 
 def test_unknown_or_revoked_drone_gets_no_work(queue: Queue, registry: DroneRegistry) -> None:
     queue.add([JobSpec("app-misc/a-1")])
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotEnrolled):
         queue.claim("ghost", "made-up-token")
     token = registry.enroll("tarn")
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotEnrolled):
         queue.claim("tarn", "wrong" + token)
     registry.revoke("tarn", queue)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotEnrolled):
         queue.claim("tarn", token)
     assert queue.counts()["ready"] == 1
 

@@ -21,7 +21,7 @@ from swarmctl.orchestrator import Orchestrator
 from swarmctl.queue import InvalidArgument, PartialAdd, Queue
 from swarmctl.registry import DroneRegistry
 from swarmctl.scripts import Scripts, decode
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def snapshot(client: redis.Redis) -> dict[str, bytes]:
@@ -89,7 +89,7 @@ def test_every_script_refuses_bad_arguments_before_writing(queue: Queue, token: 
     claim = queue.claim("izar", token)
     assert claim is not None
     before = snapshot(queue.redis)
-    reply = decode(getattr(Scripts(queue.redis), script)(keys=[*keys.QUEUE_KEYS, "swarm:history:x"],
+    reply = decode(getattr(Scripts(queue.redis), script)(keys=[*keys.QUEUE_KEYS, keys.history("x")],
                                                        args=args))
     assert reply[0] == "invalid", reply
     assert snapshot(queue.redis) == before  # not one write
@@ -126,7 +126,7 @@ def test_negative_events_max_is_refused_before_anything_is_added(redis_client: r
     proc = run_cli(["queue", "add", "app-misc/a-1"], {**swarm_env, "SWARM_QUEUE_EVENTS_MAX": "-5"}, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "events_max" in proc.stderr
-    assert redis_client.keys("swarm:job:*") == []
+    assert redis_client.keys(keys.JOB_PREFIX + "*") == []
 
 
 # -- gates linear in the edges, readiness exact ---------------------------------------------------
@@ -141,7 +141,7 @@ def wide_dag(width: int, chain: int) -> list[JobSpec]:
 
 
 def gate_entries(client: redis.Redis) -> int:
-    return sum(client.scard(k) for k in client.scan_iter(match="swarm:job:*:*", count=1000)
+    return sum(client.scard(k) for k in client.scan_iter(match=keys.JOB_PREFIX + "*:*", count=1000)
                if k.endswith((keys.JOB_GATES, keys.JOB_DEPENDENTS, keys.JOB_NEEDS, keys.JOB_HOLDERS)))
 
 
@@ -254,7 +254,7 @@ def test_queue_clear_leaves_no_keys_behind(queue: Queue, swarm_env: dict[str, st
                JobSpec("dev-perl/a-1", run=["dev-perl/b-1"]), JobSpec("dev-perl/b-1", run=["dev-perl/a-1"])])
     assert redis_client.exists(keys.job_dependents("app-misc/never-queued-1"))
     run_cli(["queue", "clear", "--yes"], swarm_env)
-    assert redis_client.keys("swarm:job:*") == [] and redis_client.keys("swarm:queue:*") == ["swarm:queue:seq"]
+    assert redis_client.keys(keys.JOB_PREFIX + "*") == [] and redis_client.keys(keys.state_set("*")) == [keys.SEQ]
 
 
 def test_queue_list_pages(queue: Queue, swarm_env: dict[str, str]) -> None:

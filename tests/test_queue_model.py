@@ -13,8 +13,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from swarmctl import keys
 from swarmctl.config import load_config
 from swarmctl.events import Events
+from swarmctl.exceptions import Grounded
 from swarmctl.graph import JobSpec, gates_of
-from swarmctl.queue import Claim, Grounded, Queue
+from swarmctl.queue import Claim, Queue
 from swarmctl.registry import DroneRegistry
 
 DRONES = ("izar", "tarn", "meridian")

@@ -11,15 +11,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from swarmctl.embedded import RedisProcess, free_port, redis_server_binary
-from tests.conftest import run_cli
+from swarmctl import keys
+from swarmctl.embedded import redis_server_binary
+from tests.helpers import RedisProcess, free_port, run_cli
 
 
 @pytest.fixture
 def protected_server(tmp_path: Path) -> Iterator[RedisProcess]:
     server = RedisProcess(tmp_path / "r", password="admin-secret").start()
     admin = redis.Redis.from_url(server.url)
-    admin.acl_setuser("swarm", enabled=True, passwords=["+swarm-secret"], keys=["swarm:*"],
+    admin.acl_setuser("swarm", enabled=True, passwords=["+swarm-secret"], keys=[keys.NAMESPACE + "*"],
                       commands=["+@all"])
     yield server
     server.stop()
@@ -67,6 +68,6 @@ def test_sentinel_finds_the_master(sentinel: tuple[RedisProcess, int], swarm_env
     env.update({"SWARM_REDIS_SENTINELS": f"127.0.0.1:{port}", "SWARM_REDIS_SERVICE_NAME": "build-swarm"})
     run_cli(["queue", "add", "app-misc/via-sentinel-1"], env)
     direct = redis.Redis.from_url(master.url, decode_responses=True)
-    assert direct.hget("swarm:job:app-misc/via-sentinel-1", "state") == "needed"
+    assert direct.hget(keys.job("app-misc/via-sentinel-1"), "state") == "needed"
     bad = run_cli(["queue", "list"], {**env, "SWARM_REDIS_SERVICE_NAME": "nope"}, check=False)
     assert bad.returncode == 2 and "Sentinel service 'nope'" in bad.stderr and bad.stderr.count("\n") == 1

@@ -15,7 +15,7 @@ from swarmctl.events import Events
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import Spawner, run_cli, wait_until
+from tests.helpers import Spawner, run_cli, wait_until
 
 
 @pytest.fixture

@@ -7,20 +7,22 @@ import json
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from rich.console import Console
 
 from swarmctl import keys
-from swarmctl.config import Config
+from swarmctl.cli.views.status import render_status
+from swarmctl.config import Config, load_config
 from swarmctl.facts import FactStore, SwarmFacts
 from swarmctl.graph import JobSpec
 from swarmctl.nightly import parse_time, read_nightly_file
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from swarmctl.status import JSON_SCHEMA, as_json, exit_code, gather_status, render_status
-from tests.conftest import run_cli
+from swarmctl.status import JSON_SCHEMA, as_json, exit_code, gather_status
+from tests.helpers import run_cli
 
 jsonschema = pytest.importorskip("jsonschema", reason="jsonschema validates the --json schema (pip install jsonschema)")
 
@@ -45,7 +47,7 @@ def healthy(client: redis.Redis, config: Config) -> str:
     return token
 
 
-def status_json(env: dict[str, str], expect: int) -> dict[str, object]:
+def status_json(env: dict[str, str], expect: int) -> dict[str, Any]:
     proc = run_cli(["status", "--json"], env, check=False)
     assert proc.returncode == expect, proc.stdout + proc.stderr
     data = json.loads(proc.stdout)
@@ -55,7 +57,7 @@ def status_json(env: dict[str, str], expect: int) -> dict[str, object]:
 
 
 def codes(data: dict[str, object]) -> list[str]:
-    return [item["code"] for item in data["attention"]]  # type: ignore[index, union-attr]
+    return [item["code"] for item in data["attention"]]
 
 
 def test_schema_is_a_valid_schema() -> None:
@@ -79,7 +81,7 @@ def test_healthy_swarm_like_the_story(redis_client: redis.Redis, config: Config,
     healthy(redis_client, config)
     report = gather_status(redis_client, config)
     text = text_of(render_status(report))
-    assert "(12h ago)" in text or "(12.0h ago)" in text
+    assert "(12.0h ago)" in text
     assert "World: 264 packages" in text
     assert "Binary: 98.2% available (4,637/4,722)" in text
     assert "Swarm: 1/1 drones online, 0 packages building" in text
@@ -87,7 +89,7 @@ def test_healthy_swarm_like_the_story(redis_client: redis.Redis, config: Config,
     data = status_json(swarm_env, 0)
     assert data["binary"] == {"available": 4637, "total": 4722, "percent": 98.2}
     assert data["world"] == {"packages": 264}
-    assert data["sync"]["ok"] is True and data["sync"]["nightly"]["event"] == "FINISHED"  # type: ignore[index]
+    assert data["sync"]["ok"] is True and data["sync"]["nightly"]["event"] == "FINISHED"
     out = run_cli(["status"], swarm_env).stdout
     assert "Binary: 98.2% available" in out and "\x1b[" not in out
 
@@ -111,8 +113,8 @@ def test_nightly_failed_is_critical(redis_client: redis.Redis, config: Config, s
     FactStore(redis_client).record_nightly("FAILED", detail="emerge --sync and emerge-webrsync both failed")
     data = status_json(swarm_env, 2)
     assert codes(data) == ["nightly_failed"]
-    assert "webrsync" in data["attention"][0]["message"]  # type: ignore[index]
-    assert data["sync"]["ok"] is False  # type: ignore[index]
+    assert "webrsync" in data["attention"][0]["message"]
+    assert data["sync"]["ok"] is False
     report = gather_status(redis_client, config)
     assert "nightly FAILED" in text_of(render_status(report))
 
@@ -130,18 +132,18 @@ def test_nightly_failed_from_the_status_file(redis_client: redis.Redis, config: 
     env = {**swarm_env, "SWARM_NIGHTLY_STATUS_FILE": str(status_file)}
     data = status_json(env, 2)
     assert codes(data) == ["nightly_failed"]
-    assert data["attention"][0]["message"].endswith("Sync the Portage tree: mirror timeout")  # type: ignore[index]
+    assert data["attention"][0]["message"].endswith("Sync the Portage tree: mirror timeout")
 
 
 def test_no_drone_online_with_work_queued(redis_client: redis.Redis, config: Config,
                                          swarm_env: dict[str, str]) -> None:
     healthy(redis_client, config)
     Queue(redis_client, config).add([JobSpec("app-misc/hello-1")])
-    assert status_json(swarm_env, 0)["queue"]["needed"] == 1  # type: ignore[index]
+    assert status_json(swarm_env, 0)["queue"]["needed"] == 1
     redis_client.hset(keys.drone("drone-Izar"), "last_seen", int((time.time() - 3600) * 1000))  # silent
     data = status_json(swarm_env, 2)
     assert codes(data) == ["no_drone_online"]
-    assert data["swarm"]["drones_online"] == 0  # type: ignore[index]
+    assert data["swarm"]["drones_online"] == 0
 
 
 def test_grounded_drones_cannot_take_work(redis_client: redis.Redis, config: Config,
@@ -152,7 +154,7 @@ def test_grounded_drones_cannot_take_work(redis_client: redis.Redis, config: Con
     DroneRegistry(redis_client, config).ground("drone-Izar", 600, queue)
     data = status_json(swarm_env, 2)
     assert codes(data) == ["no_drone_online"]
-    assert data["swarm"]["drones_grounded"] == 1 and data["swarm"]["drones_online"] == 1  # type: ignore[index]
+    assert data["swarm"]["drones_grounded"] == 1 and data["swarm"]["drones_online"] == 1
 
 
 def test_no_orchestrator_is_a_warning(redis_client: redis.Redis, config: Config, swarm_env: dict[str, str]) -> None:
@@ -225,14 +227,17 @@ def test_nightly_file_tail(tmp_path: Path) -> None:
     path.write_text("\n".join(lines) + "\n" + json.dumps({"event": "finished", "time": "1970-01-01T02:00:00Z"}))
     marks = read_nightly_file(path)
     assert marks[-1].event == "FINISHED" and marks[-1].time == 7200
-    assert all(m.event in ("STARTED", "FINISHED") for m in marks)
+    # Only the last 64 KiB are read, whole lines only: a run of the newest STARTED marks, not all 3000.
+    started = [m.time for m in marks[:-1]]
+    assert all(m.event == "STARTED" for m in marks[:-1]) and started == list(range(int(started[0]), 4000))
+    assert started[0] > 1000 and len(started) * len(lines[-1]) < 64 * 1024
     assert read_nightly_file(tmp_path / "missing") == []
 
 
 def test_nightly_marks_reach_status(swarm_env: dict[str, str]) -> None:
     import json
 
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     run_cli(["nightly", "mark", "STARTED"], swarm_env)
     run_cli(["nightly", "mark", "SYNCED"], swarm_env)
@@ -242,3 +247,16 @@ def test_nightly_marks_reach_status(swarm_env: dict[str, str]) -> None:
     text = json.dumps(report)
     assert "FAILED" in text and "emerge-webrsync failed" in text
     assert report["sync"]["time"] is not None
+
+
+def test_status_names_the_nightly_report(redis_client: redis.Redis, swarm_env: dict[str, str],
+                                        tmp_path: Path) -> None:
+    """The nightly playbook draws the night beside its status file; status says where to look."""
+    healthy(redis_client, load_config(environ=swarm_env))
+    env = {**swarm_env, "SWARM_NIGHTLY_STATUS_FILE": str(tmp_path / "nightly.status")}
+    assert status_json(env, 0)["report"] is None
+    run_cli(["report", "--html", str(tmp_path / "nightly-report.html")], env)
+    data = status_json(env, 0)
+    assert data["report"]["path"] == str(tmp_path / "nightly-report.html")  # type: ignore[index]
+    shown = run_cli(["status"], env).stdout
+    assert f"Report: {tmp_path / 'nightly-report.html'}" in shown

@@ -63,6 +63,12 @@ class UploadVerdict:
         """Whether another attempt could succeed."""
         return not self.accepted and (self.code in RETRYABLE_CODES or (self.status or 0) >= 500)
 
+    @property
+    def fault(self) -> str:
+        """Whose fault a permanent refusal is: ``build`` when the package itself was refused
+        (its content policy: every drone would build the same thing), else ``drone``."""
+        return "build" if self.code in PACKAGE_REFUSALS else "drone"
+
 
 class BinhostClient:
     """Uploads packages for one drone."""
@@ -192,7 +198,9 @@ class BinhostPublisher:
 
 
 #: Refusals that sending the same file again cannot fix.
-PERMANENT_REFUSALS = frozenset({"bad_package", "cpv_mismatch", "too_large", "duplicate", "bad_request"})
+PERMANENT_REFUSALS = frozenset({"bad_package", "cpv_mismatch", "too_large", "duplicate", "bad_request", "policy"})
+#: Refusals of the package for what it contains: a failed build (two drones block it).
+PACKAGE_REFUSALS = frozenset({"policy"})
 
 
 def outcome_of(verdict: UploadVerdict) -> str:

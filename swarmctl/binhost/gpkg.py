@@ -20,10 +20,13 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from swarmctl.atoms import validate_cpv
 from swarmctl.exceptions import InvalidAtom, SwarmError
+
+if TYPE_CHECKING:
+    from swarmctl.binhost.contents import UnpackLimits
 
 logger = logging.getLogger("swarmctl.binhost.gpkg")
 
@@ -33,13 +36,16 @@ GPKG_SUFFIX = ".gpkg.tar"
 #: Largest metadata member accepted (it is decompressed in memory by portage).
 MAX_METADATA_BYTES = 32 * 1024 * 1024
 
-_BUILD_ID_NAME = re.compile(r"^(?P<pf>.+)-(?P<build_id>[1-9]\d{0,9})\.gpkg\.tar$")
 # Metadata files that are not one text value (ebuild copy, compressed environment).
 _SKIPPED_METADATA = re.compile(r"(\.ebuild$|\.bz2$|^environment)")
 
 
 class GpkgError(SwarmError):
     """The file is not a valid gpkg, or its Manifest does not match its content."""
+
+
+class PolicyViolation(GpkgError):
+    """A well-formed gpkg whose content the binhost's policy refuses (see ``binhost.policy``)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class GpkgInfo:
         basename: The directory name inside the tar (``PF-BUILD_ID`` or ``PF``).
         metadata: Every single-value text metadata entry, stripped (USE, SLOT,
             DEPEND, RDEPEND, CHOST, repository...).
+        oversized: Metadata keys whose values exceeded the value cap (left out).
     """
 
     cpv: str
@@ -64,15 +71,11 @@ class GpkgInfo:
     build_time: int | None
     basename: str
     metadata: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def file_name(self) -> str:
-        """The multi-instance file name portage uses: ``PF-BUILD_ID.gpkg.tar``."""
-        suffix = f"-{self.build_id}" if self.build_id is not None else ""
-        return f"{self.pf}{suffix}{GPKG_SUFFIX}"
+    oversized: frozenset[str] = frozenset()
 
 
-class _ReaderSettings(dict):  # type: ignore[type-arg]
+
+class _ReaderSettings(dict[str, str]):
     """The part of ``portage.config`` that portage's gpkg reader touches."""
 
     features: frozenset[str] = frozenset({"binpkg-ignore-signature"})
@@ -81,12 +84,13 @@ class _ReaderSettings(dict):  # type: ignore[type-arg]
         return dict(self)
 
 
-def inspect_gpkg(path: Path, settings: Any = None) -> GpkgInfo:
+def inspect_gpkg(path: Path, settings: Any = None, limits: UnpackLimits | None = None) -> GpkgInfo:
     """Verify ``path``'s Manifest and return its identity and metadata.
 
     Args:
         path: A ``.gpkg.tar`` file.
         settings: A ``portage.config`` to use instead of the minimal stand-in.
+        limits: Caps on the unpacked metadata (default: the settings' defaults).
 
     Returns:
         The package's identity and metadata.
@@ -95,13 +99,16 @@ def inspect_gpkg(path: Path, settings: Any = None) -> GpkgInfo:
         GpkgError: Not a gpkg, a member does not match the Manifest (truncated,
             flipped byte, extra or missing member), or its metadata names no valid CPV.
     """
+    from swarmctl.binhost.contents import UnpackLimits, read_metadata
+
     reader = _open(Path(path), settings)
     _check_metadata_size(Path(path))
     try:
         reader._verify_binpkg()
-        raw = reader.get_metadata()
     except Exception as exc:  # portage raises many types (DigestException, tarfile, OSError...)
         raise GpkgError(f"{Path(path).name}: {_describe(exc).replace(str(path), Path(path).name)}") from None
+    # Not reader.get_metadata(): it holds the whole unpacked metadata tar in memory.
+    raw, oversized = read_metadata(Path(path), reader, limits or UnpackLimits())
     metadata = {
         key: value.decode("utf-8", "replace").strip()
         for key, value in raw.items()
@@ -120,21 +127,13 @@ def inspect_gpkg(path: Path, settings: Any = None) -> GpkgInfo:
         build_time=_int_or_none(metadata.get("BUILD_TIME")),
         basename=str(reader.prefix or ""),
         metadata=metadata,
+        oversized=oversized,
     )
 
 
-def parse_file_name(name: str) -> tuple[str, int | None]:
-    """``("hello-1", 3)`` for ``hello-1-3.gpkg.tar``; ``(pf, None)`` without BUILD_ID.
-
-    Raises:
-        GpkgError: The name does not end in ``.gpkg.tar``.
-    """
-    if not name.endswith(GPKG_SUFFIX):
-        raise GpkgError(f"{name}: not a .gpkg.tar file name")
-    match = _BUILD_ID_NAME.match(name)
-    if match is None:
-        return name[: -len(GPKG_SUFFIX)], None
-    return match["pf"], int(match["build_id"])
+def reader_for(path: Path) -> Any:
+    """Portage's gpkg reader for ``path`` (its Manifest is not verified here)."""
+    return _open(Path(path), None)
 
 
 def _open(path: Path, settings: Any) -> Any:

@@ -25,10 +25,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from swarmctl.atomicfile import write_atomic
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
 from swarmctl.exceptions import SwarmError
+from swarmctl.progress import ProgressFn, no_progress, tick
+
+if TYPE_CHECKING:
+    from swarmctl.binhost.policy import ContentPolicy
 
 logger = logging.getLogger("swarmctl.binhost.index")
 
@@ -230,12 +235,16 @@ class VerifyReport:
         return not self.problems
 
 
-def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
+def verify(pkgdir: Path, *, check_manifests: bool = False, policy: ContentPolicy | None = None,
+           progress: ProgressFn = no_progress) -> VerifyReport:
     """Check every index entry against its file, and every file against the index.
 
     Args:
         pkgdir: The binhost directory.
-        check_manifests: Also verify each gpkg's internal Manifest (slower).
+        check_manifests: Also verify each gpkg's internal Manifest and apply the content
+            policy, as a publish does (slower).
+        policy: The content policy (default: the documented defaults).
+        progress: Hears how many entries of how many are checked (swarmctl.progress).
 
     Returns:
         One problem per line: missing file, size or checksum mismatch, entry without
@@ -248,8 +257,10 @@ def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
         report.problems.append(f"{index_path}: no index")
         return report
     index = PackagesIndex.read(index_path)
+    stage = "verifying with manifests" if check_manifests else "verifying"
     for rel_path, entry in sorted(index.entries.items()):
         report.checked += 1
+        tick(progress, stage, report.checked, len(index.entries))
         missing = [key for key in REQUIRED_KEYS if not entry.get(key)]
         if missing:
             report.problems.append(f"{rel_path}: entry lacks {', '.join(missing)}")
@@ -268,12 +279,7 @@ def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
             if key in entry and entry[key].lower() != actual:
                 report.problems.append(f"{rel_path}: {key} mismatch (index {entry[key]}, file {actual})")
         if check_manifests:
-            try:
-                info = inspect_gpkg(file_path)
-                if info.cpv != entry["CPV"]:
-                    report.problems.append(f"{rel_path}: file is {info.cpv}, index says {entry['CPV']}")
-            except GpkgError as exc:
-                report.problems.append(str(exc))
+            report.problems += _manifest_problems(file_path, rel_path, entry, policy)
     for file_path in sorted(_package_files(pkgdir)):
         rel_path = file_path.relative_to(pkgdir).as_posix()
         if rel_path not in index.entries:
@@ -281,8 +287,24 @@ def verify(pkgdir: Path, *, check_manifests: bool = False) -> VerifyReport:
     return report
 
 
+def _manifest_problems(file_path: Path, rel_path: str, entry: dict[str, str],
+                       policy: ContentPolicy | None) -> list[str]:
+    """What ``verify --manifests`` finds in one file: Manifest, identity, content policy."""
+    from swarmctl.binhost.policy import ContentPolicy
+
+    policy = policy or ContentPolicy.default()
+    try:
+        info = inspect_gpkg(file_path, limits=policy.limits)
+        if info.cpv != entry["CPV"]:
+            return [f"{rel_path}: file is {info.cpv}, index says {entry['CPV']}"]
+        policy.check(file_path, info)
+    except GpkgError as exc:
+        return [f"{rel_path}: {exc}"]
+    return []
+
+
 def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
-            timeout: float = 3600.0) -> int:
+            timeout: float = 3600.0, progress: ProgressFn = no_progress) -> int:
     """Rebuild ``PKGDIR/Packages`` with portage's ``emaint binhost --fix``, then add SHA256.
 
     Args:
@@ -292,6 +314,7 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
         full: Ignore the existing index (every file is re-read and re-hashed);
             otherwise emaint only refreshes entries whose size or mtime changed.
         timeout: Seconds emaint may take.
+        progress: Hears when emaint runs (no total) and how many files of how many are hashed.
 
     Returns:
         Number of packages in the new index.
@@ -322,6 +345,7 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
             env["PKGDIR"] = str(pkgdir)
             # Incremental on top of make.conf: one plain Packages, built from the files.
             env["FEATURES"] = "-compress-index -pkgdir-index-trusted"
+            progress("indexing with emaint", 0, None)
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
@@ -334,7 +358,8 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
             with contextlib.suppress(FileNotFoundError):
                 aside.unlink()
             index = PackagesIndex.read(store.path)
-            for rel_path, entry in index.entries.items():
+            for n, (rel_path, entry) in enumerate(index.entries.items(), 1):
+                tick(progress, "hashing", n, len(index.entries))
                 file_path = _inside(pkgdir, rel_path)
                 if file_path is not None and file_path.is_file():
                     entry["SHA256"] = FileDigests.of(file_path).sha256
@@ -371,7 +396,7 @@ def _evaluate_use(value: str, use: frozenset[str], atoms: bool) -> str:
     from portage.dep import Atom, paren_enclose, use_reduce
 
     try:
-        return paren_enclose(use_reduce(value, uselist=use, token_class=Atom if atoms else None))
+        return str(paren_enclose(use_reduce(value, uselist=use, token_class=Atom if atoms else None)))
     except Exception:  # an unparsable string stays as the package says
         return value
 

@@ -24,6 +24,11 @@ and at most ``max_connections`` connections (``max_connections_per_address`` fro
 address) are served at once; the next one gets an immediate 503 and is closed, so a
 flood of idle sockets costs no threads and cannot lock other hosts out.
 
+Before it serves, the server finishes or undoes what a killed predecessor left in PKGDIR
+(:func:`swarmctl.binhost.recovery.recover`). A package the content policy refuses is
+answered ``policy`` (422) and shown as an ``upload-refused`` event; an I/O error such as a
+full disk is ``io_error`` (500), which the drone retries.
+
 Replies are one JSON object on one line: ``{"status": "accepted"|"refused",
 "code": ..., "reason": ...}``.
 
@@ -50,9 +55,16 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
+from swarmctl.binhost.recovery import RecoveryReport, recover
+from swarmctl.exceptions import SwarmError
+
+if TYPE_CHECKING:  # the gate is handed both; importing them here would load the queue for every server
+    from swarmctl.queue import Queue
+    from swarmctl.registry import DroneRegistry
 
 logger = logging.getLogger("swarmctl.binhost.server")
 
@@ -69,12 +81,15 @@ _STATUS_OF_CODE = {
     "checksum_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
     "bad_package": HTTPStatus.UNPROCESSABLE_ENTITY,
     "cpv_mismatch": HTTPStatus.UNPROCESSABLE_ENTITY,
+    "policy": HTTPStatus.UNPROCESSABLE_ENTITY,
     "busy": HTTPStatus.SERVICE_UNAVAILABLE,
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
     "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
 }
 _CONTENT_TYPES = {".tar": "application/x-tar", "": "text/plain; charset=utf-8"}
 _LINGER_SECONDS = 2.0
+#: Refusals of what an authenticated owner uploaded that become events (the package is at fault).
+_EVENT_CODES = frozenset({"policy", "bad_package", "cpv_mismatch"})
 _LINGER_BYTES = 4 * 1024 * 1024
 
 
@@ -92,7 +107,7 @@ class Gate(Protocol):
 class QueueGate:
     """The real :class:`Gate`: ``DroneRegistry`` for tokens, ``Queue`` for ownership."""
 
-    def __init__(self, registry: Any, queue: Any) -> None:
+    def __init__(self, registry: DroneRegistry, queue: Queue) -> None:
         self.registry = registry
         self.queue = queue
 
@@ -100,7 +115,7 @@ class QueueGate:
         return bool(self.registry.authenticate(drone, token))
 
     def owner_of(self, cpv: str) -> tuple[str | None, str | None]:
-        return self.queue.owner_of(cpv)  # type: ignore[no-any-return]
+        return self.queue.owner_of(cpv)
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
                  artifact: dict[str, Any]) -> str:
@@ -112,6 +127,14 @@ class QueueGate:
 
         with contextlib.suppress(Exception):
             record_upload_rejection(self.queue.redis, code)
+
+    def package_refused(self, cpv: str, drone: str, code: str, reason: str) -> None:
+        """An ``upload-refused`` event: the owner's package was refused for what it is."""
+        from swarmctl.events import Events
+
+        with contextlib.suppress(Exception):
+            Events(self.queue.redis, self.queue.config.queue.events_max).emit(
+                "upload-refused", job=cpv, drone=drone, reason=f"{code}: {reason}"[:500])
 
 
 @dataclass(frozen=True)
@@ -129,6 +152,7 @@ class ServerSettings:
         max_connections: Connections served at once; more are answered 503 and closed.
         max_connections_per_address: Connections one client address may hold at once,
             so one host's idle sockets cannot take every slot.
+        policy: The content policy packages must pass (default: the documented defaults).
     """
 
     max_upload_bytes: int = 4 * 1024**3
@@ -138,6 +162,7 @@ class ServerSettings:
     header_timeout: float = 10.0
     max_connections: int = 64
     max_connections_per_address: int = 16
+    policy: ContentPolicy | None = None
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -210,7 +235,13 @@ class BinhostServer(ThreadingHTTPServer):
         self.pkgdir = Path(pkgdir).absolute()
         self.gate = gate
         self.settings = settings or ServerSettings()
-        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes)
+        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, policy=self.settings.policy)
+        # What a killed predecessor left: unindexed published files, stale upload temp files.
+        try:
+            self.recovery = recover(self.publisher)
+        except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
+            logger.error("binhost recovery in %s did not finish: %s", self.pkgdir, exc)
+            self.recovery = RecoveryReport()
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
@@ -278,7 +309,7 @@ class BinhostServer(ThreadingHTTPServer):
     def url(self) -> str:
         """Base URL clients use (``http://host:port``)."""
         host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host if isinstance(host, str) else host.decode()}:{port}"
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -287,8 +318,8 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "build-swarm-binhost"
 
     def setup(self) -> None:
-        self.timeout = self.server.settings.read_timeout
         super().setup()
+        self.connection.settimeout(self.server.settings.read_timeout)
         self._reader = _DeadlineReader(self.connection, self.server.settings.read_timeout)
         self.rfile.close()  # the plain makefile() reader; ours replaces it
         self.rfile = io.BufferedReader(self._reader)
@@ -355,8 +386,12 @@ class _Handler(BaseHTTPRequestHandler):
                                                       commit_check=still_owner)
         except PublishRefused as exc:
             # A refused body may be partly unread: close the connection after replying.
-            unread = exc.code not in ("checksum_mismatch", "bad_package", "cpv_mismatch", "duplicate",
+            unread = exc.code not in ("checksum_mismatch", "bad_package", "cpv_mismatch", "policy", "duplicate",
                                       "not_owner")
+            if exc.code in _EVENT_CODES:
+                report = getattr(self.server.gate, "package_refused", None)
+                if report is not None:
+                    report(cpv, drone, exc.code, str(exc))
             self._reply_refusal(_Refusal(exc.code, str(exc), **exc.details), linger=unread)
             return
         outcome = "unknown"

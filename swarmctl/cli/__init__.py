@@ -48,6 +48,7 @@ def _register() -> None:
         nightly_cmd,
         orchestrator_cmd,
         queue_cmd,
+        report_cmd,
         status_cmd,
     )
 
@@ -57,7 +58,8 @@ def _register() -> None:
     cli.add_command(orchestrator_cmd.orchestrator)
     cli.add_command(orchestrator_cmd.events)
     cli.add_command(local_cmd.local)
-    for module in (binhost_cmd, status_cmd, monitor_cmd, doctor_cmd, history_cmd, heal_cmd, demo_cmd, nightly_cmd):
+    for module in (binhost_cmd, status_cmd, monitor_cmd, doctor_cmd, history_cmd, heal_cmd, demo_cmd, nightly_cmd,
+                   report_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -31,6 +31,7 @@ def binhost() -> None:
 @click.pass_obj
 def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
     """Accept verified uploads from drones and serve PKGDIR to portage clients."""
+    from swarmctl.binhost.policy import ContentPolicy
     from swarmctl.binhost.server import QueueGate, ServerSettings, make_server
 
     directory = _pkgdir(obj, pkgdir)
@@ -43,8 +44,9 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         header_timeout=cfg.header_timeout,
         max_connections=cfg.max_connections,
         max_connections_per_address=cfg.max_connections_per_address,
+        policy=ContentPolicy.from_config(cfg),
     )
-    client = obj.redis()
+    client = obj.client
     from swarmctl.queue import Queue
     from swarmctl.registry import DroneRegistry
 
@@ -69,8 +71,9 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
 @click.option("--prefix", "prefix_root", type=click.Path(file_okay=False),
               help="Portage prefix to run emaint in (default: a temporary one).")
 @click.option("--incremental", is_flag=True, help="Only refresh entries whose file changed.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @click.pass_obj
-def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, incremental: bool) -> None:
+def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, incremental: bool, quiet: bool) -> None:
     """Rebuild the Packages index from the package files (emaint binhost --fix)."""
     from swarmctl.binhost.index import reindex
     from swarmctl.exceptions import SwarmError
@@ -79,8 +82,9 @@ def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, increment
     if not directory.is_dir():
         raise click.ClickException(f"{directory} is not a directory")
     try:
-        count = reindex(directory, prefix_root=Path(prefix_root) if prefix_root else None,
-                        full=not incremental)
+        with terminal.progress(quiet) as progress:
+            count = reindex(directory, prefix_root=Path(prefix_root) if prefix_root else None,
+                            full=not incremental, progress=progress)
     except (SwarmError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     terminal.ok(f"indexed {count} package(s) in {directory / 'Packages'}")
@@ -88,14 +92,19 @@ def reindex_cmd(obj: Any, pkgdir: str | None, prefix_root: str | None, increment
 
 @binhost.command("verify")
 @click.option("--dir", "pkgdir", metavar="PKGDIR", help="Binhost directory (default: binhost.dir).")
-@click.option("--manifests", is_flag=True, help="Also verify every gpkg's internal Manifest.")
+@click.option("--manifests", is_flag=True,
+              help="Also verify every gpkg's internal Manifest and its content policy.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @click.pass_obj
-def verify_cmd(obj: Any, pkgdir: str | None, manifests: bool) -> None:
+def verify_cmd(obj: Any, pkgdir: str | None, manifests: bool, quiet: bool) -> None:
     """Check every package file against the index (size, MD5, SHA1, SHA256) and vice versa."""
     from swarmctl.binhost.index import verify
+    from swarmctl.binhost.policy import ContentPolicy
 
     directory = _pkgdir(obj, pkgdir)
-    report = verify(directory, check_manifests=manifests)
+    with terminal.progress(quiet) as progress:
+        report = verify(directory, check_manifests=manifests, policy=ContentPolicy.from_config(obj.config.binhost),
+                        progress=progress)
     for problem in report.problems:
         click.echo(problem)
     if not report.ok:

@@ -26,9 +26,6 @@ class AppContext:
         client.ping()  # fail here, with one clear line, not halfway through a command
         return client
 
-    def redis(self) -> redis.Redis:
-        return self.client
-
     @cached_property
     def queue(self) -> Queue:
         return Queue(self.client, self.config)

@@ -6,21 +6,21 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Group
 from rich.live import Live
-from rich.text import Text
 
 from swarmctl.cli import terminal
 
+if TYPE_CHECKING:
+    from swarmctl.demo import LocalSwarm
 
-def _frame(swarm) -> Group:  # type: ignore[no-untyped-def]
-    counts = swarm.queue.counts()
-    header = Text(f"Build Swarm (local)   needed {counts['needed']}  building {counts['delegated']}  "
-                  f"built {counts['built']}  blocked {counts['blocked']}  "
-                  f"{time.monotonic() - swarm.started:.0f}s", style="bold")
-    return Group(header, terminal.drones_table(swarm.registry.list()))
+
+def _frame(swarm: LocalSwarm) -> Group:
+    return terminal.demo_frame(swarm.queue.counts(), swarm.registry.list(), swarm.registry.server_time(),
+                               time.monotonic() - swarm.started)
 
 
 @click.command("demo")

@@ -19,14 +19,15 @@ from swarmctl.cli.context import AppContext
 @click.pass_obj
 def doctor(app: AppContext, as_json: bool, deep: bool, max_skew: float) -> None:
     """Check the swarm's moving parts, one line each with a fix; exits 1 on warnings, 2 on failures."""
+    from swarmctl.cli.views.doctor import render_checks
     from swarmctl.doctor import as_json as to_json
-    from swarmctl.doctor import exit_code, render_checks, run_checks
+    from swarmctl.doctor import exit_code, run_checks
 
     checks = run_checks(app.config, lambda: app.client, deep=deep, max_skew=max_skew)
     if as_json:
         terminal.print_json(to_json(checks))
     else:
-        terminal.console.print(render_checks(checks), highlight=False)
+        terminal.print_messages(render_checks(checks).renderables)
     code = exit_code(checks)
     if code:
         raise SystemExit(code)

@@ -148,7 +148,7 @@ def _check_build_user(user: build_env.BuildUser, checks: list[tuple[str, Path, s
     test = shutil.which("test") or "/usr/bin/test"
     for flag, path, need in checks:
         done = subprocess.run([test, flag, str(path)], check=False, cwd="/", env={"PATH": os.defpath},
-                              **build_env.as_user(user))  # type: ignore[call-overload]
+                              **build_env.as_user(user))
         if done.returncode != 0:
             raise ConfigError(f"drone.build_user: {user.name} cannot {need} {path} (a parent directory may be "
                               "private); make it reachable, or set drone.build_user to '' to build as root")
@@ -219,11 +219,13 @@ def run(app: AppContext, name: str | None, token: str | None, builder: str | Non
 
 @click.command("drones")
 @click.option("--json", "as_json", is_flag=True, help="JSON list of drones.")
+@click.option("--tsv", is_flag=True, help="Tab-separated values, a header then one drone per line.")
 @pass_app
-def drones(app: AppContext, as_json: bool) -> None:
+def drones(app: AppContext, as_json: bool, tsv: bool) -> None:
     """List every drone: status, task, cpu, mem, heartbeat, failures, grounding."""
     fleet = app.registry.list()
     if as_json:
         terminal.print_json([d.as_dict() for d in fleet])
     else:
-        terminal.console.print(terminal.drones_table(fleet))
+        terminal.print_table(terminal.DRONE_COLUMNS, terminal.drone_rows(fleet, app.registry.server_time()),
+                             f"{len(fleet)} drone(s)", tsv=tsv)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import asdict
 
 import click
 
-from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cp, validate_cpv
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
@@ -34,18 +32,7 @@ def import_logs(app: AppContext, files: tuple[str, ...], as_json: bool) -> None:
     reports = {path: parse_file(path) for path in files}
     merges: list[tuple[Merge, str]] = sorted(
         ((m, path) for path, r in reports.items() for m in r.merges), key=lambda item: item[0].end)
-    store = _history(app)
-    # A merge is known by what and when it built: importing a log again records nothing twice.
-    with app.client.pipeline(transaction=False) as pipe:
-        for merge, _path in merges:
-            pipe.sadd(keys.HISTORY_SEEN, f"{merge.cpv}@{merge.start}-{merge.end}")
-        new = pipe.execute()
-    with app.client.pipeline(transaction=False) as pipe:
-        for (merge, path), fresh in zip(merges, new, strict=True):
-            if fresh:
-                store.record(merge.record(source=f"emerge.log:{path}"), pipeline=pipe)
-        pipe.execute()
-    repeats = len(new) - sum(new)
+    repeats = _history(app).import_merges(merges)
     if as_json:
         terminal.print_json({path: r.as_dict() for path, r in reports.items()})
         return
@@ -77,7 +64,7 @@ def show(app: AppContext, atom: str, as_json: bool) -> None:
         cpv, cp = None, validate_cp(atom)
     store = _history(app)
     records = store.records(cp)
-    estimate = store.estimate(cpv, records) if cpv else _package_estimate(store, records)
+    estimate = store.estimate(cpv or cp, records)
     if as_json:
         terminal.print_json({"atom": atom, "estimate": estimate, "default": store.default,
                              "records": [asdict(r) for r in records]})
@@ -85,13 +72,6 @@ def show(app: AppContext, atom: str, as_json: bool) -> None:
     terminal.console.print(_plain(cp, records), highlight=False, markup=False)
     source = "no history: the default" if not records else "median of recent builds"
     terminal.ok(f"estimate for {cpv or cp}: {estimate:.0f} s ({source})")
-
-
-def _package_estimate(store: History, records: list[BuildRecord]) -> float:
-    """Estimate for the package as a whole: the median of every version's builds, serial preferred."""
-    serial = [r.seconds for r in records if not r.parallel]
-    sample = serial or [r.seconds for r in records]
-    return float(statistics.median(sample)) if sample else store.default
 
 
 def _plain(cp: str, records: list[BuildRecord]) -> str:

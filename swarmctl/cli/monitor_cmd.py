@@ -1,6 +1,7 @@
 """``swarmctl monitor``: the live view of the queue and the drones (q quits).
 
-The view module is imported when the command runs, so ``swarmctl --help`` does not pay for it.
+The gathering, view and live loop are imported when the command runs, so ``swarmctl --help`` does not pay
+for them.
 """
 
 from __future__ import annotations
@@ -23,22 +24,24 @@ from swarmctl.cli.context import AppContext, pass_app
 @pass_app
 def monitor(app: AppContext, interval: float, once: bool, width: int | None, tail: int, window: float) -> None:
     """Live view of the queue and every drone, refreshed in place; q quits."""
-    from swarmctl import monitor as view
+    from swarmctl import monitor as data
+    from swarmctl.cli.live import run_live
+    from swarmctl.cli.views.monitor import render_frame
 
     if interval <= 0:
         raise click.BadParameter("must be positive", param_hint="--interval")
 
-    def read(rate: view.BuiltRate) -> view.Snapshot:
-        return view.gather(app.client, app.config, rate, tail=tail)
+    def read(rate: data.BuiltRate) -> data.Snapshot:
+        return data.gather(app.client, app.config, rate, tail=tail)
 
     if once:
-        snapshot = read(view.BuiltRate(window * 60))
+        snapshot = read(data.BuiltRate(window * 60))
         snapshot.interval = interval
         console = terminal.frame_console(width)
-        console.print(view.render_frame(snapshot, console.width, None, tail=tail))
+        console.print(render_frame(snapshot, console.width, None, tail=tail))
         return
     app.client  # noqa: B018 (connect now: a wrong URL is one error line, not a broken screen)
-    view.run_live(read, terminal.console, interval, window=window * 60)
+    run_live(read, terminal.console, interval, window=window * 60)
 
 
 COMMANDS = [monitor]

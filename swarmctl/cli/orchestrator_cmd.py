@@ -69,8 +69,7 @@ def events(app: AppContext, count: int, follow: bool, as_json: bool) -> None:
             for event in batch:
                 click.echo(json.dumps(event.as_dict(), sort_keys=True))
         else:
-            for line in terminal.events_lines(batch):
-                terminal.console.print(line, highlight=False)
+            terminal.print_messages(terminal.events_lines(batch))
 
     recent = app.events.tail(count)
     show(recent)

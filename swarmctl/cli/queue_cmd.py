@@ -72,11 +72,12 @@ def _report_cycles(broken: list[BrokenEdge]) -> None:
               help="Also load the edges the resolver removed to break cycles, and let the queue break "
                    "those cycles itself by edge kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @pass_app
-def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool) -> None:
+def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool, quiet: bool) -> None:
     """Queue a whole dependency graph resolved by portage (nodes plus typed edges)."""
     dag = load_dag(path, keep_cycle_edges=keep_cycle_edges)
-    report: AddReport = _add_counted(app, dag.specs)
+    report: AddReport = _add_counted(app, dag.specs, quiet or as_json)
     if as_json:
         terminal.print_json({"added": len(report.added), "existing": len(report.existing),
                              "edges": dag.edges, "removed_edges_not_loaded": len(dag.removed),
@@ -93,22 +94,10 @@ def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool
     _report_cycles(report.broken)
 
 
-def _add_counted(app: AppContext, specs: list[JobSpec]) -> AddReport:
-    """Queue.add, with a line on a terminal counting a large add up (it is written in slices)."""
-    shown = False
-
-    def show(done: int, total: int) -> None:
-        nonlocal shown
-        if total >= PROGRESS_FROM and sys.stderr.isatty():
-            sys.stderr.write(f"\rqueued {done} of {total}")
-            sys.stderr.flush()
-            shown = True
-
-    try:
-        return app.queue.add(specs, progress=show)
-    finally:
-        if shown:
-            sys.stderr.write("\n")
+def _add_counted(app: AppContext, specs: list[JobSpec], quiet: bool) -> AddReport:
+    """Queue.add, with a progress bar on a terminal for a large add (it is written in slices)."""
+    with terminal.progress(quiet or len(specs) < PROGRESS_FROM) as progress:
+        return app.queue.add(specs, progress=lambda done, total: progress("queuing", done, total))
 
 
 @queue.command("sync")
@@ -121,8 +110,9 @@ def _add_counted(app: AppContext, specs: list[JobSpec]) -> AddReport:
               help="Portage prefix to resolve with (default: drone.prefix; none: this host's portage).")
 @click.option("--dry-run", is_flag=True, help="Resolve and report; queue nothing.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @pass_app
-def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: str | None, dry_run: bool,
+def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: str | None, dry_run: bool, quiet: bool,
          as_json: bool) -> None:
     """Resolve what world needs with portage and queue what the binhost lacks (all or nothing)."""
     from pathlib import Path
@@ -145,9 +135,11 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
         # Without a binhost every package counts as missing: coverage would read 0 %.
         terminal.note("no binhost to compare with (--binhost, binhost.dir or binhost.url): "
                       "every package counts as missing")
-    resolution = PackageResolver(portage_prefix).resolve(world, source)
+    with terminal.progress(quiet or as_json) as progress:
+        progress(f"resolving {world} with portage", 0, None)
+        resolution = PackageResolver(portage_prefix).resolve(world, source)
     specs = resolution.job_specs()
-    report = AddReport() if dry_run else _add_counted(app, specs)
+    report = AddReport() if dry_run else _add_counted(app, specs, quiet or as_json)
     if not dry_run:
         meta = FactStore(app.client)
         meta.set_world_size(len(resolution.needed))
@@ -171,9 +163,10 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
               help=f"At most N jobs (default: {TERMINAL_PAGE} on a terminal, all otherwise).")
 @click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
               help="Skip the first N jobs (in priority order).")
+@click.option("--tsv", is_flag=True, help="Tab-separated values, a header then one job per line.")
 @pass_app
-def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | None, offset: int) -> None:
-    """List jobs, highest priority first."""
+def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | None, offset: int, tsv: bool) -> None:
+    """List jobs, highest priority first (one per line; every column when piped)."""
     if limit is None and not as_json and sys.stdout.isatty():
         limit = TERMINAL_PAGE
     chosen, total = app.queue.page(state, offset, limit)
@@ -181,7 +174,8 @@ def list_jobs(app: AppContext, state: str | None, as_json: bool, limit: int | No
         _stream_json(app.queue, chosen)
         return
     jobs = app.queue.load(chosen)
-    terminal.console.print(terminal.jobs_table(jobs, total=total, offset=offset))
+    terminal.print_table(terminal.JOB_COLUMNS, terminal.job_rows(jobs), terminal.jobs_title(len(jobs), total, offset),
+                         tsv=tsv, title_piped=offset > 0 or len(jobs) < total)
     if offset + len(chosen) < total:
         terminal.note(f"{total - offset - len(chosen)} more; --offset {offset + len(chosen)} for the next page, "
                       "--limit N for more at once")
@@ -211,9 +205,7 @@ def show(app: AppContext, atom: str, as_json: bool) -> None:
     if as_json:
         terminal.print_json(data)
         return
-    for key, value in data.items():
-        if key != "log_tails":
-            terminal.console.print(f"[bold]{key:>10}[/] {value}", highlight=False)
+    terminal.print_fields({key: value for key, value in data.items() if key != "log_tails"})
     for drone, text in data["log_tails"].items():
         terminal.console.rule(f"log tail from {drone}")
         terminal.console.print(text, highlight=False, markup=False)

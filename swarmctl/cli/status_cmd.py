@@ -24,14 +24,15 @@ def status(app: AppContext, as_json: bool, max_sync_age: float) -> None:
     failed packages, no sync recorded, no orchestrator; 2 sync too old or the last
     nightly FAILED, or no drone can take queued work (or Redis is unreachable).
     """
+    from swarmctl.cli.views.status import render_status
     from swarmctl.status import as_json as to_json
-    from swarmctl.status import exit_code, gather_status, render_status
+    from swarmctl.status import exit_code, gather_status
 
     report = gather_status(app.client, app.config, max_sync_age * 3600)
     if as_json:
         terminal.print_json(to_json(report))
     else:
-        terminal.console.print(render_status(report), highlight=False)
+        terminal.print_messages(render_status(report).renderables)
     code = exit_code(report.attention)
     if code:
         raise SystemExit(code)

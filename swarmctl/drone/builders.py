@@ -135,7 +135,7 @@ def run_supervised(argv: Sequence[str], log_path: Path, abort: threading.Event,
         try:
             proc = subprocess.Popen(_dies_with_parent(argv, env), stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, env=dict(env), cwd=cwd,
-                                    start_new_session=True, **as_user(user))  # type: ignore[call-overload]
+                                    start_new_session=True, **as_user(user))
         except OSError as exc:
             log.write(f"swarmctl: cannot start {argv[0]}: {exc.strerror or exc}\n".encode())
             return None, f"cannot start {argv[0]}: {exc.strerror or exc}"

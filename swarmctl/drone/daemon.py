@@ -29,9 +29,10 @@ from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.drone.builders import Builder, BuildResult
-from swarmctl.drone.logs import BuildLogs, tail
-from swarmctl.exceptions import NotEnrolled
-from swarmctl.queue import Claim, Grounded, Queue, Unauthorized
+from swarmctl.drone.logs import BuildLogs
+from swarmctl.exceptions import Grounded, NotEnrolled
+from swarmctl.logtail import tail
+from swarmctl.queue import Claim, Queue
 from swarmctl.registry import DroneRegistry
 
 log = logging.getLogger("swarmctl.drone")
@@ -140,8 +141,7 @@ class DroneDaemon:
         }
         reply = self.registry.heartbeat(self.name, self.token, fields,
                                         current.claim.cpv if current else None,
-                                        current.claim.lease if current else None,
-                                        self.config.queue.events_max)
+                                        current.claim.lease if current else None)
         self.grounded_until = reply.grounded_until
         if current is not None and not reply.owns_current and not current.lost:
             # Reclaimed while we were unreachable and taken by another drone: stop wasting time.
@@ -220,7 +220,7 @@ class DroneDaemon:
                     self.grounded_until = grounded.until
                     self.stopping.wait(min(5.0, max(0.5, grounded.until - time.time())))
                     continue
-                except Unauthorized as exc:
+                except NotEnrolled as exc:
                     log.error("%s", exc)
                     return 3
                 except TRANSIENT as exc:
@@ -312,8 +312,10 @@ class DroneDaemon:
         else:
             outcome = self.publisher.publish(claim, result, duration)
             if outcome == "failed":
+                # The package's content refused by policy is the build's fault (two drones block
+                # it); any other permanent refusal is this drone's.
                 verdict = getattr(self.publisher, "last_verdict", None)
-                return BuildResult(ok=False, fault="drone",
+                return BuildResult(ok=False, fault=getattr(verdict, "fault", "drone"),
                                    reason=f"the binhost refused the package: {getattr(verdict, 'reason', '?')}")
             if outcome == "retry-later":
                 outcome = self._with_redis("release", lambda: q.release(

@@ -1,16 +1,13 @@
 """Per-job build logs on disk, rotated by count and total size.
 
 Build output goes straight from the build process to a file; the daemon only
-ever reads a bounded tail of it, so nothing accumulates in memory.
+ever reads a bounded tail of it (swarmctl.logtail), so nothing accumulates in memory.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-
-TAIL_BYTES = 64 * 1024
 
 
 class BuildLogs:
@@ -48,16 +45,3 @@ class BuildLogs:
             excess -= 1
             total -= size
         return removed
-
-
-def tail(path: Path, lines: int = 40, max_bytes: int = TAIL_BYTES) -> str:
-    """The last ``lines`` lines of a file, reading at most ``max_bytes``."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - max_bytes))
-            data = handle.read()
-    except OSError:
-        return ""
-    return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])

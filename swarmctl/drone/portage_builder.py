@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import subprocess
 import threading
@@ -22,9 +21,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from swarmctl.atoms import split_cpv, validate_cpv
+from swarmctl.atoms import split_build_id, split_cpv, validate_cpv
+from swarmctl.binhost.gpkg import GPKG_SUFFIX
 from swarmctl.build_env import BuildUser, as_user, build_environment
 from swarmctl.drone.builders import BuildResult, Watchdog, artifact_for, run_supervised
+from swarmctl.logtail import tail
 from swarmctl.portage_env.prefix import PortagePrefix
 
 logger = logging.getLogger("swarmctl.drone.portage_builder")
@@ -159,7 +160,7 @@ class PortageBuilder:
             RuntimeError: emerge --pretend failed (its last output line is the message).
         """
         argv = self.emerge_argv(cpv, pretend=True)
-        done = subprocess.run(argv, env=self.env(), capture_output=True, text=True,  # type: ignore[call-overload]
+        done = subprocess.run(argv, env=self.env(), capture_output=True, text=True,
                               timeout=timeout, check=False, stdin=subprocess.DEVNULL, cwd=self._cwd(),
                               **as_user(self.user))
         if done.returncode != 0:
@@ -169,7 +170,7 @@ class PortageBuilder:
         for line in done.stdout.splitlines():
             match = _PRETEND_LINE.match(line.strip())
             if match:
-                cpv_text, build_id = _split_build_id(match[3]) if match[1] == "binary" else (match[3], None)
+                cpv_text, build_id = split_build_id(match[3]) if match[1] == "binary" else (match[3], None)
                 merges.append(PlannedMerge(cpv=cpv_text, kind=match[1], flags=match[2].strip(),
                                            build_id=build_id))
         return merges
@@ -216,7 +217,7 @@ class PortageBuilder:
         if problem:
             return BuildResult(ok=False, fault="drone", reason=problem, artifacts=[])
         if code != 0:
-            fault, reason = classify_failure(cpv, code or 0, read_tail(log_path))
+            fault, reason = classify_failure(cpv, code or 0, tail(log_path, max_bytes=LOG_TAIL_BYTES))
             return BuildResult(ok=False, fault=fault, reason=reason, artifacts=[])
         new = sorted(self._candidates(pkgdir, cpv) - before)
         if not new:
@@ -253,33 +254,9 @@ class PortageBuilder:
         found = set()
         with contextlib.suppress(FileNotFoundError):
             for entry in directory.iterdir():
-                if entry.name == f"{pf}.gpkg.tar" or re.fullmatch(
-                        re.escape(pf) + r"-\d+\.gpkg\.tar", entry.name):
+                if entry.name.endswith(GPKG_SUFFIX) and split_build_id(entry.name[:-len(GPKG_SUFFIX)])[0] == pf:
                     found.add(entry)
         return found
-
-
-def _split_build_id(text: str) -> tuple[str, int | None]:
-    """``("a/b-1", 3)`` for emerge's ``a/b-1-3`` (binary packages carry their BUILD_ID)."""
-    head, _, tail = text.rpartition("-")
-    if tail.isdigit():
-        try:
-            return validate_cpv(head), int(tail)
-        except ValueError:
-            pass
-    return text, None
-
-
-def read_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
-    """The last ``limit`` bytes of a log, decoded leniently."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - limit))
-            return handle.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
 
 
 def classify_failure(cpv: str, returncode: int, tail: str) -> tuple[str, str]:

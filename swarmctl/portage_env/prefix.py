@@ -217,21 +217,21 @@ def make_prefix(
     _replace_symlink(prefix.config_dir / "make.profile", profile_dir)
     settings = _make_conf(prefix, pkgdir)
     settings.update(make_conf or {})
-    _write_atomic(prefix.config_dir / "make.conf", "".join(
+    _write_if_changed(prefix.config_dir / "make.conf", "".join(
         f'{key}="{_quote(value)}"\n' for key, value in settings.items()))
-    _write_atomic(prefix.config_dir / "repos.conf/swarm.conf",
+    _write_if_changed(prefix.config_dir / "repos.conf/swarm.conf",
                   f"[DEFAULT]\nmain-repo = {repo_name}\n\n[{repo_name}]\nlocation = {repo}\n")
     binrepos = prefix.config_dir / "binrepos.conf"
     if binhost_url is None:
         with contextlib.suppress(FileNotFoundError):
             binrepos.unlink()
     else:
-        _write_atomic(binrepos, binrepos_conf(binhost_url))
+        _write_if_changed(binrepos, binrepos_conf(binhost_url))
     counter = root / "var/cache/edb/counter"
     if not counter.exists():
-        _write_atomic(counter, "100")
+        _write_if_changed(counter, "100")
     if not prefix.world_file.exists():
-        _write_atomic(prefix.world_file, "")
+        _write_if_changed(prefix.world_file, "")
     logger.debug("portage prefix ready at %s (repo %s)", root, repo_name)
     return prefix
 
@@ -289,7 +289,7 @@ def hand_over(prefix: PortagePrefix, user: BuildUser) -> None:
     lines = [line for line in make_conf.read_text(encoding="utf-8").splitlines()
              if line.split("=", 1)[0].strip() not in _USER_VARS]
     lines += [f'{key}="{_quote(value)}"' for key, value in values.items()]
-    _write_atomic(make_conf, "\n".join(lines) + "\n")
+    _write_if_changed(make_conf, "\n".join(lines) + "\n")
     os.chown(prefix.root, user.uid, user.gid)
     for directory, dirs, files in os.walk(prefix.root):
         for name in dirs + files:
@@ -367,7 +367,7 @@ def _replace_symlink(link: Path, target: Path) -> None:
         raise
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_if_changed(path: Path, text: str) -> None:
     """Rewrite a config file only when its content changes (keeps reruns idempotent)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):

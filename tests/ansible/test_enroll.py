@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from swarmctl.ansible_exec import run_playbook
+from swarmctl.config import load_config
 from swarmctl.registry import DroneRegistry
-from tests.ansible.conftest import SWARMCTL_BIN, BedSwarm, wait_for
+from tests.ansible.helpers import SWARMCTL_BIN, BedSwarm
+from tests.helpers import wait_for
 from tests.testbed import TestBed
 from tests.testbed.fixtures import require_testbed
 
@@ -53,7 +55,7 @@ def test_site_enrolls_the_drone_with_its_machine_id(enrolled: tuple[TestBed, Bed
     bed, swarm, _ = enrolled
     name = bed.host(1).name
     token = _token(bed)
-    assert DroneRegistry(swarm.client).authenticate(name, token)
+    assert DroneRegistry(swarm.client, load_config(swarm.config_path, environ={})).authenticate(name, token)
     assert swarm.drone(name)["machine_id"] == bed.host(1).machine_id
     assert bed.run(1, ["stat", "-c", "%a", "/etc/build-swarm/swarm.yml"]).stdout.strip() == "600"
     # The real drone started by the role works with it: it heartbeats.
@@ -72,7 +74,7 @@ def test_a_second_converge_keeps_the_token_and_force_replaces_it(enrolled: tuple
     forced = run_playbook("site.yml", inventory, "drones", {"swarm_drone_enroll_force": True}, tmp_path / "forced")
     assert forced.ok, forced.summary
     after = _token(bed)
-    registry = DroneRegistry(swarm.client)
+    registry = DroneRegistry(swarm.client, load_config(swarm.config_path, environ={}))
     assert after != before and registry.authenticate(name, after) and not registry.authenticate(name, before)
     # Neither token is in anything ansible-runner kept.
     for path in tmp_path.rglob("*"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.ansible_exec import PlaybookResult, run_playbook
-from tests.ansible.conftest import SWARMCTL_BIN, BedSwarm
+from tests.ansible.helpers import SWARMCTL_BIN, BedSwarm
 from tests.testbed import TestBed
 from tests.testbed.fixtures import require_testbed
 
@@ -88,6 +88,15 @@ def test_drone_restart_restarts_the_service(bed: tuple[TestBed, Path, Path]) -> 
     assert after is not None and after != before
 
 
+def test_drone_restart_refuses_a_protected_host(bed: tuple[TestBed, Path, Path]) -> None:
+    testbed, _, _ = bed
+    before = _drone_pid(testbed, 2)
+    result = _run(bed, "drone-restart.yml", "h2", target="h2")
+    assert not result.ok
+    assert "REFUSED" in result.hosts["h2"] and "protected" in result.hosts["h2"], result.summary
+    assert _drone_pid(testbed, 2) == before
+
+
 def test_drone_reboot_refuses_a_protected_host(bed: tuple[TestBed, Path, Path]) -> None:
     testbed, _, _ = bed
     boot = testbed.boot_id(2)
@@ -143,6 +152,9 @@ def test_nightly_logs_started_then_finished_or_failed(bed: tuple[TestBed, Path, 
     after = json.loads(swarm.cli("status", "--json", check=False).stdout)
     assert after["sync"]["nightly"]["event"] == "FINISHED" and after["sync"]["nightly"]["detail"] == "sync: webrsync"
     assert after["sync"]["ok"] is True
+    # The previous run's picture is drawn beside the status file (a page with its figures).
+    page = testbed.run(1, ["cat", "/var/lib/build-swarm/nightly-report.html"]).stdout
+    assert "<svg" in page and "makespan" in page
 
     bad = _run(bed, "nightly.yml", "h1", **common, swarm_nightly_queue_command="false")
     assert not bad.ok

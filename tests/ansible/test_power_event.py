@@ -24,7 +24,8 @@ import pytest
 
 from swarmctl import keys
 from swarmctl.ansible_exec import run_playbook
-from tests.ansible.conftest import SWARMCTL_BIN, BedSwarm, wait_for
+from tests.ansible.helpers import SWARMCTL_BIN, BedSwarm
+from tests.helpers import wait_for
 from tests.testbed import GATEWAY, TestBed
 from tests.testbed.fixtures import require_testbed
 
@@ -101,7 +102,9 @@ def _assert_each_built_once(swarm: BedSwarm, jobs: list[str]) -> None:
     assert sorted(built) == sorted(jobs)
     counts = Counter({job: len(drones) for job, drones in built.items()})
     assert set(counts.values()) == {1}, f"built more than once: {[j for j, c in counts.items() if c > 1]}"
-    assert not swarm.events("stale") or all(e.reason.endswith("ignored") for e in swarm.events("stale"))
+    # Only a drone that lost its job (h1, h2) may report for it too late; the survivor's reports
+    # are all its own, so a refused one would be a lost build.
+    assert [e for e in swarm.events("stale") if e.drone not in ("h1", "h2")] == []
     for job, drones in built.items():
         state, built_by = swarm.client.hmget(keys.job(job), "state", "built_by")
         assert (state, built_by) == ("built", drones[0]), f"{job}: the one applied completion is the recorded one"

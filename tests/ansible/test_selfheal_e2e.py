@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 from swarmctl.ansible_exec import run_playbook
-from tests.ansible.conftest import BedSwarm, wait_for
+from tests.ansible.helpers import BedSwarm
+from tests.helpers import wait_for
 from tests.testbed import TestBed
 from tests.testbed.fixtures import require_testbed
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,7 @@ from swarmctl.binhost.server import QueueGate, ServerSettings
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.portage
 BIN = Path(sys.executable).parent
@@ -34,7 +35,7 @@ def ansible_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_module(tmp_path: Path, module: str, args: dict[str, object], check: bool = False) -> tuple[int, dict]:  # type: ignore[type-arg]
+def run_module(tmp_path: Path, module: str, args: dict[str, object], check: bool = False) -> tuple[int, dict[str, Any]]:
     argv = [str(BIN / "ansible"), "localhost", "-m", module, "-a", json.dumps(args),
             "-e", f"ansible_python_interpreter={sys.executable}"]
     if check:
@@ -75,7 +76,7 @@ def test_swarm_build_check_mode_then_build(sample_repo: Path, tmp_path: Path) ->
     assert rc != 0 and failed["fault"] == "build" and "broken on purpose" in failed["msg"]
 
 
-def test_swarm_upload(drone, redis_client, config, pkgdir: Path, serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_swarm_upload(drone, redis_client, config, pkgdir: Path, serve, tmp_path: Path) -> None:
     queue, registry = Queue(redis_client, config), DroneRegistry(redis_client, config)
     token = registry.enroll("d1")
     queue.add([JobSpec("app-misc/hello-1")])

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import socket
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from swarmctl.binhost.publish import Publisher
-from tests.conftest import run_cli, wait_until
+from tests.helpers import free_port, run_cli, wait_until
 
 pytestmark = pytest.mark.portage
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:
     Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
     ok = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], swarm_env)
     assert "1 package(s) verified" in ok.stdout + ok.stderr
@@ -32,12 +25,27 @@ def test_verify_and_reindex(drone, pkgdir: Path, swarm_env: dict[str, str]) -> N
     run_cli(["binhost", "verify", "--dir", str(pkgdir)], swarm_env)
 
 
+def test_long_binhost_work_shows_progress_on_a_terminal_only(  # type: ignore[no-untyped-def]
+        drone, pkgdir: Path, swarm_env: dict[str, str]) -> None:
+    Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
+    tty = {**swarm_env, "TTY_COMPATIBLE": "1", "COLUMNS": "120"}
+    shown = run_cli(["binhost", "verify", "--dir", str(pkgdir), "--manifests"], tty).stdout
+    assert "verifying with manifests" in shown and "1 of 1" in shown, shown
+    shown = run_cli(["binhost", "reindex", "--dir", str(pkgdir)], tty).stdout
+    assert "indexing with emaint" in shown and "hashing" in shown, shown
+    for args in (["verify", "--manifests"], ["reindex"]):
+        piped = run_cli(["binhost", *args, "--dir", str(pkgdir)], swarm_env).stdout
+        quiet = run_cli(["binhost", *args, "--quiet", "--dir", str(pkgdir)], tty).stdout
+        for out in (piped, quiet):
+            assert "verifying" not in out and "hashing" not in out and len(out.splitlines()) == 1, out
+
+
 def test_missing_dir_is_one_line(swarm_env: dict[str, str], tmp_path: Path) -> None:
     done = run_cli(["binhost", "reindex", "--dir", str(tmp_path / "nope")], swarm_env, check=False)
     assert done.returncode != 0 and len(done.stderr.strip().splitlines()) == 1
 
 
-def test_serve_answers_portage_clients(drone, pkgdir: Path, spawn) -> None:  # type: ignore[no-untyped-def]
+def test_serve_answers_portage_clients(drone, pkgdir: Path, spawn) -> None:
     Publisher(pkgdir).publish_file(drone.gpkg("app-misc/hello-1"), "app-misc/hello-1")
     port = free_port()
     proc = spawn(["binhost", "serve", "--dir", str(pkgdir), "--listen", f"127.0.0.1:{port}"], name="binhost")

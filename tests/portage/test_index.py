@@ -24,7 +24,7 @@ def synthetic_entries(count: int) -> dict[str, dict[str, str]]:
     return entries
 
 
-def test_index_is_readable_by_portage(drone, pkgdir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_index_is_readable_by_portage(drone, pkgdir: Path) -> None:
     from portage.getbinpkg import PackageIndex
 
     Publisher(pkgdir).publish_file(drone.gpkg(CPVS[0]), CPVS[0])
@@ -36,13 +36,13 @@ def test_index_is_readable_by_portage(drone, pkgdir: Path) -> None:  # type: ign
     assert theirs.header["PACKAGES"] == "1" and theirs.header["CHOST"]
 
 
-def test_publish_into_a_big_index_hashes_only_the_new_file(drone, pkgdir: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_publish_into_a_big_index_hashes_only_the_new_file(drone, pkgdir: Path, monkeypatch) -> None:
     big = PackagesIndex(header={"CHOST": "x86_64-pc-linux-gnu"}, entries=synthetic_entries(5000))
     big.write(pkgdir / "Packages")
     opened: list[str] = []
     real_open = open
 
-    def watching_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def watching_open(file, *args, **kwargs):
         if str(file).endswith(".gpkg.tar"):
             opened.append(str(file))
         return real_open(file, *args, **kwargs)
@@ -76,7 +76,7 @@ def test_add_refuses_entries_clients_would_reject() -> None:
         PackagesIndex().add({"CPV": "a/b-1", "PATH": "a/b/b-1-1.gpkg.tar", "SIZE": "1", "SHA1": "x"})
 
 
-def test_reindex_rebuilds_with_portage_and_verify_finds_every_problem(drone, pkgdir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reindex_rebuilds_with_portage_and_verify_finds_every_problem(drone, pkgdir: Path) -> None:
     publisher = Publisher(pkgdir)
     for cpv in CPVS:
         publisher.publish_file(drone.gpkg(cpv), cpv)
@@ -104,7 +104,7 @@ def test_reindex_rebuilds_with_portage_and_verify_finds_every_problem(drone, pkg
     assert "greeter-1-9.gpkg.tar: package file not in the index" in problems
 
 
-def test_reindex_without_prefix_uses_a_scratch_one(drone, pkgdir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_reindex_without_prefix_uses_a_scratch_one(drone, pkgdir: Path) -> None:
     target = pkgdir / "app-misc/hello/hello-1-1.gpkg.tar"
     target.parent.mkdir(parents=True)
     shutil.copy(drone.gpkg(CPVS[0]), target)

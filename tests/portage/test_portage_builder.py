@@ -12,7 +12,7 @@ import pytest
 from swarmctl.drone.portage_builder import PortageBuilder, classify_failure
 from swarmctl.overlay import BROKEN_CPV
 from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
-from tests.portage.conftest import copy_overlay_with
+from tests.portage.helpers import copy_overlay_with
 
 pytestmark = pytest.mark.portage
 
@@ -27,7 +27,7 @@ src_compile() { sleep 3600 swarm-sleeper-marker; }
 """
 
 
-def test_artifacts_are_exactly_the_target(drone) -> None:  # type: ignore[no-untyped-def]
+def test_artifacts_are_exactly_the_target(drone) -> None:
     result = drone.results["app-misc/greeter-1"]
     assert [a.cpv for a in result.artifacts] == ["app-misc/greeter-1"]
     assert result.artifacts[0].path.parent == drone.prefix.pkgdir / "app-misc/greeter"
@@ -37,7 +37,7 @@ def test_artifacts_are_exactly_the_target(drone) -> None:  # type: ignore[no-unt
     assert log.startswith(">>> build-swarm: ") and "--usepkg-exclude=app-misc/greeter" in log
 
 
-def test_emerge_argv_is_a_list_and_validates(drone) -> None:  # type: ignore[no-untyped-def]
+def test_emerge_argv_is_a_list_and_validates(drone) -> None:
     argv = PortageBuilder(drone.prefix, None).emerge_argv("app-misc/hello-1")
     assert argv[0].endswith("/emerge") and argv[-1] == "=app-misc/hello-1"
     assert "--buildpkg" in argv and "--usepkg" in argv and "--getbinpkg" not in argv
@@ -45,20 +45,20 @@ def test_emerge_argv_is_a_list_and_validates(drone) -> None:  # type: ignore[no-
         PortageBuilder(drone.prefix).emerge_argv("app-misc/hello-1; rm -rf /")
 
 
-def test_broken_package_is_a_build_fault(drone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_broken_package_is_a_build_fault(drone, tmp_path: Path) -> None:
     result = drone.builder.build(BROKEN_CPV, tmp_path / "broken.log", threading.Event())
     assert not result.ok and result.fault == "build" and not result.artifacts
     assert result.reason == "app-broken/broken-1 failed in compile phase: broken on purpose"
     assert "broken on purpose" in (tmp_path / "broken.log").read_text()
 
 
-def test_unknown_package_is_a_build_fault(drone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_package_is_a_build_fault(drone, tmp_path: Path) -> None:
     result = drone.builder.build("app-misc/nothere-1", tmp_path / "n.log", threading.Event())
     assert (result.ok, result.fault) == (False, "build")
     assert "app-misc/nothere-1" in result.reason
 
 
-def test_drone_without_portage_is_a_drone_fault(drone, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_drone_without_portage_is_a_drone_fault(drone, tmp_path: Path) -> None:
     broken = PortagePrefix(root=drone.prefix.root, repo=drone.prefix.repo, repo_name="swarm-sample",
                            venv=tmp_path / "no-venv")
     result = PortageBuilder(broken).build("app-misc/hello-1", tmp_path / "x.log", threading.Event())
@@ -77,7 +77,7 @@ def test_abort_kills_the_whole_process_group(sample_repo: Path, tmp_path: Path) 
     assert left == ""
 
 
-def test_plan_reports_what_would_be_built(drone) -> None:  # type: ignore[no-untyped-def]
+def test_plan_reports_what_would_be_built(drone) -> None:
     plan = drone.builder.plan("app-misc/hello-extras-1")
     assert [(p.cpv, p.kind) for p in plan][-1] == ("app-misc/hello-extras-1", "ebuild")
 

@@ -28,14 +28,14 @@ class OpenGate:
 
 
 @pytest.fixture
-def served(drone, pkgdir: Path, serve):  # type: ignore[no-untyped-def]
+def served(drone, pkgdir: Path, serve):
     publisher = Publisher(pkgdir)
     for cpv in GREETER_CLOSURE:
         publisher.publish_file(drone.gpkg(cpv), cpv)
     return serve(pkgdir, OpenGate())
 
 
-def test_emerge_getbinpkgonly_installs_from_the_binhost(served, sample_repo: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_emerge_getbinpkgonly_installs_from_the_binhost(served, sample_repo: Path, tmp_path: Path) -> None:
     client = make_prefix(tmp_path / "client", sample_repo, served.url)
     done = subprocess.run([client.tool("emerge"), "--getbinpkgonly", "--oneshot", "--color=n", "--nospinner",
                            "=app-misc/greeter-1"], env=client.env(), capture_output=True, text=True, timeout=180)
@@ -47,7 +47,7 @@ def test_emerge_getbinpkgonly_installs_from_the_binhost(served, sample_repo: Pat
     assert (client.root / "usr/share/greet/message.txt").is_file()
 
 
-def test_drone_pulls_build_deps_as_binaries_and_builds_only_the_target(served, sample_repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_drone_pulls_build_deps_as_binaries_and_builds_only_the_target(served, sample_repo, tmp_path) -> None:
     prefix = make_prefix(tmp_path / "drone2", sample_repo, served.url)
     builder = PortageBuilder(prefix)
     plan = {p.cpv: p.kind for p in builder.plan("app-misc/greeter-1")}
@@ -60,7 +60,7 @@ def test_drone_pulls_build_deps_as_binaries_and_builds_only_the_target(served, s
     assert not list((prefix.pkgdir / "dev-libs/libgreet").glob("libgreet-1-2*"))  # deps not rebuilt
 
 
-def test_tampered_file_on_the_binhost_is_refused_by_the_client(served, pkgdir, sample_repo, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tampered_file_on_the_binhost_is_refused_by_the_client(served, pkgdir, sample_repo, tmp_path) -> None:
     target = pkgdir / "app-misc/greet-data/greet-data-1-1.gpkg.tar"
     data = bytearray(target.read_bytes())
     data[len(data) // 3] ^= 0xFF

@@ -70,7 +70,7 @@ def test_bad_repo_and_url_are_refused(tmp_path: Path, sample_repo: Path) -> None
         make_prefix(tmp_path / "e", sample_repo, "ftp://x")
 
 
-def test_prefix_builds_real_package_whose_elf_runs(drone) -> None:  # type: ignore[no-untyped-def]
+def test_prefix_builds_real_package_whose_elf_runs(drone) -> None:
     greeter = drone.results["app-misc/greeter-1"].artifacts[0]
     assert greeter.path.name == "greeter-1-1.gpkg.tar" and greeter.size > 0
     elf = drone.prefix.root / "usr/bin/greeter"

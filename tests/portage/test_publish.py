@@ -13,9 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -30,7 +32,7 @@ from swarmctl.drone.builders import BuildResult, artifact_for
 from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.portage.conftest import snapshot
+from tests.portage.helpers import snapshot
 
 pytestmark = pytest.mark.portage
 HELLO, GREETER = "app-misc/hello-1", "app-misc/greeter-1"
@@ -59,7 +61,7 @@ def swarm(redis_client: redis.Redis, config: Config) -> Swarm:
 
 
 @pytest.fixture
-def binhost(swarm: Swarm, pkgdir: Path, serve):  # type: ignore[no-untyped-def]
+def binhost(swarm: Swarm, pkgdir: Path, serve):
     return serve(pkgdir, swarm.gate, ServerSettings(max_upload_bytes=1024 * 1024, read_timeout=5.0))
 
 
@@ -76,7 +78,7 @@ def assert_untouched(pkgdir: Path, before: dict[str, bytes | None]) -> None:
     assert list((pkgdir / ".swarm-tmp").iterdir()) == []
 
 
-def test_real_gpkg_is_accepted_published_indexed_and_completed(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
+def test_real_gpkg_is_accepted_published_indexed_and_completed(drone, swarm, binhost, pkgdir) -> None:
     path = drone.gpkg(HELLO)
     verdict = client(binhost.url, token=swarm.token).upload(path, HELLO, swarm.leases[HELLO], sha256=sha(path),
                                                             duration=3.5)
@@ -104,7 +106,7 @@ def flipped_copy(path: Path, dest: Path) -> Path:
     return dest
 
 
-def raw_put(url: str, headers: dict[str, str], body: bytes, close_early: bool = False) -> tuple[int, dict]:  # type: ignore[type-arg]
+def raw_put(url: str, headers: dict[str, str], body: bytes, close_early: bool = False) -> tuple[int, dict[str, Any]]:
     host, port = url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         head = "PUT /upload HTTP/1.1\r\nHost: x\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -127,10 +129,10 @@ def headers_for(swarm: Swarm, cpv: str, path: Path, **over: str) -> dict[str, st
 
 @pytest.mark.parametrize("case", ["truncated", "flipped_byte", "wrong_checksum", "oversize", "cpv_escape",
                                   "cpv_mismatch", "wrong_token", "not_owner", "stale_lease", "duplicate"])
-def test_refused_uploads_leave_no_trace(case: str, drone, swarm, binhost, pkgdir, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_refused_uploads_leave_no_trace(case: str, drone, swarm, binhost, pkgdir, tmp_path) -> None:
     hello = drone.gpkg(HELLO)
-    if case == "duplicate":  # the same build id is already there (the job is still delegated)
-        Publisher(pkgdir).publish_file(hello, HELLO)
+    if case == "duplicate":  # the same build id, other bytes, is already there (the job is still delegated)
+        Publisher(pkgdir).publish_file(repacked(hello, tmp_path / hello.name), HELLO)
     before = snapshot(pkgdir)
     up = client(binhost.url, token=swarm.token)
     lease = swarm.leases[HELLO]
@@ -169,7 +171,7 @@ def test_refused_uploads_leave_no_trace(case: str, drone, swarm, binhost, pkgdir
         assert (verdict.status, verdict.code) == (409, "not_owner")
     elif case == "duplicate":
         verdict = up.upload(hello, HELLO, lease, sha256=sha(hello))
-        assert (verdict.status, verdict.code) == (409, "duplicate") and verdict.payload["same_content"]
+        assert (verdict.status, verdict.code) == (409, "duplicate") and not verdict.payload["same_content"]
     assert_untouched(pkgdir, before)
     assert swarm.queue.get(HELLO).state == "delegated"
     refusals = {k: int(v) for k, v in swarm.queue.redis.hgetall(keys.STATS).items()
@@ -177,7 +179,28 @@ def test_refused_uploads_leave_no_trace(case: str, drone, swarm, binhost, pkgdir
     assert sum(refusals.values()) >= 1, "the refusal was not counted for the metrics"
 
 
-def test_replayed_upload_is_an_idempotent_duplicate(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
+def repacked(path: Path, dest: Path) -> Path:
+    """The same package with other container bytes (member times), so a different file that verifies."""
+    with tarfile.open(path) as source, tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as out:
+        for member in source.getmembers():
+            member.mtime += 1000
+            out.addfile(member, source.extractfile(member))
+    return dest
+
+
+def test_retry_of_a_publish_whose_completion_was_lost_is_accepted(drone, swarm, binhost, pkgdir) -> None:
+    """The file is published and indexed but the job was never completed (the binhost died
+    in between): the owner's retry of the same file is accepted and completes the job."""
+    hello = drone.gpkg(HELLO)
+    Publisher(pkgdir).publish_file(hello, HELLO)
+    before = snapshot(pkgdir)
+    verdict = client(binhost.url, token=swarm.token).upload(hello, HELLO, swarm.leases[HELLO], sha256=sha(hello))
+    assert verdict.accepted and verdict.payload["queue"] == "ok", verdict
+    assert snapshot(pkgdir) == before
+    assert swarm.queue.get(HELLO).state == "built"
+
+
+def test_replayed_upload_is_an_idempotent_duplicate(drone, swarm, binhost, pkgdir) -> None:
     """The reply to an accepted upload got lost; the drone sends it again after the job is built."""
     hello = drone.gpkg(HELLO)
     up = client(binhost.url, token=swarm.token)
@@ -190,7 +213,7 @@ def test_replayed_upload_is_an_idempotent_duplicate(drone, swarm, binhost, pkgdi
     assert other.code == "not_owner"
 
 
-def test_refusal_arrives_before_the_body_is_read(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
+def test_refusal_arrives_before_the_body_is_read(drone, swarm, binhost, pkgdir) -> None:
     """A wrong token on a huge declared upload is refused at once; no body is sent or stored."""
     host, port = binhost.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:
@@ -201,7 +224,7 @@ def test_refusal_arrives_before_the_body_is_read(drone, swarm, binhost, pkgdir) 
     assert reply.startswith(b"HTTP/1.1 401") and b"100 Continue" not in reply
 
 
-def test_daemon_publisher_maps_verdicts(drone, swarm, binhost) -> None:  # type: ignore[no-untyped-def]
+def test_daemon_publisher_maps_verdicts(drone, swarm, binhost) -> None:
     from swarmctl.queue import Claim
 
     publisher = BinhostPublisher(client(binhost.url, token=swarm.token))
@@ -214,7 +237,7 @@ def test_daemon_publisher_maps_verdicts(drone, swarm, binhost) -> None:  # type:
     assert publisher.publish(stale, greeter, 2.0) == "stale"
 
 
-def test_concurrent_publishes_serialize_the_index(drone, pkgdir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_publishes_serialize_the_index(drone, pkgdir: Path) -> None:
     cpvs = [HELLO, GREETER, "dev-libs/libgreet-1", "app-misc/greet-data-1"]
     publishers = [Publisher(pkgdir) for _ in cpvs]  # separate stores: the file lock must serialize them
     errors: list[BaseException] = []
@@ -236,7 +259,7 @@ def test_concurrent_publishes_serialize_the_index(drone, pkgdir: Path) -> None: 
     assert verify(pkgdir).ok
 
 
-def test_published_file_can_be_fetched_but_nothing_else(drone, swarm, binhost, pkgdir) -> None:  # type: ignore[no-untyped-def]
+def test_published_file_can_be_fetched_but_nothing_else(drone, swarm, binhost, pkgdir) -> None:
     import urllib.error
     import urllib.request
 
@@ -268,7 +291,7 @@ time.sleep(60)
 
 
 
-def test_uploader_killed_mid_body_leaves_no_partial_file(drone, swarm, binhost, pkgdir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_uploader_killed_mid_body_leaves_no_partial_file(drone, swarm, binhost, pkgdir: Path) -> None:
     path = drone.gpkg(HELLO)
     before = snapshot(pkgdir)
     host, port = binhost.server.server_address[:2]

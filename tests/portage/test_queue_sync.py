@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from swarmctl.overlay import DEFAULT_CPVS
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.portage
 
 
-def test_sync_queues_what_the_binhost_lacks_with_edges(drone, pkgdir: Path, swarm_env: dict[str, str],  # type: ignore[no-untyped-def]
+def test_sync_queues_what_the_binhost_lacks_with_edges(drone, pkgdir: Path, swarm_env: dict[str, str],
                                                        tmp_path: Path) -> None:
     world = tmp_path / "world"
     world.write_text("# the demo site\napp-misc/swarm-world\n")
@@ -32,7 +32,7 @@ def test_sync_queues_what_the_binhost_lacks_with_edges(drone, pkgdir: Path, swar
     assert status["world"]["packages"] == len(DEFAULT_CPVS)
 
 
-def test_sync_with_a_bad_world_file_is_one_line(drone, swarm_env: dict[str, str], tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_sync_with_a_bad_world_file_is_one_line(drone, swarm_env: dict[str, str], tmp_path: Path) -> None:
     world = tmp_path / "world"
     world.write_text("app-misc/swarm-world; reboot\n")
     proc = run_cli(["queue", "sync", "--world", str(world), "--prefix", str(drone.prefix.root)], swarm_env,

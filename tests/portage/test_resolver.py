@@ -35,7 +35,7 @@ def test_world_closure_with_edge_kinds(resolver: PackageResolver, tmp_path: Path
     assert result.availability == 0.0 and len(result.missing) == len(DEFAULT_CPVS)
 
 
-def test_diff_against_the_binhost(resolver: PackageResolver, drone, pkgdir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_diff_against_the_binhost(resolver: PackageResolver, drone, pkgdir: Path) -> None:
     publisher = Publisher(pkgdir)
     for cpv in ("app-misc/hello-1", "dev-libs/libgreet-1"):
         publisher.publish_file(drone.gpkg(cpv), cpv)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.binhost.index import verify
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.portage
 

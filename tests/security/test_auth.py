@@ -22,9 +22,9 @@ from swarmctl import keys
 from swarmctl.events import Events
 from swarmctl.exceptions import NotEnrolled
 from swarmctl.graph import JobSpec
-from swarmctl.queue import Queue, Unauthorized
+from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
-from tests.conftest import Spawner, run_cli, wait_until
+from tests.helpers import Spawner, run_cli, wait_until
 
 FAST = {"SWARM_DRONE_HEARTBEAT_INTERVAL": "0.5", "SWARM_DRONE_POLL_INTERVAL": "0.05",
         "SWARM_ORCHESTRATOR_OFFLINE_AFTER": "5"}
@@ -35,7 +35,7 @@ import json, secrets, sys, time
 import redis
 from swarmctl.config import load_config
 from swarmctl.registry import DroneRegistry
-from swarmctl.queue import Queue, Unauthorized
+from swarmctl.queue import Queue
 from swarmctl.exceptions import NotEnrolled
 url, victim, seconds, ident = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 client = redis.Redis.from_url(url, decode_responses=True)
@@ -51,7 +51,7 @@ while time.monotonic() < deadline:
         try:
             queue.claim(name, forged)
             counts["accepted"] += 1
-        except Unauthorized:
+        except NotEnrolled:
             counts["refused"] += 1
         try:
             registry.heartbeat(name, forged, {"status": "building", "machine_id": "evil"})
@@ -146,7 +146,7 @@ def test_revoked_token_is_refused_everywhere_and_the_daemon_stops(
     assert wait_until(lambda: len(queue.jobs("delegated")) == 2, 15)
     run_cli(["drone", "revoke", "izar"], swarm_env)
     assert {j.state for j in queue.jobs()} == {"needed"}  # its jobs went straight back
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotEnrolled):
         queue.claim("izar", token)
     with pytest.raises(NotEnrolled):
         registry.heartbeat("izar", token, {"status": "idle"})
@@ -166,7 +166,7 @@ def test_stolen_token_of_one_drone_is_worthless_under_another_name(queue: Queue,
     token_a, token_b = registry.enroll("drone-a"), registry.enroll("drone-b")
     job_b = queue.claim("drone-b", token_b)
     assert job_b is not None
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotEnrolled):
         queue.claim("drone-b", token_a)
     with pytest.raises(NotEnrolled):
         registry.heartbeat("drone-b", token_a, {"status": "idle"})
@@ -181,7 +181,7 @@ def test_stolen_token_of_one_drone_is_worthless_under_another_name(queue: Queue,
     # Re-enrolling rotates: the stolen copy of A's token stops working at once.
     fresh = registry.enroll("drone-a")
     assert not registry.authenticate("drone-a", token_a) and registry.authenticate("drone-a", fresh)
-    with pytest.raises(Unauthorized):
+    with pytest.raises(NotEnrolled):
         queue.claim("drone-a", token_a)
 
 
@@ -213,13 +213,13 @@ def test_unenrolled_daemon_gets_nothing(queue: Queue, swarm_env: dict[str, str])
                    {**swarm_env, "SWARM_DRONE_TOKEN": "guessed"}, check=False, timeout=30)
     assert proc.returncode != 0 and "not enrolled" in proc.stderr
     assert queue.get("app-misc/a-1").state == "needed"
-    assert DroneRegistry(queue.redis).names() == []
+    assert DroneRegistry(queue.redis, queue.config).names() == []
 
 
 def test_refusals_keep_no_state(queue: Queue) -> None:
     """Refusals keep no per-caller state: the Redis keyspace does not grow under forged calls."""
     before = len(queue.redis.keys("*"))
     for i in range(500):
-        with pytest.raises(Unauthorized):
+        with pytest.raises(NotEnrolled):
             queue.claim(f"ghost-{i}", "forged")
     assert len(queue.redis.keys("*")) == before

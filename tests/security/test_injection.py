@@ -29,7 +29,7 @@ from swarmctl.healing import Healer
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
 from swarmctl.scripts import HEARTBEAT_FIELD_MAX
-from tests.conftest import Spawner, run_cli, wait_until
+from tests.helpers import Spawner, run_cli, wait_until
 
 HOSTILE_ATOMS = [
     "app-misc/x-1;touch /tmp/pwned", "app-misc/x-1 && id", "app-misc/$(id)-1", "app-misc/`id`-1",
@@ -69,7 +69,7 @@ def test_hostile_values_are_refused_by_the_cli(swarm_env: dict[str, str], queue:
     for name in ("evil;reboot", "$(id)", "-rf"):
         proc = run_cli(["drone", "enroll", "--", name], swarm_env, check=False)
         assert proc.returncode != 0 and "invalid drone name" in proc.stderr, proc.stderr
-    assert queue.jobs() == [] and DroneRegistry(queue.redis).names() == []
+    assert queue.jobs() == [] and DroneRegistry(queue.redis, queue.config).names() == []
 
 
 def test_a_trailing_newline_does_not_slip_through_the_name_check(registry: DroneRegistry) -> None:

@@ -38,12 +38,11 @@ import redis
 from swarmctl.ansible_exec import run_playbook
 from swarmctl.binhost.client import BinhostClient
 from swarmctl.build_env import build_environment
-from swarmctl.embedded import RedisProcess, free_port
-from swarmctl.paths import isolated_env
 from swarmctl.portage_env.prefix import make_prefix
 from swarmctl.queue import Queue
-from tests.conftest import Spawner, run_cli, wait_until
-from tests.portage.conftest import copy_overlay_with, drone, sample_repo  # noqa: F401 - fixtures
+from tests.helpers import RedisProcess, Spawner, free_port, isolated_env, run_cli, wait_until
+from tests.portage.fixtures import drone, sample_repo  # noqa: F401 - fixtures
+from tests.portage.helpers import copy_overlay_with
 
 pytestmark = pytest.mark.portage
 HELLO, GREETER = "app-misc/hello-1", "app-misc/greeter-1"
@@ -78,7 +77,7 @@ def redis_values(client: redis.Redis) -> str:
     return "\n".join(parts)
 
 
-def test_tokens_never_appear_in_logs_events_json_or_artifacts(  # type: ignore[no-untyped-def]
+def test_tokens_never_appear_in_logs_events_json_or_artifacts(
         drone, swarm_env: dict[str, str], spawn: Spawner, redis_client: redis.Redis, config, tmp_path: Path) -> None:
     env = {**swarm_env, "SWARM_LOG_FILE": str(tmp_path / "logs" / "swarmctl.log")}
     spawn.env = env

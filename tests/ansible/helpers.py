@@ -1,4 +1,4 @@
-"""Fixtures for the Ansible tests: the multi-host test bed, the repo paths, and a real swarm on it.
+"""Helpers for the Ansible tests: the repo paths and a real swarm on the multi-host test bed.
 
 :class:`BedSwarm` is the swarm side of the end-to-end tests: a password-protected Redis on the
 bed's bridge (``10.77.0.1``, the only address the bed's hosts can reach), the ``swarmctl`` CLI
@@ -13,8 +13,6 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +24,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from swarmctl import keys  # noqa: E402
-from swarmctl.embedded import RedisProcess  # noqa: E402
 from swarmctl.events import Event, Events  # noqa: E402
-from swarmctl.paths import isolated_env  # noqa: E402
+from tests.helpers import RedisProcess, Spawner, isolated_env  # noqa: E402
 from tests.testbed import GATEWAY, TestBed  # noqa: E402
-from tests.testbed.fixtures import testbed, testbed_factory  # noqa: E402,F401
 
 #: The swarmctl the test-bed hosts run (this checkout's venv, visible inside every host).
 SWARMCTL_BIN = str(Path(sys.executable).parent / "swarmctl")
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
-    """Poll until ``predicate()`` is truthy and return it; AssertionError naming ``what`` on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(step)
 
 
 class BedSwarm:
@@ -67,7 +51,7 @@ class BedSwarm:
         self.env = isolated_env(work)
         self.client = redis.Redis(host=GATEWAY, port=self.redis.port, password=self.password,
                                   decode_responses=True)
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.spawn = Spawner(self.env, work)
 
     # -- configuration -------------------------------------------------------------------------
 
@@ -127,27 +111,14 @@ class BedSwarm:
         return out.strip().splitlines()[-1]
 
     def start_orchestrator(self, config: Path | None = None, name: str = "orchestrator") -> subprocess.Popen[bytes]:
-        log = open(self.work / f"{name}-{len(self.procs)}.log", "wb")  # noqa: SIM115 (closed with the process)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "swarmctl", "--config", str(config or self.config_path), "orchestrator", "run"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=tempfile.gettempdir())
-        proc.log_path = log.name  # type: ignore[attr-defined]
-        self.procs.append(proc)
-        return proc
+        return self.spawn(["--config", str(config or self.config_path), "orchestrator", "run"], name=name)
 
     def stop(self, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
         """SIGTERM a process we started and wait for it (a running playbook finishes first)."""
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        self.spawn.stop(proc, timeout)
 
-    @staticmethod
-    def output(proc: subprocess.Popen[bytes]) -> str:
-        return Path(proc.log_path).read_text(errors="replace")  # type: ignore[attr-defined]
+    def output(self, proc: subprocess.Popen[bytes]) -> str:
+        return self.spawn.output(proc)
 
     # -- reading the swarm ---------------------------------------------------------------------
 
@@ -160,7 +131,7 @@ class BedSwarm:
         return self.client.hgetall(keys.drone(name))
 
     def close(self) -> None:
-        for proc in self.procs:
+        for proc in self.spawn.procs:
             self.stop(proc, timeout=30)
         self.client.close()
         self.redis.stop()

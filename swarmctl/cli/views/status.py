@@ -1,0 +1,55 @@
+"""The human view of ``swarmctl status``: the story's four lines, the queue, then what needs attention."""
+
+from __future__ import annotations
+
+from rich.console import Group
+from rich.text import Text
+
+from swarmctl.cli import terminal
+from swarmctl.humanize import ago, stamp
+from swarmctl.status import StatusReport
+
+
+def render_status(report: StatusReport) -> Group:
+    """The human view: the story's four lines, the queue, then what needs attention."""
+    meta, q, swarm = report.meta, report.queue, report.swarm
+    bad = terminal.SEVERITY_STYLE["critical"]
+    if meta.sync_time is None:
+        sync = Text("never recorded", style=terminal.SEVERITY_STYLE["warning"])
+    else:
+        sync = Text(f"{stamp(meta.sync_time)} ({ago(report.sync_age)} ago)",
+                    style=bad if report.sync_bad else "")
+    if report.nightly is not None:
+        sync.append(f"  nightly {report.nightly.event} {stamp(report.nightly.time)}",
+                    style=bad if report.nightly.event == "FAILED" else terminal.DIM)
+    world = "unknown" if meta.world_size is None else f"{meta.world_size:,} packages"
+    if meta.binhost_percent is None:
+        binary = Text("unknown", style=terminal.DIM)
+    else:
+        binary = Text(f"{meta.binhost_percent:.1f}% available ({meta.binhost_available:,}/{meta.binhost_total:,})")
+    plural = "package" if swarm.building == 1 else "packages"
+    drones = Text(f"{swarm.drones_online}/{swarm.drones_total} drones online, {swarm.building} {plural} building",
+                  style=bad if report.open_jobs and not swarm.drones_available else "")
+    if swarm.drones_grounded:
+        drones.append(f", {swarm.drones_grounded} grounded", style=terminal.STATUS_STYLE["grounded"])
+    queue = Text(f"{q['needed']} needed ({q['ready']} ready, {q['waiting']} waiting), {q['delegated']} building, "
+                 f"{q['built']} built, ")
+    queue.append(f"{q['failed']} failed", style=terminal.STATE_STYLE["failed"] if q["failed"] else "")
+    queue.append(", ")
+    queue.append(f"{q['blocked']} blocked", style=terminal.STATE_STYLE["blocked"] if q["blocked"] else "")
+    rows: list[tuple[str, Text | str]] = [("Sync", sync), ("World", world), ("Binary", binary), ("Swarm", drones),
+                                          ("Queue", queue)]
+    if report.report_path is not None:
+        rows.append(("Report", Text(f"{report.report_path} (written {stamp(report.report_time)})")))
+    lines = [terminal.labelled(label, "").append_text(value if isinstance(value, Text) else Text(value))
+             for label, value in rows]
+    if report.attention:
+        lines.append(Text(""))
+        for item in report.attention:
+            line = Text(f"{item.severity.upper():>8} ", style=terminal.SEVERITY_STYLE[item.severity])
+            line.append(f"{item.code}: ", style=terminal.BOLD)
+            line.append(item.message)
+            lines.append(line)
+    else:
+        lines.append(Text("all well", style=terminal.SEVERITY_STYLE["ok"]))
+    return Group(*lines)
