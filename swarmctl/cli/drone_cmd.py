@@ -7,6 +7,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -19,7 +20,8 @@ from swarmctl.defaults import SETTINGS
 from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
 from swarmctl.drone.daemon import DroneDaemon, Publisher
 from swarmctl.exceptions import ConfigError
-from swarmctl.registry import new_token, validate_machine_id, validate_name
+from swarmctl.registry import validate_machine_id, validate_name
+from swarmctl.tokens import new_token
 
 log = logging.getLogger("swarmctl.drone")
 
@@ -63,7 +65,7 @@ def enroll(app: AppContext, name: str, machine_id: str | None, token_file: str |
 def _read_token(token_file: str) -> str | None:
     """The token in ``token_file`` ('-': stdin), or None when the file is missing or empty."""
     if token_file == "-":
-        text = click.get_text_stream("stdin").read()
+        text = sys.stdin.read()
     else:
         path = Path(token_file)
         try:
