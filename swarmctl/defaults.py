@@ -229,7 +229,9 @@ SETTINGS: tuple[Setting, ...] = (
     # Nightly.
     Setting("nightly", "status_file", None, str,
             "Where the nightly playbook logs STARTED/FINISHED. Empty: /var/lib/build-swarm/nightly.status."),
-    Setting("nightly", "world_file", None, str, "World file the nightly run resolves."),
+    Setting("nightly", "world_file", None, str,
+            "World file `queue sync` resolves when given no --world (the nightly run). "
+            "Empty: /var/lib/portage/world."),
 )
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(s.section for s in SETTINGS))

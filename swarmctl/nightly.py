@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 NIGHTLY_EVENTS = ("STARTED", "FINISHED", "FAILED")
 #: Where the nightly status file lives when ``nightly.status_file`` is empty.
 DEFAULT_NIGHTLY_STATUS = "/var/lib/build-swarm/nightly.status"
+#: The world file the nightly resolves when ``nightly.world_file`` is empty (Portage's own).
+DEFAULT_WORLD_FILE = "/var/lib/portage/world"
 #: The report's file name, in the status file's directory (playbooks/nightly.yml writes it).
 NIGHTLY_REPORT = "nightly-report.html"
 #: Bytes read from the end of the status file (it grows by one line a night).
@@ -78,6 +80,11 @@ class NightlyMark:
 def nightly_status_path(config: Config) -> Path:
     """The nightly status file this host would read."""
     return Path(config.nightly.status_file or DEFAULT_NIGHTLY_STATUS)
+
+
+def nightly_world_path(config: Config) -> Path:
+    """The world file the nightly run (``queue sync`` without ``--world``) resolves."""
+    return Path(config.nightly.world_file or DEFAULT_WORLD_FILE)
 
 
 def nightly_report_path(config: Config) -> Path:

@@ -24,7 +24,7 @@ from swarmctl.exceptions import NotEnrolled, SwarmError
 from swarmctl.queue import Queue, refused
 from swarmctl.sanitize import printable
 from swarmctl.scripts import Scripts, decode
-from swarmctl.tokens import new_token, token_sha
+from swarmctl.tokens import new_token, token_sha, validate_token
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _MACHINE_ID_RE = re.compile(r"[0-9a-f]{32}")
@@ -93,10 +93,13 @@ class DroneRegistry:
         self.scripts = Scripts(client)
         self.events = Events(client, config.queue.events_max)
 
-    def enroll(self, name: str, machine_id: str | None = None) -> str:
-        """Enroll (or re-enroll, invalidating the old token) and return the new token."""
+    def enroll(self, name: str, machine_id: str | None = None, token: str | None = None) -> str:
+        """Enroll (or re-enroll, invalidating the old token) and return the token.
+
+        ``token`` is a pre-generated one (from a vault or a provisioning tool); None makes a new one.
+        """
         validate_name(name)
-        token = new_token()
+        token = new_token() if token is None else validate_token(token)
         fields: dict[str, Any] = {"token_sha256": token_sha(token), "revoked": 0,
                                   "enrolled_at": int(self.server_time() * 1000)}
         if machine_id:

@@ -113,10 +113,10 @@ class RedisProcess:
 
 
 def run_cli(args: list[str], env: dict[str, str], check: bool = True,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run ``swarmctl ARGS`` as a user would, in a subprocess."""
+            timeout: float = 60, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``swarmctl ARGS`` as a user would, in a subprocess (``input`` on its stdin)."""
     proc = subprocess.run([*SWARMCTL, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=tempfile.gettempdir())
+                          cwd=tempfile.gettempdir(), input=input)
     if check and proc.returncode != 0:
         raise AssertionError(f"swarmctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -9,8 +9,11 @@ import time
 from pathlib import Path
 
 import psutil
+import redis
 
+from swarmctl import keys
 from swarmctl.embedded import EmbeddedRedis
+from swarmctl.registry import DroneRegistry
 from tests.helpers import free_port, run_cli
 
 
@@ -168,3 +171,41 @@ def test_open_server_check_passes_loopback_passwords_and_override() -> None:
                 {"SWARM_REDIS_URL": "redis://:pw@192.0.2.10:6379/0"}, {"SWARM_REDIS_URL": "unix:///run/r.sock"},
                 {"SWARM_REDIS_URL": "redis://192.0.2.10/0", "SWARM_REDIS_ALLOW_NO_PASSWORD": "yes"}):
         refuse_open_server(load_config(environ=env))
+
+
+def test_enroll_with_a_token_file(swarm_env: dict[str, str], redis_client: redis.Redis, registry: DroneRegistry,
+                                  tmp_path: Path) -> None:
+    # Generated: written 0600 to the file, not printed; the daemon's token works.
+    made = tmp_path / "drone-a.token"
+    proc = run_cli(["drone", "enroll", "drone-a", "--token-file", str(made)], swarm_env)
+    token = made.read_text().strip()
+    assert len(token) >= 40 and token not in proc.stdout + proc.stderr
+    assert made.stat().st_mode & 0o777 == 0o600
+    # Pre-generated: the file's token is the one enrolled (re-enrolling with it is idempotent).
+    given = tmp_path / "given.token"
+    given.write_text("pre-generated-token-from-a-vault-0123456789\n")
+    given.chmod(0o600)
+    mid = "0123456789abcdef0123456789abcdef"
+    for _ in range(2):
+        run_cli(["drone", "enroll", "drone-b", "--machine-id", mid, "--token-file", str(given)], swarm_env)
+    assert given.read_text() == "pre-generated-token-from-a-vault-0123456789\n"
+    stdin = run_cli(["drone", "enroll", "drone-c", "--token-file", "-"], swarm_env,
+                    input="another-pre-generated-token-0123456789abc\n")
+    assert "another" not in stdin.stdout
+    for name, tok in (("drone-a", token), ("drone-b", "pre-generated-token-from-a-vault-0123456789"),
+                      ("drone-c", "another-pre-generated-token-0123456789abc")):
+        assert registry.authenticate(name, tok), name
+    assert redis_client.hget(keys.drone("drone-b"), "machine_id") == mid
+    # Bad input: one line, nothing written, nothing enrolled.
+    for args, message in ((["drone-d", "--token-file", str(given), "--machine-id", "nope"], "invalid machine id"),
+                          (["bad name", "--token-file", str(tmp_path / "x")], "invalid"),
+                          (["drone-e", "--token-file", str(tmp_path / "no" / "dir")], "cannot write the token file")):
+        proc = run_cli(["drone", "enroll", *args], swarm_env, check=False)
+        assert proc.returncode == 1 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    short = tmp_path / "short.token"
+    short.write_text("short\n")
+    proc = run_cli(["drone", "enroll", "drone-f", "--token-file", str(short)], swarm_env, check=False)
+    assert proc.returncode == 1 and "invalid token" in proc.stderr
+    names = {d["name"] for d in json.loads(run_cli(["drones", "--json"], swarm_env).stdout)}
+    assert names == {"drone-a", "drone-b", "drone-c"}
+    assert not (tmp_path / "x").exists()

@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import click
 
 from swarmctl import build_env, paths
+from swarmctl.atomicfile import write_atomic
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.defaults import SETTINGS
 from swarmctl.drone.configured import builder_from_config
 from swarmctl.drone.daemon import DroneDaemon, Publisher
-from swarmctl.registry import validate_name
+from swarmctl.registry import validate_machine_id, validate_name
+from swarmctl.tokens import new_token
 
 log = logging.getLogger("swarmctl.drone")
 
@@ -28,12 +31,50 @@ def drone() -> None:
 @drone.command("enroll")
 @click.argument("name")
 @click.option("--machine-id", help="The host's /etc/machine-id, checked before any reboot.")
+@click.option("--token-file", type=click.Path(dir_okay=False, allow_dash=True),
+              help="Enroll with the token in this file ('-': stdin); when the file is missing or empty, "
+                   "generate a token and write it there (mode 0600) instead of printing it.")
 @pass_app
-def enroll(app: AppContext, name: str, machine_id: str | None) -> None:
+def enroll(app: AppContext, name: str, machine_id: str | None, token_file: str | None) -> None:
     """Enroll a drone and print its token (re-enrolling replaces the old token)."""
-    token = app.registry.enroll(name, machine_id)
-    click.echo(token)
-    terminal.note(f"drone {name} enrolled; give its daemon the token in SWARM_DRONE_TOKEN or a 0600 config file")
+    if token_file is None:
+        click.echo(app.registry.enroll(name, machine_id))
+        terminal.note(f"drone {name} enrolled; give its daemon the token in SWARM_DRONE_TOKEN or a 0600 config file")
+        return
+    validate_name(name)  # before any file is written
+    if machine_id:
+        validate_machine_id(machine_id.strip().lower())
+    given = _read_token(token_file)
+    if given is not None:
+        app.registry.enroll(name, machine_id, token=given)
+        terminal.note(f"drone {name} enrolled with the token from {token_file}")
+        return
+    # The file first: a token that could not be saved must not replace the drone's old one.
+    token = new_token()
+    try:
+        write_atomic(Path(token_file), token + "\n", mode=0o600)
+    except OSError as exc:
+        raise click.ClickException(f"cannot write the token file {token_file}: {exc}") from None
+    app.registry.enroll(name, machine_id, token=token)
+    terminal.note(f"drone {name} enrolled; its token is in {token_file} (mode 0600)")
+
+
+def _read_token(token_file: str) -> str | None:
+    """The token in ``token_file`` ('-': stdin), or None when the file is missing or empty."""
+    if token_file == "-":
+        text = sys.stdin.read()
+    else:
+        path = Path(token_file)
+        try:
+            text = path.read_text(encoding="utf-8") if path.exists() else ""
+        except (OSError, UnicodeDecodeError) as exc:
+            raise click.ClickException(f"cannot read the token file {token_file}: {exc}") from None
+        if text.strip() and path.stat().st_mode & 0o077:
+            terminal.note(f"{token_file} is readable by others: keep token files mode 0600")
+    text = text.strip()
+    if not text and token_file == "-":
+        raise click.ClickException("no token on stdin")
+    return text or None
 
 
 @drone.command("revoke")

@@ -7,7 +7,7 @@ import click
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.facts import FactStore
-from swarmctl.nightly import NIGHTLY_EVENTS
+from swarmctl.nightly import NIGHTLY_EVENTS, nightly_status_path, nightly_world_path
 
 
 @click.group()
@@ -27,6 +27,14 @@ def mark(app: AppContext, event: str, detail: str) -> None:
     else:
         meta.record_nightly(event, detail=detail[:500])
     terminal.ok(f"nightly {event.upper()} recorded")
+
+
+@nightly.command("paths")
+@pass_app
+def paths(app: AppContext) -> None:
+    """The files the nightly run uses, from this config (JSON; read by playbooks/nightly.yml)."""
+    terminal.print_json({"status_file": str(nightly_status_path(app.config)),
+                         "world_file": str(nightly_world_path(app.config))})
 
 
 @nightly.command("cron-check")

@@ -101,8 +101,9 @@ def _add_counted(app: AppContext, specs: list[JobSpec], quiet: bool) -> AddRepor
 
 
 @queue.command("sync")
-@click.option("--world", "world_file", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="World file (one atom per line) to resolve.")
+@click.option("--world", "world_file", type=click.Path(dir_okay=False),
+              help="World file (one atom per line) to resolve (default: nightly.world_file, "
+                   "then /var/lib/portage/world).")
 @click.option("--binhost", "binhost", metavar="DIR|URL",
               help="The binhost's PKGDIR, Packages file or URL (default: binhost.dir, then binhost.url).")
 @click.option("--prefix", type=click.Path(file_okay=False),
@@ -111,24 +112,32 @@ def _add_counted(app: AppContext, specs: list[JobSpec], quiet: bool) -> AddRepor
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
 @pass_app
-def sync(app: AppContext, world_file: str, binhost: str | None, prefix: str | None, dry_run: bool, quiet: bool,
+def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: str | None, dry_run: bool, quiet: bool,
          as_json: bool) -> None:
     """Resolve what world needs with portage and queue what the binhost lacks (all or nothing)."""
     from pathlib import Path
 
     from swarmctl.facts import FactStore
+    from swarmctl.nightly import nightly_world_path
     from swarmctl.portage_env.prefix import load_prefix
     from swarmctl.resolver import PackageResolver
 
+    world = Path(world_file) if world_file else nightly_world_path(app.config)
+    if not world.is_file():
+        raise click.ClickException(f"world file {str(world)!r} does not exist (--world or nightly.world_file)")
     prefix_dir = prefix or app.config.drone.prefix
     try:
         portage_prefix = load_prefix(Path(prefix_dir)) if prefix_dir else None
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     source = binhost or app.config.binhost.dir or app.config.binhost.url
+    if not source:
+        # Without a binhost every package counts as missing: coverage would read 0 %.
+        terminal.note("no binhost to compare with (--binhost, binhost.dir or binhost.url): "
+                      "every package counts as missing")
     with terminal.progress(quiet or as_json) as progress:
-        progress(f"resolving {world_file} with portage", 0, None)
-        resolution = PackageResolver(portage_prefix).resolve(Path(world_file), source)
+        progress(f"resolving {world} with portage", 0, None)
+        resolution = PackageResolver(portage_prefix).resolve(world, source)
     specs = resolution.job_specs()
     report = AddReport() if dry_run else _add_counted(app, specs, quiet or as_json)
     if not dry_run:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from swarmctl.ansible_exec import PlaybookResult, run_playbook
 from tests.ansible.helpers import SWARMCTL_BIN, BedSwarm
@@ -23,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 #: Built once and reused between runs (the script skips an existing build).
 CRONIE_PREFIX = Path(os.environ.get("SWARM_CRONIE_PREFIX", "/opt/cronie"))
 CRON_FILE = "/etc/cron.d/build-swarm"
+PLAYBOOK_DIR = "/var/lib/build-swarm/playbooks"
+INVENTORY = "/etc/build-swarm/inventory.yml"
+ANSIBLE_PLAYBOOK = str(Path(SWARMCTL_BIN).parent / "ansible-playbook")
 
 
 def _load_verify_module():
@@ -54,7 +58,11 @@ def bed(cronie: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tupl
     with TestBed(1, "swcron") as testbed:
         inventory = testbed.inventory(
             work / "hosts.yml",
-            {"swarm_cron_install_method": "prefix", "swarm_cron_prefix": str(cronie)},
+            {"swarm_cron_install_method": "prefix", "swarm_cron_prefix": str(cronie),
+             # /etc and /var are private to a bed host (/opt is the controller's): deploy there.
+             "swarm_cron_nightly_playbook_dir": PLAYBOOK_DIR,
+             "swarm_cron_ansible_playbook": ANSIBLE_PLAYBOOK,
+             "swarm_swarmctl_command": "/usr/bin/swarmctl-stand-in --config /etc/build-swarm/x.yml"},
             groups={"binhost": [1]},
         )
         playbook = work / "cron.yml"
@@ -96,6 +104,27 @@ def test_cronie_runs_and_the_good_job_is_scheduled(bed: tuple[TestBed, Path, Pat
     assert " root " in cron_file.splitlines()[-1], "cronie format: the line has a user field"
     result = _verify(bed)
     assert result.ok, result.summary
+
+
+def test_the_job_calls_a_playbook_and_inventory_that_exist(bed: tuple[TestBed, Path, Path]) -> None:
+    testbed = bed[0]
+    # What cron would run: the deployed playbook against the deployed inventory, on this host.
+    listed = testbed.run(1, [ANSIBLE_PLAYBOOK, "-i", INVENTORY, "-l", "binhost", f"{PLAYBOOK_DIR}/nightly.yml",
+                             "--list-hosts"], check=True).stdout
+    assert testbed.host(1).name in listed
+    inventory = yaml.safe_load(testbed.run(1, ["cat", INVENTORY], check=True).stdout)
+    host = inventory["all"]["children"]["binhost"]["hosts"][testbed.host(1).name]
+    assert host["ansible_connection"] == "local"
+    assert host["swarm_swarmctl_command"] == "/usr/bin/swarmctl-stand-in --config /etc/build-swarm/x.yml"
+    # A job whose playbook is gone fails the verification, naming the file.
+    testbed.run(1, ["mv", f"{PLAYBOOK_DIR}/nightly.yml", f"{PLAYBOOK_DIR}/nightly.yml.away"], check=True)
+    try:
+        result = _verify(bed)
+        assert not result.ok
+        assert f"{PLAYBOOK_DIR}/nightly.yml, which does not exist" in result.summary
+    finally:
+        testbed.run(1, ["mv", f"{PLAYBOOK_DIR}/nightly.yml.away", f"{PLAYBOOK_DIR}/nightly.yml"], check=True)
+    assert _verify(bed).ok
 
 
 def test_a_bad_line_fails_the_verification(bed: tuple[TestBed, Path, Path], cron_file: str) -> None:

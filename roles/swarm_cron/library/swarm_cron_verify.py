@@ -28,7 +28,8 @@ options:
   jobs:
     description:
       - Jobs that must be scheduled. C(match) is a substring of the job's command
-        (as C(cronnext -j) matches it); C(user) the user it must run as.
+        (as C(cronnext -j) matches it); C(user) the user it must run as; C(requires) the
+        files the command calls (program, playbook, inventory), which must exist.
     type: list
     elements: dict
     required: true
@@ -262,6 +263,10 @@ def main():
                     )
                 else:
                     problems.append(f"job {match!r} is not scheduled: cronnext does not list it")
+    for job in p["jobs"]:
+        for path in job.get("requires") or []:
+            if not os.path.exists(str(path)):
+                problems.append(f"job {job.get('match', '?')!r} calls {path}, which does not exist: it would fail")
     if problems:
         module.fail_json(msg="cron verification FAILED: " + "; ".join(problems), **result)
     module.exit_json(
