@@ -157,6 +157,7 @@ class TestBed:
             raise TestBedError(reason)
         teardown_prefix(self.prefix)
         self._wait_subnet_free()
+        clear_stale_rehash_lock()
         self._started = True
         try:
             self._create()
@@ -259,6 +260,7 @@ class TestBed:
 
     def wait_booted(self, i: int, previous_boot_id: str | None = None, timeout: float = 30.0) -> str:
         """Wait for host ``hI`` to be up with a boot id other than ``previous_boot_id``; return it."""
+        clear_stale_rehash_lock()  # the power cut may have killed a login mid-rehash
 
         def booted() -> str | None:
             bid = self.boot_id(i)
@@ -555,6 +557,21 @@ def _read_registry(prefix: str) -> dict[str, Any] | None:
         return json.loads((REGISTRY_DIR / f"{prefix}.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def clear_stale_rehash_lock() -> None:
+    """Remove a pyenv rehash lock left by a login that a power cut killed.
+
+    The hosts share root's home with this machine, so every ssh login runs its shell
+    profile; where that runs ``pyenv init``, a login killed mid-rehash leaves
+    ``$PYENV_ROOT/shims/.pyenv-shim`` behind and every later login waits 60 s for it.
+    A rehash takes well under a second: a lock older than 90 s is stale.
+    """
+    root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    lock = root / "shims" / ".pyenv-shim"
+    with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime > 90:
+            lock.unlink()
 
 
 def _registry_alive(data: dict[str, Any]) -> bool:
