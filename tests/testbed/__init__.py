@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from . import _net
@@ -565,12 +566,15 @@ def clear_stale_rehash_lock() -> None:
     The hosts share root's home with this machine, so every ssh login runs its shell
     profile; where that runs ``pyenv init``, a login killed mid-rehash leaves
     ``$PYENV_ROOT/shims/.pyenv-shim`` behind and every later login waits 60 s for it.
-    A rehash takes well under a second: a lock older than 90 s is stale.
+    The lock is stale when no rehash is running (or it is older than any rehash takes).
     """
     root = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
     lock = root / "shims" / ".pyenv-shim"
     with contextlib.suppress(OSError):
-        if time.time() - lock.stat().st_mtime > 90:
+        age = time.time() - lock.stat().st_mtime
+        rehashing = any("pyenv-rehash" in " ".join(proc.info["cmdline"] or [])
+                        for proc in psutil.process_iter(["cmdline"]))
+        if age > 90 or not rehashing:
             lock.unlink()
 
 
