@@ -411,7 +411,8 @@ class VerifyKeyring:
 
     def __init__(self, keys_asc: str, gpg: str = "gpg") -> None:
         self.gpg = gpg
-        self._dir = Path(tempfile.mkdtemp(prefix="swarm-verify-"))
+        # Short: gpg-agent socket paths are capped (a deep TMPDIR breaks gpg).
+        self._dir = Path(tempfile.mkdtemp(prefix="swarm-verify-", dir="/tmp"))
         self.home = self._dir / "gnupg"
         self.home.mkdir(mode=0o700)
         self.fingerprints: list[str] = []
