@@ -131,13 +131,13 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
     source = binhost or app.config.binhost.dir or app.config.binhost.url
+    with terminal.progress(quiet or as_json) as progress:
+        progress(f"resolving {world} with portage", 0, None)
+        resolution = PackageResolver(portage_prefix).resolve(world, source)
     if not source:
         # Without a binhost every package counts as missing: coverage would read 0 %.
         terminal.note("no binhost to compare with (--binhost, binhost.dir or binhost.url): "
                       "every package counts as missing")
-    with terminal.progress(quiet or as_json) as progress:
-        progress(f"resolving {world} with portage", 0, None)
-        resolution = PackageResolver(portage_prefix).resolve(world, source)
     specs = resolution.job_specs()
     report = AddReport() if dry_run else _add_counted(app, specs, quiet or as_json)
     if not dry_run:

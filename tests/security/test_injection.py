@@ -184,7 +184,7 @@ def test_heartbeat_fields_are_cleaned_and_capped_where_redis_writes_them(
     flat += ["host", b"\xff\xfe" + "h\u00e9".encode() * 200]  # not UTF-8, and a cut inside a character
     # Straight to the script, as a hostile drone would: no Python of ours on the drone's side.
     registry.scripts.heartbeat(keys=list(keys.QUEUE_KEYS), args=["izar", hashlib.sha256(token.encode()).hexdigest(),
-                                                                 "", "", 100, *flat])
+                                                                 "", "", 100, "s1", 0, *flat])
     stored = redis_client.hgetall(keys.drone("izar"))
     for field in fields:
         value = stored[field]
