@@ -144,6 +144,9 @@ class DroneRegistry:
         """
         if held is None:
             held = [(current, lease or "")] if current else []
+        # The script splits the list at spaces; a CPV with white space (never a valid one, only
+        # one planted straight into Redis) cannot be reported held, and the builder refuses it.
+        held = [(cpv, ls) for cpv, ls in held if cpv and not any(ch.isspace() for ch in cpv + (ls or ""))]
         flat: list[str] = []
         for key, value in fields.items():
             flat += [key, "" if value is None else str(value)]
