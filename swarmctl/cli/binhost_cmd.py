@@ -230,7 +230,7 @@ def key_rotate(obj: Any, pkgdir: str | None) -> None:
     """Make a new key that signs from now on; the old ones stay published and trusted.
 
     End the overlap with 'key retire OLD' once clients have the new key and the
-    packages are re-signed ('binhost resign').
+    packages are re-signed (portage's gpkg-sign; see docs/operator-guide.md).
     """
     from swarmctl.binhost.signing import SigningError
 
