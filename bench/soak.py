@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open", type=int, default=60, help="Jobs kept queued while faults run (default 60).")
     parser.add_argument("--build-ms", default="200-800", help="Build duration range in ms (default 200-800).")
     parser.add_argument("--keep", help="Keep logs, witness and Redis data in this dir (default: a temp dir).")
+    parser.add_argument("--prefix", default="soak", help="Test bed name prefix (default soak; the CI chaos run uses chaos).")
     parser.add_argument("--output", default=str(RESULTS / "soak.json"), help="Where the figures go.")
     args = parser.parse_args(argv)
     reason = skip_reason()
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {args.minutes:g} min, seed {seed}, {len(plan)} faults planned, {args.drones} drones", flush=True)
     rundir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="swarm-soak-"))
     run = ChaosRun(rundir, plan, drones=args.drones, seed=seed, min_jobs=200, open_target=args.open,
-                   final_jobs=40, build_ms=(lo, hi), log=lambda line: print(line, flush=True))
+                   final_jobs=40, build_ms=(lo, hi), prefix=args.prefix, log=lambda line: print(line, flush=True))
     report = run.execute()
     report["minutes"] = args.minutes
     report["plan"] = asdict_plan(plan)

@@ -104,7 +104,7 @@ from swarmctl.queue import Queue  # noqa: E402
 from swarmctl.registry import DroneRegistry  # noqa: E402
 from swarmctl.scripts import CLAIM  # noqa: E402
 from tests.chaos_engine.proxy import ReplyDropper  # noqa: E402
-from tests.testbed import GATEWAY, TestBed, missing_requirements  # noqa: E402
+from tests.testbed import GATEWAY, SUBNET, TestBed, missing_requirements  # noqa: E402
 
 KINDS = ("drone_kill", "power_cut", "net_cut_short", "net_cut_long", "leader_kill",
          "redis_restart", "redis_net_cut", "disk_full", "rogue", "lost_reply")
@@ -309,7 +309,7 @@ class ChaosRun:
         self._log = log
         self.password = secrets.token_hex(16)
         self.redis_index = drones + 1
-        self.redis_addr = f"10.77.0.{10 + self.redis_index}"
+        self.redis_addr = f"{SUBNET}.{10 + self.redis_index}"
         self.url = f"redis://:{self.password}@{self.redis_addr}:{REDIS_PORT}/0"
         self.settings = {"SWARM_QUEUE_EVENTS_MAX": "2000000", **(settings or {})}
         self.env = self._env()

@@ -52,7 +52,11 @@ HOSTINIT = HERE / "hostinit.sh"
 SUPERVISOR = HERE / "supervisor.sh"
 #: Registry of live beds (prefix.json), used to find and clean leftovers of crashed runs.
 REGISTRY_DIR = Path("/run/build-swarm-testbed")
-SUBNET = "10.77.0"
+#: The bed's /24 (first three octets). Beds on one subnet take turns; a long run (the soak) can
+#: take another one with SWARM_TESTBED_SUBNET so other beds need not wait for it.
+SUBNET = os.environ.get("SWARM_TESTBED_SUBNET", "10.77.0")
+if not re.fullmatch(r"10\.\d{1,3}\.\d{1,3}", SUBNET):
+    raise ValueError(f"SWARM_TESTBED_SUBNET={SUBNET!r}: expected three octets in 10.0.0.0/8, like 10.78.0")
 GATEWAY = f"{SUBNET}.1"
 SSHD = "/usr/sbin/sshd"
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
