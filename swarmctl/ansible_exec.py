@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from swarmctl import ansible_assets
+
 log = logging.getLogger("swarmctl.ansible_exec")
 
 #: Extra-var names whose values are masked in messages (and never logged).
@@ -34,8 +36,6 @@ SECRET_NAME_RE = re.compile(r"token|passw|secret|key|vault|credential", re.IGNOR
 MASK = "********"
 #: Longest failure message kept per host in a summary line.
 MAX_MSG = 240
-#: The repo's roles, always on the roles path (playbooks outside the repo may use them).
-REPO_ROLES = Path(__file__).resolve().parents[1] / "roles"
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def run_playbook(
 
     Args:
         playbook: Path of the playbook, or a bare name (``drone-restart.yml``) looked up in
-            ``playbook_dir`` (default: the repo's ``playbooks/``).
+            ``playbook_dir`` (default: the package's, see :mod:`swarmctl.ansible_assets`).
         inventory: Inventory file or directory.
         limit: Ansible host pattern the run is limited to (e.g. one drone's name).
         extra_vars: Extra variables; written to a mode-0600 file, never put on a command line.
@@ -276,7 +276,7 @@ def _result_message(res: Mapping[str, Any]) -> str:
 def _resolve_playbook(playbook: str, playbook_dir: str | Path | None) -> Path:
     path = Path(playbook)
     if not path.is_absolute() and not path.exists():
-        base = Path(playbook_dir) if playbook_dir else Path(__file__).resolve().parents[1] / "playbooks"
+        base = Path(playbook_dir) if playbook_dir else ansible_assets.playbook_dir()
         path = base / playbook
     path = path.resolve()
     if not path.is_file():
@@ -301,12 +301,23 @@ def _environment(data_dir: Path, play_path: Path) -> dict[str, str]:
         # The ssh plugin retries a failed connection with exponential backoff.
         "ANSIBLE_SSH_RETRIES": os.environ.get("ANSIBLE_SSH_RETRIES", "2"),
     }
-    candidates = (play_path.parent / "roles", play_path.parent.parent / "roles", REPO_ROLES)
-    roles = list(dict.fromkeys(str(p) for p in candidates if p.is_dir()))
-    if os.environ.get("ANSIBLE_ROLES_PATH"):
-        roles.append(os.environ["ANSIBLE_ROLES_PATH"])
-    if roles:
-        env["ANSIBLE_ROLES_PATH"] = os.pathsep.join(roles)
+    # The package's roles and modules are always found (playbooks outside it may use them).
+    assets = ansible_assets.find_assets()
+    search: dict[str, list[Path]] = {
+        "ANSIBLE_ROLES_PATH": [play_path.parent / "roles", play_path.parent.parent / "roles"],
+        "ANSIBLE_LIBRARY": [],
+        "ANSIBLE_MODULE_UTILS": [],
+    }
+    if assets:
+        search["ANSIBLE_ROLES_PATH"].append(assets.roles)
+        search["ANSIBLE_LIBRARY"].append(assets.modules)
+        search["ANSIBLE_MODULE_UTILS"].append(assets.module_utils)
+    for name, candidates in search.items():
+        found = [str(p) for p in candidates if p.is_dir()]
+        if os.environ.get(name):
+            found.append(os.environ[name])
+        if found:
+            env[name] = os.pathsep.join(dict.fromkeys(found))
     return env
 
 

@@ -8,8 +8,9 @@ What is checked, in order: Redis reachable and persistent; an orchestrator
 holding the leader lease; enrolled drones heartbeating; the nightly cron entry
 verified as scheduled; the nightly run STARTED recently (and did not FAIL); the
 binhost's ``Packages`` index consistent with its files (on the binhost, where
-``binhost.dir`` is set); clock skew between this host, the drones and Redis; on a
-drone (``drone.name`` set), its builder's preflight, with the fix for each problem.
+``binhost.dir`` is set); clock skew between this host, the drones and Redis; where the healing playbooks,
+roles and modules were found (the package's copy, a system install, or healing.playbook_dir);
+on a drone (``drone.name`` set), its builder's preflight, with the fix for each problem.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import redis
 
-from swarmctl import keys
+from swarmctl import ansible_assets, keys
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT, describe
 from swarmctl.exceptions import ConfigError, SwarmError
@@ -335,6 +336,25 @@ def check_clock(client: redis.Redis, config: Config, max_skew: float) -> Check:
                  "heartbeats and groundings")
 
 
+def check_playbooks(config: Config) -> Check:
+    """Where the healing playbooks are: a failure only when healing is on and they are missing."""
+    healing = config.healing
+    missing = "fail" if healing.enabled else "warn"
+    if healing.playbook_dir:
+        where = Path(healing.playbook_dir)
+        absent = [p for p in ("drone-restart.yml", "drone-reboot.yml") if not (where / p).is_file()]
+        if absent:
+            return Check("playbooks", missing, f"healing.playbook_dir {where} lacks {', '.join(absent)}",
+                         "point healing.playbook_dir at the playbooks, or unset it to use the package's")
+        return Check("playbooks", "ok", f"{where} (healing.playbook_dir)")
+    assets = ansible_assets.find_assets()
+    if assets is None:
+        return Check("playbooks", missing, f"no playbooks in {ansible_assets.PACKAGE_DIR} or "
+                     f"{ansible_assets.SYSTEM_DIR}", "reinstall build-swarm from its wheel (they ship in it) "
+                     "or set healing.playbook_dir")
+    return Check("playbooks", "ok", f"playbooks, roles and modules in {assets.base} ({assets.source})")
+
+
 def _guard(name: str, check: Callable[[], Check]) -> Check:
     try:
         return check()
@@ -379,6 +399,7 @@ def run_checks(config: Config, connect: Callable[[], redis.Redis], deep: bool = 
         checks.append(_guard("clock", lambda: check_clock(client, config, max_skew)))
     else:
         checks.append(Check("clock", "skip", "needs Redis"))
+    checks.append(_guard("playbooks", lambda: check_playbooks(config)))
     checks.append(_guard("preflight", lambda: check_preflight(config)))
     return checks
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import redis
 
-from swarmctl import keys, paths
+from swarmctl import ansible_assets, keys, paths
 from swarmctl.config import Config
 from swarmctl.events import Events
 from swarmctl.exceptions import SwarmError
@@ -67,9 +67,8 @@ Executor = Callable[..., Any]  # swarmctl.ansible_exec.run_playbook's signature
 
 
 def default_playbook_dir() -> Path:
-    """The repo's playbooks/ when run from a checkout, else the system install's."""
-    checkout = Path(__file__).resolve().parents[1] / "playbooks"
-    return checkout if checkout.is_dir() else Path("/usr/share/build-swarm/playbooks")
+    """The playbooks shipped in the package (or a system install's): see :mod:`swarmctl.ansible_assets`."""
+    return ansible_assets.playbook_dir()
 
 
 class Healer:

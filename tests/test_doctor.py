@@ -205,7 +205,7 @@ def test_cli(redis_client: redis.Redis, config: Config, swarm_env: dict[str, str
     data = json.loads(proc.stdout)
     names = [c["name"] for c in data["checks"]]
     assert names == ["redis", "orchestrator", "drones", "cron", "nightly", "binhost index", "signing", "clock",
-                     "preflight"]
+                     "playbooks", "preflight"]
     assert proc.returncode == data["exit_code"] == 2
     text = run_cli(["doctor"], swarm_env, check=False).stdout
     assert "[FAIL] orchestrator" in text and "fix: start one" in text
