@@ -47,6 +47,9 @@ PACKAGES: dict[str, Package] = {
     "ssh": Package("ssh client (Ansible to test-bed hosts)", "openssh-client", "virtual/openssh"),
     "sshd": Package("sshd (test-bed hosts)", "openssh-server", "virtual/openssh"),
     "start-stop-daemon": Package("start-stop-daemon (test-bed services)", "dpkg", "sys-apps/openrc"),
+    "redis-server": Package("Redis from the distribution (the site.yml test's binhost role)", "redis-server",
+                            "dev-db/redis"),
+    "sudo": Package("sudo (the healing account's rules in the site.yml test)", "sudo", "app-admin/sudo"),
 }
 
 #: What the local swarm (``make demo``) cannot run without.
@@ -61,6 +64,8 @@ TEST_OPTIONAL: dict[str, str] = {
     "ssh": "the test-bed tests",
     "sshd": "the test-bed tests",
     "start-stop-daemon": "the test-bed tests",
+    "redis-server": "the site.yml end-to-end test",
+    "sudo": "the site.yml end-to-end test",
 }
 #: What needs root; named when ``make test`` runs as another user.
 ROOT_ONLY = ("the test-bed tests (network namespaces, sshd hosts: Ansible, healing, chaos)",

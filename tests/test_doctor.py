@@ -212,3 +212,18 @@ def test_cli(redis_client: redis.Redis, config: Config, swarm_env: dict[str, str
     env = {**swarm_env, "SWARM_REDIS_URL": f"redis://127.0.0.1:{closed_port()}/0", "SWARM_REDIS_SOCKET_TIMEOUT": "1"}
     proc = run_cli(["doctor"], env, check=False)
     assert proc.returncode == 2 and "cannot reach" in proc.stdout and "[skip] drones" in proc.stdout
+
+
+def test_playbooks_are_found_in_the_package_or_where_the_config_says(config: Config, tmp_path: Path) -> None:
+    found = doctor.check_playbooks(config)
+    assert found.state == "ok" and "(package)" in found.summary
+    assert (Path(found.summary.split(" in ")[1].split(" (")[0]) / "playbooks" / "drone-restart.yml").is_file()
+    # A playbook_dir without the healing playbooks: a failure while healing is on, a warning otherwise.
+    empty = config.with_overrides(healing__playbook_dir=str(tmp_path))
+    assert doctor.check_playbooks(empty).state == "warn"
+    broken = empty.with_overrides(healing__enabled=True)
+    check = doctor.check_playbooks(broken)
+    assert check.state == "fail" and "drone-restart.yml" in check.summary
+    (tmp_path / "drone-restart.yml").write_text("---\n")
+    (tmp_path / "drone-reboot.yml").write_text("---\n")
+    assert doctor.check_playbooks(broken).state == "ok"

@@ -538,7 +538,8 @@ def _sshd_config(host: Host, authorized_keys: Path) -> str:
             f"ListenAddress {host.address}",
             "Port 22",
             f"HostKey {host.hostdir / 'ssh_host_ed25519_key'}",
-            f"AuthorizedKeysFile {authorized_keys}",
+            # The bed's client key for root, and the accounts' own keys (the healing account's).
+            f"AuthorizedKeysFile {authorized_keys} .ssh/authorized_keys",
             "PidFile /run/sshd.pid",
             "PermitRootLogin prohibit-password",
             "PubkeyAuthentication yes",
