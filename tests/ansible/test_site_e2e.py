@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV = "/var/lib/build-swarm/venv"
 SWARMCTL = f"{VENV}/bin/swarmctl"
 ORCH_CONFIG = "/etc/build-swarm/orchestrator.yml"
-WORLD = [f"app-misc/site{i}-1.0" for i in range(8)]
+WORLD = [f"app-misc/site{i}-1.0" for i in range(24)]
 BROKEN = "h5"
 PATTERN = "--config /etc/build-swarm/swarm.yml drone run"
 
@@ -97,11 +97,13 @@ def inventory_vars(bed: TestBed, wheel: Path, password: str, cronie_prefix: Path
             "swarm_swarmctl_command": f"{SWARMCTL} --config {ORCH_CONFIG}",
             "protected": True},
     }
-    for i, command in ((3, "true"), (4, "true"), (5, "false")):
+    # The healthy drones take a second per build, so the broken one claims (and fails) often.
+    healthy, broken = ["sh", "-c", "sleep 1", "build", "{cpv}"], ["false", "{cpv}"]
+    for i, command in ((3, healthy), (4, healthy), (5, broken)):
         per_host[i] = {**drone, "protected": i == 4,
                        "swarm_ssh_host_key_file": str(bed.host(i).hostdir / "ssh_host_ed25519_key.pub"),
                        "swarm_drone_settings": {"heartbeat_interval": 1.0, "poll_interval": 0.5,
-                                                "command": [command, "{cpv}"]}}
+                                                "command": command}}
     return per_host
 
 
@@ -159,7 +161,7 @@ def test_site_yml_alone_brings_up_a_swarm_that_builds_and_heals_itself(site: Sit
     heal = yaml.safe_load(bed.read_file(2, "/etc/build-swarm/heal-inventory.yml") or "")["all"]
     assert sorted(heal["hosts"]) == ["h3", "h4", "h5"]
     assert heal["hosts"]["h4"]["protected"] is True and heal["hosts"]["h5"]["protected"] is False
-    assert heal["vars"]["ansible_user"] == "swarm-heal"
+    assert heal["vars"]["ansible_user"] == "swarm-heal" and heal["hosts"]["h5"]["swarm_drone_service_manager"] == "sysvinit"
     # The account may run the restart (and, unprotected, the reboot) through sudo, nothing else.
     rules = bed.run(5, ["sudo", "-l", "-U", "swarm-heal"], check=True).stdout
     assert "/etc/init.d/swarm-drone restart" in rules and "/bin/kill -TERM 1" in rules
@@ -171,7 +173,7 @@ def test_site_yml_alone_brings_up_a_swarm_that_builds_and_heals_itself(site: Sit
     pid_before = wait_for(lambda: _pid(bed, 5), 10, "h5's drone process")
     queued = bed.run(2, [SWARMCTL, "--config", ORCH_CONFIG, "queue", "add", *WORLD])
     assert queued.returncode == 0, queued.stderr
-    wait_for(lambda: site.events("grounded", BROKEN), 60, "the breaker to ground h5")
+    wait_for(lambda: site.events("grounded", BROKEN), 90, "the breaker to ground h5")
     wait_for(lambda: site.events("restarted", BROKEN), 120, "the orchestrator to restart h5 over SSH")
     assert site.events("restarting", BROKEN)[0].reason.startswith("level 2, by orchestrator")
     pid_after = wait_for(lambda: _pid(bed, 5), 20, "h5's new drone process")
