@@ -51,8 +51,9 @@ class Site:
     client: redis.Redis
     runs: Path
 
-    def events(self, kind: str, drone: str | None = None) -> list[Event]:
-        return [e for e in Events(self.client).since("0-0") if e.kind == kind and (drone is None or e.drone == drone)]
+    def events(self, kind: str, drone: str | None = None, after: float = 0.0) -> list[Event]:
+        return [e for e in Events(self.client).since("0-0")
+                if e.kind == kind and (drone is None or e.drone == drone) and e.ts > after]
 
 
 def build_wheel(dest: Path) -> tuple[Path, Path]:
@@ -75,7 +76,7 @@ def inventory_vars(bed: TestBed, wheel: Path, password: str, cronie_prefix: Path
         "swarm_drone_builder": "command",
         "swarm_drone_config_extra": {"breaker": {"failures": 3, "ground_seconds": 900},
                                      "queue": {"max_attempts": 10000, "block_after_drones": 100},
-                                     "orchestrator": {"offline_after": 6.0}},
+                                     "orchestrator": {"offline_after": 30.0}},
         "swarm_drone_stop_timeout": 15,
         "swarm_drone_verify_delay": 1,
         # The bed's host key (sshd's own, not /etc/ssh's) and how a bed host reboots.
@@ -91,7 +92,8 @@ def inventory_vars(bed: TestBed, wheel: Path, password: str, cronie_prefix: Path
             "protected": True},
         2: {"swarm_orchestrator_redis_host": binhost, "swarm_orchestrator_redis_password": password,
             "swarm_orchestrator_settings": {
-                "orchestrator": {"interval": 1.0, "offline_after": 6.0},
+                # Long enough that the converge's own restart of a drone is not "offline" (healed).
+                "orchestrator": {"interval": 1.0, "offline_after": 30.0},
                 "healing": {"cooldown_seconds": 4, "restarts_before_reboot": 2, "allow_reboot": False},
                 "breaker": {"failures": 3, "ground_seconds": 900}},
             "swarm_swarmctl_command": f"{SWARMCTL} --config {ORCH_CONFIG}",
@@ -161,7 +163,8 @@ def test_site_yml_alone_brings_up_a_swarm_that_builds_and_heals_itself(site: Sit
     heal = yaml.safe_load(bed.read_file(2, "/etc/build-swarm/heal-inventory.yml") or "")["all"]
     assert sorted(heal["hosts"]) == ["h3", "h4", "h5"]
     assert heal["hosts"]["h4"]["protected"] is True and heal["hosts"]["h5"]["protected"] is False
-    assert heal["vars"]["ansible_user"] == "swarm-heal" and heal["hosts"]["h5"]["swarm_drone_service_manager"] == "sysvinit"
+    assert heal["vars"]["ansible_user"] == "swarm-heal"
+    assert heal["hosts"]["h5"]["swarm_drone_service_manager"] == "sysvinit"
     # The account may run the restart (and, unprotected, the reboot) through sudo, nothing else.
     rules = bed.run(5, ["sudo", "-l", "-U", "swarm-heal"], check=True).stdout
     assert "/etc/init.d/swarm-drone restart" in rules and "/bin/kill -TERM 1" in rules
@@ -171,13 +174,16 @@ def test_site_yml_alone_brings_up_a_swarm_that_builds_and_heals_itself(site: Sit
 
     # The world is queued and built; the broken drone is grounded and restarted by the orchestrator.
     pid_before = wait_for(lambda: _pid(bed, 5), 10, "h5's drone process")
+    t0 = float(client.time()[0])
     queued = bed.run(2, [SWARMCTL, "--config", ORCH_CONFIG, "queue", "add", *WORLD])
     assert queued.returncode == 0, queued.stderr
-    wait_for(lambda: site.events("grounded", BROKEN), 90, "the breaker to ground h5")
-    wait_for(lambda: site.events("restarted", BROKEN), 120, "the orchestrator to restart h5 over SSH")
-    assert site.events("restarting", BROKEN)[0].reason.startswith("level 2, by orchestrator")
+    wait_for(lambda: site.events("grounded", BROKEN, t0), 90, "the breaker to ground h5")
+    wait_for(lambda: site.events("restarted", BROKEN, t0), 120, "the orchestrator to restart h5 over SSH")
+    assert site.events("restarting", BROKEN, t0)[0].reason.startswith("level 2, by orchestrator")
     pid_after = wait_for(lambda: _pid(bed, 5), 20, "h5's new drone process")
-    assert pid_after != pid_before, "the service really restarted: a new process"
+    history = [(e.kind, e.drone, e.reason) for e in Events(client).since("0-0")]
+    assert pid_after != pid_before, f"the service really restarted: a new process; events: {history}"
+    wait_for(lambda: client.hget(keys.drone(BROKEN), "pid") == str(pid_after), 20, "the new process's heartbeat")
     assert "Accepted publickey for swarm-heal" in (bed.host(5).hostdir / "sshd.log").read_text()
     built = wait_for(lambda: {e.job for e in site.events("built")} >= set(WORLD) or None, 90,
                      "the healthy drones to build the whole world")
