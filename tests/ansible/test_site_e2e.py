@@ -177,11 +177,12 @@ def test_site_yml_alone_brings_up_a_swarm_that_builds_and_heals_itself(site: Sit
     t0 = float(client.time()[0])
     queued = bed.run(2, [SWARMCTL, "--config", ORCH_CONFIG, "queue", "add", *WORLD])
     assert queued.returncode == 0, queued.stderr
-    wait_for(lambda: site.events("grounded", BROKEN, t0), 90, "the breaker to ground h5")
-    wait_for(lambda: site.events("restarted", BROKEN, t0), 120, "the orchestrator to restart h5 over SSH")
-    assert site.events("restarting", BROKEN, t0)[0].reason.startswith("level 2, by orchestrator")
+    grounded = wait_for(lambda: site.events("grounded", BROKEN, t0), 90, "the breaker to ground h5")[0]
+    wait_for(lambda: site.events("restarted", BROKEN, grounded.ts), 120, "the orchestrator to restart h5 over SSH")
+    history = [(e.ts, e.kind, e.drone, e.reason) for e in Events(client).since("0-0")]
+    restarting = site.events("restarting", BROKEN, grounded.ts - 1)
+    assert restarting and restarting[0].reason.startswith("level 2, by orchestrator"), history
     pid_after = wait_for(lambda: _pid(bed, 5), 20, "h5's new drone process")
-    history = [(e.kind, e.drone, e.reason) for e in Events(client).since("0-0")]
     assert pid_after != pid_before, f"the service really restarted: a new process; events: {history}"
     wait_for(lambda: client.hget(keys.drone(BROKEN), "pid") == str(pid_after), 20, "the new process's heartbeat")
     assert "Accepted publickey for swarm-heal" in (bed.host(5).hostdir / "sshd.log").read_text()
