@@ -145,10 +145,11 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
         meta = FactStore(app.client)
         meta.set_world_size(len(resolution.needed))
         meta.set_binhost(len(resolution.needed) - len(resolution.missing), len(resolution.needed))
+    already = [c for c in report.existing if c not in rebuilt]
     summary = {"world": len(resolution.needed), "available": len(resolution.needed) - len(resolution.missing),
                "missing": [p.cpv for p in resolution.missing],
                "stale": {p.cpv: p.stale for p in resolution.outdated}, "added": report.added,
-               "rebuild": rebuilt, "already_queued": [c for c in report.existing if c not in rebuilt],
+               "rebuild": rebuilt, "already_queued": already,
                "dry_run": dry_run}
     if as_json:
         terminal.print_json(summary)
@@ -157,7 +158,7 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
                 + (f" ({len(resolution.outdated)} stale)" if resolution.outdated else "") + "; "
                 + (f"{len(specs)} would be queued" if dry_run else
                    f"queued {len(report.added)}, {len(rebuilt)} again for a rebuild, "
-                   f"{len(summary['already_queued'])} already queued"))
+                   f"{len(already)} already queued"))
     for package in resolution.outdated:
         terminal.note(f"{package.cpv}: {package.stale}")
     _report_cycles(report.broken)

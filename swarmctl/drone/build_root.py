@@ -94,10 +94,9 @@ def enter(root: Path, binds: Sequence[Path], argv: Sequence[str]) -> None:  # pr
 
     Runs inside a private mount namespace: the mounts vanish with it.
     """
-    for source, inside, how in SYSTEM_MOUNTS:
-        target = root / inside
-        target.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", *how, source, str(target)], check=True)
+    for what, inside, how in SYSTEM_MOUNTS:
+        (root / inside).mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", *how, what, str(root / inside)], check=True)
     for source in binds:
         target = root / source.relative_to("/")
         target.mkdir(parents=True, exist_ok=True)

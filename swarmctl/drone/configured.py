@@ -38,6 +38,11 @@ def builder_from_config(config: Config) -> Builder:
             raise ConfigError("drone.build_root and drone.prefix: set one of them")
         root = BuildRoot(Path(cfg.build_root), tuple(Path(b) for b in cfg.build_root_binds))
         root.check()
+        keys = binhost_keys(config)
+        if keys is not None:  # the root's portage verifies binary dependencies (gpg as nobody)
+            from swarmctl.binhost.signing import install_client_keyring
+
+            install_client_keyring(root.path / "etc/portage/gnupg", keys, nobody_readable=True)
         log.info("builds run in the build root %s", root.path)
         return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free, build_root=root)
