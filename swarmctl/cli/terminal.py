@@ -101,6 +101,10 @@ def ok(message: str) -> None:
     console.print(Text(message, style="green"), soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    console.print(Text(message, style="yellow"), soft_wrap=True)
+
+
 def styled(value: str, styles: dict[str, str]) -> Text:
     """A state or status in capitals, in its colour (the monitor's panels)."""
     return Text(value.upper(), style=styles.get(value, ""))
