@@ -92,16 +92,16 @@ def test_drones_keep_every_value(fleet: None, swarm_env: dict[str, str]) -> None
             assert f" {drone['status']} " in line, f"{mode}: {line}"
             assert f" {drone['cpu']:.0f}%" in line and f" {drone['mem']:.0f}%" in line, f"{mode}: {line}"
         if mode.startswith("pipe"):
-            assert "not shown" not in text and "GROUNDED" in text
+            assert "not shown" not in text and "GROUNDED" in text and "FREE" in text
             assert "for 2 min" in text and " s ago" in text  # durations carry their units
     narrow = _runs(["drones"], swarm_env)
-    assert narrow["tty60"].splitlines()[-1].startswith("not shown for width: GROUNDED, SEEN"), narrow["tty60"]
+    assert narrow["tty60"].splitlines()[-1].startswith("not shown for width: FREE, GROUNDED, SEEN"), narrow["tty60"]
     assert "not shown" not in narrow["tty200"]
 
 
 def test_drones_tsv_has_one_record_per_line(fleet: None, swarm_env: dict[str, str]) -> None:
     lines = run_cli(["drones", "--tsv"], swarm_env).stdout.splitlines()
-    assert len(lines) == 4 and all(len(line.split("\t")) == 8 for line in lines)
+    assert len(lines) == 4 and all(len(line.split("\t")) == 9 for line in lines)
 
 
 def test_status_and_doctor_say_one_line_per_message_through_a_pipe(fleet: None, swarm_env: dict[str, str]) -> None:
