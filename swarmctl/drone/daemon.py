@@ -164,7 +164,7 @@ class DroneDaemon:
     def heartbeat_once(self) -> None:
         with self._held_lock:
             current, settled = self.current, self.settled
-        fields = {
+        fields: dict[str, Any] = {
             "status": self.status(),
             "task": current.claim.cpv if current else "",
             "task_started": f"{current.started:.3f}" if current else "",
