@@ -127,7 +127,11 @@ class DroneDisk:
             directory = self.dirs.get(role)
             if not limit or directory is None or not directory.is_dir():
                 continue
-            gone = prune(oldest_first(directory, suffixes), limit)
+            try:
+                gone = prune(oldest_first(directory, suffixes), limit)
+            except OSError as exc:  # an unreadable tree must not stop the drone: say so, build on
+                log.warning("cannot keep %s %s within %s: %s", role, directory, size(limit), exc.strerror or exc)
+                continue
             if gone:
                 log.info("%s over %s: deleted the %d oldest file(s)", role, size(limit), len(gone))
             removed += gone
