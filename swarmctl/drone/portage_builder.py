@@ -261,7 +261,7 @@ class PortageBuilder:
             return {"build": self.prefix.tmpdir, "pkgdir": self.pkgdir(), "distdir": self.prefix.distdir}
         values = PortagePreflight(self, self.min_free_bytes).portage_vars()
         names = {"build": "PORTAGE_TMPDIR", "pkgdir": "PKGDIR", "distdir": "DISTDIR"}
-        return {role: Path(values[var]) for role, var in names.items() if values.get(var)}
+        return {role: self.host_path(values[var]) for role, var in names.items() if values.get(var)}
 
     def pkgdir(self) -> Path:
         """The PKGDIR emerge writes to, on this host (asks ``portageq`` without prefix)."""

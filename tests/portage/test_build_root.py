@@ -72,6 +72,7 @@ def test_builds_in_the_root_and_never_touch_the_host(chroot: BuildRoot, tmp_path
     assert result.ok, f"{result.fault}: {result.reason}\n{(tmp_path / 'greeter.log').read_text()[-3000:]}"
     assert [a.cpv for a in result.artifacts] == ["app-misc/greeter-1"]
     assert result.artifacts[0].path.is_relative_to(chroot.path / "var/cache/binpkgs")
+    assert builder.disk_dirs()["pkgdir"] == chroot.path / "var/cache/binpkgs"  # what the drone prunes
     assert (chroot.path / "usr/bin/greeter").is_file()  # merged into the root...
     assert (chroot.path / "var/db/pkg/dev-libs/libgreet-1").is_dir()
     assert not Path("/usr/bin/greeter").exists() and not Path("/usr/share/greet").exists()  # ...not the host
