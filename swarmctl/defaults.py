@@ -66,6 +66,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis", "socket_timeout", 5.0, float, "Seconds before a Redis call times out.", min=0.01, max=HOUR),
     Setting("redis", "allow_no_password", False, bool,
             "Allow a server on a non-loopback address without a password (refused by default)."),
+    Setting("redis", "memory_warn", 0.8, float,
+            "status/doctor warn when Redis's used memory reaches this fraction of its maxmemory.",
+            min=0.01, max=1.0),
+    Setting("redis", "memory_critical", 0.95, float,
+            "status/doctor go red when Redis's used memory reaches this fraction of its maxmemory.",
+            min=0.01, max=1.0),
     Setting("redis", "data_dir", None, str,
             "Embedded server's data dir. Empty: $XDG_DATA_HOME/build-swarm/redis."),
     # Queue: jobs, priorities, blocking.
@@ -96,9 +102,19 @@ SETTINGS: tuple[Setting, ...] = (
             min=0.01, max=HOUR),
     Setting("drone", "builder", "command", str, "Builder: command or portage."),
     Setting("drone", "prefix", None, str,
-            "Portage prefix the portage builder uses (PORTAGE_OVERRIDE_EPREFIX). Empty: the host's portage."),
+            "Portage prefix the portage builder uses (PORTAGE_OVERRIDE_EPREFIX). Empty: drone.build_root, "
+            "else the host's portage only with drone.live_root."),
     Setting("drone", "repo", None, str,
             "Ebuild repository to create the prefix from when drone.prefix does not exist yet."),
+    Setting("drone", "build_root", None, str,
+            "Chroot the portage builder builds in (a stage3 or a copy of a system, with its own "
+            "/etc/portage naming the binhost); see docs/deploy-gentoo.md. Not with drone.prefix."),
+    Setting("drone", "build_root_binds", ["/var/db/repos", "/var/cache/distfiles"], list,
+            "Host directories bound at the same path inside drone.build_root (ebuild trees, DISTDIR); "
+            "/proc, /dev and /sys always are."),
+    Setting("drone", "live_root", False, bool,
+            "Let the portage builder without drone.prefix or drone.build_root build in this host's "
+            "live system (every build merges into it, toolchain included)."),
     Setting("drone", "emerge_args", [], list, "Extra emerge arguments for the portage builder."),
     Setting("drone", "build_user", "portage", str,
             "User a root drone runs prefix builds as (the prefix is handed to it). Empty, or no such "
@@ -123,6 +139,17 @@ SETTINGS: tuple[Setting, ...] = (
             min=0.1, max=DAY),
     Setting("drone", "preflight_min_free_mb", 256, int,
             "Free MiB PKGDIR, PORTAGE_TMPDIR and DISTDIR need for the preflight to pass.", min=0, max=2**30),
+    Setting("drone", "min_free_gb", 2.0, float,
+            "A drone with less free GiB in its build dir or PKGDIR claims nothing and shows low-disk "
+            "until space returns (not a failure; 0: never).", min=0.0, max=1e6),
+    Setting("drone", "keep_uploaded", False, bool,
+            "Keep a package in the drone's PKGDIR after the binhost accepted it (default: delete it)."),
+    Setting("drone", "pkgdir_max_gb", 10.0, float,
+            "Largest total GiB of package files in the drone's PKGDIR (binary dependencies fetched from "
+            "the binhost, builds kept); the oldest go first, between builds (0: no limit).", min=0.0, max=1e6),
+    Setting("drone", "distfiles_max_gb", 10.0, float,
+            "Largest total GiB of the drone's DISTDIR (fetched sources); the oldest go first, between "
+            "builds (0: no limit).", min=0.0, max=1e6),
     Setting("drone", "overdue_factor", 4.0, float,
             "A build running longer than factor x its estimate is flagged as overdue.", min=1.0, max=1000.0),
     # Orchestrator.

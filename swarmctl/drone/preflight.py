@@ -9,6 +9,7 @@ the fix (each :class:`Problem` carries it).
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
@@ -38,6 +39,8 @@ class Problem:
 
     what: str
     fix: str
+    #: Only free space is short: the drone shows ``low-disk`` and waits, it is not misconfigured.
+    space: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,13 @@ def directory_problem(name: str, directory: Path, min_free_bytes: int,
             raise PermissionError(13, "Permission denied")
     except (OSError, subprocess.SubprocessError) as exc:
         return Problem(f"{name} {directory} is not writable by {who} ({getattr(exc, 'strerror', None) or exc})",
-                       f"make {directory} writable by {who}, or point {name} elsewhere in make.conf")
+                       f"make {directory} writable by {who}, or point {name} elsewhere in make.conf",
+                       space=getattr(exc, "errno", None) == errno.ENOSPC)
     free = shutil.disk_usage(directory).free
     if free < min_free_bytes:
         return Problem(f"{name} {directory} is full ({free // (1024 * 1024)} MiB free, "
                        f"{min_free_bytes // (1024 * 1024)} MiB needed)",
-                       f"free space on {directory} (e.g. eclean-pkg, or remove old build dirs)")
+                       f"free space on {directory} (e.g. eclean-pkg, or remove old build dirs)", space=True)
     return None
 
 
@@ -118,9 +122,11 @@ class PortagePreflight:
         env = self.builder.env()
         path = env.get("PATH", os.defpath)
         problems: list[Problem] = []
+        # In a build root the tools and directories are looked up inside it.
+        path = os.pathsep.join(str(self.builder.host_path(p)) for p in path.split(os.pathsep) if p)
         for tool in ("emerge", "portageq"):
             program = self.builder._tool(tool)
-            if shutil.which(program, path=path) is None:
+            if shutil.which(str(self.builder.host_path(program)) if "/" in program else program, path=path) is None:
                 problems.append(Problem(f"portage's {tool} not found ({program})",
                                         "install portage (pip install portage, or emerge sys-apps/portage)"))
         if problems:
@@ -143,15 +149,21 @@ class PortagePreflight:
             problems.append(found)
         for name in ("PKGDIR", "PORTAGE_TMPDIR", "DISTDIR"):
             if values.get(name):
-                found = directory_problem(name, Path(values[name]), self.min_free_bytes, self.builder.user)
+                found = directory_problem(name, self.builder.host_path(values[name]), self.min_free_bytes,
+                                          self.builder.user)
                 if found:
                     problems.append(found)
         problems += self._repositories(env)
         return PreflightResult(problems)
 
+    def portage_vars(self) -> dict[str, str]:
+        """PORTAGE_VARS as the builds see them (empty when portage does not run)."""
+        values, problem = self._portage_vars(self.builder.env())
+        return {} if problem is not None else values
+
     def _portageq(self, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         # As the builds run: as the build user (when there is one), from a directory it can enter.
-        return subprocess.run([self.builder._tool("portageq"), *args], env=dict(env),
+        return subprocess.run(self.builder.command([self.builder._tool("portageq"), *args]), env=dict(env),
                               capture_output=True, text=True, timeout=self.timeout, check=False,
                               stdin=subprocess.DEVNULL, cwd=self.builder._cwd(), **as_user(self.builder.user))
 
@@ -184,7 +196,7 @@ class PortagePreflight:
         locations = [line.partition("=")[2].strip() for line in done.stdout.splitlines()
                      if line.strip().startswith("location")]
         for location in locations:
-            if not (Path(location) / "profiles").is_dir():
+            if not (self.builder.host_path(location) / "profiles").is_dir():
                 problems.append(Problem(f"repository {location} is missing",
                                         "sync the repository (emaint sync -a) or fix its location in repos.conf"))
         if not locations:
