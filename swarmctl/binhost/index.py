@@ -85,6 +85,8 @@ _COPIED = (
 _USE_EVALUATED = ("BDEPEND", "DEPEND", "IDEPEND", "LICENSE", "RDEPEND", "PDEPEND", "PROPERTIES",
                   "RESTRICT")
 _HASH_BLOCK = 1024 * 1024
+#: Buffers per writev (Linux's IOV_MAX).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
 class BinhostIndexError(SwarmError):
@@ -137,6 +139,9 @@ class PackagesIndex:
     blocks: list[bytes] | None = field(default=None, repr=False, compare=False)
     bounds: list[tuple[tuple[str, int, str], str]] | None = field(default=None, repr=False, compare=False)
     chunks: dict[int, tuple[bytes, bytes]] = field(default_factory=dict, repr=False, compare=False)
+    #: CPV -> the PATHs of its entries, built on first use; sets are replaced, never
+    #: changed in place, so a copy shares them safely.
+    by_cpv: dict[str, frozenset[str]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> PackagesIndex:
@@ -160,10 +165,12 @@ class PackagesIndex:
 
     def copy(self) -> PackagesIndex:
         """A copy whose header and entries can change without touching this one."""
+        by_cpv = None if self.by_cpv is None else self.by_cpv.copy()
         if self.order is None or self.blocks is None or self.bounds is None:
-            return PackagesIndex(header=dict(self.header), entries=self.entries.copy())
+            return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), by_cpv=by_cpv)
         return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), order=self.order.copy(),
-                             blocks=self.blocks.copy(), bounds=self.bounds, chunks=self.chunks.copy())
+                             blocks=self.blocks.copy(), bounds=self.bounds, chunks=self.chunks.copy(),
+                             by_cpv=by_cpv)
 
     @property
     def timestamp(self) -> int:
@@ -217,8 +224,10 @@ class PackagesIndex:
         path = Path(path)
         head, parts = self._render_parts(ttl)
         stamp = self.timestamp
-        text = head + b"".join(chunk for chunk, _ in parts)
-        compressed = gzip.compress(head, compresslevel=GZIP_LEVEL, mtime=stamp) + b"".join(gz for _, gz in parts)
+        # The cached chunks go to the files as they are (one writev): joining a big index
+        # into one bytes object first would copy it twice more, holding the GIL.
+        text = [head, *(chunk for chunk, _ in parts)]
+        compressed = [gzip.compress(head, compresslevel=GZIP_LEVEL, mtime=stamp), *(gz for _, gz in parts)]
         gz_path = path.with_name(path.name + ".gz")
         temps = [_stage(gz_path, compressed, stamp), _stage(path, text, stamp)]
         try:
@@ -239,6 +248,8 @@ class PackagesIndex:
         if path in self.entries:
             self._unplace(path)
         self.entries[path] = dict(entry)
+        if self.by_cpv is not None:
+            self.by_cpv[entry["CPV"]] = self.by_cpv.get(entry["CPV"], frozenset()) | {path}
         if self.order is not None and self.blocks is not None and self.bounds is not None:
             key = (_sort_key(entry), path)
             at = bisect.bisect(self.order, key)
@@ -253,7 +264,9 @@ class PackagesIndex:
         if rel_path not in self.entries:
             return False
         self._unplace(rel_path)
-        del self.entries[rel_path]
+        cpv = self.entries.pop(rel_path)["CPV"]
+        if self.by_cpv is not None:
+            self.by_cpv[cpv] = self.by_cpv.get(cpv, frozenset()) - {rel_path}
         return True
 
     def _unplace(self, path: str) -> None:
@@ -269,12 +282,22 @@ class PackagesIndex:
         else:  # not where it should be: forget the layout, the next render rebuilds it
             self.order = self.blocks = self.bounds = None
 
+    def paths_of(self, cpv: str) -> frozenset[str]:
+        """The PATHs of ``cpv``'s entries (one lookup, whatever the size of the index)."""
+        if self.by_cpv is None:  # one pass over the index, then kept up to date by add/remove
+            by_cpv: dict[str, set[str]] = {}
+            for path, entry in self.entries.items():
+                by_cpv.setdefault(entry["CPV"], set()).add(path)
+            self.by_cpv = {key: frozenset(paths) for key, paths in by_cpv.items()}
+        return self.by_cpv.get(cpv, frozenset())
+
     def build_ids(self, cpv: str) -> set[int]:
         """BUILD_IDs already published for ``cpv``."""
         ids = set()
-        for entry in self.entries.values():
-            if entry.get("CPV") == cpv and entry.get("BUILD_ID", "").isdigit():
-                ids.add(int(entry["BUILD_ID"]))
+        for path in self.paths_of(cpv):
+            build_id = self.entries[path].get("BUILD_ID", "")
+            if build_id.isdigit():
+                ids.add(int(build_id))
         return ids
 
     def cpvs(self) -> set[str]:
@@ -282,21 +305,34 @@ class PackagesIndex:
         return {entry["CPV"] for entry in self.entries.values()}
 
 
-def _stage(path: Path, data: bytes, stamp: int) -> str:
-    """``data`` in an fsynced temp file beside ``path`` (mode 0644, mtime ``stamp``)."""
+def _stage(path: Path, parts: list[bytes], stamp: int) -> str:
+    """``parts``, concatenated, in an fsynced temp file beside ``path`` (mode 0644, mtime ``stamp``)."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.utime(temp, (stamp, stamp))
+        try:
+            _write_all(fd, parts)
+            os.fsync(fd)
+            os.fchmod(fd, 0o644)
+            os.utime(fd, (stamp, stamp))
+        finally:
+            os.close(fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
     return temp
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every part, in few system calls (each one lets go of the GIL and takes it back)."""
+    pending = [memoryview(part) for part in parts if part]
+    while pending:
+        written = os.writev(fd, pending[:_IOV_MAX])
+        while written and pending:  # drop what was written; keep a partly written part's rest
+            if written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            else:
+                pending[0], written = pending[0][written:], 0
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -375,15 +411,15 @@ class IndexStore:
     def save(self, index: PackagesIndex) -> None:
         """Write ``index`` atomically (call inside :meth:`locked`) and cache it."""
         index.write(self.path, self.ttl)
-        self._cached = index
-        self._cached_stat = _stat_key(self.path)
+        self._cache(index)
         self._reconciled = (self._cached_stat, _stat_key(self.path.with_name(COMPRESSED_NAME)))
 
     def commit(self, apply: Callable[[PackagesIndex], Callable[[], None] | None]) -> None:
         """Apply one change in the next group commit; return when the index holding it is written.
 
-        ``apply(index)`` changes the working index (or raises: then nothing of it is
-        applied and the error is raised here); it may return an undo callable, run if
+        ``apply(index)`` changes the working index, through ``add``/``remove`` as its
+        last step (or raises before changing it: the error is raised here; the index is
+        the cached one, changed in place); it may return an undo callable, run if
         writing the index fails. While one caller (the leader) writes the index, the
         changes arriving meanwhile wait and are then written together by the next
         leader, so a big index is rewritten once per group, not once per package.
@@ -419,7 +455,10 @@ class IndexStore:
         try:
             with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
                 self.reconcile()
-                index = self._load().copy()
+                # Changed in place: copying a big index (entries, order, rendered blocks)
+                # for every write costs more than the changes. Lock-free readers only look
+                # entries up; a failed write drops the cache (re-read from Packages below).
+                index = self._load()
                 applied = []
                 for change in batch:
                     try:
@@ -431,6 +470,7 @@ class IndexStore:
                     try:
                         self.save(index)
                     except BaseException as exc:
+                        self._cached = self._cached_stat = None  # Packages still holds the last write
                         for change in applied:
                             change.error = exc
                             if change.undo is not None:
@@ -450,9 +490,22 @@ class IndexStore:
                 self._group.notify_all()
 
     def snapshot(self) -> PackagesIndex:
-        """The current index (read-only use; reparsed only if the file changed)."""
-        with self._thread_lock:
+        """The current index (read-only use; reparsed only if the file changed).
+
+        While a writer holds the lock, the last committed index is returned at once:
+        waiting for a big index write would put every reader (an upload's retry check)
+        in line behind it. It is at most one group commit old; callers that must be
+        exact (a duplicate check) check again under the lock.
+        """
+        cached = self._cached
+        if cached is not None and not self._thread_lock.acquire(blocking=False):
+            return cached
+        if cached is None:
+            self._thread_lock.acquire()
+        try:
             return self._load()
+        finally:
+            self._thread_lock.release()
 
     def reconcile(self) -> bool:
         """Make ``Packages`` and ``Packages.gz`` the same again after a crash between their renames.
@@ -479,7 +532,7 @@ class IndexStore:
             logger.warning("Packages and Packages.gz differ (a write was interrupted): rewriting both "
                            "from the newer (TIMESTAMP %d)", newer.timestamp)
             newer.write(self.path, self.ttl)
-            self._cached, self._cached_stat = newer, _stat_key(self.path)
+            self._cache(newer)
             changed = True
         elif plain is None and packed is not None:
             newer = PackagesIndex.parse(packed.decode("utf-8", "replace"))
@@ -491,9 +544,19 @@ class IndexStore:
     def _load(self) -> PackagesIndex:
         key = _stat_key(self.path)
         if self._cached is None or key != self._cached_stat:
-            self._cached = PackagesIndex.read(self.path)
-            self._cached_stat = key
+            self._cache(PackagesIndex.read(self.path))
+        assert self._cached is not None
         return self._cached
+
+    def _cache(self, index: PackagesIndex) -> None:
+        """Make ``index`` (as ``Packages`` now holds it) the cached one.
+
+        Its per-CPV map is built here, under the lock: lock-free readers
+        (:meth:`snapshot`) only look things up in it, never build it while a
+        leader changes the entries.
+        """
+        index.paths_of("")
+        self._cached, self._cached_stat = index, _stat_key(self.path)
 
 
 @dataclass

@@ -460,8 +460,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _already_published(self, cpv: str, sha256: str) -> bool:
         index = self.server.publisher.store.snapshot()
-        return any(entry.get("CPV") == cpv and sha256 in (entry.get("SHA256"), entry.get(UPLOAD_SHA256_KEY))
-                   for entry in index.entries.values())
+        entries = [index.entries.get(path) or {} for path in index.paths_of(cpv)]
+        return any(sha256 in (entry.get("SHA256"), entry.get(UPLOAD_SHA256_KEY)) for entry in entries)
 
     def _is_upload(self) -> bool:
         return self.command in ("PUT", "POST") and urllib.parse.urlsplit(self.path).path == UPLOAD_PATH
