@@ -132,6 +132,26 @@ def inspect_gpkg(path: Path, settings: Any = None, limits: UnpackLimits | None =
     )
 
 
+def manifest_content(path: Path) -> frozenset[str]:
+    """The Manifest's ``DATA`` lines of the package's content members (signatures left out).
+
+    The same for an upload and the copy the binhost signed from it (signing adds
+    ``.sig`` members and clearsigns the Manifest, the other members stay as they are),
+    so it tells a drone's retry of a publish whose upload record was lost. Empty when
+    the file cannot be read.
+    """
+    try:
+        with tarfile.open(path, "r:") as container:
+            member = next((m for m in container.getmembers() if m.name.endswith("/Manifest") and m.isfile()), None)
+            handle = container.extractfile(member) if member is not None else None
+            text = handle.read(1024 * 1024).decode("utf-8", "replace") if handle is not None else ""
+    except (tarfile.TarError, OSError, EOFError):
+        return frozenset()
+    lines = (line.split() for line in text.splitlines())
+    return frozenset(" ".join(words) for words in lines
+                     if len(words) > 2 and words[0] == "DATA" and not words[1].endswith(".sig"))
+
+
 def reader_for(path: Path) -> Any:
     """Portage's gpkg reader for ``path`` (its Manifest is not verified here)."""
     return _open(Path(path), None)
