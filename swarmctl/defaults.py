@@ -175,6 +175,9 @@ SETTINGS: tuple[Setting, ...] = (
             "GnuPG home holding the binhost's signing key (owned by its user, mode 0700). "
             "Empty: $XDG_DATA_HOME/build-swarm/binhost-gnupg."),
     Setting("binhost", "gpg", "gpg", str, "The gpg program the binhost signs and verifies with."),
+    Setting("binhost", "key_passphrase_file", None, str,
+            "File holding the signing key's passphrase (owned by the binhost's user, mode 0600; read by gpg "
+            "only, never logged). Empty: keys have no passphrase (the home's mode protects them)."),
     Setting("binhost", "key_uid", "build-swarm binhost <binhost@build-swarm.invalid>", str,
             "User id of signing keys made by 'binhost key init/rotate'."),
     Setting("binhost", "key_expiry_days", 730, int, "Lifetime of a new signing key, in days.", min=1, max=36500),
