@@ -133,7 +133,7 @@ def inspect_gpkg(path: Path, settings: Any = None, limits: UnpackLimits | None =
 
 
 def manifest_content(path: Path) -> frozenset[str]:
-    """The Manifest's ``DATA`` lines of the package's content members (signatures left out).
+    """The Manifest's ``DATA`` entries of the package's content members (signatures left out).
 
     The same for an upload and the copy the binhost signed from it (signing adds
     ``.sig`` members and clearsigns the Manifest, the other members stay as they are),
@@ -147,9 +147,13 @@ def manifest_content(path: Path) -> frozenset[str]:
             text = handle.read(1024 * 1024).decode("utf-8", "replace") if handle is not None else ""
     except (tarfile.TarError, OSError, EOFError):
         return frozenset()
-    lines = (line.split() for line in text.splitlines())
-    return frozenset(" ".join(words) for words in lines
-                     if len(words) > 2 and words[0] == "DATA" and not words[1].endswith(".sig"))
+    content = set()
+    for words in (line.split() for line in text.splitlines()):
+        if len(words) > 3 and words[0] == "DATA" and not words[1].endswith(".sig"):
+            # "DATA name size ALGO hash ALGO hash...": portage writes the hashes in no fixed order
+            hashes = sorted(zip(words[3::2], words[4::2], strict=False))
+            content.add(" ".join([*words[1:3], *(f"{algo}:{value}" for algo, value in hashes)]))
+    return frozenset(content)
 
 
 def reader_for(path: Path) -> Any:

@@ -15,13 +15,17 @@ check (:func:`verify`) read every file.
 
 Every write produces ``Packages`` and ``Packages.gz`` with the same content: both are
 written to temp files and fsynced, then ``Packages.gz`` is renamed into place first and
-``Packages`` second. The header's TIMESTAMP increases by at least one second with
-every write, and both files' mtime is set to it, so a client's If-Modified-Since
-(portage sends the TIMESTAMP it holds) tells every version apart and is answered
-exactly. Under sustained load (several writes a second) TIMESTAMP runs ahead of the
-clock, by at most ``MAX_TIMESTAMP_LEAD`` seconds; it falls back to the clock when the
-load stops. After a crash between the two renames, the next writer (or
-:meth:`IndexStore.reconcile`) rewrites the older of the two from the newer.
+``Packages`` second. The header's TIMESTAMP is the clock's second (never less than
+the last one) and both files' mtime is set to it; clients send it back as
+If-Modified-Since and take a fetched index only if its TIMESTAMP is newer than theirs
+(portage's bintree), so a version that shares its second with an earlier one may be
+missed by a client that fetched that earlier one. Hence the restamp: when a write
+shares its second, :class:`IndexStore` writes the index once more after the second
+has passed (unless a later write did), so every client sees the last version within
+about a second. Writes themselves are never held back by the clock: publishing is
+not capped at one index write per second. After a crash between the two renames, the
+next writer (or :meth:`IndexStore.reconcile`) rewrites the older of the two from the
+newer.
 """
 
 from __future__ import annotations
@@ -63,9 +67,8 @@ COMPRESSED_NAME = "Packages.gz"
 GZIP_LEVEL = 1
 #: Entries per cached chunk of the rendered index (see PackagesIndex).
 CHUNK_ENTRIES = 256
-#: Seconds the index TIMESTAMP may run ahead of the clock (one second per write, so a
-#: client's If-Modified-Since tells every version apart) before writes are slowed down.
-MAX_TIMESTAMP_LEAD = 300
+#: Seconds after a shared TIMESTAMP's second before the restamp write (clock jitter).
+RESTAMP_DELAY = 0.05
 #: Lock file serializing every writer of one PKGDIR's index (publish, reindex).
 LOCK_NAME = ".swarm-index.lock"
 #: Keys every package entry must have for portage clients to accept the index.
@@ -178,14 +181,14 @@ class PackagesIndex:
         return int(text) if text.isdigit() else 0
 
     def render(self, ttl: int | None = None) -> str:
-        """The index as text: header (fresh PACKAGES, TIMESTAMP after the last one, TTL), then entries."""
+        """The index as text: header (fresh PACKAGES, TIMESTAMP now but never back, TTL), then entries."""
         head, parts = self._render_parts(ttl)
         return (head + b"".join(text for text, _ in parts)).decode("utf-8")
 
     def _render_parts(self, ttl: int | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         header = dict(self.header)
         header["PACKAGES"] = str(len(self.entries))
-        header["TIMESTAMP"] = str(max(int(time.time()), self.timestamp + 1))
+        header["TIMESTAMP"] = str(max(int(time.time()), self.timestamp))
         if ttl:
             header["TTL"] = str(ttl)
         header.setdefault("VERSION", INDEX_VERSION)
@@ -400,6 +403,9 @@ class IndexStore:
         self.commits = 0
         self.committed_changes = 0
         self._reconciled: tuple[object, object] | None = None
+        self._last_stamp: int | None = None
+        self._restamp_timer: threading.Timer | None = None
+        self._closed = False
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[PackagesIndex]:
@@ -413,6 +419,43 @@ class IndexStore:
         index.write(self.path, self.ttl)
         self._cache(index)
         self._reconciled = (self._cached_stat, _stat_key(self.path.with_name(COMPRESSED_NAME)))
+        if index.timestamp == self._last_stamp:
+            self._schedule_restamp(index.timestamp)
+        self._last_stamp = index.timestamp
+
+    def _schedule_restamp(self, stamp: int) -> None:
+        """Write the index again once ``stamp``'s second is over (see the module doc)."""
+        with self._group:
+            if self._restamp_timer is not None or self._closed:
+                return
+            timer = threading.Timer(max(0.0, stamp + 1 - time.time()) + RESTAMP_DELAY, self._restamp, (stamp,))
+            timer.daemon = True
+            self._restamp_timer = timer
+        timer.start()
+
+    def _restamp(self, stamp: int) -> None:
+        with self._group:
+            self._restamp_timer = None
+            if self._closed:
+                return
+        try:
+            if not self.path.exists():
+                return  # PKGDIR gone (a test's temp dir): nothing to tell clients
+            with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
+                self.reconcile()
+                index = self._load()
+                if index.timestamp <= stamp:  # no later write did it
+                    self.save(index)
+        except Exception as exc:  # the next publish writes a newer TIMESTAMP anyway
+            logger.warning("could not write the index again with a newer TIMESTAMP: %s", exc)
+
+    def close(self) -> None:
+        """Cancel a pending restamp (the server is shutting down)."""
+        with self._group:
+            self._closed = True
+            timer, self._restamp_timer = self._restamp_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def commit(self, apply: Callable[[PackagesIndex], Callable[[], None] | None]) -> None:
         """Apply one change in the next group commit; return when the index holding it is written.
@@ -445,11 +488,6 @@ class IndexStore:
             raise change.error
 
     def _lead(self) -> None:
-        cached = self._cached
-        if cached is not None:  # TIMESTAMP may run ahead of the clock under load, but only so far
-            delay = cached.timestamp + 1 - time.time() - MAX_TIMESTAMP_LEAD
-            if delay > 0:
-                time.sleep(delay)
         with self._group:
             batch, self._pending = self._pending, []
         try:
@@ -545,6 +583,8 @@ class IndexStore:
         key = _stat_key(self.path)
         if self._cached is None or key != self._cached_stat:
             self._cache(PackagesIndex.read(self.path))
+            assert self._cached is not None
+            self._last_stamp = self._cached.timestamp  # a write in its second shares it
         assert self._cached is not None
         return self._cached
 

@@ -260,6 +260,10 @@ class BinhostServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
 
+    def server_close(self) -> None:
+        super().server_close()
+        self.publisher.store.close()
+
     def process_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection in a thread, or refuse it at once when at a cap."""
         if not self._take_slot(client_address[0]):
