@@ -94,6 +94,8 @@ _STATUS_OF_CODE = {
 _CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".asc": "application/pgp-keys",
                   "": "text/plain; charset=utf-8"}
 _LINGER_SECONDS = 2.0
+#: Seconds an upload waits for a free slot (max_uploads) before it is answered busy.
+_UPLOAD_SLOT_WAIT = 1.0
 #: Refusals of what an authenticated owner uploaded that become events (the package is at fault).
 _EVENT_CODES = frozenset({"policy", "bad_package", "cpv_mismatch"})
 _LINGER_BYTES = 4 * 1024 * 1024
@@ -366,7 +368,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._is_upload():
             self._reply_json(HTTPStatus.NOT_FOUND, "refused", "not_found", f"no upload endpoint at {self.path}")
             return
-        if not self.server.upload_slots.acquire(blocking=False):
+        # A short wait: a client whose previous upload was just answered may be back before
+        # that handler let go of its slot; a real excess of uploads is still refused.
+        if not self.server.upload_slots.acquire(timeout=_UPLOAD_SLOT_WAIT):
             self._reply_refusal(_Refusal("busy", "too many uploads in progress; retry later"))
             return
         try:
