@@ -249,7 +249,7 @@ class PackagesIndex:
             raise BinhostIndexError(f"index entry lacks {', '.join(missing)}")
         path = entry["PATH"]
         if path in self.entries:
-            self._unplace(path)
+            self.remove(path)
         self.entries[path] = dict(entry)
         if self.by_cpv is not None:
             self.by_cpv[entry["CPV"]] = self.by_cpv.get(entry["CPV"], frozenset()) | {path}
@@ -530,10 +530,10 @@ class IndexStore:
     def snapshot(self) -> PackagesIndex:
         """The current index (read-only use; reparsed only if the file changed).
 
-        While a writer holds the lock, the last committed index is returned at once:
-        waiting for a big index write would put every reader (an upload's retry check)
-        in line behind it. It is at most one group commit old; callers that must be
-        exact (a duplicate check) check again under the lock.
+        While a writer holds the lock, the cached index is returned at once (it may
+        already hold the group's changes being written): waiting for a big index write
+        would put every reader (an upload's retry check) in line behind it. Callers that
+        must be exact (a duplicate check) check again under the lock.
         """
         cached = self._cached
         if cached is not None and not self._thread_lock.acquire(blocking=False):

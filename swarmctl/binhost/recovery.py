@@ -12,7 +12,8 @@ lock:
   indexed -- the interrupted publish is finished; one that does not is moved to
   ``.swarm-quarantine/`` (hidden from clients, kept for a person to look at). The
   upload's own SHA256 (the drone's retry declares it; signing changed the bytes) is
-  read from the name of the upload's leftover temp file, which is the same inode;
+  read from the name of the upload's leftover temp file, which is the same inode
+  (a power cut may take that file: the retry is then known by its content);
 - every ``.part`` upload file nobody holds locked (its receiver is gone: a live
   upload holds an ``flock`` on its temp file) is removed, with the copy portage's
   signing was writing next to it (``<upload>.part.<pid>...``), as are temp index files
