@@ -375,12 +375,14 @@ class Publisher:
                      upload: Path) -> dict[str, str] | None:
         """The entry at ``rel_path`` if it is the publish of this (verified) upload, else None.
 
-        Known by the upload's SHA256; failing that (recovery indexed the file after a power
-        cut took the upload's temp file, and with it the upload's SHA256), by content: the
-        published file's members are the upload's, with the binhost's signatures added.
+        Known by the upload's SHA256. A signing binhost whose recovery indexed the file
+        after a power cut took the upload's temp file (and with it the upload's SHA256:
+        the entry has no UPLOAD_SHA256) knows it by content instead: the published file's
+        members are the upload's, with the binhost's signatures added.
         """
         entry = self._published_entry(index, rel_path, upload_sha256)
-        if entry is None and rel_path in index.entries:
+        if (entry is None and self.keyring is not None and rel_path in index.entries
+                and UPLOAD_SHA256_KEY not in index.entries[rel_path]):
             content = manifest_content(upload)
             if content and content == manifest_content(self.pkgdir / rel_path):
                 return index.entries[rel_path]
