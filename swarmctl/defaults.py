@@ -188,6 +188,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("binhost", "index_ttl", 300, int,
             "TTL (seconds) written into the Packages header: clients skip refreshes this long (0: none).",
             min=0, max=86400),
+    # Binhost lifecycle (swarmctl/binhost/generations.py, gates.py, retention.py).
+    Setting("binhost", "min_free_mb", 1024, int,
+            "Free MiB PKGDIR's file system keeps: an upload that would go below is refused with 507 "
+            "(the drone builds it again later) and status is red (0: no check).", min=0, max=2**30),
+    Setting("binhost", "keep_generations", 5, int,
+            "Generations 'binhost gc' keeps (the published and the previous one are always kept).",
+            min=1, max=10000),
+    Setting("binhost", "keep_instances", 2, int,
+            "Builds (BUILD_IDs) of one CPV 'binhost gc' keeps in staging beyond those kept generations name.",
+            min=1, max=10000),
+    Setting("binhost", "gate_repo", None, str,
+            "Ebuild repository (tree) whose profile the promote gates use: package.provided for the "
+            "dependency closure, the smoke-install client's profile. Empty: drone.repo, else the bundled overlay."),
+    Setting("binhost", "gate_profile", "default/linux/amd64", str, "Profile (below gate_repo/profiles) of the gates."),
+    Setting("binhost", "smoke_install", True, bool,
+            "Gate a promote on a throwaway client installing the changed packages (--getbinpkgonly)."),
+    Setting("binhost", "smoke_limit", 50, int,
+            "Most changed packages the smoke install installs (the first in CPV order above it).",
+            min=1, max=100000),
     # Binhost content policy (swarmctl/binhost/policy.py): what a package may contain.
     Setting("binhost", "repositories", ["swarm-sample"], list,
             "Repositories a published package may come from (its REPO); list every repository the "

@@ -161,7 +161,8 @@ def read_world(path: Path) -> list[str]:
 
 
 def available_cpvs(binhost: str | Path) -> frozenset[str]:
-    """CPVs in a binhost index: a ``Packages`` path, a PKGDIR, or an http(s) base URL."""
+    """CPVs in a binhost index: a ``Packages`` path, a PKGDIR (its staging index), or an http(s)
+    base URL (the swarm's binhost: ``URL/staging``)."""
     from swarmctl.binhost.index import INDEX_NAME, PackagesIndex
 
     text = str(binhost)
@@ -173,8 +174,10 @@ def available_cpvs(binhost: str | Path) -> frozenset[str]:
         except (OSError, urllib.error.URLError) as exc:
             raise ResolveError(f"cannot read {url}: {exc}") from None
     else:
-        path = Path(binhost)
-        index = PackagesIndex.read(path / INDEX_NAME if path.is_dir() else path)
+        from swarmctl.binhost.generations import staging_index
+
+        path = Path(binhost)  # a PKGDIR: what the swarm built, promoted or still staged
+        index = PackagesIndex.read(staging_index(path) if path.is_dir() else path)
     return frozenset(index.cpvs())
 
 

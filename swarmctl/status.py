@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -123,7 +124,7 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age,
                           misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"})
-    report.attention = assess(report) + signing_attention(config)
+    report.attention = assess(report) + signing_attention(config) + binhost_attention(config)
     report.attention.sort(key=lambda a: -SEVERITY_CODE[a.severity])
     page = nightly_report_path(config)
     with contextlib.suppress(OSError):
@@ -141,6 +142,36 @@ def signing_attention(config: Config) -> list[Attention]:
     except Exception as exc:  # gpg missing or broken: say so, do not hide the rest of status
         return [Attention("signing_unknown", "warning", f"cannot check the signing key: {exc}")]
     return [Attention(p.code, p.severity, p.message) for p in problems]
+
+
+def binhost_attention(config: Config) -> list[Attention]:
+    """On the binhost (binhost.dir): a disk below binhost.min_free_mb, a candidate generation
+    whose gates failed (clients still get the older published one)."""
+    import shutil
+
+    from swarmctl.binhost import generations
+
+    directory = config.binhost.dir
+    if not directory or not Path(directory).is_dir():
+        return []
+    found = []
+    floor = config.binhost.min_free_mb * 2**20
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(directory).free
+        if floor and free < floor:
+            found.append(Attention("binhost_low_disk", "critical",
+                                   f"binhost {directory} has {free // 2**20} MiB free, below binhost.min_free_mb "
+                                   f"({config.binhost.min_free_mb}): uploads are refused (507); "
+                                   "swarmctl binhost gc --dry-run shows what can go"))
+    with contextlib.suppress(Exception):  # an unreadable record must not hide the rest of status
+        ids = generations.generation_ids(Path(directory))
+        if ids:
+            newest = generations.load(Path(directory), ids[-1])
+            if newest.state == "rejected":
+                found.append(Attention("promotion_blocked", "critical",
+                                       f"generation {newest.id} was not promoted: {newest.gates.get('reason', '?')} "
+                                       f"(clients get generation {generations.published_id(Path(directory))})"))
+    return found
 
 
 def assess(report: StatusReport) -> list[Attention]:

@@ -61,6 +61,8 @@ class UploadVerdict:
     @property
     def retryable(self) -> bool:
         """Whether another attempt could succeed."""
+        if self.code == "insufficient_storage":
+            return False  # the binhost's disk does not free itself in seconds: the job is built again later
         return not self.accepted and (self.code in RETRYABLE_CODES or (self.status or 0) >= 500)
 
     @property

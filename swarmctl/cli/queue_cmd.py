@@ -130,7 +130,11 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
         portage_prefix = load_prefix(Path(prefix_dir)) if prefix_dir else None
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    source = binhost or app.config.binhost.dir or app.config.binhost.url
+    from swarmctl.binhost.generations import staging_url
+
+    # What the swarm built counts, promoted or still staged (the binhost's staging index).
+    url = app.config.binhost.url
+    source = binhost or app.config.binhost.dir or (staging_url(url) if url else None)
     with terminal.progress(quiet or as_json) as progress:
         progress(f"resolving {world} with portage", 0, None)
         resolution = PackageResolver(portage_prefix).resolve(world, source)

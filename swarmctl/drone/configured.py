@@ -20,6 +20,13 @@ from swarmctl.exceptions import ConfigError
 log = logging.getLogger("swarmctl.drone")
 
 
+def _staging(config: Config) -> str | None:
+    """Drones build against the binhost's staging index (what the swarm built, promoted or not)."""
+    from swarmctl.binhost.generations import staging_url
+
+    return staging_url(config.binhost.url) if config.binhost.url else None
+
+
 def builder_from_config(config: Config) -> Builder:
     """The configured builder (drone.builder); the daemon hooks into its watchdog."""
     cfg = config.drone
@@ -35,7 +42,7 @@ def builder_from_config(config: Config) -> Builder:
     if not cfg.prefix:
         if os.geteuid() == 0:
             log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
-        return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+        return PortageBuilder(None, _staging(config), extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free)
     keys = binhost_keys(config)
     try:
@@ -44,10 +51,10 @@ def builder_from_config(config: Config) -> Builder:
         if not cfg.repo:
             raise ConfigError(f"drone.prefix: {cfg.prefix} is not a portage prefix yet; "
                               "set drone.repo to create it from a repository") from None
-        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), config.binhost.url, binhost_keys=keys)
+        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), _staging(config), binhost_keys=keys)
     else:
         if cfg.repo:  # refresh the configuration (binrepos.conf, keyring) of an existing prefix
-            prefix = make_prefix(prefix.root, Path(cfg.repo), config.binhost.url, binhost_keys=keys)
+            prefix = make_prefix(prefix.root, Path(cfg.repo), _staging(config), binhost_keys=keys)
         elif keys is not None:
             from swarmctl.binhost.signing import install_client_keyring
 
