@@ -6,8 +6,9 @@
   published before it (what a bare rollback restores); the others' snapshots go;
 - a package file named by a kept generation (or by ``PKGDIR/Packages``) is kept,
   whatever else holds;
-- of the staging index's instances of one CPV (several BUILD_IDs), the newest M are
-  kept; older ones that no kept generation names leave the staging index and go;
+- of the staging index's instances of one CPV (several BUILD_IDs), the newest M stay;
+  older ones leave the staging index (the next promote publishes without them), and
+  their files go once no kept generation names them;
 - every other package file (named by no index left) goes.
 
 It all happens under the publish lock (no promote or rollback meanwhile) and the
@@ -67,9 +68,9 @@ def gc(pkgdir: Path, *, keep_generations: int, keep_instances: int, dry_run: boo
                     by_cpv.setdefault(entry["CPV"], []).append(
                         (int(build_id) if build_id.isdigit() else 0, int(mtime) if mtime.isdigit() else 0, rel_path))
                 for instances in by_cpv.values():
-                    for _, _, rel_path in sorted(instances, reverse=True)[keep_instances:]:
-                        if rel_path not in protected:
-                            plan.unstaged.append(rel_path)
+                    # Out of staging (the next promote leaves them out); the file itself
+                    # goes only once no kept generation names it.
+                    plan.unstaged += [rel_path for _, _, rel_path in sorted(instances, reverse=True)[keep_instances:]]
             keep_files = protected | (set(staging.entries) - set(plan.unstaged))
             for path in sorted(_package_files(pkgdir)):
                 rel_path = path.relative_to(pkgdir).as_posix()

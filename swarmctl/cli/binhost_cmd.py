@@ -303,6 +303,9 @@ def gc_cmd(obj: Any, pkgdir: str | None, keep_generations: int | None, keep_inst
     verb = "would delete" if dry_run else "deleted"
     for gen_id in plan.generations:
         click.echo(f"{verb} generation {gen_id}")
+    for rel_path in plan.unstaged:
+        click.echo(f"{'would drop' if dry_run else 'dropped'} {rel_path} from staging (more than "
+                   f"{keep_instances or cfg.keep_instances} build(s) of its CPV)")
     for rel_path, nbytes in plan.files:
         click.echo(f"{verb} {rel_path} ({human_size(nbytes)})")
     terminal.ok(f"{verb} {len(plan.generations)} generation(s), {len(plan.files)} file(s): "
