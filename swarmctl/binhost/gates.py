@@ -91,28 +91,33 @@ def closure_problems(candidate: Path, provided: Iterable[str] = (), limit: int =
         # The index knows versions and slots, not the USE of each dependency.
         return bool(match_from_list(parsed.without_use if parsed.use else parsed, pool))
 
-    def unmet(tree: list[Any], any_of: bool = False) -> list[str]:
+    def unmet(tree: list[Any]) -> list[str]:
+        """What an all-of list (use_reduce's form: ``"||"`` then its group) leaves unsatisfied."""
         missing: list[str] = []
-        index = 0
-        while index < len(tree):
-            item = tree[index]
+        items = iter(tree)
+        for item in items:
             if item == "||":
-                group = tree[index + 1]
-                if unmet(group, any_of=True):
+                group = next(items)
+                if not any_met(group):
                     missing.append("|| ( " + " ".join(_flat(group)) + " )")
-                index += 2
-                continue
-            if isinstance(item, list):
-                result = unmet(item)
-            elif isinstance(item, Atom) and item.blocker:
-                result = []
-            else:
-                result = [] if satisfied(str(item)) else [str(item)]
-            if any_of and not result:
-                return []
-            missing += result
-            index += 1
-        return missing if not any_of or not tree else missing[:1] or ["||"]
+            elif isinstance(item, list):
+                missing += unmet(item)
+            elif not item.blocker and not satisfied(str(item)):
+                missing.append(str(item))
+        return missing
+
+    def any_met(group: list[Any]) -> bool:
+        items = iter(group)
+        for item in items:
+            if item == "||":
+                if any_met(next(items)):
+                    return True
+            elif isinstance(item, list):
+                if not unmet(item):
+                    return True
+            elif item.blocker or satisfied(str(item)):
+                return True
+        return False
 
     problems = []
     for _rel_path, entry in sorted(index.entries.items(), key=lambda item: item[1]["CPV"]):
@@ -121,8 +126,7 @@ def closure_problems(candidate: Path, provided: Iterable[str] = (), limit: int =
             if not value:
                 continue
             try:
-                tree = use_reduce(value, uselist=frozenset(entry.get("USE", "").split()), token_class=Atom,
-                                  opconvert=True)
+                tree = use_reduce(value, uselist=frozenset(entry.get("USE", "").split()), token_class=Atom)
             except (InvalidDependString, InvalidAtom) as exc:
                 problems.append(f"{entry['CPV']}: {key} unreadable: {exc}")
                 continue
@@ -134,7 +138,7 @@ def closure_problems(candidate: Path, provided: Iterable[str] = (), limit: int =
 
 
 def _flat(tree: list[Any]) -> list[str]:
-    return [" ".join(_flat(x)) if isinstance(x, list) else str(x) for x in tree]
+    return ["( " + " ".join(_flat(x)) + " )" if isinstance(x, list) else str(x) for x in tree]
 
 
 def tree_revision(repo: Path | None) -> str | None:

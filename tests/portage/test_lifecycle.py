@@ -172,6 +172,7 @@ def test_a_failing_smoke_install_blocks_the_promote(binhost, hello_builds, pkgdi
     proc = run_cli(["binhost", "promote", "--dir", str(pkgdir)], swarm_env, check=False, timeout=600)
     assert proc.returncode == 1
     assert "NOT promoted" in proc.stderr and "smoke install" in proc.stderr and HELLO in proc.stderr
+    assert "verification failed" in proc.stderr
     assert (pkgdir / "Packages").read_bytes() == before  # clients still get generation 1
     newest = gens.load(pkgdir, gens.generation_ids(pkgdir)[-1])
     assert newest.state == "rejected" and gens.published_id(pkgdir) == 1

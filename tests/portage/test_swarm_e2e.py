@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,10 @@ def test_demo_builds_everything_once_blocks_the_broken_package_and_serves_a_clie
     for field in ("MD5:", "SHA1:", "SIZE:", "SHA256:"):
         assert field in packages
     assert "CPV: app-broken/broken-1" not in packages
+    # The demo ran the gates and promoted: clients get generation 1, which lists every package.
+    assert "SWARM_GENERATION: 1" in packages and "dependency closure and a smoke install passed" in out
+    listed = json.loads(run_cli(["binhost", "generations", "--json", "--dir", str(workdir / "binhost")], env).stdout)
+    assert [(g["id"], g["published"], g["packages"]) for g in listed] == [(1, True, packages.count("\nCPV: "))]
     assert verify(workdir / "binhost", check_signatures=True).ok  # every package signed by KEYS.asc's key
     assert (workdir / "binhost" / "KEYS.asc").read_text().startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
     assert "signatures verified" in out and "altered after signing was refused" in out
