@@ -56,6 +56,7 @@ from swarmctl.binhost.index import (
     _fsync_dir,
     _render_block,
     _stage,
+    index_paths,
 )
 from swarmctl.exceptions import SwarmError
 
@@ -238,8 +239,7 @@ def snapshot(pkgdir: Path, *, tree: str | None = None, signing_key: str | None =
     ensure_staging(pkgdir)
     root = _gen_root(pkgdir)
     root.mkdir(exist_ok=True)
-    store = IndexStore(pkgdir)
-    with store.locked() as index:  # reconciled: Packages and Packages.gz agree
+    with IndexStore(pkgdir).pinned() as source:  # Packages and Packages.gz agree; no upload meanwhile
         ids = [int(p.name) for p in root.iterdir() if p.name.isdigit()]
         gen_id = max(ids, default=0) + 1
         target = _gen_dir(pkgdir, gen_id)
@@ -247,9 +247,10 @@ def snapshot(pkgdir: Path, *, tree: str | None = None, signing_key: str | None =
         shutil.rmtree(temp, ignore_errors=True)
         temp.mkdir()
         for name in (INDEX_NAME, COMPRESSED_NAME):
-            os.link(store.path.with_name(name), temp / name)
-        gen = Generation(id=gen_id, created=time.time(), packages=len(index.entries), tree=tree,
-                         signing_key=signing_key)
+            os.link(source.with_name(name), temp / name)
+        packages = PackagesIndex.parse(_head_of(source)).header.get("PACKAGES", "")
+        gen = Generation(id=gen_id, created=time.time(), packages=int(packages) if packages.isdigit() else
+                         len(index_paths(source)), tree=tree, signing_key=signing_key)
         _write_json(temp / RECORD_NAME, asdict(gen))
         os.replace(temp, target)
     return gen
@@ -406,11 +407,9 @@ def diff(old: Path, new: Path) -> Diff:
 def indexed_paths(pkgdir: Path) -> set[str]:
     """Every package file some index names: published, staging, any generation."""
     pkgdir = Path(pkgdir)
-    paths = set(PackagesIndex.read(pkgdir / INDEX_NAME).entries)
-    if staged(pkgdir):
-        paths |= set(PackagesIndex.read(staging_index(pkgdir)).entries)
-    for gen_id in generation_ids(pkgdir):
-        paths |= set(PackagesIndex.read(_gen_dir(pkgdir, gen_id) / INDEX_NAME).entries)
+    paths = index_paths(pkgdir / INDEX_NAME)
+    for other in index_files(pkgdir):
+        paths |= index_paths(other)
     return paths
 
 

@@ -380,6 +380,14 @@ class IndexStore:
         return writable_index(self.pkgdir)
 
     @contextlib.contextmanager
+    def pinned(self) -> Iterator[Path]:
+        """Hold the writer lock with ``Packages`` and ``Packages.gz`` agreeing, without loading
+        the index; yields the index file's path (its files are replaced only by rename)."""
+        with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
+            self.reconcile()
+            yield self.path
+
+    @contextlib.contextmanager
     def locked(self) -> Iterator[PackagesIndex]:
         """Hold the writer lock; yields a private copy of the current index."""
         with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
@@ -592,7 +600,7 @@ def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any, policy: Conte
     # and every file those indexes name must be present (rollback and promote need it).
     known = set(index.entries)
     for other in generations.index_files(pkgdir):
-        for rel_path in PackagesIndex.read(other).entries:
+        for rel_path in index_paths(other):
             if rel_path not in known:
                 known.add(rel_path)
                 file_path = _inside(pkgdir, rel_path)
@@ -820,9 +828,26 @@ def _inside(pkgdir: Path, rel_path: str) -> Path | None:
 
 
 def _package_files(pkgdir: Path) -> Iterator[Path]:
-    for path in pkgdir.rglob(f"*{GPKG_SUFFIX}"):
-        if not any(part.startswith(".") for part in path.relative_to(pkgdir).parts):
-            yield path
+    """Every package file below PKGDIR outside hidden directories (os.walk: rglob is slow)."""
+    for directory, dirs, files in os.walk(pkgdir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.endswith(GPKG_SUFFIX) and not name.startswith("."):
+                yield Path(directory, name)
+
+
+_PATH_LINE = re.compile(r"^PATH:[ \t]*(.*?)[ \t]*$", re.M)
+
+
+def index_paths(path: Path) -> set[str]:
+    """The ``PATH`` of every entry of an index file, without parsing the rest (a missing file: none)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise BinhostIndexError(f"cannot read {path}: {exc}") from None
+    return {match for match in _PATH_LINE.findall(text) if match}
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

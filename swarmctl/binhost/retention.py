@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmctl.binhost import generations as gens
-from swarmctl.binhost.index import INDEX_NAME, IndexStore, PackagesIndex, _package_files
+from swarmctl.binhost.index import INDEX_NAME, IndexStore, _package_files, index_paths
 
 
 @dataclass
@@ -54,9 +54,9 @@ def gc(pkgdir: Path, *, keep_generations: int, keep_instances: int, dry_run: boo
         keep |= {i for i in (gens.published_id(pkgdir), gens.previous_id(pkgdir)) if i is not None}
         plan.kept_generations = sorted(i for i in keep if i in ids)
         plan.generations = [i for i in ids if i not in keep]
-        protected = set(PackagesIndex.read(pkgdir / INDEX_NAME).entries)
+        protected = index_paths(pkgdir / INDEX_NAME)
         for gen_id in plan.kept_generations:
-            protected |= set(PackagesIndex.read(gens.gen_dir(pkgdir, gen_id) / INDEX_NAME).entries)
+            protected |= index_paths(gens.gen_dir(pkgdir, gen_id) / INDEX_NAME)
         store = IndexStore(pkgdir)
         with store.locked() as staging:
             is_staged = store.path != pkgdir / INDEX_NAME

@@ -1,7 +1,7 @@
 """Binhost generations with real portage: promote, rollback, the gates, gc (issue 14).
 
-One signed binhost per test: the greeter closure is generation 1; a private drone
-built app-misc/hello-1 twice (two BUILD_IDs), so a later generation can carry a rebuild.
+One signed binhost per test: the greeter closure is generation 1; the session drone
+builds app-misc/hello-1 once more (a second BUILD_ID), so a later generation can carry a rebuild.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from swarmctl.binhost.index import FileDigests, IndexStore, PackagesIndex, emain
 from swarmctl.binhost.publish import Publisher
 from swarmctl.binhost.retention import gc
 from swarmctl.binhost.signing import KEYS_NAME, Keyring
-from swarmctl.drone.portage_builder import PortageBuilder
 from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
 from tests.helpers import run_cli
 from tests.portage.signing_fixtures import world_traversable_dir
@@ -34,17 +33,13 @@ HELLO = "app-misc/hello-1"
 
 
 @pytest.fixture(scope="module")
-def hello_builds(tmp_path_factory: pytest.TempPathFactory, sample_repo: Path) -> tuple[Path, Path]:
-    """Two builds of app-misc/hello-1 with different BUILD_IDs (a private drone: the session's stays as is)."""
-    root = tmp_path_factory.mktemp("rebuilder")
-    builder = PortageBuilder(make_prefix(root / "prefix", sample_repo))
-    paths = []
-    for n in range(2):
-        result = builder.build(HELLO, root / f"hello-{n}.log", threading.Event())
-        assert result.ok, result.reason
-        paths.append(result.artifacts[0].path)
-    assert paths[0] != paths[1]
-    return paths[0], paths[1]
+def hello_builds(drone, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    """Two builds of app-misc/hello-1 with different BUILD_IDs: the session drone's, and one more by it."""
+    result = drone.builder.build(HELLO, tmp_path_factory.mktemp("rebuild") / "hello.log", threading.Event())
+    assert result.ok, result.reason
+    first, second = drone.gpkg(HELLO), result.artifacts[0].path
+    assert first != second
+    return first, second
 
 
 @pytest.fixture
