@@ -660,10 +660,17 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
         keyring = stack.enter_context(verifying(pkgdir, gpg))
         files = sorted(p.relative_to(pkgdir).as_posix() for p in _package_files(pkgdir))
         with store.locked():
-            # A staged binhost: emaint rebuilds the staging index in a shadow PKGDIR
-            # (it only ever writes PKGDIR/Packages, which is what clients see).
-            work = pkgdir if store.path == pkgdir / INDEX_NAME else \
-                _shadow(stack, pkgdir, files, [store.path] if not full else [])
+            work = pkgdir
+            if store.path != pkgdir / INDEX_NAME:
+                # A staged binhost: emaint rebuilds the staging index in a shadow PKGDIR (it only
+                # ever writes PKGDIR/Packages, which is what clients see), from staging's files and
+                # any file no index names; files only old generations name stay out of it.
+                from swarmctl.binhost.generations import indexed_paths
+
+                staging = index_paths(store.path)
+                elsewhere = indexed_paths(pkgdir) - staging
+                files = [rel for rel in files if rel in staging or rel not in elsewhere]
+                work = _shadow(stack, pkgdir, files, [store.path] if not full else [])
             target = work / INDEX_NAME
             aside = work / f".{INDEX_NAME}.before-reindex"
             if target.exists():

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from swarmctl.binhost import generations as gens
-from swarmctl.binhost.index import FileDigests, IndexStore, PackagesIndex, emaint_check, verify
+from swarmctl.binhost.index import FileDigests, IndexStore, PackagesIndex, emaint_check, reindex, verify
 from swarmctl.binhost.publish import Publisher
 from swarmctl.binhost.retention import gc
 from swarmctl.binhost.signing import KEYS_NAME, Keyring
@@ -205,3 +205,9 @@ def test_gc_deletes_only_what_no_kept_generation_names(binhost, hello_builds, pk
     assert emaint_check(pkgdir) == []
     gens.rollback(pkgdir)  # the previous generation is whole
     assert gens.published_id(pkgdir) == 4 and verify(pkgdir).problems == []
+    # A reindex of a staged binhost rebuilds staging (with portage) and leaves what clients see.
+    published = (pkgdir / "Packages").read_bytes()
+    staged = set(PackagesIndex.read(gens.staging_index(pkgdir)).entries)
+    assert reindex(pkgdir) == len(staged) == 4
+    assert set(PackagesIndex.read(gens.staging_index(pkgdir)).entries) == staged
+    assert (pkgdir / "Packages").read_bytes() == published
