@@ -1,11 +1,13 @@
-"""The dependency-closure gate on a hand-written index (pure logic: portage's atom matching)."""
+"""The dependency-closure gate on hand-written indexes (portage's atom matching), and promote's refusal."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from swarmctl.binhost.gates import closure_problems, profile_provided
 from swarmctl.binhost.index import PackagesIndex
+from tests.helpers import run_cli
 
 
 def write_index(path: Path, packages: dict[str, str]) -> Path:
@@ -35,3 +37,23 @@ def test_closure_names_the_first_unsatisfied_dependency(tmp_path: Path) -> None:
     assert closure_problems(index) == [
         "app-misc/d-1 needs <dev-libs/b-2 (RDEPEND): in neither the generation nor the profile",
         "dev-libs/c-1 needs sys-libs/provided (RDEPEND): in neither the generation nor the profile"]
+
+
+def test_promote_refuses_an_unclosed_generation_unless_forced_and_confirmed(tmp_path: Path,
+                                                                          swarm_env: dict[str, str]) -> None:
+    from swarmctl.binhost import generations
+
+    pkgdir = tmp_path / "binhost"
+    pkgdir.mkdir()
+    write_index(pkgdir / "Packages", {"app-misc/a-1": "dev-libs/gone"})
+    args = ["binhost", "promote", "--dir", str(pkgdir)]
+    refused = run_cli(args, swarm_env, check=False)
+    assert refused.returncode == 1 and "NOT promoted" in refused.stderr
+    assert "app-misc/a-1 needs dev-libs/gone" in refused.stderr and "Traceback" not in refused.stderr
+    declined = run_cli([*args, "--force"], swarm_env, check=False, input="n\n")
+    assert declined.returncode != 0 and "aborted" in declined.stderr
+    assert generations.published_id(pkgdir) is None
+    run_cli([*args, "--force", "--yes"], swarm_env)
+    listed = json.loads(run_cli(["binhost", "generations", "--json", "--dir", str(pkgdir)], swarm_env).stdout)
+    assert [(g["state"], g["forced"], g["published"]) for g in listed] == \
+        [("rejected", False, False), ("ready", True, True)]  # the declined --force made none
