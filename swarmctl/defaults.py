@@ -123,6 +123,13 @@ SETTINGS: tuple[Setting, ...] = (
             min=0.1, max=DAY),
     Setting("drone", "preflight_min_free_mb", 256, int,
             "Free MiB PKGDIR, PORTAGE_TMPDIR and DISTDIR need for the preflight to pass.", min=0, max=2**30),
+    Setting("drone", "slots", 1, int,
+            "Builds this drone runs at once (or --slots); 0: one per 4 cores. Each build gets MAKEOPTS "
+            "-j(cores/slots) -l(cores).", min=0, max=256),
+    Setting("drone", "memory_margin_mb", 512, int,
+            "MiB of memory a drone keeps free: it claims only jobs whose expected peak fits in its "
+            "available memory less this and what its running builds are still expected to use.",
+            min=0, max=2**30),
     Setting("drone", "overdue_factor", 4.0, float,
             "A build running longer than factor x its estimate is flagged as overdue.", min=1.0, max=1000.0),
     # Orchestrator.

@@ -8,6 +8,8 @@ daemon gets nothing, unlike the seed project's "ghost drone".
 from __future__ import annotations
 
 import builtins
+import json
+import math
 import re
 import secrets
 from collections.abc import Sequence
@@ -66,9 +68,51 @@ class DroneInfo:
     host: str | None
     #: Why a misconfigured drone cannot build (its preflight's reason), else None.
     problem: str | None = None
+    #: Every current build: {"cpv", "started", "hung"}, oldest first (``task`` is the first).
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    #: Builds it runs at once, and its memory in MiB (None: not reported, an older drone).
+    slots: int | None = None
+    mem_total: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _int(value: float | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+def parse_tasks(row: dict[str, str], status: str) -> list[dict[str, Any]]:
+    """A drone's current builds from its heartbeat (drone-written: every entry checked).
+
+    An older drone sends only ``task``/``task_started``: that one build, if any.
+    """
+    if status == "offline":
+        return []
+    try:
+        raw = json.loads(row.get("tasks") or "null")
+    except ValueError:
+        raw = None
+    if not isinstance(raw, list):
+        task = printable(row.get("task") or None)
+        if not task:
+            return []
+        started = row.get("task_started") or ""
+        try:
+            when = float(started) if started else None
+        except ValueError:
+            when = None
+        return [{"cpv": task, "started": when, "hung": row.get("hung") == "1"}]
+    tasks = []
+    for entry in raw:
+        if not isinstance(entry, dict) or not isinstance(entry.get("cpv"), str):
+            continue
+        started = entry.get("started")
+        tasks.append({"cpv": printable(entry["cpv"]),
+                      "started": float(started) if isinstance(started, int | float) and math.isfinite(started)
+                      else None,
+                      "hung": entry.get("hung") is True})
+    return tasks
 
 
 @dataclass(frozen=True)
@@ -224,6 +268,7 @@ class DroneRegistry:
             built=int(num("built") or 0), revoked=revoked, hung=row.get("hung") == "1",
             machine_id=printable(row.get("machine_id") or None), host=printable(row.get("host") or None),
             problem=printable(row.get("problem") or None) if status == "misconfigured" else None,
+            tasks=parse_tasks(row, status), slots=_int(num("slots")), mem_total=_int(num("mem_total")),
         )
 
     def offline(self, offline_after: float) -> builtins.list[str]:  # list: the method above

@@ -115,6 +115,9 @@ def drone_task(drone: Any) -> str:
     """What a drone is doing; for a misconfigured one, why it cannot build."""
     if drone.status == "misconfigured" and getattr(drone, "problem", None):
         return str(drone.problem)
+    tasks = [t["cpv"] for t in getattr(drone, "tasks", None) or []]
+    if len(tasks) > 1:  # a multi-slot drone: every build, oldest first
+        return ", ".join(tasks)
     return drone.task or "-"
 
 

@@ -7,6 +7,7 @@ ever reads a bounded tail of it (swarmctl.logtail), so nothing accumulates in me
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -24,24 +25,38 @@ class BuildLogs:
         return self.dir / f"{stamp}-{time.time_ns() % 1_000_000:06d}-{cpv.replace('/', '--')}.log"
 
     def files(self) -> list[Path]:
-        """Logs, oldest first."""
-        logs = [p for p in self.dir.glob("*.log") if p.is_file()]
-        return sorted(logs, key=lambda p: (p.stat().st_mtime, p.name))
+        """Logs, oldest first (one deleted meanwhile, by a concurrent rotation, is left out)."""
+        dated = []
+        for path in self.dir.glob("*.log"):
+            try:
+                dated.append((path.stat().st_mtime, path.name, path))
+            except OSError:
+                continue
+        return [path for *_, path in sorted(dated)]
 
-    def rotate(self, keep: Path | None = None) -> list[Path]:
-        """Delete the oldest logs beyond the count and size limits (never ``keep``)."""
+    def rotate(self, keep: Path | Iterable[Path] | None = None) -> list[Path]:
+        """Delete the oldest logs beyond the count and size limits (never those in ``keep``:
+        the logs of builds still running)."""
+        kept = {keep} if isinstance(keep, Path) else set(keep or ())
         logs = self.files()
         removed: list[Path] = []
         excess = len(logs) - self.keep_jobs
-        total = sum(p.stat().st_size for p in logs)
+        total = sum(_size(p) for p in logs)
         for path in logs:
-            if path == keep:
+            if path in kept:
                 continue
             if excess <= 0 and total <= self.max_bytes:
                 break
-            size = path.stat().st_size
+            size = _size(path)
             path.unlink(missing_ok=True)
             removed.append(path)
             excess -= 1
             total -= size
         return removed
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0

@@ -1,0 +1,139 @@
+"""A drone's slots: the builds it runs at once, and how they share its cores and memory.
+
+One claim loop fills the slots; each build runs in its own thread with its own lease, log,
+abort event and hung flag. The slots' lock is also the daemon's lock over what it holds, so a
+heartbeat never sees a job between "claimed" and "held".
+
+Cores: each build gets ``MAKEOPTS=-jK -lC`` with K = cores // slots and C = cores. The -j share
+keeps N concurrent compiles from oversubscribing the machine (N x cores jobs would also multiply
+peak memory); the load cap lets make hold back when the machine is busy anyway. Portage's
+jobserver (FEATURES=jobserver-token, one token pool across builds) would hand idle shares to a
+build that can use them, but it needs a recent portage on every drone and does not bound peak
+memory per build; docs/architecture.md ("Drone capacity") has the reasoning and the figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from swarmctl.drone.builders import live_usage
+from swarmctl.queue import Claim
+
+MB = 1024 * 1024
+
+
+@dataclass
+class Current:
+    """One build in a slot."""
+
+    claim: Claim
+    started: float
+    abort: threading.Event
+    lost: bool = False
+    hung: bool = False
+    #: The build's expected peak memory (bytes; 0: unknown), reserved while it runs.
+    expected_rss: int = 0
+    log_path: Path | None = None
+    thread: threading.Thread | None = field(default=None, repr=False)
+
+
+def cores() -> int:
+    """Cores this process may use (its CPU affinity, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def makeopts(slots: int, ncores: int | None = None) -> str:
+    """MAKEOPTS for one of ``slots`` concurrent builds: an even share of the cores, load-capped."""
+    ncores = ncores or cores()
+    return f"-j{max(1, ncores // max(1, slots))} -l{ncores}"
+
+
+class Slots:
+    """Up to ``size`` builds at once; a build's thread is found by the thread it runs in."""
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, int(size))
+        self.lock = threading.Condition(threading.RLock())  # re-entered by the daemon
+        self._running: dict[str, Current] = {}
+
+    def running(self) -> list[Current]:
+        with self.lock:
+            return list(self._running.values())
+
+    def add(self, current: Current) -> None:
+        """Put a claimed build in a slot (caller holds ``lock``)."""
+        self._running[current.claim.cpv] = current
+
+    def remove(self, current: Current) -> None:
+        with self.lock:
+            if self._running.get(current.claim.cpv) is current:
+                del self._running[current.claim.cpv]
+            self.lock.notify_all()
+
+    def wait_free(self, stop: threading.Event, timeout: float = 0.5) -> bool:
+        """Wait (at most ``timeout``) until a slot is free; False when none is, or on ``stop``."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while len(self._running) >= self.size and not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.lock.wait(min(left, 0.2))
+        return not stop.is_set()
+
+    def start(self, current: Current, work: Callable[[Current], None]) -> None:
+        """Run ``work(current)`` in the build's own thread; the slot frees when it returns."""
+        def body() -> None:
+            try:
+                work(current)
+            finally:
+                self.remove(current)
+
+        current.thread = threading.Thread(target=body, name=f"build:{current.claim.cpv}", daemon=True)
+        current.thread.start()
+
+    def mine(self) -> Current | None:
+        """The build running in the calling thread (the builder's watchdog calls from there)."""
+        me = threading.current_thread()
+        return next((c for c in self.running() if c.thread is me), None)
+
+    def logs(self) -> list[Path]:
+        """The logs of the builds running now (never rotated away)."""
+        return [c.log_path for c in self.running() if c.log_path is not None]
+
+    def abort_all(self) -> None:
+        for current in self.running():
+            current.abort.set()
+
+    def join(self) -> None:
+        """Wait for every build to finish (and be reported)."""
+        for current in self.running():
+            if current.thread is not None and current.thread is not threading.current_thread():
+                current.thread.join()
+
+    def tasks_json(self) -> str:
+        """The heartbeat's ``tasks`` field: every current build, oldest first."""
+        rows = sorted(self.running(), key=lambda c: c.started)
+        return json.dumps([{"cpv": c.claim.cpv, "started": round(c.started, 3), "hung": c.hung}
+                           for c in rows], separators=(",", ":"))
+
+    def memory_budget(self, margin_mb: int) -> int:
+        """MiB a new build may use: available memory, less what running builds are still
+        expected to grow into (their expected peak over their current use), less the margin."""
+        available = psutil.virtual_memory().available
+        for current in self.running():
+            if current.expected_rss:
+                now = live_usage(current.thread)
+                available -= max(0, current.expected_rss - (now.rss if now else 0))
+        return max(0, available // MB - margin_mb)
