@@ -78,6 +78,10 @@ SETTINGS: tuple[Setting, ...] = (
             min=1, max=1000),
     Setting("queue", "max_attempts", 6, int, "Attempts before a job is marked failed for good.",
             min=1, max=1_000_000),
+    Setting("queue", "constraints_file", None, str,
+            "YAML file of packages' needs, e.g. 'dev-qt/qtwebengine: {memory_mb: 12000, disk_mb: 30000}' "
+            "(by category/package or CPV); a job is handed only to a drone with that much free. Packages "
+            "not named there need what their recent builds peaked at."),
     Setting("queue", "claim_scan", 64, int,
             "Ready jobs a claim looks at, best first (bounds claim cost whatever the queue length).",
             min=1, max=100_000),
@@ -126,6 +130,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drone", "slots", 1, int,
             "Builds this drone runs at once (or --slots); 0: one per 4 cores. Each build gets MAKEOPTS "
             "-j(cores/slots) -l(cores).", min=0, max=256),
+    Setting("drone", "memory_mb", 0, int,
+            "Memory this drone offers its builds, in MiB; 0: the host's total.", min=0, max=2**30),
     Setting("drone", "memory_margin_mb", 512, int,
             "MiB of memory a drone keeps free: it claims only jobs whose expected peak fits in its "
             "available memory less this and what its running builds are still expected to use.",

@@ -152,6 +152,8 @@ ADD = PRELUDE + """
 -- for, each until settled), ARGV[7] events max, ARGV[8] post deps JSON, ARGV[9] its settle group
 -- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it).
 -- KEYS[11] the listing zset (every job by -priority, for paged listing).
+-- ARGV[11] (optional) its needs: '<memory MiB> <disk MiB>' ('' or absent: unknown), recorded as the
+-- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory).
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
 local cpv = ARGV[1]
 local bad = bad_names({{1, 'cpv'}}) or bad_numbers({{2, 'estimate', 0}, {7, 'events max', 1, true}})
@@ -163,6 +165,8 @@ for _, a in ipairs({{4, 'build deps'}, {5, 'run deps'}, {6, 'gates'}, {8, 'post 
   if refusal then return refusal end
   lists[a[1]] = list
 end
+local need_mem, need_disk = string.match(ARGV[11] or '', '^(%d+) (%d+)$')
+if (ARGV[11] or '') ~= '' and not need_mem then return refuse_arg('needs must be "<MiB> <MiB>"', ARGV[11]) end
 local jk = job_key(cpv)
 local state = redis.call('HGET', jk, 'state')
 if state then return {'exists', state} end
@@ -176,6 +180,10 @@ redis.call('HSET', jk, 'cpv', cpv, 'attempts', 0, 'estimate', ARGV[2], 'priority
            'seq', seq, 'created', now, 'after', ARGV[4], 'run', ARGV[5], 'post', ARGV[8],
            'drone', '', 'lease', '', 'group', group)
 redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
+if need_mem then
+  redis.call('HSET', jk, 'mem', need_mem, 'disk', need_disk)
+  redis.call('ZADD', KEYS[12], tonumber(need_mem), cpv)
+end
 local pending = 0
 for _, gate in ipairs(lists[6]) do
   if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
@@ -240,7 +248,9 @@ return {'added', pending}
 CLAIM = PRELUDE + """
 -- Hand the best ready job to a drone. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] new lease,
 -- ARGV[4] how many ready jobs to look at, ARGV[5] offline threshold ms, ARGV[6] events max,
--- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session.
+-- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session,
+-- ARGV[9] (optional) the memory and ARGV[10] the build disk, in MiB, the drone can give a new
+-- build now ('' or absent: any): a job needing more (its 'mem'/'disk') is left for another drone.
 -- Idempotent: a retry of the same request (its reply was lost) gets the job that request
 -- already holds, with the same lease, instead of a second job.
 -- Returns {'ok', cpv, lease, estimate, attempts} | {'empty'} | {'grounded', until_ms}
@@ -285,10 +295,21 @@ local function other_could_take(cpv)
   return false
 end
 
+-- Does the job's stated or learned peak fit what the drone has free now?
+local mem_free, disk_free = tonumber(ARGV[9] or ''), tonumber(ARGV[10] or '')
+local function fits(cpv)
+  if not mem_free and not disk_free then return true end
+  local need = redis.call('HMGET', job_key(cpv), 'mem', 'disk')
+  return (tonumber(need[1] or '0') or 0) <= (mem_free or math.huge)
+    and (tonumber(need[2] or '0') or 0) <= (disk_free or math.huge)
+end
+
 local chosen, fallback = nil, nil
 for _, cpv in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
-  if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then chosen = cpv; break end
-  if fallback == nil and not other_could_take(cpv) then fallback = cpv end
+  if fits(cpv) then
+    if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then chosen = cpv; break end
+    if fallback == nil and not other_could_take(cpv) then fallback = cpv end
+  end
 end
 chosen = chosen or fallback
 if not chosen then return {'empty'} end
@@ -308,7 +329,9 @@ return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostri
 COMPLETE = PRELUDE + """
 -- A drone reports a job built. KEYS[11] the package's build history list.
 -- ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
--- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept.
+-- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept,
+-- ARGV[9] (optional) what the build used: '<peak RSS bytes> <disk bytes>' (0: not measured),
+-- kept in the history beside the duration.
 -- Returns {'ok'} | {'stale'} | {'unauthorized'} | {'invalid', what}.
 local cpv, name, lease = ARGV[1], ARGV[2], ARGV[4]
 local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
@@ -316,6 +339,8 @@ local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
 if bad then return bad end
 local ok, artifact = pcall(cjson.decode, ARGV[6])
 if not ok or type(artifact) ~= 'table' then return refuse_arg('artifact must be a JSON object', ARGV[6]) end
+local peak_rss, peak_disk = string.match(ARGV[9] or '', '^(%d+) (%d+)$')
+if (ARGV[9] or '') ~= '' and not peak_rss then return refuse_arg('usage must be "<bytes> <bytes>"', ARGV[9]) end
 local refusal = refuse_drone(name, ARGV[3])
 if refusal then return {refusal} end
 if not owns(cpv, name, lease) then stale(cpv, name, 'completion', ARGV[7]); return {'stale'} end
@@ -329,8 +354,10 @@ redis.call('HSET', drone_key(name), 'failures', 0, 'groundings', 0)
 redis.call('HINCRBY', drone_key(name), 'built', 1)
 redis.call('DEL', streak_key(name))
 redis.call('HINCRBY', KEYS[9], 'built', 1)
-redis.call('LPUSH', KEYS[11], cjson.encode({cpv = cpv, seconds = tonumber(ARGV[5]), parallel = false,
-                                            source = 'swarm'}))
+local record = {cpv = cpv, seconds = tonumber(ARGV[5]), parallel = false, source = 'swarm'}
+if peak_rss and tonumber(peak_rss) > 0 then record.peak_rss = tonumber(peak_rss) end
+if peak_disk and tonumber(peak_disk) > 0 then record.disk = tonumber(peak_disk) end
+redis.call('LPUSH', KEYS[11], cjson.encode(record))
 redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[8]) - 1)
 -- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
 -- its members and counts down the groups that need it, which may settle in turn.

@@ -25,6 +25,7 @@ from typing import Any
 import redis
 
 from swarmctl import keys
+from swarmctl.capacity import Unfit, unfit_jobs
 from swarmctl.config import Config
 from swarmctl.facts import SwarmFacts
 from swarmctl.nightly import (
@@ -81,6 +82,8 @@ class StatusReport:
     attention: list[Attention] = field(default_factory=list)
     #: Misconfigured drones and why (their preflight's reason).
     misconfigured: dict[str, str] = field(default_factory=dict)
+    #: Queued jobs no enrolled drone could ever fit (swarmctl.capacity).
+    unfit: list[Unfit] = field(default_factory=list)
     report_path: str | None = None    # the nightly's report of the night's work, when written
     report_time: float | None = None  # when it was written (this host's clock: the file's mtime)
 
@@ -122,7 +125,8 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
     report = StatusReport(now=seconds + micros / 1e6, meta=meta,
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age,
-                          misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"})
+                          misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"},
+                          unfit=unfit_jobs(client, drones))
     report.attention = assess(report) + signing_attention(config)
     report.attention.sort(key=lambda a: -SEVERITY_CODE[a.severity])
     page = nightly_report_path(config)
@@ -172,6 +176,10 @@ def assess(report: StatusReport) -> list[Attention]:
         found.append(Attention("misconfigured", "warning", "; ".join(
             f"{name} misconfigured: {why}" for name, why in sorted(report.misconfigured.items()))
             + " (swarmctl doctor on that host prints the fix)"))
+    if report.unfit:
+        found.append(Attention("unfit", "warning", f"{len(report.unfit)} job(s) no enrolled drone can ever build: "
+                               + "; ".join(f"{u.cpv} {u.reason}" for u in report.unfit[:5])
+                               + " (enroll a larger drone, or correct queue.constraints_file)"))
     if queued and not report.leader:
         found.append(Attention("no_orchestrator", "warning",
                                "no orchestrator is leading: work of drones that die is not reclaimed"))

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import psutil
 import redis
 
-from swarmctl import __version__
+from swarmctl import __version__, keys
 from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
@@ -101,6 +101,9 @@ class DroneDaemon:
         self._held_lock = self.slots.lock
         self.grounded_until = 0.0
         self.started_builds = 0
+        self.mem_total = cfg.memory_mb or psutil.virtual_memory().total // (1024 * 1024)
+        # Where builds take their disk: the builder's build directory, else this drone's state.
+        self.build_dir = Path(getattr(builder, "build_dir", None) or state_dir)
         self.machine_id = machine_id()
         self.builds = 0
         #: Why this drone cannot build (its builder's preflight failed), or None.
@@ -161,7 +164,7 @@ class DroneDaemon:
             "task_started": f"{first.started:.3f}" if first else "",
             "tasks": self.slots.tasks_json(),
             "slots": self.slots.size,
-            "mem_total": memory.total // (1024 * 1024),
+            "mem_total": self.mem_total,
             "cpu": f"{psutil.cpu_percent(None):.1f}",
             "mem": f"{memory.percent:.1f}",
             "hung": 1 if self.hung else 0,
@@ -308,7 +311,7 @@ class DroneDaemon:
                     self.claim_seq += 1
                     request = self.claim_seq
                 try:
-                    claim = self.queue.claim(self.name, self.token, self.session, request)
+                    claim = self.queue.claim(self.name, self.token, self.session, request, self._free_mb())
                     waits = None
                 except Grounded as grounded:
                     self._take(None, request)
@@ -352,10 +355,25 @@ class DroneDaemon:
         except (NotEnrolled, *TRANSIENT):
             pass
 
+    def _free_mb(self) -> tuple[int, int]:
+        """What a new build may have: a claim gets only a job whose needs fit (swarmctl.capacity)."""
+        cfg = self.config.drone
+        return self.slots.free_mb(self.mem_total, cfg.memory_margin_mb, self.build_dir, cfg.preflight_min_free_mb)
+
+    def _needs(self, cpv: str) -> tuple[int, int]:
+        """The job's expected (memory, disk) in bytes, reserved while it builds (0: unknown)."""
+        try:
+            mem, disk = self.redis.hmget(keys.job(cpv), "mem", "disk")
+        except TRANSIENT:
+            return 0, 0
+        return int(mem or 0) * 1024 * 1024, int(disk or 0) * 1024 * 1024
+
     def _start_build(self, claim: Claim, seq: int = 0) -> None:
         """Put the claimed job in a slot (before the next claim: it is held from now) and build it
         in the slot's own thread."""
-        current = Current(claim=claim, started=time.time(), abort=threading.Event())
+        rss, disk = self._needs(claim.cpv)
+        current = Current(claim=claim, started=time.time(), abort=threading.Event(), expected_rss=rss,
+                          expected_disk=disk)
         if self.aborting.is_set():
             current.abort.set()
         self._take(current, seq)
@@ -422,8 +440,9 @@ class DroneDaemon:
         """Hand a good build over; a failed result comes back if the binhost refused it for good."""
         q = self.queue
         if self.publisher is None:
+            usage = (result.usage.peak_rss, result.usage.peak_disk)
             outcome = self._with_redis("complete", lambda: q.complete(
-                claim.cpv, self.name, self.token, claim.lease, duration))
+                claim.cpv, self.name, self.token, claim.lease, duration, usage=usage))
         else:
             outcome = self.publisher.publish(claim, result, duration)
             if outcome == "failed":

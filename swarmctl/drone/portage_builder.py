@@ -248,6 +248,11 @@ class PortageBuilder:
         return BuildResult(ok=True, fault="none", reason="", artifacts=[artifact_for(p, cpv) for p in new],
                            usage=usage)
 
+    @property
+    def build_dir(self) -> Path | None:
+        """Where builds take their disk (PORTAGE_TMPDIR), when known."""
+        return self.prefix.tmpdir if self.prefix is not None else None
+
     def preflight(self) -> PreflightResult:
         """Portage, the compressor, a compiler, writable dirs, the repositories (drone/preflight.py)."""
         return PortagePreflight(self, self.min_free_bytes).check()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ class Current:
     hung: bool = False
     #: The build's expected peak memory (bytes; 0: unknown), reserved while it runs.
     expected_rss: int = 0
+    expected_disk: int = 0
     log_path: Path | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
 
@@ -128,12 +130,23 @@ class Slots:
         return json.dumps([{"cpv": c.claim.cpv, "started": round(c.started, 3), "hung": c.hung}
                            for c in rows], separators=(",", ":"))
 
-    def memory_budget(self, margin_mb: int) -> int:
-        """MiB a new build may use: available memory, less what running builds are still
-        expected to grow into (their expected peak over their current use), less the margin."""
-        available = psutil.virtual_memory().available
+    def free_mb(self, total_mb: int, margin_mb: int, disk_dir: Path, disk_margin_mb: int) -> tuple[int, int]:
+        """(memory, build disk) in MiB a new build may use now.
+
+        Memory: the least of what the drone offers (``total_mb``) less what its running builds
+        are expected to peak at (or use now, if more), and what the host has available less
+        what those builds are still expected to grow into; then the margin. Disk: the free space
+        of ``disk_dir`` less the running builds' expected growth, less its margin.
+        """
+        offered, available = total_mb * MB, psutil.virtual_memory().available
+        try:
+            disk = shutil.disk_usage(disk_dir).free
+        except OSError:
+            disk = 0
         for current in self.running():
-            if current.expected_rss:
-                now = live_usage(current.thread)
-                available -= max(0, current.expected_rss - (now.rss if now else 0))
-        return max(0, available // MB - margin_mb)
+            now = live_usage(current.thread)
+            rss, used_disk = (now.rss, now.peak_disk) if now else (0, 0)
+            offered -= max(current.expected_rss, rss)
+            available -= max(0, current.expected_rss - rss)
+            disk -= max(0, current.expected_disk - used_disk)
+        return (max(0, min(offered, available) // MB - margin_mb), max(0, disk // MB - disk_margin_mb))
