@@ -145,5 +145,5 @@ def test_claims_respect_memory_needs_and_unfit_jobs_are_reported(
 def test_bad_constraints_file_is_one_clear_error(tmp_path: Path, text: str) -> None:
     path = tmp_path / "constraints.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigError, match="queue.constraints_file"):
+    with pytest.raises(ConfigError, match=r"queue\.constraints_file"):
         load_constraints(path)

@@ -234,7 +234,8 @@ class PortageBuilder:
                                aborted=True, usage=usage)
         if problem == "hung":
             return BuildResult(ok=False, fault="hung",
-                               reason=f"build of {cpv} made no progress; process group killed", artifacts=[], usage=usage)
+                               reason=f"build of {cpv} made no progress; process group killed", artifacts=[],
+                               usage=usage)
         if problem:
             return BuildResult(ok=False, fault="drone", reason=problem, artifacts=[], usage=usage)
         if code != 0:
