@@ -128,8 +128,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drone", "preflight_min_free_mb", 256, int,
             "Free MiB PKGDIR, PORTAGE_TMPDIR and DISTDIR need for the preflight to pass.", min=0, max=2**30),
     Setting("drone", "slots", 1, int,
-            "Builds this drone runs at once (or --slots); 0: one per 4 cores. Each build gets MAKEOPTS "
-            "-j(cores/slots) -l(cores).", min=0, max=256),
+            "Builds this drone runs at once (or --slots); 0: one per 4 cores. With several, each build gets "
+            "MAKEOPTS=-jC -lC (C: the cores) unless drone.build_env passes MAKEOPTS.", min=0, max=256),
     Setting("drone", "memory_mb", 0, int,
             "Memory this drone offers its builds, in MiB; 0: the host's total.", min=0, max=2**30),
     Setting("drone", "memory_margin_mb", 512, int,

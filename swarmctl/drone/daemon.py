@@ -90,7 +90,7 @@ class DroneDaemon:
         slots = cfg.slots or max(1, cores() // 4)
         self.slots = Slots(slots)
         if slots > 1 and hasattr(builder, "makeopts"):
-            builder.makeopts = makeopts(slots)
+            builder.makeopts = makeopts()
         # Claims are numbered within this process's session, one in flight at a time; a retry
         # after a lost reply sends the same number again (idempotent). ``settled`` is the last
         # number whose reply has been handled: its job, if any, is in a slot (or already

@@ -4,12 +4,14 @@ One claim loop fills the slots; each build runs in its own thread with its own l
 abort event and hung flag. The slots' lock is also the daemon's lock over what it holds, so a
 heartbeat never sees a job between "claimed" and "held".
 
-Cores: each build gets ``MAKEOPTS=-jK -lC`` with K = cores // slots and C = cores. The -j share
-keeps N concurrent compiles from oversubscribing the machine (N x cores jobs would also multiply
-peak memory); the load cap lets make hold back when the machine is busy anyway. Portage's
-jobserver (FEATURES=jobserver-token, one token pool across builds) would hand idle shares to a
-build that can use them, but it needs a recent portage on every drone and does not bound peak
-memory per build; docs/architecture.md ("Drone capacity") has the reasoning and the figures.
+Cores: each build of a multi-slot drone gets ``MAKEOPTS=-jC -lC`` (C = the drone's cores): any
+build may use every core the others leave idle, and make starts no new job while the load is at
+C. A fixed share (-j(C/S)) leaves the cores of a configure-bound build idle: on the KDE graph it
+doubled the makespan (bench/capacity.py: 2.0x the lower bound against 1.2x pooled, docs/
+benchmarks.md). Portage's jobserver (FEATURES=jobserver-token) pools the same way with exact
+tokens instead of the load average, but needs a recent portage on every drone; an operator who
+has it sets MAKEOPTS in the drone's environment (drone.build_env), which wins over this default.
+Memory stays bounded by the claims: a build's needs are its recorded peaks under this setting.
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def makeopts(slots: int, ncores: int | None = None) -> str:
-    """MAKEOPTS for one of ``slots`` concurrent builds: an even share of the cores, load-capped."""
+def makeopts(ncores: int | None = None) -> str:
+    """MAKEOPTS for each of several concurrent builds: every core, capped by the load (see above)."""
     ncores = ncores or cores()
-    return f"-j{max(1, ncores // max(1, slots))} -l{ncores}"
+    return f"-j{ncores} -l{ncores}"
 
 
 class Slots:
