@@ -228,7 +228,8 @@ def main() -> int:
     priority = critical_path(plain, {c: j.seconds for c, j in jobs.items()})
     print(f"graph: {len(jobs)} packages; work {sum(seconds.values()) / 3600:.1f} h at {C_REF} cores; "
           f"parallel model p(T) = 0.95 T / (T + 300)", flush=True)
-    for label, count, cores, slots in (("4x4", 4, 16, 4), ("4x2", 4, 16, 2), ("4x8", 4, 16, 8), ("4x1", 4, 16, 1), ("16x1", 16, 4, 1)):
+    fleets = (("4x4", 4, 16, 4), ("4x2", 4, 16, 2), ("4x8", 4, 16, 8), ("4x1", 4, 16, 1), ("16x1", 16, 4, 1))
+    for label, count, cores, slots in fleets:
         for sharing in (("share", "pool", "ranked") if slots > 1 else ("share",)):
             drones = fleet(count, cores, slots)
             makespan, used, _ = simulate(make_jobs(seconds), gates, drones, sharing, priority)
