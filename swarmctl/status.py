@@ -307,7 +307,7 @@ JSON_SCHEMA: dict[str, Any] = {
                 "type": "object", "required": ["code", "severity", "message"], "additionalProperties": False,
                 "properties": {
                     "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "cron_failed", "no_drone_online",
-                                      "misconfigured", "no_orchestrator", "blocked", "failed"]},
+                                      "misconfigured", "unfit", "no_orchestrator", "blocked", "failed"]},
                     "severity": {"enum": ["warning", "critical"]},
                     "message": {"type": "string"},
                 },

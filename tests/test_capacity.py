@@ -8,6 +8,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import jsonschema
 import pytest
 import redis
 from prometheus_client import generate_latest
@@ -21,6 +22,7 @@ from swarmctl.graph import JobSpec
 from swarmctl.history import History
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
+from swarmctl.status import JSON_SCHEMA
 from tests.helpers import Spawner, run_cli, wait_for, wait_until
 from tests.test_drone_process import FAST
 
@@ -129,6 +131,7 @@ def test_claims_respect_memory_needs_and_unfit_jobs_are_reported(
     assert any(len(t) == 2 for t in seen)  # the small one ran beside a big one
     assert queue.get("app-misc/huge-1").state == "needed"
     status = json.loads(run_cli(["status", "--json"], env, check=False).stdout)
+    jsonschema.validate(status, JSON_SCHEMA)
     unfit = [a for a in status["attention"] if a["code"] == "unfit"]
     assert unfit and "app-misc/huge-1 needs 100000000 MiB" in unfit[0]["message"]
     # Each build's peak memory is in the history beside its duration, and a later version learns it.
