@@ -107,10 +107,9 @@ def parse_tasks(row: dict[str, str], status: str) -> list[dict[str, Any]]:
     for entry in raw:
         if not isinstance(entry, dict) or not isinstance(entry.get("cpv"), str):
             continue
-        started = entry.get("started")
+        stamp = entry.get("started")
         tasks.append({"cpv": printable(entry["cpv"]),
-                      "started": float(started) if isinstance(started, int | float) and math.isfinite(started)
-                      else None,
+                      "started": float(stamp) if isinstance(stamp, int | float) and math.isfinite(stamp) else None,
                       "hung": entry.get("hung") is True})
     return tasks
 

@@ -29,8 +29,11 @@ import psutil
 
 from swarmctl.drone.builders import live_usage
 from swarmctl.queue import Claim
+from swarmctl.scripts import HEARTBEAT_FIELD_MAX
 
 MB = 1024 * 1024
+#: Longest ``tasks`` heartbeat field Redis keeps (scripts.HEARTBEAT_FIELD_MAX).
+TASKS_MAX = HEARTBEAT_FIELD_MAX["tasks"]
 
 
 @dataclass
@@ -126,11 +129,18 @@ class Slots:
             if current.thread is not None and current.thread is not threading.current_thread():
                 current.thread.join()
 
-    def tasks_json(self) -> str:
-        """The heartbeat's ``tasks`` field: every current build, oldest first."""
-        rows = sorted(self.running(), key=lambda c: c.started)
-        return json.dumps([{"cpv": c.claim.cpv, "started": round(c.started, 3), "hung": c.hung}
-                           for c in rows], separators=(",", ":"))
+    def tasks_json(self, limit: int = TASKS_MAX) -> str:
+        """The heartbeat's ``tasks`` field: every current build, oldest first (as many as fit the
+        field's limit, so it stays whole JSON)."""
+        rows: list[dict[str, object]] = []
+        text = "[]"
+        for c in sorted(self.running(), key=lambda c: c.started):
+            rows.append({"cpv": c.claim.cpv, "started": round(c.started, 3), "hung": c.hung})
+            longer = json.dumps(rows, separators=(",", ":"))
+            if len(longer) > limit:
+                break
+            text = longer
+        return text
 
     def free_mb(self, total_mb: int, margin_mb: int, disk_dir: Path, disk_margin_mb: int) -> tuple[int, int]:
         """(memory, build disk) in MiB a new build may use now.
