@@ -10,6 +10,8 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from swarmctl.drone.disk import oldest_first, prune
+
 
 class BuildLogs:
     """A directory of ``<time>-<category>--<pf>.log`` files."""
@@ -25,38 +27,11 @@ class BuildLogs:
         return self.dir / f"{stamp}-{time.time_ns() % 1_000_000:06d}-{cpv.replace('/', '--')}.log"
 
     def files(self) -> list[Path]:
-        """Logs, oldest first (one deleted meanwhile, by a concurrent rotation, is left out)."""
-        dated = []
-        for path in self.dir.glob("*.log"):
-            try:
-                dated.append((path.stat().st_mtime, path.name, path))
-            except OSError:
-                continue
-        return [path for *_, path in sorted(dated)]
+        """Logs, oldest first."""
+        return [path for path, _, _ in oldest_first(self.dir, (".log",))]
 
     def rotate(self, keep: Path | Iterable[Path] | None = None) -> list[Path]:
-        """Delete the oldest logs beyond the count and size limits (never those in ``keep``:
-        the logs of builds still running)."""
-        kept = {keep} if isinstance(keep, Path) else set(keep or ())
-        logs = self.files()
-        removed: list[Path] = []
-        excess = len(logs) - self.keep_jobs
-        total = sum(_size(p) for p in logs)
-        for path in logs:
-            if path in kept:
-                continue
-            if excess <= 0 and total <= self.max_bytes:
-                break
-            size = _size(path)
-            path.unlink(missing_ok=True)
-            removed.append(path)
-            excess -= 1
-            total -= size
-        return removed
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+        """Delete the oldest logs beyond the count and size limits (never those in ``keep``: the
+        logs of builds still running; a log another build's rotation deleted meanwhile is skipped)."""
+        return prune(oldest_first(self.dir, (".log",)), self.max_bytes, self.keep_jobs,
+                     keep=[keep] if isinstance(keep, Path) else list(keep or ()))
