@@ -136,6 +136,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drone", "slots", 1, int,
             "Builds this drone runs at once (or --slots); 0: one per 4 cores. With several, each build gets "
             "MAKEOPTS=-jC -lC (C: the cores) unless drone.build_env passes MAKEOPTS.", min=0, max=256),
+    Setting("drone", "speed", 0.0, float,
+            "How fast this drone builds, relative to the others (e.g. its cores x their clock); 0: its "
+            "core count. A slower drone leaves the longest critical-path job to a faster idle one.",
+            min=0.0, max=1e6),
     Setting("drone", "memory_mb", 0, int,
             "Memory this drone offers its builds, in MiB; 0: the host's total.", min=0, max=2**30),
     Setting("drone", "memory_margin_mb", 512, int,

@@ -362,11 +362,12 @@ class Queue:
     # -- the drone's side ---------------------------------------------------------------------
 
     def claim(self, drone: str, token: str, session: str | None = None, seq: int = 1,
-              free_mb: tuple[int, int] | None = None) -> Claim | None:
+              free_mb: tuple[int, int] | None = None, speed: float | None = None) -> Claim | None:
         """Atomically take the best ready job; None when nothing is ready for this drone.
 
         ``free_mb`` is the (memory, build disk) the drone can give a new build now: a job needing
-        more waits for another drone, or for this one to have room (swarmctl.capacity).
+        more waits for another drone, or for this one to have room (swarmctl.capacity). With its
+        ``speed``, a drone leaves the longest chain to a faster drone that is idle.
 
         Request ``seq`` of claim ``session`` (see new_session) is idempotent: calling again with
         the same pair after a lost reply (a timeout; redis-py's own retries too) returns the job
@@ -375,7 +376,7 @@ class Queue:
         reply = self._run(self.scripts.claim, drone, token_sha(token), secrets.token_hex(16),
                           self.config.queue.claim_scan, int(self.config.orchestrator.offline_after * 1000),
                           self._max_events, session or new_session(), int(seq),
-                          *(free_mb or ("", "")))
+                          *(free_mb or ("", "")), "" if speed is None else speed)
         if reply[0] == "ok":
             return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]))
         if reply[0] == "grounded":

@@ -250,7 +250,9 @@ CLAIM = PRELUDE + """
 -- ARGV[4] how many ready jobs to look at, ARGV[5] offline threshold ms, ARGV[6] events max,
 -- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session,
 -- ARGV[9] (optional) the memory and ARGV[10] the build disk, in MiB, the drone can give a new
--- build now ('' or absent: any): a job needing more (its 'mem'/'disk') is left for another drone.
+-- build now ('' or absent: any): a job needing more (its 'mem'/'disk') is left for another drone,
+-- ARGV[11] (optional) the drone's speed: while a faster drone is idle, a slower one leaves it
+-- the longest chain (the best job it could take) and takes the next.
 -- Idempotent: a retry of the same request (its reply was lost) gets the job that request
 -- already holds, with the same lease, instead of a second job.
 -- Returns {'ok', cpv, lease, estimate, attempts} | {'empty'} | {'grounded', until_ms}
@@ -304,11 +306,29 @@ local function fits(cpv)
     and (tonumber(need[2] or '0') or 0) <= (disk_free or math.huge)
 end
 
-local chosen, fallback = nil, nil
+-- Is a faster drone idle that could take this job (its memory holds the job's need)?
+local my_speed = tonumber(ARGV[11] or '')
+local function faster_idle(cpv)
+  if not my_speed then return false end
+  other_could_take(cpv)  -- fills the healthy list
+  local need = tonumber(redis.call('HGET', job_key(cpv), 'mem') or '0') or 0
+  for _, other in ipairs(healthy) do
+    local d = redis.call('HMGET', drone_key(other), 'status', 'speed', 'mem_total')
+    if d[1] == 'idle' and (tonumber(d[2] or '') or 0) > my_speed and need <= (tonumber(d[3] or '') or math.huge)
+        and redis.call('SISMEMBER', avoid_key(cpv), other) == 0 then
+      return true
+    end
+  end
+  return false
+end
+
+local chosen, fallback, passed = nil, nil, false
 for _, cpv in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
   if fits(cpv) then
-    if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then chosen = cpv; break end
-    if fallback == nil and not other_could_take(cpv) then fallback = cpv end
+    if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then
+      if passed or not faster_idle(cpv) then chosen = cpv; break end
+      passed = true  -- the longest chain waits for the faster drone
+    elseif fallback == nil and not other_could_take(cpv) then fallback = cpv end
   end
 end
 chosen = chosen or fallback
@@ -526,14 +546,14 @@ return taken
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
                     "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir",
                     # every current build (JSON), and the drone's capacity (swarmctl.drone.slots)
-                    "tasks", "slots", "mem_total")
+                    "tasks", "slots", "mem_total", "speed")
 
 # -- heartbeat field hygiene (the drone is untrusted: checked here, where Redis writes) -------------
 #: Longest value kept for each drone-written field, in bytes; any other field: DEFAULT_FIELD_MAX.
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
                        "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20,
-                       "tasks": 8192, "slots": 8, "mem_total": 16,
+                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16,
                        # the jobs a drone says it holds, and its claim session (see RECONCILE)
                        "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256

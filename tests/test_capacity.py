@@ -149,3 +149,19 @@ def test_bad_constraints_file_is_one_clear_error(tmp_path: Path, text: str) -> N
     path.write_text(text)
     with pytest.raises(ConfigError, match=r"queue\.constraints_file"):
         load_constraints(path)
+
+
+def test_a_slower_drone_leaves_the_longest_chain_to_a_faster_idle_one(queue: Queue, registry: DroneRegistry) -> None:
+    tokens = {name: registry.enroll(name) for name in ("fast", "slow")}
+    registry.heartbeat("fast", tokens["fast"], {"status": "idle", "speed": 32})
+    queue.add([JobSpec("dev-qt/long-5", estimate=3000), JobSpec("app-misc/short-1", estimate=10),
+               JobSpec("app-misc/other-1", estimate=5)])
+    first = queue.claim("slow", tokens["slow"], speed=4)
+    assert first is not None and first.cpv == "app-misc/short-1"  # the long one waits for the fast drone
+    taken = queue.claim("fast", tokens["fast"], speed=32)
+    assert taken is not None and taken.cpv == "dev-qt/long-5"
+    # Once the fast drone is busy, nobody waits for it.
+    queue.add([JobSpec("dev-qt/long2-5", estimate=3000)])
+    registry.heartbeat("fast", tokens["fast"], {"status": "building", "speed": 32})
+    second = queue.claim("slow", tokens["slow"], speed=4)
+    assert second is not None and second.cpv == "dev-qt/long2-5"

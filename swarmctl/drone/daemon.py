@@ -107,6 +107,7 @@ class DroneDaemon:
         self.grounded_until = 0.0
         self.started_builds = 0
         self.mem_total = cfg.memory_mb or psutil.virtual_memory().total // (1024 * 1024)
+        self.speed = cfg.speed or float(cores())
         # Where builds take their disk: the builder's build directory, else this drone's state.
         self.build_dir = Path(getattr(builder, "build_dir", None) or state_dir)
         self.machine_id = machine_id()
@@ -176,6 +177,7 @@ class DroneDaemon:
             "tasks": self.slots.tasks_json(),
             "slots": self.slots.size,
             "mem_total": self.mem_total,
+            "speed": f"{self.speed:g}",
             "cpu": f"{psutil.cpu_percent(None):.1f}",
             "mem": f"{memory.percent:.1f}",
             "hung": 1 if self.hung else 0,
@@ -379,7 +381,8 @@ class DroneDaemon:
                     self.claim_seq += 1
                     request = self.claim_seq
                 try:
-                    claim = self.queue.claim(self.name, self.token, self.session, request, self._free_mb())
+                    claim = self.queue.claim(self.name, self.token, self.session, request, self._free_mb(),
+                                             self.speed)
                     waits = None
                 except Grounded as grounded:
                     self._take(None, request)
