@@ -84,6 +84,10 @@ SETTINGS: tuple[Setting, ...] = (
             min=1, max=1000),
     Setting("queue", "max_attempts", 6, int, "Attempts before a job is marked failed for good.",
             min=1, max=1_000_000),
+    Setting("queue", "constraints_file", None, str,
+            "YAML file of packages' needs, e.g. 'dev-qt/qtwebengine: {memory_mb: 12000, disk_mb: 30000}' "
+            "(by category/package or CPV); a job is handed only to a drone with that much free. Packages "
+            "not named there need what their recent builds peaked at."),
     Setting("queue", "claim_scan", 64, int,
             "Ready jobs a claim looks at, best first (bounds claim cost whatever the queue length).",
             min=1, max=100_000),
@@ -139,6 +143,19 @@ SETTINGS: tuple[Setting, ...] = (
             min=0.1, max=DAY),
     Setting("drone", "preflight_min_free_mb", 256, int,
             "Free MiB PKGDIR, PORTAGE_TMPDIR and DISTDIR need for the preflight to pass.", min=0, max=2**30),
+    Setting("drone", "slots", 1, int,
+            "Builds this drone runs at once (or --slots); 0: one per 4 cores. With several, each build gets "
+            "MAKEOPTS=-jC -lC (C: the cores) unless drone.build_env passes MAKEOPTS.", min=0, max=256),
+    Setting("drone", "speed", 0.0, float,
+            "How fast this drone builds, relative to the others (e.g. its cores x their clock); 0: its "
+            "core count. A slower drone leaves the longest critical-path job to a faster idle one.",
+            min=0.0, max=1e6),
+    Setting("drone", "memory_mb", 0, int,
+            "Memory this drone offers its builds, in MiB; 0: the host's total.", min=0, max=2**30),
+    Setting("drone", "memory_margin_mb", 512, int,
+            "MiB of memory a drone keeps free: it claims only jobs whose expected peak fits in its "
+            "available memory less this and what its running builds are still expected to use.",
+            min=0, max=2**30),
     Setting("drone", "min_free_gb", 2.0, float,
             "A drone with less free GiB in its build dir or PKGDIR claims nothing and shows low-disk "
             "until space returns (not a failure; 0: never).", min=0.0, max=1e6),

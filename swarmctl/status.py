@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from swarmctl import keys
+from swarmctl.capacity import Unfit, unfit_jobs
 from swarmctl.config import Config
 from swarmctl.facts import SwarmFacts
 from swarmctl.nightly import (
@@ -84,6 +85,8 @@ class StatusReport:
     attention: list[Attention] = field(default_factory=list)
     #: Misconfigured drones and why (their preflight's reason).
     misconfigured: dict[str, str] = field(default_factory=dict)
+    #: Queued jobs no enrolled drone could ever fit (swarmctl.capacity).
+    unfit: list[Unfit] = field(default_factory=list)
     #: Drones low on disk and what is short.
     low_disk: dict[str, str] = field(default_factory=dict)
     report_path: str | None = None    # the nightly's report of the night's work, when written
@@ -129,7 +132,8 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age,
                           misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"},
-                          low_disk={d.name: d.problem or "?" for d in drones if d.status == "low-disk"})
+                          low_disk={d.name: d.problem or "?" for d in drones if d.status == "low-disk"},
+                          unfit=unfit_jobs(client, drones))
     report.attention = (assess(report) + signing_attention(config) + memory_attention(client, config)
                         + binhost_attention(config))
     report.attention.sort(key=lambda a: -SEVERITY_CODE[a.severity])
@@ -220,6 +224,10 @@ def assess(report: StatusReport) -> list[Attention]:
         found.append(Attention("misconfigured", "warning", "; ".join(
             f"{name} misconfigured: {why}" for name, why in sorted(report.misconfigured.items()))
             + " (swarmctl doctor on that host prints the fix)"))
+    if report.unfit:
+        found.append(Attention("unfit", "warning", f"{len(report.unfit)} job(s) no enrolled drone can ever build: "
+                               + "; ".join(f"{u.cpv} {u.reason}" for u in report.unfit[:5])
+                               + " (enroll a larger drone, or correct queue.constraints_file)"))
     if report.low_disk:
         found.append(Attention("low_disk", "warning", "; ".join(
             f"{name} low on disk: {why}" for name, why in sorted(report.low_disk.items()))
@@ -352,8 +360,8 @@ JSON_SCHEMA: dict[str, Any] = {
                 "type": "object", "required": ["code", "severity", "message"], "additionalProperties": False,
                 "properties": {
                     "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "cron_failed", "no_drone_online",
-                                      "misconfigured", "low_disk", "redis_memory", "no_orchestrator", "blocked",
-                                      "failed"]},
+                                      "misconfigured", "low_disk", "redis_memory", "unfit", "no_orchestrator",
+                                      "blocked", "failed"]},
                     "severity": {"enum": ["warning", "critical"]},
                     "message": {"type": "string"},
                 },

@@ -118,7 +118,7 @@ class Gate(Protocol):
     def owner_of(self, cpv: str) -> tuple[str | None, str | None]: ...
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any]) -> str: ...
+                 artifact: dict[str, Any], usage: tuple[int, int] = (0, 0)) -> str: ...
 
 
 class QueueGate:
@@ -135,8 +135,8 @@ class QueueGate:
         return self.queue.owner_of(cpv)
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any]) -> str:
-        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact))
+                 artifact: dict[str, Any], usage: tuple[int, int] = (0, 0)) -> str:
+        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact, usage))
 
     def refused(self, code: str) -> None:
         """Count a refused upload for the metrics (best effort: Redis may be the problem)."""
@@ -394,6 +394,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         sha256 = self.headers.get("X-Swarm-Sha256", "").strip().lower()
         duration = _float(self.headers.get("X-Swarm-Duration"))
+        usage = _usage(self.headers.get("X-Swarm-Usage"))
         settings = self.server.settings
         deadline = time.monotonic() + settings.read_timeout + size / max(1.0, settings.min_upload_rate)
         # Checked on every recv: a trickling body cannot stretch one buffered read past it.
@@ -420,7 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         outcome = "unknown"
         try:
-            outcome = self.server.gate.complete(cpv, drone, token, lease, duration, published.as_artifact())
+            outcome = self.server.gate.complete(cpv, drone, token, lease, duration, published.as_artifact(), usage)
         except Exception as exc:  # published is published; the drone can report again
             logger.warning("published %s but Queue.complete failed: %s", published.rel_path, exc)
             outcome = f"error: {_one_line(exc)}"
@@ -661,6 +662,14 @@ def _float(text: str | None) -> float:
     except ValueError:
         return 0.0
     return value if math.isfinite(value) and value >= 0 else 0.0  # never inf/nan into the queue
+
+
+def _usage(text: str | None) -> tuple[int, int]:
+    """The drone's 'peak RSS, disk' header: two whole byte counts, else nothing measured."""
+    parts = (text or "").split()
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 18 for p in parts):
+        return 0, 0
+    return int(parts[0]), int(parts[1])
 
 
 def _one_line(value: object) -> str:
