@@ -29,6 +29,8 @@ from pathlib import Path
 import redis
 
 from swarmctl import keys
+from swarmctl.binhost.gates import GateSettings, run_gates, tree_revision
+from swarmctl.binhost.generations import PromoteResult, promote, staging_url
 from swarmctl.binhost.index import INDEX_NAME, FileDigests, PackagesIndex, verify
 from swarmctl.binhost.server import BinhostServer, QueueGate, make_server
 from swarmctl.binhost.signing import KEYS_NAME, MAX_HOME_CHARS, Keyring, NoSigningKey
@@ -155,7 +157,7 @@ class LocalSwarm:
 
     def drone_prefix(self, name: str) -> PortagePrefix:
         assert self.server is not None
-        return make_prefix(self.workdir / "drones" / name, self.repo, self.server.url,
+        return make_prefix(self.workdir / "drones" / name, self.repo, staging_url(self.server.url),
                            make_conf={"MAKEOPTS": "-j1"}, binhost_keys=self.keys_asc)
 
     def start_drone(self, name: str) -> subprocess.Popen[bytes]:
@@ -301,6 +303,14 @@ class LocalSwarm:
         if not report.ok:
             summary.problems.append(f"binhost index: {'; '.join(summary.index_problems[:3])}")
         return summary
+
+    def promote(self) -> PromoteResult:
+        """Run the gates (dependency closure, a smoke install) on what the drones staged and,
+        if they pass, publish it: ``PKGDIR/Packages`` becomes a promoted generation."""
+        settings = GateSettings(repo=self.repo)
+        assert self.keyring is not None
+        return promote(self.pkgdir, gates=run_gates(self.pkgdir, settings), tree=tree_revision(self.repo),
+                       signing_key=self.keyring.signing_key().fingerprint)
 
     def install_on_client(self, atom: str, name: str = "client", url: str | None = None) -> tuple[bool, str]:
         """A fresh default client installs ``atom`` from the binhost only (emerge --getbinpkgonly).

@@ -26,10 +26,15 @@ class BuildRecord:
     seconds: float
     parallel: bool = False  # measured under emerge --jobs (wall time inflated)
     source: str = "swarm"
+    #: Peak resident memory of the build's process tree, and its build disk, in bytes (None: not measured).
+    peak_rss: int | None = None
+    disk: int | None = None
 
     def as_json(self) -> str:
-        return json.dumps({"cpv": self.cpv, "seconds": self.seconds, "parallel": self.parallel,
-                           "source": self.source})
+        record: dict[str, object] = {"cpv": self.cpv, "seconds": self.seconds, "parallel": self.parallel,
+                                     "source": self.source}
+        record.update({k: v for k, v in (("peak_rss", self.peak_rss), ("disk", self.disk)) if v})
+        return json.dumps(record)
 
 
 class History:
@@ -82,12 +87,30 @@ class History:
                 return float(statistics.median(sample))
         return self.default
 
-    def estimates(self, cpvs: list[str]) -> dict[str, float]:
-        """Estimates for many packages with one round trip."""
+    def peaks(self, cpvs: list[str]) -> dict[str, tuple[int, int]]:
+        """(peak RSS, disk) in bytes each recent build of ``cpvs`` needed at most: the same version's
+        builds when any measured it, else the package's. Packages never measured are left out."""
+        by_cp = self._by_package(cpvs)
+        found: dict[str, tuple[int, int]] = {}
+        for cpv in cpvs:
+            records = by_cp[cp_of(cpv)]
+            for pool in ([r for r in records if r.cpv == cpv], records):
+                rss = max((r.peak_rss or 0 for r in pool), default=0)
+                disk = max((r.disk or 0 for r in pool), default=0)
+                if rss or disk:
+                    found[cpv] = (rss, disk)
+                    break
+        return found
+
+    def _by_package(self, cpvs: list[str]) -> dict[str, list[BuildRecord]]:
         cps = sorted({cp_of(c) for c in cpvs})
         with self.redis.pipeline(transaction=False) as pipe:
             for cp in cps:
                 pipe.lrange(keys.history(cp), 0, -1)
             replies = pipe.execute()
-        by_cp = {cp: [BuildRecord(**json.loads(r)) for r in raw] for cp, raw in zip(cps, replies, strict=True)}
+        return {cp: [BuildRecord(**json.loads(r)) for r in raw] for cp, raw in zip(cps, replies, strict=True)}
+
+    def estimates(self, cpvs: list[str]) -> dict[str, float]:
+        """Estimates for many packages with one round trip."""
+        by_cp = self._by_package(cpvs)
         return {cpv: self.estimate(cpv, by_cp[cp_of(cpv)]) for cpv in cpvs}

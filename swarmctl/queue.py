@@ -21,6 +21,7 @@ import redis
 
 from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cpv
+from swarmctl.capacity import Need, load_constraints, needs_for
 from swarmctl.config import Config
 from swarmctl.events import Events
 from swarmctl.exceptions import ConfigError, Grounded, NoSuchJob, NotEnrolled, SwarmError
@@ -199,7 +200,7 @@ class Queue:
                 raise SwarmError(f"{cpv}: the estimate must be a finite number of seconds >= 0")
             batch[cpv] = JobSpec(cpv, [validate_cpv(d) for d in spec.build],
                                  [validate_cpv(d) for d in spec.run],
-                                 [validate_cpv(d) for d in spec.post], spec.estimate)
+                                 [validate_cpv(d) for d in spec.post], spec.estimate, spec.reason)
         stored = self._load_stored(batch)
         new = {c: s for c, s in batch.items() if c not in stored}
         need_estimate = [c for c, s in new.items() if s.estimate is None]
@@ -208,9 +209,10 @@ class Queue:
         fifo = self.config.queue.policy == "fifo"
         if not fifo:
             estimates.update(self._stored_estimates(stored.keys()))
+        needs = needs_for(new, self.history, load_constraints(self.config.queue.constraints_file)) if new else {}
         plan = plan_batch(new, stored, estimates, fifo)
         report = AddReport(existing=[c for c in batch if c in stored])
-        added = self._write(plan, new, estimates, fifo, report, progress)
+        added = self._write(plan, new, estimates, fifo, report, progress, needs)
         report.broken = [e for e in plan.broken if e.job in added]
         self._report_broken(report.broken)
         # Jobs queued earlier may now have longer chains (new jobs wait for them): rescore all.
@@ -224,7 +226,8 @@ class Queue:
         return report
 
     def _write(self, plan: Plan, new: dict[str, JobSpec], estimates: dict[str, float], fifo: bool,
-               report: AddReport, progress: Callable[[int, int], None] | None) -> set[str]:
+               report: AddReport, progress: Callable[[int, int], None] | None,
+               needs: dict[str, Need] | None = None) -> set[str]:
         """ADD every planned job, slice by slice; returns the CPVs added (existing ones go to report)."""
         added: set[str] = set()
         size = 50
@@ -235,10 +238,11 @@ class Queue:
                     for cpv in piece:
                         spec = new[cpv]
                         group = plan.group.get(cpv, "")
-                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING], client=pipe, args=[
+                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS], client=pipe, args=[
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
-                            json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, []))])
+                            json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, [])),
+                            spec.reason, (needs or {}).get(cpv, Need()).arg()])
                     started = time.monotonic()
                     replies = [decode(r) for r in pipe.execute()]
                     took = time.monotonic() - started
@@ -257,6 +261,31 @@ class Queue:
             if progress is not None:
                 progress(len(added) + len(report.existing), len(new) + len(report.existing))
         return added
+
+    def rebuild(self, specs: Iterable[JobSpec], gates: dict[str, list[str]] | None = None) -> list[str]:
+        """Queue built jobs again because their binaries are stale (``spec.reason`` says why).
+
+        Each job takes the spec's edges and waits for ``gates[cpv]`` (default: its build
+        dependencies), so a rebuild waits for the dependencies rebuilt with it. Jobs not
+        built (still open, failed or blocked, or not queued) are left as they are.
+
+        Returns:
+            The CPVs queued again.
+        """
+        done: list[str] = []
+        for spec in specs:
+            cpv = validate_cpv(spec.cpv)
+            gate_list = (gates or {}).get(cpv, spec.build)
+            reply = self._run(self.scripts.rebuild, cpv, spec.reason or "stale binary", self._max_events,
+                              json.dumps([validate_cpv(d) for d in spec.build]),
+                              json.dumps([validate_cpv(d) for d in spec.run]),
+                              json.dumps([validate_cpv(d) for d in spec.post]),
+                              json.dumps([validate_cpv(d) for d in gate_list]))
+            if reply[0] == "ok":
+                done.append(cpv)
+        if done and self.config.queue.policy != "fifo":
+            self.reprioritize()
+        return done
 
     def _queued(self, cpvs: list[str]) -> set[str] | None:
         """Which of ``cpvs`` are queued now; None when Redis cannot say."""
@@ -357,8 +386,13 @@ class Queue:
 
     # -- the drone's side ---------------------------------------------------------------------
 
-    def claim(self, drone: str, token: str, session: str | None = None, seq: int = 1) -> Claim | None:
+    def claim(self, drone: str, token: str, session: str | None = None, seq: int = 1,
+              free_mb: tuple[int, int] | None = None, speed: float | None = None) -> Claim | None:
         """Atomically take the best ready job; None when nothing is ready for this drone.
+
+        ``free_mb`` is the (memory, build disk) the drone can give a new build now: a job needing
+        more waits for another drone, or for this one to have room (swarmctl.capacity). With its
+        ``speed``, a drone leaves the longest chain to a faster drone that is idle.
 
         Request ``seq`` of claim ``session`` (see new_session) is idempotent: calling again with
         the same pair after a lost reply (a timeout; redis-py's own retries too) returns the job
@@ -366,7 +400,8 @@ class Queue:
         """
         reply = self._run(self.scripts.claim, drone, token_sha(token), secrets.token_hex(16),
                           self.config.queue.claim_scan, int(self.config.orchestrator.offline_after * 1000),
-                          self._max_events, session or new_session(), int(seq))
+                          self._max_events, session or new_session(), int(seq),
+                          *(free_mb or ("", "")), "" if speed is None else speed)
         if reply[0] == "ok":
             return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]))
         if reply[0] == "grounded":
@@ -376,8 +411,10 @@ class Queue:
         return None
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any] | None = None) -> str:
+                 artifact: dict[str, Any] | None = None, usage: tuple[int, int] = (0, 0)) -> str:
         """Mark built if ``drone`` still owns the job: "ok", "stale" or "unauthorized".
+
+        ``usage`` is the build's (peak RSS, disk) in bytes, kept in the history (0: not measured).
 
         Raises InvalidArgument for a duration that is not a finite number of seconds >= 0 (and an
         artifact JSON cannot carry): nothing is written then.
@@ -391,7 +428,7 @@ class Queue:
         # The build's duration joins the package's history in the same script.
         reply = self.scripts.complete(keys=[*keys.QUEUE_KEYS, keys.history(cp_of(cpv))], args=[
             cpv, drone, token_sha(token), lease, round(duration, 3), artifact_json,
-            self._max_events, HISTORY_KEEP])
+            self._max_events, HISTORY_KEEP, f"{max(0, int(usage[0]))} {max(0, int(usage[1]))}"])
         return refused(decode(reply))[0]
 
     def fail(self, cpv: str, drone: str, token: str, lease: str, fault: str, reason: str,
@@ -466,6 +503,7 @@ class Queue:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.zrem(keys.READY, *page)
                 pipe.zrem(keys.LISTING, *page)
+                pipe.zrem(keys.NEEDS, *page)
                 for state in keys.STATES:
                     pipe.srem(keys.state_set(state), *page)
                 for cpv in page:

@@ -144,6 +144,38 @@ local function stale(cpv, drone, what, maxlen)
   redis.call('HINCRBY', KEYS[9], 'stale', 1)
   emit(maxlen, 'stale', cpv, drone, what .. ' from a drone that does not own the job; ignored')
 end
+
+-- A settle group 'holder' counts 'member' (a job it needs) as open again; a holder that was
+-- settled is open from now on and goes to 'reopened' (never 'skip', the caller's own group).
+local function reopen_need(holder, member, skip, reopened)
+  if holder ~= skip and redis.call('SISMEMBER', needs_key(holder), member) == 1
+      and redis.call('HINCRBY', job_key(holder), 'unsettled', 1) == 1 then
+    table.insert(reopened, holder)
+  end
+end
+
+-- Settle groups that were settled and are open again hold back every job gated on one of their
+-- members, and reopen the groups that need those members, transitively.
+local function hold_back(reopened, skip)
+  local r = 1
+  while reopened[r] do
+    local again = reopened[r]
+    r = r + 1
+    local members = redis.call('SMEMBERS', members_key(again))
+    if #members == 0 then members = {{again}} end
+    for _, member in ipairs(members) do
+      for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
+        if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
+          redis.call('HINCRBY', job_key(dep), 'pending', 1)
+          redis.call('ZREM', KEYS[1], dep)
+        end
+      end
+      for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
+        reopen_need(holder, member, skip, reopened)
+      end
+    end
+  end
+end
 """
 
 ADD = PRELUDE + """
@@ -151,7 +183,10 @@ ADD = PRELUDE + """
 -- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] gates JSON list (build deps it waits
 -- for, each until settled), ARGV[7] events max, ARGV[8] post deps JSON, ARGV[9] its settle group
 -- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it).
+-- ARGV[11] why it is built ('' when not said: kept as its reason and in the 'added' event).
 -- KEYS[11] the listing zset (every job by -priority, for paged listing).
+-- ARGV[12] (optional) its needs: '<memory MiB> <disk MiB>' ('' or absent: unknown), recorded as the
+-- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory).
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
 local cpv = ARGV[1]
 local bad = bad_names({{1, 'cpv'}}) or bad_numbers({{2, 'estimate', 0}, {7, 'events max', 1, true}})
@@ -163,6 +198,8 @@ for _, a in ipairs({{4, 'build deps'}, {5, 'run deps'}, {6, 'gates'}, {8, 'post 
   if refusal then return refusal end
   lists[a[1]] = list
 end
+local need_mem, need_disk = string.match(ARGV[12] or '', '^(%d+) (%d+)$')
+if (ARGV[12] or '') ~= '' and not need_mem then return refuse_arg('needs must be "<MiB> <MiB>"', ARGV[12]) end
 local jk = job_key(cpv)
 local state = redis.call('HGET', jk, 'state')
 if state then return {'exists', state} end
@@ -174,8 +211,12 @@ if score == '' then score = tostring(-seq) end
 local now = now_ms()
 redis.call('HSET', jk, 'cpv', cpv, 'attempts', 0, 'estimate', ARGV[2], 'priority', score,
            'seq', seq, 'created', now, 'after', ARGV[4], 'run', ARGV[5], 'post', ARGV[8],
-           'drone', '', 'lease', '', 'group', group)
+           'drone', '', 'lease', '', 'group', group, 'reason', ARGV[11] or '')
 redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
+if need_mem then
+  redis.call('HSET', jk, 'mem', need_mem, 'disk', need_disk)
+  redis.call('ZADD', KEYS[12], tonumber(need_mem), cpv)
+end
 local pending = 0
 for _, gate in ipairs(lists[6]) do
   if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
@@ -201,29 +242,8 @@ end
 -- Groups that named this job before it was queued wait for it now; one that was settled is open
 -- again, and so is everything that waited on it (transitively).
 local reopened = {}
-local function reopen(holder, member)
-  if holder ~= group and redis.call('SISMEMBER', needs_key(holder), member) == 1
-      and redis.call('HINCRBY', job_key(holder), 'unsettled', 1) == 1 then
-    table.insert(reopened, holder)
-  end
-end
-for _, holder in ipairs(redis.call('SMEMBERS', holders_key(cpv))) do reopen(holder, cpv) end
-local r = 1
-while reopened[r] do
-  local again = reopened[r]
-  r = r + 1
-  local members = redis.call('SMEMBERS', members_key(again))
-  if #members == 0 then members = {again} end
-  for _, member in ipairs(members) do
-    for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
-      if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
-        redis.call('HINCRBY', job_key(dep), 'pending', 1)
-        redis.call('ZREM', KEYS[1], dep)
-      end
-    end
-    for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do reopen(holder, member) end
-  end
-end
+for _, holder in ipairs(redis.call('SMEMBERS', holders_key(cpv))) do reopen_need(holder, cpv, group, reopened) end
+hold_back(reopened, group)
 -- Jobs that named this one before it existed now wait for it too.
 for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
   if redis.call('SISMEMBER', gates_key(dep), cpv) == 1 then
@@ -233,14 +253,18 @@ for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
 end
 set_state(cpv, 'needed')
 make_ready_if_free(cpv)
-emit(ARGV[7], 'added', cpv, '', '')
+emit(ARGV[7], 'added', cpv, '', ARGV[11] or '')
 return {'added', pending}
 """
 
 CLAIM = PRELUDE + """
 -- Hand the best ready job to a drone. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] new lease,
 -- ARGV[4] how many ready jobs to look at, ARGV[5] offline threshold ms, ARGV[6] events max,
--- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session.
+-- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session,
+-- ARGV[9] (optional) the memory and ARGV[10] the build disk, in MiB, the drone can give a new
+-- build now ('' or absent: any): a job needing more (its 'mem'/'disk') is left for another drone,
+-- ARGV[11] (optional) the drone's speed: while a faster drone is idle, a slower one leaves it
+-- the longest chain (the best job it could take) and takes the next.
 -- Idempotent: a retry of the same request (its reply was lost) gets the job that request
 -- already holds, with the same lease, instead of a second job.
 -- Returns {'ok', cpv, lease, estimate, attempts} | {'empty'} | {'grounded', until_ms}
@@ -285,10 +309,39 @@ local function other_could_take(cpv)
   return false
 end
 
-local chosen, fallback = nil, nil
+-- Does the job's stated or learned peak fit what the drone has free now?
+local mem_free, disk_free = tonumber(ARGV[9] or ''), tonumber(ARGV[10] or '')
+local function fits(cpv)
+  if not mem_free and not disk_free then return true end
+  local need = redis.call('HMGET', job_key(cpv), 'mem', 'disk')
+  return (tonumber(need[1] or '0') or 0) <= (mem_free or math.huge)
+    and (tonumber(need[2] or '0') or 0) <= (disk_free or math.huge)
+end
+
+-- Is a faster drone idle that could take this job (its memory holds the job's need)?
+local my_speed = tonumber(ARGV[11] or '')
+local function faster_idle(cpv)
+  if not my_speed then return false end
+  other_could_take(cpv)  -- fills the healthy list
+  local need = tonumber(redis.call('HGET', job_key(cpv), 'mem') or '0') or 0
+  for _, other in ipairs(healthy) do
+    local d = redis.call('HMGET', drone_key(other), 'status', 'speed', 'mem_total')
+    if d[1] == 'idle' and (tonumber(d[2] or '') or 0) > my_speed and need <= (tonumber(d[3] or '') or math.huge)
+        and redis.call('SISMEMBER', avoid_key(cpv), other) == 0 then
+      return true
+    end
+  end
+  return false
+end
+
+local chosen, fallback, passed = nil, nil, false
 for _, cpv in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
-  if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then chosen = cpv; break end
-  if fallback == nil and not other_could_take(cpv) then fallback = cpv end
+  if fits(cpv) then
+    if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then
+      if passed or not faster_idle(cpv) then chosen = cpv; break end
+      passed = true  -- the longest chain waits for the faster drone
+    elseif fallback == nil and not other_could_take(cpv) then fallback = cpv end
+  end
 end
 chosen = chosen or fallback
 if not chosen then return {'empty'} end
@@ -308,7 +361,9 @@ return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostri
 COMPLETE = PRELUDE + """
 -- A drone reports a job built. KEYS[11] the package's build history list.
 -- ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
--- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept.
+-- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept,
+-- ARGV[9] (optional) what the build used: '<peak RSS bytes> <disk bytes>' (0: not measured),
+-- kept in the history beside the duration.
 -- Returns {'ok'} | {'stale'} | {'unauthorized'} | {'invalid', what}.
 local cpv, name, lease = ARGV[1], ARGV[2], ARGV[4]
 local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
@@ -316,6 +371,8 @@ local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
 if bad then return bad end
 local ok, artifact = pcall(cjson.decode, ARGV[6])
 if not ok or type(artifact) ~= 'table' then return refuse_arg('artifact must be a JSON object', ARGV[6]) end
+local peak_rss, peak_disk = string.match(ARGV[9] or '', '^(%d+) (%d+)$')
+if (ARGV[9] or '') ~= '' and not peak_rss then return refuse_arg('usage must be "<bytes> <bytes>"', ARGV[9]) end
 local refusal = refuse_drone(name, ARGV[3])
 if refusal then return {refusal} end
 if not owns(cpv, name, lease) then stale(cpv, name, 'completion', ARGV[7]); return {'stale'} end
@@ -329,8 +386,10 @@ redis.call('HSET', drone_key(name), 'failures', 0, 'groundings', 0)
 redis.call('HINCRBY', drone_key(name), 'built', 1)
 redis.call('DEL', streak_key(name))
 redis.call('HINCRBY', KEYS[9], 'built', 1)
-redis.call('LPUSH', KEYS[11], cjson.encode({cpv = cpv, seconds = tonumber(ARGV[5]), parallel = false,
-                                            source = 'swarm'}))
+local record = {cpv = cpv, seconds = tonumber(ARGV[5]), parallel = false, source = 'swarm'}
+if peak_rss and tonumber(peak_rss) > 0 then record.peak_rss = tonumber(peak_rss) end
+if peak_disk and tonumber(peak_disk) > 0 then record.disk = tonumber(peak_disk) end
+redis.call('LPUSH', KEYS[11], cjson.encode(record))
 redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[8]) - 1)
 -- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
 -- its members and counts down the groups that need it, which may settle in turn.
@@ -497,13 +556,16 @@ return taken
 #: The only fields a drone's heartbeat may write into its record (never its token, its
 #: recorded machine id, its breaker state or its grounding).
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
-                    "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir")
+                    "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir",
+                    # every current build (JSON), and the drone's capacity (swarmctl.drone.slots)
+                    "tasks", "slots", "mem_total", "speed")
 
 # -- heartbeat field hygiene (the drone is untrusted: checked here, where Redis writes) -------------
 #: Longest value kept for each drone-written field, in bytes; any other field: DEFAULT_FIELD_MAX.
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
                        "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20,
+                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16,
                        # the jobs a drone says it holds, and its claim session (see RECONCILE)
                        "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256
@@ -649,6 +711,49 @@ emit(ARGV[4], ARGV[3], cpv, '', 'by operator')
 return {'ok'}
 """
 
+REBUILD = PRELUDE + """
+-- Build a built job again: the binhost's binary of it is stale (swarmctl.resolver). ARGV[1] cpv,
+-- ARGV[2] why (kept as its reason and in the 'rebuild' event), ARGV[3] events max,
+-- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] post deps JSON, ARGV[7] gates JSON
+-- (the graph's edges now: a rebuild waits for its rebuilt or new dependencies).
+-- Its settle group is open again: whatever is gated on it waits for the rebuild.
+-- Returns {'ok', pending} | {'missing'} | {'state', current} | {'invalid', what}.
+local cpv = ARGV[1]
+local bad = bad_names({{1, 'cpv'}, {2, 'reason'}}) or bad_number(3, 'events max', 1, true)
+if bad then return bad end
+local lists = {}
+for _, a in ipairs({{4, 'build deps'}, {5, 'run deps'}, {6, 'post deps'}, {7, 'gates'}}) do
+  local list, refusal = json_names(a[1], a[2])
+  if refusal then return refusal end
+  lists[a[1]] = list
+end
+local jk = job_key(cpv)
+local state = redis.call('HGET', jk, 'state')
+if not state then return {'missing'} end
+if state ~= 'built' then return {'state', state} end
+for _, gate in ipairs(redis.call('SMEMBERS', gates_key(cpv))) do
+  redis.call('SREM', dependents_key(gate), cpv)
+end
+redis.call('DEL', gates_key(cpv), blame_key(cpv), avoid_key(cpv))
+local group = group_of(cpv)
+local pending = 0
+for _, gate in ipairs(lists[7]) do
+  if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
+    redis.call('SADD', dependents_key(gate), cpv)
+    if redis.call('HEXISTS', job_key(gate), 'state') == 1 and open_group(group_of(gate)) then
+      pending = pending + 1
+    end
+  end
+end
+redis.call('HSET', jk, 'attempts', 0, 'reason', ARGV[2], 'pending', pending, 'after', ARGV[4], 'run', ARGV[5],
+           'post', ARGV[6], 'drone', '', 'lease', '')
+set_state(cpv, 'needed')
+if redis.call('HINCRBY', job_key(group), 'unsettled', 1) == 1 then hold_back({group}, '') end
+make_ready_if_free(cpv)
+emit(ARGV[3], 'rebuild', cpv, '', ARGV[2])
+return {'ok', pending}
+"""
+
 PRIORITIES = PRELUDE + """
 -- Read only: the priority score of each job in ARGV ('' for one not queued). One call answers for
 -- thousands of jobs, far cheaper than as many HGETs.
@@ -768,6 +873,7 @@ class Scripts:
         self.heartbeat = client.register_script(HEARTBEAT)
         self.reconcile = client.register_script(RECONCILE)
         self.reset = client.register_script(RESET)
+        self.rebuild = client.register_script(REBUILD)
         self.repair = client.register_script(REPAIR)
         self.priorities = client.register_script(PRIORITIES)
         self.peek = client.register_script(PEEK)

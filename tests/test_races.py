@@ -309,6 +309,26 @@ def test_concurrent_retries_requeue_a_blocked_job_once(redis_client: redis.Redis
     assert len(retried) == 1
 
 
+def _rebuild(url: str, cpv: str, start: mp.Barrier) -> list[str]:
+    queue = _queue(url)
+    start.wait()
+    return queue.rebuild([JobSpec(cpv, reason="USE changed: +loud")])
+
+
+def test_concurrent_rebuilds_requeue_a_built_job_once(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    queue.add([JobSpec("dev-libs/base-1"), JobSpec("app-misc/top-1", build=["dev-libs/base-1"])])
+    tokens = _enroll_all(redis_client, 1)
+    while (claim := queue.claim("d0", tokens["d0"])) is not None:
+        queue.complete(claim.cpv, "d0", tokens["d0"], claim.lease, 0.0)
+    with start_line(WORKERS) as barrier:
+        wins = _run(_rebuild, [(redis_url, "dev-libs/base-1", barrier)] * WORKERS)
+    assert sum(len(w) for w in wins) == 1
+    assert queue.get("dev-libs/base-1").state == "needed" and queue.counts()["ready"] == 1
+    assert queue.get("app-misc/top-1").pending == 1  # held back exactly once
+    assert len([e for e in Events(redis_client).since() if e.kind == "rebuild"]) == 1
+
+
 def _retry_one_request(url: str, name: str, token: str, session: str, start: mp.Barrier) -> set[tuple[str, str]]:
     """Send the same claim request again and again, as a drone whose replies keep getting lost."""
     queue = _queue(url)
@@ -430,3 +450,35 @@ def test_reconciliation_gives_back_every_job_whose_claim_reply_was_lost(
     assert queue.counts()["delegated"] == 0 and queue.counts()["ready"] == 20
     reclaimed = sorted(e.job for e in Events(redis_client, 100000).since() if e.kind == "reclaimed")
     assert reclaimed == sorted(lost)  # each lost job given back once
+
+
+def _claim_within(url: str, name: str, token: str, free_mb: tuple[int, int], constraints: str,
+                  start: mp.Barrier) -> list[str]:
+    queue = _queue(url, queue__constraints_file=constraints)
+    start.wait()
+    built = []
+    while (claim := queue.claim(name, token, free_mb=free_mb)) is not None:
+        if queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok":
+            built.append(claim.cpv)
+    return built
+
+
+def test_claims_racing_with_memory_limits_hand_each_job_once_and_only_where_it_fits(
+        redis_client: redis.Redis, redis_url: str, tmp_path) -> None:
+    """Drones with 500 MiB and 4000 MiB free claim at once: each job is built once, and no
+    1000 MiB job (its need stated in the constraints file) lands on a small drone."""
+    constraints = tmp_path / "constraints.yaml"
+    constraints.write_text("".join(f"app-misc/big{i}: {{memory_mb: 1000}}\n" for i in range(40)))
+    queue = _queue(redis_url, queue__constraints_file=str(constraints))
+    big = [f"app-misc/big{i}-1" for i in range(40)]
+    small = [f"app-misc/small{i}-1" for i in range(120)]
+    queue.add([JobSpec(c, estimate=1) for c in big + small])
+    tokens = _enroll_all(redis_client, WORKERS)
+    sizes = {name: (500 if i % 2 else 4000, 10**6) for i, name in enumerate(tokens)}
+    with start_line(WORKERS) as barrier:
+        results = _run(_claim_within, [(redis_url, n, t, sizes[n], str(constraints), barrier)
+                                       for n, t in tokens.items()])
+    by_drone = dict(zip(tokens, results, strict=True))
+    assert sorted(c for r in results for c in r) == sorted(big + small)  # every job once
+    assert not [c for n, r in by_drone.items() if sizes[n][0] < 1000 for c in r if c in big]
+    assert sum(1 for n, r in by_drone.items() if sizes[n][0] < 1000 and r) >= 2  # small drones did work too

@@ -36,6 +36,14 @@ Any other ``GET``/``HEAD`` serves files below PKGDIR for portage clients (``Pack
 ``Packages.gz``, ``KEYS.asc``, packages) with Last-Modified, and 304 Not Modified
 when If-Modified-Since is not older than the file; hidden entries (the upload temp
 dir, the lock), directories, symlinks leaving PKGDIR and ``..`` are refused.
+``/staging/`` serves the staging index (``/staging/Packages``, ``/staging/Packages.gz``,
+what drones build against: swarmctl.binhost.generations) the same way, and every
+other path below it from PKGDIR (the files are shared); before the first promote the
+staging index is ``PKGDIR/Packages``.
+
+An upload that would leave less than ``min_free_bytes`` free on PKGDIR's file system is
+refused before its body is read: 507 ``insufficient_storage`` with the free space in the
+reason; the drone gives the job back to be built again later (not a failure).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import math
 import os
 import posixpath
 import select
+import shutil
 import socket
 import threading
 import time
@@ -59,7 +68,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from swarmctl.binhost.index import UPLOAD_SHA256_KEY, IndexStore
+from swarmctl.binhost.generations import STAGING_URL_PATH, staging_index
+from swarmctl.binhost.index import COMPRESSED_NAME, INDEX_NAME, UPLOAD_SHA256_KEY, IndexStore
 from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.recovery import RecoveryReport, recover
@@ -90,6 +100,7 @@ _STATUS_OF_CODE = {
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
     "no_signing_key": HTTPStatus.SERVICE_UNAVAILABLE,
     "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
+    "insufficient_storage": HTTPStatus.INSUFFICIENT_STORAGE,
 }
 _CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".asc": "application/pgp-keys",
                   "": "text/plain; charset=utf-8"}
@@ -109,7 +120,7 @@ class Gate(Protocol):
     def owner_of(self, cpv: str) -> tuple[str | None, str | None]: ...
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any]) -> str: ...
+                 artifact: dict[str, Any], usage: tuple[int, int] = (0, 0)) -> str: ...
 
 
 class QueueGate:
@@ -126,8 +137,8 @@ class QueueGate:
         return self.queue.owner_of(cpv)
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any]) -> str:
-        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact))
+                 artifact: dict[str, Any], usage: tuple[int, int] = (0, 0)) -> str:
+        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact, usage))
 
     def refused(self, code: str) -> None:
         """Count a refused upload for the metrics (best effort: Redis may be the problem)."""
@@ -162,6 +173,8 @@ class ServerSettings:
             so one host's idle sockets cannot take every slot.
         index_ttl: TTL written into the index header (clients skip refreshes within it).
         policy: The content policy packages must pass (default: the documented defaults).
+        min_free_bytes: Free space PKGDIR's file system must keep after an upload; below
+            it uploads are refused with 507 ``insufficient_storage`` (0: no check).
     """
 
     max_upload_bytes: int = 4 * 1024**3
@@ -173,6 +186,7 @@ class ServerSettings:
     max_connections_per_address: int = 16
     index_ttl: int = 300
     policy: ContentPolicy | None = None
+    min_free_bytes: int = 0
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -388,6 +402,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         sha256 = self.headers.get("X-Swarm-Sha256", "").strip().lower()
         duration = _float(self.headers.get("X-Swarm-Duration"))
+        usage = _usage(self.headers.get("X-Swarm-Usage"))
         settings = self.server.settings
         deadline = time.monotonic() + settings.read_timeout + size / max(1.0, settings.min_upload_rate)
         # Checked on every recv: a trickling body cannot stretch one buffered read past it.
@@ -414,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         outcome = "unknown"
         try:
-            outcome = self.server.gate.complete(cpv, drone, token, lease, duration, published.as_artifact())
+            outcome = self.server.gate.complete(cpv, drone, token, lease, duration, published.as_artifact(), usage)
         except Exception as exc:  # published is published; the drone can report again
             logger.warning("published %s but Queue.complete failed: %s", published.rel_path, exc)
             outcome = f"error: {_one_line(exc)}"
@@ -457,6 +472,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise
         except Exception as exc:
             raise _Refusal("unavailable", f"queue unavailable: {_one_line(exc)}") from None
+        if owner == drone and current == lease:
+            self._check_space(size)
         if owner != drone or current != lease:
             if self._already_published(cpv, sha256):
                 # A replay of an accepted upload whose reply was lost: say so, idempotently.
@@ -465,6 +482,21 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _Refusal("not_owner", f"{cpv} is not delegated to {drone}")
             raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {cpv}")
         return cpv, drone, token, lease, size
+
+    def _check_space(self, size: int) -> None:
+        """Refuse (507) an upload that would leave less than ``min_free_bytes`` free."""
+        floor = self.server.settings.min_free_bytes
+        if floor <= 0:
+            return
+        try:
+            free = shutil.disk_usage(self.server.pkgdir).free
+        except OSError:
+            return
+        if free - size < floor:
+            raise _Refusal("insufficient_storage",
+                           f"binhost low on disk: {free // 2**20} MiB free in {self.server.pkgdir}, "
+                           f"{size // 2**20} MiB upload would go below binhost.min_free_mb "
+                           f"({floor // 2**20} MiB); retry later")
 
     def _already_published(self, cpv: str, sha256: str) -> bool:
         index = self.server.publisher.store.snapshot()
@@ -520,6 +552,11 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if posixpath.normpath("/" + "/".join(parts)) != "/" + "/".join(parts):
             return None
+        if parts[0] == STAGING_URL_PATH and len(parts) > 1:
+            # URL/staging/: the staging index (drones), over the same shared files.
+            if parts[1:] in ([INDEX_NAME], [COMPRESSED_NAME]):
+                return staging_index(self.server.pkgdir).with_name(parts[1])
+            parts = parts[1:]
         root = self.server.pkgdir.resolve()
         candidate = (root / Path(*parts)).resolve()
         try:
@@ -633,6 +670,14 @@ def _float(text: str | None) -> float:
     except ValueError:
         return 0.0
     return value if math.isfinite(value) and value >= 0 else 0.0  # never inf/nan into the queue
+
+
+def _usage(text: str | None) -> tuple[int, int]:
+    """The drone's 'peak RSS, disk' header: two whole byte counts, else nothing measured."""
+    parts = (text or "").split()
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 18 for p in parts):
+        return 0, 0
+    return int(parts[0]), int(parts[1])
 
 
 def _one_line(value: object) -> str:

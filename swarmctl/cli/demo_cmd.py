@@ -140,6 +140,13 @@ def demo(workdir: str | None, drones: int, with_broken: bool, timeout: float, st
             summary.problems.append(f"blocked {summary.blocked}, failed {summary.failed}")
         terminal.console.print(terminal.demo_summary(summary))
         if not summary.problems:
+            promoted = swarm.promote()
+            if promoted.published:
+                terminal.ok(f"generation {promoted.generation.id} promoted ({promoted.generation.packages} "
+                            "package(s)): dependency closure and a smoke install passed")
+            else:
+                summary.problems.append(f"promote refused: {promoted.reason}")
+        if not summary.problems:
             top = swarm.world[0]
             ok, output = swarm.install_on_client(top)
             summary.client_ok = ok

@@ -130,7 +130,11 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
         portage_prefix = load_prefix(Path(prefix_dir)) if prefix_dir else None
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from None
-    source = binhost or app.config.binhost.dir or app.config.binhost.url
+    from swarmctl.binhost.generations import staging_url
+
+    # What the swarm built counts, promoted or still staged (the binhost's staging index).
+    url = app.config.binhost.url
+    source = binhost or app.config.binhost.dir or (staging_url(url) if url else None)
     with terminal.progress(quiet or as_json) as progress:
         progress(f"resolving {world} with portage", 0, None)
         resolution = PackageResolver(portage_prefix).resolve(world, source)
@@ -140,20 +144,41 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
                       "every package counts as missing")
     specs = resolution.job_specs()
     report = AddReport() if dry_run else _add_counted(app, specs, quiet or as_json)
+    rebuilt = [] if dry_run else _rebuild_stale(app.queue, specs, report)
     if not dry_run:
         meta = FactStore(app.client)
         meta.set_world_size(len(resolution.needed))
         meta.set_binhost(len(resolution.needed) - len(resolution.missing), len(resolution.needed))
+    already = [c for c in report.existing if c not in rebuilt]
     summary = {"world": len(resolution.needed), "available": len(resolution.needed) - len(resolution.missing),
-               "missing": [p.cpv for p in resolution.missing], "added": report.added,
-               "already_queued": report.existing, "dry_run": dry_run}
+               "missing": [p.cpv for p in resolution.missing],
+               "stale": {p.cpv: p.stale for p in resolution.outdated}, "added": report.added,
+               "rebuild": rebuilt, "already_queued": already,
+               "dry_run": dry_run}
     if as_json:
         terminal.print_json(summary)
         return
-    terminal.ok(f"world needs {summary['world']} package(s); the binhost has {summary['available']}; "
+    terminal.ok(f"world needs {summary['world']} package(s); the binhost has {summary['available']} current"
+                + (f" ({len(resolution.outdated)} stale)" if resolution.outdated else "") + "; "
                 + (f"{len(specs)} would be queued" if dry_run else
-                   f"queued {len(report.added)}, {len(report.existing)} already queued"))
+                   f"queued {len(report.added)}, {len(rebuilt)} again for a rebuild, "
+                   f"{len(already)} already queued"))
+    for package in resolution.outdated:
+        terminal.note(f"{package.cpv}: {package.stale}")
     _report_cycles(report.broken)
+
+
+def _rebuild_stale(queue: Queue, specs: list[JobSpec], report: AddReport) -> list[str]:
+    """Queue again the built jobs whose binaries are stale; each waits for what it is built against
+    in this round (swarmctl.graph.gates_of over the round's jobs)."""
+    from swarmctl.graph import gates_of
+
+    existing = set(report.existing)
+    stale = [s for s in specs if s.cpv in existing]
+    if not stale:
+        return []
+    gates = gates_of({s.cpv: s for s in specs})
+    return queue.rebuild(stale, {cpv: sorted(found) for cpv, found in gates.items()})
 
 
 @queue.command("list")

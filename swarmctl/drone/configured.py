@@ -14,10 +14,18 @@ from pathlib import Path
 
 from swarmctl import build_env
 from swarmctl.config import Config
+from swarmctl.drone.build_root import BuildRoot
 from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
 from swarmctl.exceptions import ConfigError
 
 log = logging.getLogger("swarmctl.drone")
+
+
+def _staging(config: Config) -> str | None:
+    """Drones build against the binhost's staging index (what the swarm built, promoted or not)."""
+    from swarmctl.binhost.generations import staging_url
+
+    return staging_url(config.binhost.url) if config.binhost.url else None
 
 
 def builder_from_config(config: Config) -> Builder:
@@ -32,10 +40,27 @@ def builder_from_config(config: Config) -> Builder:
     from swarmctl.portage_env.prefix import hand_over, load_prefix, make_prefix
 
     min_free = cfg.preflight_min_free_mb * 1024 * 1024
+    if cfg.build_root:
+        if cfg.prefix:
+            raise ConfigError("drone.build_root and drone.prefix: set one of them")
+        root = BuildRoot(Path(cfg.build_root), tuple(Path(b) for b in cfg.build_root_binds))
+        root.check()
+        keys = binhost_keys(config)
+        if keys is not None:  # the root's portage verifies binary dependencies (gpg as nobody)
+            from swarmctl.binhost.signing import install_client_keyring
+
+            install_client_keyring(root.path / "etc/portage/gnupg", keys, nobody_readable=True)
+        log.info("builds run in the build root %s", root.path)
+        return PortageBuilder(None, _staging(config), extra_args=cfg.emerge_args, watchdog=watchdog,
+                              allow_env=cfg.build_env, min_free_bytes=min_free, build_root=root)
     if not cfg.prefix:
+        if not cfg.live_root:
+            raise ConfigError("drone.builder portage needs drone.build_root or drone.prefix: builds would merge "
+                              "into this host's live system (drone.live_root: true allows that)")
         if os.geteuid() == 0:
             log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
-        return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+        log.warning("drone.live_root: builds merge into this host's live system")
+        return PortageBuilder(None, _staging(config), extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free)
     keys = binhost_keys(config)
     try:
@@ -44,10 +69,10 @@ def builder_from_config(config: Config) -> Builder:
         if not cfg.repo:
             raise ConfigError(f"drone.prefix: {cfg.prefix} is not a portage prefix yet; "
                               "set drone.repo to create it from a repository") from None
-        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), config.binhost.url, binhost_keys=keys)
+        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), _staging(config), binhost_keys=keys)
     else:
         if cfg.repo:  # refresh the configuration (binrepos.conf, keyring) of an existing prefix
-            prefix = make_prefix(prefix.root, Path(cfg.repo), config.binhost.url, binhost_keys=keys)
+            prefix = make_prefix(prefix.root, Path(cfg.repo), _staging(config), binhost_keys=keys)
         elif keys is not None:
             from swarmctl.binhost.signing import install_client_keyring
 
