@@ -13,6 +13,7 @@ import redis
 from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cpv
 from swarmctl.exceptions import InvalidAtom
+from swarmctl.targets import DEFAULT_TARGET, split_job
 
 if TYPE_CHECKING:
     from swarmctl.emergelog import Merge
@@ -26,10 +27,11 @@ class BuildRecord:
     seconds: float
     parallel: bool = False  # measured under emerge --jobs (wall time inflated)
     source: str = "swarm"
+    target: str = DEFAULT_TARGET  # the build target it was built for (older records: the default)
 
     def as_json(self) -> str:
         return json.dumps({"cpv": self.cpv, "seconds": self.seconds, "parallel": self.parallel,
-                           "source": self.source})
+                           "source": self.source, "target": self.target})
 
 
 class History:
@@ -91,3 +93,27 @@ class History:
             replies = pipe.execute()
         by_cp = {cp: [BuildRecord(**json.loads(r)) for r in raw] for cp, raw in zip(cps, replies, strict=True)}
         return {cpv: self.estimate(cpv, by_cp[cp_of(cpv)]) for cpv in cpvs}
+
+    def target_estimates(self, jobs: list[str]) -> dict[str, tuple[float, str]]:
+        """(estimate, note) for many jobs (``CPV`` or ``CPV@TARGET``, swarmctl.targets), one round trip.
+
+        A job's own target's builds first; a target with none borrows every target's builds,
+        and the note says so ('' when the estimate is the target's own or the default).
+        """
+        split = {job: split_job(job) for job in jobs}
+        cps = sorted({cp_of(cpv) for cpv, _ in split.values()})
+        with self.redis.pipeline(transaction=False) as pipe:
+            for cp in cps:
+                pipe.lrange(keys.history(cp), 0, -1)
+            replies = pipe.execute()
+        by_cp = {cp: [BuildRecord(**json.loads(r)) for r in raw] for cp, raw in zip(cps, replies, strict=True)}
+        out: dict[str, tuple[float, str]] = {}
+        for job, (cpv, target) in split.items():
+            records = by_cp[cp_of(cpv)]
+            own = [r for r in records if r.target == target]
+            if own or not records:
+                out[job] = (self.estimate(cpv, own), "")
+            else:
+                lent = sorted({r.target for r in records})
+                out[job] = (self.estimate(cpv, records), f"borrowed from target {', '.join(lent)}")
+        return out

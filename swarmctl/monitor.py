@@ -177,7 +177,7 @@ def gather(client: redis.Redis, config: Config, rate: BuiltRate | None = None, t
     rate = rate or BuiltRate()
     with client.pipeline(transaction=False) as pipe:
         pipe.time()
-        n = queue_counts(pipe)
+        n = queue_counts(pipe, config.targets)
         pipe.zrevrange(keys.READY, 0, 0, withscores=True)
         pipe.smembers(keys.DRONES)
         pipe.smembers(keys.state_set("delegated"))

@@ -24,6 +24,7 @@ from swarmctl.exceptions import NotEnrolled, SwarmError
 from swarmctl.queue import Queue, refused
 from swarmctl.sanitize import printable
 from swarmctl.scripts import Scripts, decode
+from swarmctl.targets import DEFAULT_TARGET
 from swarmctl.tokens import new_token, token_sha, validate_token
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -66,6 +67,9 @@ class DroneInfo:
     host: str | None
     #: Why a misconfigured drone cannot build (its preflight's reason), else None.
     problem: str | None = None
+    #: The build targets it declared (swarmctl.targets), and the tree revision it builds from.
+    targets: list[str] = field(default_factory=lambda: [DEFAULT_TARGET])
+    tree: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -224,6 +228,8 @@ class DroneRegistry:
             built=int(num("built") or 0), revoked=revoked, hung=row.get("hung") == "1",
             machine_id=printable(row.get("machine_id") or None), host=printable(row.get("host") or None),
             problem=printable(row.get("problem") or None) if status == "misconfigured" else None,
+            targets=(printable(row.get("targets") or None) or DEFAULT_TARGET).split(),
+            tree=printable(row.get("tree") or None),
         )
 
     def offline(self, offline_after: float) -> builtins.list[str]:  # list: the method above
