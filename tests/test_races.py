@@ -430,3 +430,35 @@ def test_reconciliation_gives_back_every_job_whose_claim_reply_was_lost(
     assert queue.counts()["delegated"] == 0 and queue.counts()["ready"] == 20
     reclaimed = sorted(e.job for e in Events(redis_client, 100000).since() if e.kind == "reclaimed")
     assert reclaimed == sorted(lost)  # each lost job given back once
+
+
+def _claim_targets(url: str, config_path: str, name: str, token: str, targets: list[str],
+                   start: mp.Barrier) -> list[str]:
+    config = load_config(config_path, environ={"SWARM_REDIS_URL": url})
+    queue = Queue(redis.Redis.from_url(url, decode_responses=True), config)
+    start.wait()
+    built = []
+    while (claim := queue.claim(name, token, targets=targets)) is not None:
+        if queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok":
+            built.append(claim.cpv)
+    return built
+
+
+def test_claims_of_drones_with_different_targets_race_each_job_to_one_declaring_drone(
+        redis_client: redis.Redis, redis_url: str, tmp_path: Any) -> None:
+    from swarmctl.queue import for_target
+
+    path = tmp_path / "swarm.yml"
+    path.write_text("targets:\n  desktop: {}\n  server: {}\n")
+    config = load_config(path, environ={"SWARM_REDIS_URL": redis_url})
+    queue = Queue(redis_client, config)
+    specs = [JobSpec(f"app-misc/pkg{i}-1", estimate=1) for i in range(300)]
+    queue.add(for_target(specs, "desktop") + for_target(specs, "server"))
+    tokens = _enroll_all(redis_client, WORKERS)
+    declared = {name: [["desktop"], ["server"], ["desktop", "server"]][i % 3] for i, name in enumerate(tokens)}
+    with start_line(WORKERS) as barrier:
+        results = _run(_claim_targets, [(redis_url, str(path), n, t, declared[n], barrier) for n, t in tokens.items()])
+    built = [c for r in results for c in r]
+    assert len(built) == len(set(built)) == 600  # every job of both targets once
+    for name, jobs in zip(tokens, results, strict=True):
+        assert {c.rpartition("@")[2] for c in jobs} <= set(declared[name]), name

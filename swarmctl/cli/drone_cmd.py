@@ -155,6 +155,7 @@ def run(app: AppContext, name: str | None, token: str | None, builder: str | Non
     if not cfg.name:
         raise click.UsageError("a drone needs a name: --name or drone.name")
     validate_name(cfg.name)
+    declared = drone_targets(app.config.targets, cfg.targets)
     if not cfg.token:
         raise click.UsageError("a drone needs its token: --token, SWARM_DRONE_TOKEN or drone.token")
     if logging.getLogger().level > logging.INFO:
@@ -165,7 +166,7 @@ def run(app: AppContext, name: str | None, token: str | None, builder: str | Non
     if not app.registry.authenticate(cfg.name, cfg.token):
         raise click.ClickException(f"drone {cfg.name!r} is not enrolled, revoked, or its token is wrong "
                                    "(enroll it with: swarmctl drone enroll NAME)")
-    builders = builders_from_config(app.config, drone_targets(app.config.targets, cfg.targets))
+    builders = builders_from_config(app.config, declared)
     daemon = DroneDaemon(app.client, app.config, cfg.name, cfg.token, next(iter(builders.values())), directory,
                          publisher=make_publisher(app, cfg.name, cfg.token), builders=builders)
     daemon.install_signal_handlers()
