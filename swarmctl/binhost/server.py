@@ -65,6 +65,7 @@ from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.recovery import RecoveryReport, recover
 from swarmctl.binhost.signing import Keyring
 from swarmctl.exceptions import SwarmError
+from swarmctl.targets import DEFAULT_TARGET, Target, job_name, several
 
 if TYPE_CHECKING:  # the gate is handed both; importing them here would load the queue for every server
     from swarmctl.queue import Queue
@@ -239,19 +240,23 @@ class BinhostServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], pkgdir: Path, gate: Gate,
-                 settings: ServerSettings | None = None, keyring: Keyring | None = None) -> None:
+                 settings: ServerSettings | None = None, keyring: Keyring | None = None,
+                 targets: dict[str, Target] | None = None) -> None:
+        """``targets``: the farm's build targets (swarmctl.targets). With several, target T's area is
+        PKGDIR/T/ (served at /T/); with one (or None), the area is PKGDIR itself, as always."""
         self.pkgdir = Path(pkgdir).absolute()
         self.gate = gate
         self.settings = settings or ServerSettings()
-        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, keyring=keyring,
-                                   store=IndexStore(self.pkgdir, ttl=self.settings.index_ttl),
-                                   policy=self.settings.policy)
+        self.publishers = self._areas(targets or {DEFAULT_TARGET: Target(DEFAULT_TARGET)}, keyring)
+        #: The only area's publisher with a single target; the first area's with several.
+        self.publisher = next(iter(self.publishers.values()))
         # What a killed predecessor left: unindexed published files, stale upload temp files.
-        try:
-            self.recovery = recover(self.publisher)
-        except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
-            logger.error("binhost recovery in %s did not finish: %s", self.pkgdir, exc)
-            self.recovery = RecoveryReport()
+        self.recovery = RecoveryReport()
+        for publisher in self.publishers.values():
+            try:
+                self.recovery = recover(publisher)
+            except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
+                logger.error("binhost recovery in %s did not finish: %s", publisher.pkgdir, exc)
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
@@ -259,6 +264,24 @@ class BinhostServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def _areas(self, targets: dict[str, Target], keyring: Keyring | None) -> dict[str, Publisher]:
+        """One publisher per target area, its index header carrying the target's facts."""
+        publishers = {}
+        for name, target in targets.items():
+            area = self.pkgdir / name if several(targets) else self.pkgdir
+            publishers[name] = Publisher(area, self.settings.max_upload_bytes, keyring=keyring,
+                                         store=IndexStore(area, ttl=self.settings.index_ttl,
+                                                          facts=target.index_header() if len(targets) > 1 or
+                                                          name != DEFAULT_TARGET else {}),
+                                         policy=self.settings.policy)
+        return publishers
+
+    def area(self, target: str) -> Publisher | None:
+        """The publisher of ``target``'s area ('' is the only target's), or None for no such target."""
+        if not target and len(self.publishers) == 1:
+            return self.publisher
+        return self.publishers.get(target or DEFAULT_TARGET)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection in a thread, or refuse it at once when at a cap."""
@@ -378,6 +401,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _Refusal as refusal:
             self._reply_refusal(refusal)
             return
+        publisher, job = self._area_of(cpv)
         sha256 = self.headers.get("X-Swarm-Sha256", "").strip().lower()
         duration = _float(self.headers.get("X-Swarm-Duration"))
         settings = self.server.settings
@@ -386,13 +410,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._reader.body(deadline, settings.min_upload_rate, settings.read_timeout)
 
         def still_owner() -> str | None:
-            owner, current = self.server.gate.owner_of(cpv)
+            owner, current = self.server.gate.owner_of(job)
             if owner != drone or current != lease:
-                return f"{drone} no longer owns {cpv} (lost it during the upload)"
+                return f"{drone} no longer owns {job} (lost it during the upload)"
             return None
 
         try:
-            published = self.server.publisher.receive(self.rfile, cpv, sha256, size, deadline=deadline,
+            published = publisher.receive(self.rfile, cpv, sha256, size, deadline=deadline,
                                                       commit_check=still_owner)
         except PublishRefused as exc:
             # A refused body may be partly unread: close the connection after replying.
@@ -401,12 +425,12 @@ class _Handler(BaseHTTPRequestHandler):
             if exc.code in _EVENT_CODES:
                 report = getattr(self.server.gate, "package_refused", None)
                 if report is not None:
-                    report(cpv, drone, exc.code, str(exc))
+                    report(job, drone, exc.code, str(exc))
             self._reply_refusal(_Refusal(exc.code, str(exc), **exc.details), linger=unread)
             return
         outcome = "unknown"
         try:
-            outcome = self.server.gate.complete(cpv, drone, token, lease, duration, published.as_artifact())
+            outcome = self.server.gate.complete(job, drone, token, lease, duration, published.as_artifact())
         except Exception as exc:  # published is published; the drone can report again
             logger.warning("published %s but Queue.complete failed: %s", published.rel_path, exc)
             outcome = f"error: {_one_line(exc)}"
@@ -436,30 +460,43 @@ class _Handler(BaseHTTPRequestHandler):
             size = int(length)
         except ValueError:
             raise _Refusal("bad_request", f"bad Content-Length {length!r}") from None
+        target = headers.get("X-Swarm-Target", "").strip()
+        publisher = self.server.area(target)
+        if publisher is None:
+            raise _Refusal("bad_request", f"this binhost has no area for target {target[:40]!r}")
         try:
-            cpv = self.server.publisher.check_declaration(cpv, sha256, size)
-            self.server.publisher.signing_key()  # no key: refuse before the body is sent
+            cpv = publisher.check_declaration(cpv, sha256, size)
+            publisher.signing_key()  # no key: refuse before the body is sent
         except PublishRefused as exc:
             raise _Refusal(exc.code, str(exc)) from None
+        _, job = self._area_of(cpv)
         try:
             if not self.server.gate.authenticate(drone, token):
                 raise _Refusal("unauthorized", f"drone {drone!r} is not enrolled or its token is wrong")
-            owner, current = self.server.gate.owner_of(cpv)
+            owner, current = self.server.gate.owner_of(job)
         except _Refusal:
             raise
         except Exception as exc:
             raise _Refusal("unavailable", f"queue unavailable: {_one_line(exc)}") from None
         if owner != drone or current != lease:
-            if self._already_published(cpv, sha256):
+            if self._already_published(publisher, cpv, sha256):
                 # A replay of an accepted upload whose reply was lost: say so, idempotently.
                 raise _Refusal("duplicate", f"{cpv} with this sha256 is already published", same_content=True)
             if owner != drone:
-                raise _Refusal("not_owner", f"{cpv} is not delegated to {drone}")
-            raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {cpv}")
+                raise _Refusal("not_owner", f"{job} is not delegated to {drone}")
+            raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {job}")
         return cpv, drone, token, lease, size
 
-    def _already_published(self, cpv: str, sha256: str) -> bool:
-        index = self.server.publisher.store.snapshot()
+    def _area_of(self, cpv: str) -> tuple[Publisher, str]:
+        """The upload's area (X-Swarm-Target; checked by _check_headers) and its job in the queue."""
+        target = self.headers.get("X-Swarm-Target", "").strip()
+        publisher = self.server.area(target)
+        assert publisher is not None  # _check_headers refused an unknown target
+        name = next(n for n, p in self.server.publishers.items() if p is publisher)
+        return publisher, job_name(cpv, name)
+
+    def _already_published(self, publisher: Publisher, cpv: str, sha256: str) -> bool:
+        index = publisher.store.snapshot()
         return any(entry.get("CPV") == cpv and sha256 in (entry.get("SHA256"), entry.get(UPLOAD_SHA256_KEY))
                    for entry in index.entries.values())
 
@@ -597,13 +634,14 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings | None = None,
-                keyring: Keyring | None = None) -> BinhostServer:
+                keyring: Keyring | None = None, targets: dict[str, Target] | None = None) -> BinhostServer:
     """Bind a :class:`BinhostServer` (port 0 picks a free port; see ``.url``).
 
-    ``keyring`` signs every published package; None publishes unsigned (tests only).
+    ``keyring`` signs every published package; None publishes unsigned (tests only). ``targets``:
+    the farm's build targets (an area each when several).
     """
     host, port = parse_listen(listen)
-    return BinhostServer((host, port), pkgdir, gate, settings, keyring)
+    return BinhostServer((host, port), pkgdir, gate, settings, keyring, targets)
 
 
 def _not_modified_since(header: str | None, mtime: int) -> bool:
