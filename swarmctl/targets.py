@@ -28,9 +28,20 @@ DEFAULT_TARGET = "default"
 SEPARATOR = "@"
 #: A target's name: it becomes part of Redis keys, URL paths and directory names.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}", re.ASCII)
-#: Fields a target may set.
-FIELDS = ("profile", "chost", "accept_keywords", "make_conf", "package_files", "world", "world_file",
-          "prefix")
+#: Fields a target may set, and what each does (docs/configuration.md is generated from this).
+FIELD_DOCS = {
+    "profile": "Profile path inside the repository (e.g. default/linux/amd64/23.0); in the area's Packages header.",
+    "chost": "CHOST (a target triple); written to the prefix's make.conf and the area's Packages header.",
+    "accept_keywords": "ACCEPT_KEYWORDS (e.g. 'amd64 ~amd64', or a list); make.conf and the Packages header.",
+    "make_conf": "More make.conf variables: a mapping such as {USE: 'X -gtk', CFLAGS: '-O2 -pipe', FEATURES: ...}.",
+    "package_files": "package.* files: a mapping of file name (package.use, package.accept_keywords, "
+                     "package.mask, package.unmask, package.env, package.license) to its lines.",
+    "world": "The target's world: a list of atoms `queue sync` resolves for it.",
+    "world_file": "Or a world file (one atom a line) for it (default: nightly.world_file).",
+    "prefix": "The portage prefix a drone builds this target in (and `queue sync` resolves with); made from "
+              "drone.repo with the fields above when it does not exist (default: drone.prefix).",
+}
+FIELDS = tuple(FIELD_DOCS)
 #: package.* files a target may carry (file name under /etc/portage).
 PACKAGE_FILES = ("package.use", "package.accept_keywords", "package.mask", "package.unmask", "package.env",
                  "package.license")

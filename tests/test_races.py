@@ -256,8 +256,9 @@ def _release_or_complete(url: str, name: str, token: str, start: mp.Barrier) -> 
         if claim is None:
             time.sleep(0.002)
             continue
-        if rng.random() < 0.3:
-            released += queue.release(claim.cpv, name, token, claim.lease, "race") == "ok"
+        if rng.random() < 0.3:  # half of them as a drone whose tree cannot reach the job's revision
+            cannot = "tree-mismatch" if rng.random() < 0.5 else ""
+            released += queue.release(claim.cpv, name, token, claim.lease, "race", cannot) == "ok"
         else:
             completed += queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok"
     return released, completed
@@ -280,6 +281,9 @@ def test_release_racing_reclaim_loses_no_job(redis_client: redis.Redis, redis_ur
     assert redis_client.xlen(keys.EVENTS) < queue.config.queue.events_max
     reclaims = Counter(e.job for e in Events(redis_client).since() if e.kind == "reclaimed")
     assert {j.cpv: j.attempts for j in queue.jobs()} == {j.cpv: 1 + reclaims[j.cpv] for j in queue.jobs()}
+    mismatches = [e for e in Events(redis_client).since() if e.kind == "tree-mismatch"]
+    assert mismatches and int(redis_client.hget(keys.STATS, "tree-mismatch")) == len(mismatches)
+    assert all(e.drone in queue.get(e.job).failed_on for e in mismatches)  # not handed it again
 
 
 def _retry(url: str, cpv: str, start: mp.Barrier) -> bool:
