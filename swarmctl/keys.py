@@ -52,6 +52,10 @@ def ready(target: str) -> str:
     return READY if target == DEFAULT_TARGET else READY + READY_TARGET + target
 
 
+#: SCAN pattern of every target's ready set but the default's (READY itself).
+READY_TARGETS_MATCH = READY + READY_TARGET + "*"
+
+
 def state_set(state: str) -> str:
     """Set of the CPVs in one state."""
     return f"{NAMESPACE}queue:{state}"

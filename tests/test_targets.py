@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from swarmctl import metrics
+from swarmctl import keys, metrics
 from swarmctl.config import Config, load_config
 from swarmctl.drone.builders import CommandBuilder
 from swarmctl.drone.daemon import DroneDaemon
@@ -154,7 +154,7 @@ def test_drone_builds_only_at_the_planned_tree(redis_client: redis.Redis, config
     runner.start()
     try:
         assert wait_until(lambda: queue.get("app-misc/caught-up-1").state == "built", 30)
-        assert wait_until(lambda: redis_client.hget("swarm:stats", "tree-mismatch"), 30)
+        assert wait_until(lambda: redis_client.hget(keys.STATS, "tree-mismatch"), 30)
     finally:
         daemon.stopping.set()
         runner.join(30)
