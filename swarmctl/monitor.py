@@ -192,7 +192,8 @@ def gather(client: redis.Redis, config: Config, rate: BuiltRate | None = None, t
     counts = read_counts(replies[1:1 + n])
     names, delegated, recent, meta, leader = replies[1 + n:6 + n]
     rate.absorb(replies[6 + n:6 + n + n_rate], now)
-    top = max((best for best in replies[6 + n + n_rate:] if best), key=lambda b: b[0][1], default=[])
+    top: list[tuple[str, float]] = max((best for best in replies[6 + n + n_rate:] if best),
+                                       key=lambda b: b[0][1], default=[])
 
     names = sorted(names)
     delegated = sorted(delegated)

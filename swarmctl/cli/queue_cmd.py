@@ -88,11 +88,16 @@ def _report_cycles(broken: list[BrokenEdge]) -> None:
                    "those cycles itself by edge kind.")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar on a terminal.")
+@click.option("--target", "targets", multiple=True, metavar="T",
+              help="Queue it for this build target (repeatable; default: every target of the config).")
 @pass_app
-def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool, quiet: bool) -> None:
+def import_dag(app: AppContext, path: str, keep_cycle_edges: bool, as_json: bool, quiet: bool,
+               targets: tuple[str, ...]) -> None:
     """Queue a whole dependency graph resolved by portage (nodes plus typed edges)."""
+    names = chosen_targets(app.config, targets)
     dag = load_dag(path, keep_cycle_edges=keep_cycle_edges)
-    report: AddReport = _add_counted(app, dag.specs, quiet or as_json)
+    specs = [job for name in names for job in for_target(dag.specs, name)]
+    report: AddReport = _add_counted(app, specs, quiet or as_json)
     if as_json:
         terminal.print_json({"added": len(report.added), "existing": len(report.existing),
                              "edges": dag.edges, "removed_edges_not_loaded": len(dag.removed),
