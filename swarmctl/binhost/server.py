@@ -277,6 +277,13 @@ class BinhostServer(ThreadingHTTPServer):
                                          policy=self.settings.policy)
         return publishers
 
+    def publish_keys(self, keyring: Keyring) -> None:
+        """KEYS.asc into every target's area too (beside PKGDIR's), so a client of a target finds
+        the keys at its own binhost URL. Raises what Keyring.publish raises."""
+        for publisher in self.publishers.values():
+            if publisher.pkgdir != self.pkgdir:
+                keyring.publish(publisher.pkgdir)
+
     def area(self, target: str) -> Publisher | None:
         """The publisher of ``target``'s area ('' is the only target's), or None for no such target."""
         if not target and len(self.publishers) == 1:

@@ -58,3 +58,26 @@ def test_each_target_uploads_into_its_own_area_with_its_header(drone, redis_clie
         "server", "x86_64-pc-linux-gnu", "amd64 ~amd64")
     assert (desktop.header["TARGET"], desktop.header["PROFILE"]) == ("desktop", "default/linux/amd64")
     assert not (pkgdir / "Packages").exists()  # with several targets nothing is published at the top
+
+
+def test_two_targets_each_built_once_into_its_area_and_installed_by_its_own_client(tmp_path: Path) -> None:
+    """The multi-target demo's harness on a one-package world: each target's drone builds with its
+    own make.conf (witness: the CFLAGS its build recorded), its client installs from its own area."""
+    from swarmctl.demo import MULTI_TARGETS, LocalSwarm
+
+    swarm = LocalSwarm(tmp_path / "swarm", drones=2, world=(HELLO.rsplit("-", 1)[0],), targets=MULTI_TARGETS)
+    try:
+        swarm.start()
+        assert swarm.queue_world() == 2  # one CPV, once per target
+        assert swarm.watch(timeout=300, stall=120) is None
+        summary = swarm.summary()
+        assert summary.ok and sorted(summary.built) == [f"{HELLO}@size", f"{HELLO}@speed"], summary.problems
+        for target, make_conf in MULTI_TARGETS.items():
+            assert len(list((swarm.area(target) / "app-misc" / "hello").glob("*.gpkg.tar"))) == 1
+            builder = swarm.drone_prefix(swarm.queue.get(f"{HELLO}@{target}").built_by or "?")
+            assert (builder.vdb / HELLO / "CFLAGS").read_text().strip() == make_conf["CFLAGS"]
+            assert PackagesIndex.read(swarm.area(target) / "Packages").header["TARGET"] == target
+            ok, said = swarm.install_on_client(f"={HELLO}", name=f"client-{target}", target=target)
+            assert ok, said
+    finally:
+        swarm.stop()
