@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open", type=int, default=60, help="Jobs kept queued while faults run (default 60).")
     parser.add_argument("--build-ms", default="200-800", help="Build duration range in ms (default 200-800).")
     parser.add_argument("--keep", help="Keep logs, witness and Redis data in this dir (default: a temp dir).")
-    parser.add_argument("--prefix", default="soak", help="Test bed name prefix (default soak; the CI chaos run uses chaos).")
+    parser.add_argument("--prefix", default="soak", help="Test bed name prefix (default soak).")
     parser.add_argument("--output", default=str(RESULTS / "soak.json"), help="Where the figures go.")
     args = parser.parse_args(argv)
     reason = skip_reason()

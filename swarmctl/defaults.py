@@ -66,6 +66,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("redis", "socket_timeout", 5.0, float, "Seconds before a Redis call times out.", min=0.01, max=HOUR),
     Setting("redis", "allow_no_password", False, bool,
             "Allow a server on a non-loopback address without a password (refused by default)."),
+    Setting("redis", "memory_warn", 0.8, float,
+            "status/doctor warn when Redis's used memory reaches this fraction of its maxmemory.",
+            min=0.01, max=1.0),
+    Setting("redis", "memory_critical", 0.95, float,
+            "status/doctor go red when Redis's used memory reaches this fraction of its maxmemory.",
+            min=0.01, max=1.0),
     Setting("redis", "data_dir", None, str,
             "Embedded server's data dir. Empty: $XDG_DATA_HOME/build-swarm/redis."),
     # Queue: jobs, priorities, blocking.
@@ -126,6 +132,17 @@ SETTINGS: tuple[Setting, ...] = (
             min=0.1, max=DAY),
     Setting("drone", "preflight_min_free_mb", 256, int,
             "Free MiB PKGDIR, PORTAGE_TMPDIR and DISTDIR need for the preflight to pass.", min=0, max=2**30),
+    Setting("drone", "min_free_gb", 2.0, float,
+            "A drone with less free GiB in its build dir or PKGDIR claims nothing and shows low-disk "
+            "until space returns (not a failure; 0: never).", min=0.0, max=1e6),
+    Setting("drone", "keep_uploaded", False, bool,
+            "Keep a package in the drone's PKGDIR after the binhost accepted it (default: delete it)."),
+    Setting("drone", "pkgdir_max_gb", 10.0, float,
+            "Largest total GiB of package files in the drone's PKGDIR (binary dependencies fetched from "
+            "the binhost, builds kept); the oldest go first, between builds (0: no limit).", min=0.0, max=1e6),
+    Setting("drone", "distfiles_max_gb", 10.0, float,
+            "Largest total GiB of the drone's DISTDIR (fetched sources); the oldest go first, between "
+            "builds (0: no limit).", min=0.0, max=1e6),
     Setting("drone", "overdue_factor", 4.0, float,
             "A build running longer than factor x its estimate is flagged as overdue.", min=1.0, max=1000.0),
     # Orchestrator.

@@ -289,15 +289,17 @@ class LocalSwarm:
         return Halt(f"{cpv} {state} on {drone}: {reason}{more}", log_tail)
 
     def nobody_can_build(self) -> Halt | None:
-        """A Halt when every drone is grounded, misconfigured or exited (a drone not yet seen is neither)."""
+        """A Halt when every drone is grounded, misconfigured, low on disk or exited (a drone not yet seen is
+        neither)."""
         fleet = {d.name: d for d in self.registry.list()}
         down = []
         for name, proc in self.procs.items():
             drone = fleet.get(name)
             if proc.poll() is not None:
                 down.append((f"{name} exited ({proc.returncode})", self.daemon_log_tail(name)))
-            elif drone is not None and drone.status == "misconfigured":
-                down.append((f"{name} misconfigured: {drone.problem}", self.daemon_log_tail(name, 4)))
+            elif drone is not None and drone.status in ("misconfigured", "low-disk"):
+                what = "misconfigured" if drone.status == "misconfigured" else "low on disk"
+                down.append((f"{name} {what}: {drone.problem}", self.daemon_log_tail(name, 4)))
             elif drone is not None and drone.status == "grounded":
                 why = self._last_failure(name)
                 down.append((f"{name} grounded (breaker){': ' + why[0] if why else ''}", why[1] if why else ""))

@@ -4,7 +4,7 @@ Each check returns a :class:`Check` (ok / warn / fail / skip, what it saw,
 what to do). Checks never raise: a check that cannot run says so and why. The
 exit status follows ``swarmctl status``: 0 all ok, 1 warnings, 2 failures.
 
-What is checked, in order: Redis reachable and persistent; an orchestrator
+What is checked, in order: Redis reachable and persistent (and not near its maxmemory); an orchestrator
 holding the leader lease; enrolled drones heartbeating; the nightly cron entry
 verified as scheduled; the nightly run STARTED recently (and did not FAIL); the
 binhost's ``Packages`` index consistent with its files (on the binhost, where
@@ -30,6 +30,7 @@ from swarmctl.exceptions import ConfigError, SwarmError
 from swarmctl.facts import FactStore, SwarmFacts
 from swarmctl.humanize import ago
 from swarmctl.nightly import last_nightly, last_started, nightly_status_path, read_nightly_file
+from swarmctl.redis_memory import HINT, memory_use
 from swarmctl.registry import DroneRegistry
 
 log = logging.getLogger("swarmctl.doctor")
@@ -92,6 +93,17 @@ def check_redis(client: redis.Redis, config: Config) -> Check:
                  "set 'appendonly yes' in redis.conf, or CONFIG SET appendonly yes then CONFIG REWRITE")
 
 
+def check_redis_memory(client: redis.Redis, config: Config) -> Check:
+    """Redis nearing its maxmemory; skipped (no line shown) when it has no limit."""
+    use = memory_use(client)
+    if use is None:
+        return Check("redis memory", "skip", "no maxmemory set")
+    severity = use.severity(config)
+    if severity is None:
+        return Check("redis memory", "ok", use.message().split(";")[0])
+    return Check("redis memory", "fail" if severity == "critical" else "warn", use.message(), HINT)
+
+
 def check_leader(client: redis.Redis) -> Check:
     with client.pipeline(transaction=False) as pipe:
         pipe.get(keys.LEADER)
@@ -112,6 +124,7 @@ def check_drones(client: redis.Redis, config: Config) -> Check:
     silent = [d for d in fleet if d.status == "offline"]
     grounded = [d.name for d in fleet if d.status == "grounded"]
     misconfigured = [f"{d.name} ({d.problem})" for d in fleet if d.status == "misconfigured"]
+    low_disk = [f"{d.name} ({d.problem})" for d in fleet if d.status == "low-disk"]
     hung = [d.name for d in fleet if d.hung and d.status != "offline"]
     beating = len(fleet) - len(silent)
     summary = f"{beating}/{len(fleet)} enrolled drones heartbeating"
@@ -126,13 +139,16 @@ def check_drones(client: redis.Redis, config: Config) -> Check:
         problems.append(f"grounded: {_names(grounded)}")
     if misconfigured:
         problems.append(f"misconfigured: {_names(misconfigured)}")
+    if low_disk:
+        problems.append(f"low on disk: {_names(low_disk)}")
     if hung:
         problems.append(f"hung builds: {_names(hung)}")
     if problems:
         return Check("drones", "warn", f"{summary}; {'; '.join(problems)}",
                      "swarmctl events shows why; restart a silent drone's service, release a grounded one "
                      "with swarmctl drone release NAME once fixed, or revoke a drone that is gone; "
-                     "swarmctl doctor on a misconfigured drone's host prints its fix")
+                     "swarmctl doctor on a misconfigured drone's host prints its fix; free space on a drone "
+                     "low on disk (it resumes by itself)")
     return Check("drones", "ok", summary)
 
 
@@ -365,6 +381,9 @@ def run_checks(config: Config, connect: Callable[[], redis.Redis], deep: bool = 
         now_s, now_us = client.time()
         now = now_s + now_us / 1e6
         checks.append(_guard("redis", lambda: check_redis(client, config)))
+        memory = _guard("redis memory", lambda: check_redis_memory(client, config))
+        if memory.state != "skip":  # no maxmemory: nothing to say
+            checks.append(memory)
         checks.append(_guard("orchestrator", lambda: check_leader(client)))
         checks.append(_guard("drones", lambda: check_drones(client, config)))
         checks.append(_guard("cron", lambda: check_cron(meta, now)))

@@ -226,10 +226,21 @@ class SwarmCollector(Collector):
         misconfigured = GaugeMetricFamily("swarm_drone_misconfigured",
                                           "1 for a drone whose preflight fails (it claims nothing), with the reason.",
                                           labels=["drone", "reason"])
+        low_disk = GaugeMetricFamily("swarm_drone_low_disk",
+                                     "1 for a drone below drone.min_free_gb (it claims nothing), with the reason.",
+                                     labels=["drone", "reason"])
+        free = GaugeMetricFamily("swarm_drone_disk_free_bytes",
+                                 "Free bytes the drone last reported for its build dir and PKGDIR.",
+                                 labels=["drone", "dir"])
         for d in drones:
             builds.add_metric([d.name], d.built)
             if d.status == "misconfigured":
                 misconfigured.add_metric([d.name, d.problem or ""], 1)
+            if d.status == "low-disk":
+                low_disk.add_metric([d.name, d.problem or ""], 1)
+            for where, value in (("build", d.disk_free_build), ("pkgdir", d.disk_free_pkgdir)):
+                if value is not None and d.status != "offline":
+                    free.add_metric([d.name, where], value)
             failures.add_metric([d.name], d.failures)
             if d.heartbeat_age is not None:
                 age.add_metric([d.name], d.heartbeat_age)
@@ -237,7 +248,7 @@ class SwarmCollector(Collector):
                 cpu.add_metric([d.name], d.cpu)
             if d.mem is not None and d.status != "offline":
                 mem.add_metric([d.name], d.mem)
-        yield from (builds, age, cpu, mem, failures, misconfigured)
+        yield from (builds, age, cpu, mem, failures, misconfigured, low_disk, free)
 
     @staticmethod
     def _stats(stats: dict[str, str]) -> Iterator[Metric]:

@@ -8,6 +8,7 @@ daemon gets nothing, unlike the seed project's "ghost drone".
 from __future__ import annotations
 
 import builtins
+import math
 import re
 import secrets
 from collections.abc import Sequence
@@ -29,7 +30,9 @@ from swarmctl.tokens import new_token, token_sha, validate_token
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _MACHINE_ID_RE = re.compile(r"[0-9a-f]{32}")
-STATUSES = ("building", "idle", "grounded", "misconfigured", "stopping", "offline")
+STATUSES = ("building", "idle", "grounded", "misconfigured", "low-disk", "stopping", "offline")
+#: Statuses whose reason the drone reports (``problem``): it claims nothing until the cause goes.
+WAITING = ("misconfigured", "low-disk")
 
 
 def validate_name(name: str) -> str:
@@ -65,8 +68,11 @@ class DroneInfo:
     hung: bool
     machine_id: str | None
     host: str | None
-    #: Why a misconfigured drone cannot build (its preflight's reason), else None.
+    #: Why a misconfigured or low-disk drone cannot build (its preflight's or disk's reason), else None.
     problem: str | None = None
+    #: Free bytes of its build dir and PKGDIR, as it last reported (None: not reported).
+    disk_free_build: int | None = None
+    disk_free_pkgdir: int | None = None
     #: The build targets it declared (swarmctl.targets), and the tree revision it builds from.
     targets: list[str] = field(default_factory=lambda: [DEFAULT_TARGET])
     tree: str | None = None
@@ -213,8 +219,8 @@ class DroneRegistry:
         reported = row.get("status") or "idle"
         if revoked or age is None or age > offline_after:
             status = "offline"
-        elif reported == "misconfigured":  # the cause beats the breaker's verdict on it
-            status = "misconfigured"
+        elif reported in WAITING:  # the cause beats the breaker's verdict on it
+            status = reported
         elif grounded_until:
             status = "grounded"
         else:
@@ -227,7 +233,8 @@ class DroneRegistry:
             failures=int(num("failures") or 0), grounded_until=grounded_until,
             built=int(num("built") or 0), revoked=revoked, hung=row.get("hung") == "1",
             machine_id=printable(row.get("machine_id") or None), host=printable(row.get("host") or None),
-            problem=printable(row.get("problem") or None) if status == "misconfigured" else None,
+            problem=printable(row.get("problem") or None) if status in WAITING else None,
+            disk_free_build=_count(num("disk_free_build")), disk_free_pkgdir=_count(num("disk_free_pkgdir")),
             targets=(printable(row.get("targets") or None) or DEFAULT_TARGET).split(),
             tree=printable(row.get("tree") or None),
         )
@@ -238,3 +245,8 @@ class DroneRegistry:
         silent = self.redis.zrangebyscore(keys.HEARTBEATS, "-inf", cutoff)
         never_seen = [n for n in self.names() if self.redis.zscore(keys.HEARTBEATS, n) is None]
         return [n for n in silent + never_seen if self.redis.scard(keys.drone_jobs(n))]
+
+
+def _count(value: float | None) -> int | None:
+    """A drone-written byte count, or None when it is missing or not a count."""
+    return int(value) if value is not None and math.isfinite(value) and value >= 0 else None

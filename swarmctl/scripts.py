@@ -552,13 +552,14 @@ return taken
 #: The only fields a drone's heartbeat may write into its record (never its token, its
 #: recorded machine id, its breaker state or its grounding).
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
-                    "machine_id_seen", "clock", "problem", "targets", "tree")
+                    "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir", "targets",
+                    "tree")
 
 # -- heartbeat field hygiene (the drone is untrusted: checked here, where Redis writes) -------------
 #: Longest value kept for each drone-written field, in bytes; any other field: DEFAULT_FIELD_MAX.
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
-                       "problem": 512, "targets": 512, "tree": 128,
+                       "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20, "targets": 512, "tree": 128,
                        # the jobs a drone says it holds, and its claim session (see RECONCILE)
                        "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256

@@ -35,6 +35,7 @@ from swarmctl.nightly import (
     read_nightly_file,
 )
 from swarmctl.queue import queue_counts, read_counts
+from swarmctl.redis_memory import HINT, memory_use
 from swarmctl.registry import DroneRegistry
 from swarmctl.target_status import TargetStatus, gather_targets
 
@@ -65,6 +66,7 @@ class SwarmCounts:
     drones_available: int = 0  # online and not grounded or stopping
     drones_grounded: int = 0
     drones_misconfigured: int = 0  # their preflight fails: they claim nothing
+    drones_low_disk: int = 0  # below drone.min_free_gb: they claim nothing until space returns
     building: int = 0
 
 
@@ -82,6 +84,8 @@ class StatusReport:
     attention: list[Attention] = field(default_factory=list)
     #: Misconfigured drones and why (their preflight's reason).
     misconfigured: dict[str, str] = field(default_factory=dict)
+    #: Drones low on disk and what is short.
+    low_disk: dict[str, str] = field(default_factory=dict)
     report_path: str | None = None    # the nightly's report of the night's work, when written
     report_time: float | None = None  # when it was written (this host's clock: the file's mtime)
     #: Each build target's queue, coverage and drones (swarmctl.target_status).
@@ -120,14 +124,16 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
         drones_available=sum(1 for d in drones if d.status in ("building", "idle")),
         drones_grounded=sum(1 for d in drones if d.status == "grounded"),
         drones_misconfigured=sum(1 for d in drones if d.status == "misconfigured"),
+        drones_low_disk=sum(1 for d in drones if d.status == "low-disk"),
         building=queue["delegated"],
     )
     report = StatusReport(now=seconds + micros / 1e6, meta=meta,
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age,
                           misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"},
+                          low_disk={d.name: d.problem or "?" for d in drones if d.status == "low-disk"},
                           targets=gather_targets(client, config, queue, drones))
-    report.attention = assess(report) + signing_attention(config)
+    report.attention = assess(report) + signing_attention(config) + memory_attention(client, config)
     report.attention.sort(key=lambda a: -SEVERITY_CODE[a.severity])
     page = nightly_report_path(config)
     with contextlib.suppress(OSError):
@@ -145,6 +151,15 @@ def signing_attention(config: Config) -> list[Attention]:
     except Exception as exc:  # gpg missing or broken: say so, do not hide the rest of status
         return [Attention("signing_unknown", "warning", f"cannot check the signing key: {exc}")]
     return [Attention(p.code, p.severity, p.message) for p in problems]
+
+
+def memory_attention(client: redis.Redis, config: Config) -> list[Attention]:
+    """Redis nearing its maxmemory (nothing when it has none)."""
+    use = memory_use(client)
+    severity = use.severity(config) if use is not None else None
+    if use is None or severity is None:
+        return []
+    return [Attention("redis_memory", severity, f"{use.message()}: {HINT}")]
 
 
 def assess(report: StatusReport) -> list[Attention]:
@@ -169,13 +184,18 @@ def assess(report: StatusReport) -> list[Attention]:
     if queued and report.swarm.drones_available == 0:
         why = ("no drones enrolled" if report.swarm.drones_total == 0 else
                f"{report.swarm.drones_online}/{report.swarm.drones_total} online, "
-               f"{report.swarm.drones_grounded} grounded, {report.swarm.drones_misconfigured} misconfigured")
+               f"{report.swarm.drones_grounded} grounded, {report.swarm.drones_misconfigured} misconfigured, "
+               f"{report.swarm.drones_low_disk} low on disk")
         found.append(Attention("no_drone_online", "critical",
                                f"{queued} job(s) queued but no drone can take work ({why})"))
     if report.misconfigured:
         found.append(Attention("misconfigured", "warning", "; ".join(
             f"{name} misconfigured: {why}" for name, why in sorted(report.misconfigured.items()))
             + " (swarmctl doctor on that host prints the fix)"))
+    if report.low_disk:
+        found.append(Attention("low_disk", "warning", "; ".join(
+            f"{name} low on disk: {why}" for name, why in sorted(report.low_disk.items()))
+            + " (it resumes by itself once space is freed)"))
     if queued and not report.leader:
         found.append(Attention("no_orchestrator", "warning",
                                "no orchestrator is leading: work of drones that die is not reclaimed"))
@@ -288,10 +308,11 @@ JSON_SCHEMA: dict[str, Any] = {
         "swarm": {
             "type": "object",
             "required": ["drones_total", "drones_online", "drones_available", "drones_grounded",
-                         "drones_misconfigured", "building", "leader"],
+                         "drones_misconfigured", "drones_low_disk", "building", "leader"],
             "additionalProperties": False,
             "properties": {"drones_total": _COUNT, "drones_online": _COUNT, "drones_available": _COUNT,
-                           "drones_grounded": _COUNT, "drones_misconfigured": _COUNT, "building": _COUNT,
+                           "drones_grounded": _COUNT, "drones_misconfigured": _COUNT, "drones_low_disk": _COUNT,
+                           "building": _COUNT,
                            "leader": {"type": ["string", "null"], "description": "orchestrator holding the lease"}},
         },
         "queue": {
@@ -326,7 +347,8 @@ JSON_SCHEMA: dict[str, Any] = {
                 "type": "object", "required": ["code", "severity", "message"], "additionalProperties": False,
                 "properties": {
                     "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "cron_failed", "no_drone_online",
-                                      "misconfigured", "no_orchestrator", "blocked", "failed", "target_stalled"]},
+                                      "misconfigured", "low_disk", "redis_memory", "no_orchestrator", "blocked",
+                                      "failed", "target_stalled"]},
                     "severity": {"enum": ["warning", "critical"]},
                     "message": {"type": "string"},
                 },

@@ -278,16 +278,19 @@ def test_live_view_rides_out_a_redis_outage() -> None:
     assert "Needed: 7" in text
 
 
-def test_a_misconfigured_drone_shows_red_with_its_reason() -> None:
-    drone = DroneInfo(name="drone-Vega", status="misconfigured", task=None, task_started=None, cpu=1.0, mem=5.0,
+@pytest.mark.parametrize(("status", "label", "colour", "reason"), [
+    ("misconfigured", "MISCONFIG", "red", "zstd not found (BINPKG_COMPRESS=zstd)"),
+    ("low-disk", "LOW-DISK", "yellow", "pkgdir /pkg: 1.2 GiB free"),
+])
+def test_a_drone_that_cannot_build_shows_why(status: str, label: str, colour: str, reason: str) -> None:
+    drone = DroneInfo(name="drone-Vega", status=status, task=None, task_started=None, cpu=1.0, mem=5.0,
                       last_heartbeat=999.0, heartbeat_age=1.0, failures=0, grounded_until=None, built=0,
-                      revoked=False, hung=False, machine_id=None, host=None,
-                      problem="zstd not found (BINPKG_COMPRESS=zstd)")
+                      revoked=False, hung=False, machine_id=None, host=None, problem=reason)
     snap = monitor.Snapshot(now=1000.0, counts={"needed": 3, "delegated": 0, "built": 0, "failed": 0,
                                                 "blocked": 0, "ready": 3, "waiting": 0},
                             drones=[drone], events=[], rate_per_hour=0.0, critical_path=None, running={})
     console = Console(width=100, file=io.StringIO(), color_system="truecolor", force_terminal=True)
     segments = list(console.render(render_frame(snap, 100)))
-    status = next(s for s in segments if s.text.strip() == "MISCONFIG")
-    assert status.style is not None and status.style.color is not None and status.style.color.name == "red"
-    assert "zstd not found (BINPKG_COMPRESS=zstd)" in text_of(render_frame(snap, 100), 100)
+    cell = next(s for s in segments if s.text.strip() == label)
+    assert cell.style is not None and cell.style.color is not None and cell.style.color.name == colour
+    assert reason in text_of(render_frame(snap, 100), 100)

@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from swarmctl.humanize import percent, seconds
+from swarmctl.humanize import percent, seconds, size
 from swarmctl.progress import ProgressFn, no_progress
 from swarmctl.sanitize import printable
 
@@ -38,6 +38,7 @@ STATUS_STYLE = {
     "idle": "yellow",
     "grounded": "bold red",
     "misconfigured": "bold red",
+    "low-disk": "bold yellow",
     "stopping": "magenta",
     "offline": "grey50",
 }
@@ -55,6 +56,8 @@ EVENT_STYLE = {
     "grounded": "bold red",
     "misconfigured": "bold red",
     "preflight-ok": "green",
+    "low-disk": "bold yellow",
+    "disk-ok": "green",
     "reclaimed": "yellow",
     "stale": "magenta",
     "restarted": "cyan",
@@ -112,10 +115,17 @@ def coloured(value: str, styles: dict[str, str]) -> Text:
 
 
 def drone_task(drone: Any) -> str:
-    """What a drone is doing; for a misconfigured one, why it cannot build."""
-    if drone.status == "misconfigured" and getattr(drone, "problem", None):
+    """What a drone is doing; for a misconfigured or low-disk one, why it cannot build."""
+    if drone.status in ("misconfigured", "low-disk") and getattr(drone, "problem", None):
         return str(drone.problem)
     return drone.task or "-"
+
+
+def disk_free(drone: Any) -> str:
+    """The least free space a drone reported (build dir or PKGDIR), or '-'."""
+    reported = [v for v in (getattr(drone, "disk_free_build", None), getattr(drone, "disk_free_pkgdir", None))
+                if v is not None]
+    return size(min(reported)) if reported else "-"
 
 
 def jobs_title(shown: int, total: int | None = None, offset: int = 0) -> str:
@@ -269,7 +279,7 @@ def job_rows(jobs: Sequence[Any]) -> list[list[Cell]]:
 #: Dropped first to last: grounding, last heartbeat, failures, task; name, status, cpu and mem stay.
 DRONE_COLUMNS = (Column("DRONE"), Column("STATUS"), Column("TASK", drop=1), Column("CPU", right=True),
                  Column("RAM", right=True), Column("SEEN", right=True, drop=3), Column("FAILS", right=True, drop=2),
-                 Column("GROUNDED", drop=4))
+                 Column("GROUNDED", drop=4), Column("FREE", right=True, drop=5))
 
 
 def drone_rows(drones: Sequence[Any], now: float) -> list[list[Cell]]:
@@ -281,7 +291,7 @@ def drone_rows(drones: Sequence[Any], now: float) -> list[list[Cell]]:
         # Text, not str: a drone-written value is never parsed as rich markup.
         rows.append([Text(d.name), coloured(d.status, STATUS_STYLE), Text(printable(drone_task(d)) or "-"),
                      percent(d.cpu), percent(d.mem),
-                     seen, str(d.failures), grounded])
+                     seen, str(d.failures), grounded, disk_free(d)])
     return rows
 
 

@@ -7,6 +7,9 @@
   they carry makes a late one harmless (refused as stale).
 - Preflight: the builder's prerequisites are checked at start and every few minutes;
   a drone that fails them claims nothing and reports ``misconfigured`` until they pass.
+- Disk: a drone below ``drone.min_free_gb`` in its build dir or PKGDIR claims nothing and reports
+  ``low-disk`` (no failure, no grounding) until space returns; between builds it deletes what the
+  binhost accepted and keeps PKGDIR, DISTDIR and its logs within their limits (drone/disk.py).
 - A claim whose reply is lost is retried as the same request and gets the same job;
   heartbeats list the jobs held and the last settled claim request, so the orchestrator
   can give back a job this drone provably never received (docs/architecture.md).
@@ -34,6 +37,7 @@ from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.drone.builders import Builder, BuildResult
+from swarmctl.drone.disk import GIB, DroneDisk
 from swarmctl.drone.logs import BuildLogs
 from swarmctl.events import Events
 from swarmctl.exceptions import Grounded, NotEnrolled
@@ -98,6 +102,7 @@ class DroneDaemon:
         self.queue = Queue(client, config)
         self.registry = DroneRegistry(client, config)
         cfg = config.drone
+        self.state_dir = state_dir
         self.logs = BuildLogs(state_dir / "logs", cfg.log_keep_jobs, cfg.log_max_bytes)
         self.stopping = threading.Event()
         self.aborting = threading.Event()
@@ -118,6 +123,10 @@ class DroneDaemon:
         #: Why this drone cannot build (its builder's preflight failed), or None.
         self.problem: str | None = None
         self._preflight_due = 0.0
+        #: Why this drone is short of disk space (it claims nothing meanwhile), or None.
+        self.low_disk: str | None = None
+        self._space_problem: str | None = None  # the preflight's, when only space is short
+        self._disk: DroneDisk | None = None
         psutil.cpu_percent(None)  # prime the counter: the first call always says 0.0
         for each in {id(b): b for b in [builder, *self.builders.values()]}.values():
             watchdog = getattr(each, "watchdog", None)
@@ -149,6 +158,8 @@ class DroneDaemon:
             return "stopping"
         if self.problem:
             return "misconfigured"
+        if self.low_disk:
+            return "low-disk"
         if self.grounded_until > time.time():
             return "grounded"
         return "building" if self.current is not None else "idle"
@@ -163,7 +174,7 @@ class DroneDaemon:
     def heartbeat_once(self) -> None:
         with self._held_lock:
             current, settled = self.current, self.settled
-        fields = {
+        fields: dict[str, Any] = {
             "status": self.status(),
             "task": current.claim.cpv if current else "",
             "task_started": f"{current.started:.3f}" if current else "",
@@ -175,10 +186,13 @@ class DroneDaemon:
             "version": __version__,
             "machine_id_seen": self.machine_id or "",
             "clock": f"{time.time():.3f}",  # lets doctor measure this drone's clock skew
-            "problem": self.problem or "",
+            "problem": self.problem or self.low_disk or "",
             "targets": " ".join(self.targets),
             "tree": tree_revision(self.tree_repo(self.targets[0])),
         }
+        if self._disk is not None:
+            free = self._disk.check().free
+            fields.update(disk_free_build=free["build"], disk_free_pkgdir=free["pkgdir"])
         held = [(current.claim.cpv, current.claim.lease)] if current else []
         reply = self.registry.heartbeat(self.name, self.token, fields, held=held, session=self.session,
                                         settled=settled)
@@ -230,16 +244,21 @@ class DroneDaemon:
         check = getattr(self.builder, "preflight", None)
         problem: str | None = None
         fixes: list[str] = []
+        space: str | None = None
         if check is not None:
             try:
                 result = check()
                 problem = None if result.ok else result.reason
                 fixes = [p.fix for p in result.problems]
+                if problem and all(p.space for p in result.problems):
+                    problem, space = None, result.reason  # only space is short: low-disk, not misconfigured
             except Exception as exc:  # a preflight bug must not stop the drone: report it instead
                 log.exception("preflight crashed")
                 problem = f"preflight error: {exc}"
         cfg = self.config.drone
-        self._preflight_due = now + (cfg.preflight_interval if problem is None else cfg.preflight_retry)
+        self._space_problem = space
+        ok = problem is None and space is None
+        self._preflight_due = now + (cfg.preflight_interval if ok else cfg.preflight_retry)
         if problem != self.problem:
             if problem:
                 log.error("misconfigured: %s; claiming nothing until this is fixed (checked again every "
@@ -249,6 +268,50 @@ class DroneDaemon:
             self.problem = problem
             self._tell("misconfigured" if problem else "preflight-ok", problem or "")
         return problem is None
+
+    # -- disk ------------------------------------------------------------------------------
+
+    def disk(self) -> DroneDisk:
+        """The drone's directories (its builder's PORTAGE_TMPDIR, PKGDIR, DISTDIR; else its state dir)."""
+        if self._disk is not None:
+            return self._disk
+        cfg = self.config.drone
+        dirs: dict[str, Path] = {}
+        find = getattr(self.builder, "disk_dirs", None)
+        known = True
+        if find is not None:
+            try:
+                dirs = dict(find())
+            except Exception as exc:  # portage not working: the preflight reports it; ask again later
+                log.warning("cannot find the builder's directories (%s); watching %s meanwhile", exc, self.state_dir)
+                known = False
+        dirs.setdefault("build", self.state_dir)
+        disk = DroneDisk(dirs, int(cfg.min_free_gb * GIB), int(cfg.pkgdir_max_gb * GIB),
+                         int(cfg.distfiles_max_gb * GIB))
+        if known:
+            self._disk = disk
+        return disk
+
+    def disk_gate(self) -> bool:
+        """May this drone claim work, as far as its disk goes?
+
+        Below ``drone.min_free_gb`` (or the preflight's minimum) it first applies its retention
+        limits; still short, it claims nothing and reports ``low-disk`` until space returns. No job
+        is failed and the breaker is not touched: nothing was tried.
+        """
+        disk = self.disk()
+        low = disk.check().low or self._space_problem
+        if low and not self.low_disk and disk.tidy():
+            low = disk.check().low or self._space_problem
+        if bool(low) != bool(self.low_disk):
+            if low:
+                log.error("low on disk: %s; claiming nothing until space returns", low)
+            else:
+                log.info("disk space is back; claiming work again")
+            self.low_disk = low
+            self._tell("low-disk" if low else "disk-ok", low or "")
+        self.low_disk = low
+        return low is None
 
     def _tell(self, kind: str, reason: str) -> None:
         """An event and an early heartbeat, so the fleet view shows the change now (best effort)."""
@@ -290,6 +353,7 @@ class DroneDaemon:
         if orphans:
             log.warning("gave back %d job(s) orphaned by a previous process: %s", len(orphans), " ".join(orphans))
         self.preflight_gate()
+        self.disk()
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         waits = None
@@ -302,6 +366,9 @@ class DroneDaemon:
                 # then does a failing preflight stop new claims.
                 if request is None and not self.preflight_gate():
                     self.stopping.wait(max(0.1, self._preflight_due - time.monotonic()))
+                    continue
+                if request is None and not self.disk_gate():
+                    self.stopping.wait(self.config.drone.poll_interval)
                     continue
                 if request is None:
                     self.claim_seq += 1
@@ -381,6 +448,7 @@ class DroneDaemon:
                 self.current = None
             self.builds += 1
             self.logs.rotate(keep=None)
+            self.disk().tidy()  # no build in progress: the one that just ended is reported
 
     def tree_repo(self, target: str) -> Path | None:
         """The ebuild repository ``target``'s builds read (its prefix's, else drone.repo)."""
@@ -447,6 +515,8 @@ class DroneDaemon:
                 claim.cpv, self.name, self.token, claim.lease, duration))
         else:
             outcome = self.publisher.publish(claim, result, duration)
+            if outcome == "ok" and not self.config.drone.keep_uploaded:
+                DroneDisk.drop(a.path for a in result.artifacts if a.cpv == claim.cpv)  # the binhost has it
             if outcome == "failed":
                 # The package's content refused by policy is the build's fault (two drones block
                 # it); any other permanent refusal is this drone's.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from swarmctl.drone.disk import oldest_first, prune
+
 
 class BuildLogs:
     """A directory of ``<time>-<category>--<pf>.log`` files."""
@@ -25,23 +27,9 @@ class BuildLogs:
 
     def files(self) -> list[Path]:
         """Logs, oldest first."""
-        logs = [p for p in self.dir.glob("*.log") if p.is_file()]
-        return sorted(logs, key=lambda p: (p.stat().st_mtime, p.name))
+        return [path for path, _, _ in oldest_first(self.dir, (".log",))]
 
     def rotate(self, keep: Path | None = None) -> list[Path]:
         """Delete the oldest logs beyond the count and size limits (never ``keep``)."""
-        logs = self.files()
-        removed: list[Path] = []
-        excess = len(logs) - self.keep_jobs
-        total = sum(p.stat().st_size for p in logs)
-        for path in logs:
-            if path == keep:
-                continue
-            if excess <= 0 and total <= self.max_bytes:
-                break
-            size = path.stat().st_size
-            path.unlink(missing_ok=True)
-            removed.append(path)
-            excess -= 1
-            total -= size
-        return removed
+        return prune(oldest_first(self.dir, (".log",)), self.max_bytes, self.keep_jobs,
+                     keep=[keep] if keep is not None else ())

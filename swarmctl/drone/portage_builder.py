@@ -243,6 +243,14 @@ class PortageBuilder:
         """Portage, the compressor, a compiler, writable dirs, the repositories (drone/preflight.py)."""
         return PortagePreflight(self, self.min_free_bytes).check()
 
+    def disk_dirs(self) -> dict[str, Path]:
+        """Where builds run (PORTAGE_TMPDIR), PKGDIR and DISTDIR: what the drone watches and prunes."""
+        if self.prefix is not None:
+            return {"build": self.prefix.tmpdir, "pkgdir": self.pkgdir(), "distdir": self.prefix.distdir}
+        values = PortagePreflight(self, self.min_free_bytes).portage_vars()
+        names = {"build": "PORTAGE_TMPDIR", "pkgdir": "PKGDIR", "distdir": "DISTDIR"}
+        return {role: Path(values[var]) for role, var in names.items() if values.get(var)}
+
     def pkgdir(self) -> Path:
         """The PKGDIR emerge writes to (asks ``portageq`` on a host without prefix)."""
         if self._pkgdir is None:

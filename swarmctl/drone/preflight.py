@@ -9,6 +9,7 @@ the fix (each :class:`Problem` carries it).
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
 import shutil
@@ -38,6 +39,8 @@ class Problem:
 
     what: str
     fix: str
+    #: Only free space is short: the drone shows ``low-disk`` and waits, it is not misconfigured.
+    space: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,12 +82,13 @@ def directory_problem(name: str, directory: Path, min_free_bytes: int,
             raise PermissionError(13, "Permission denied")
     except (OSError, subprocess.SubprocessError) as exc:
         return Problem(f"{name} {directory} is not writable by {who} ({getattr(exc, 'strerror', None) or exc})",
-                       f"make {directory} writable by {who}, or point {name} elsewhere in make.conf")
+                       f"make {directory} writable by {who}, or point {name} elsewhere in make.conf",
+                       space=getattr(exc, "errno", None) == errno.ENOSPC)
     free = shutil.disk_usage(directory).free
     if free < min_free_bytes:
         return Problem(f"{name} {directory} is full ({free // (1024 * 1024)} MiB free, "
                        f"{min_free_bytes // (1024 * 1024)} MiB needed)",
-                       f"free space on {directory} (e.g. eclean-pkg, or remove old build dirs)")
+                       f"free space on {directory} (e.g. eclean-pkg, or remove old build dirs)", space=True)
     return None
 
 
@@ -148,6 +152,11 @@ class PortagePreflight:
                     problems.append(found)
         problems += self._repositories(env)
         return PreflightResult(problems)
+
+    def portage_vars(self) -> dict[str, str]:
+        """PORTAGE_VARS as the builds see them (empty when portage does not run)."""
+        values, problem = self._portage_vars(self.builder.env())
+        return {} if problem is not None else values
 
     def _portageq(self, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         # As the builds run: as the build user (when there is one), from a directory it can enter.

@@ -100,7 +100,7 @@ from swarmctl.connection import TRANSIENT  # noqa: E402
 from swarmctl.embedded import redis_server_binary  # noqa: E402
 from swarmctl.events import Event, _event  # noqa: E402
 from swarmctl.graph import JobSpec  # noqa: E402
-from swarmctl.queue import Queue  # noqa: E402
+from swarmctl.queue import PartialAdd, Queue  # noqa: E402
 from swarmctl.registry import DroneRegistry  # noqa: E402
 from swarmctl.scripts import CLAIM  # noqa: E402
 from tests.chaos_engine.proxy import ReplyDropper  # noqa: E402
@@ -318,6 +318,7 @@ class ChaosRun:
         self.names = [f"d{i}" for i in range(1, drones + 1)]
         self.proxied = self.names[-1]  # reaches Redis through the reply-dropping proxy
         self.proxy: ReplyDropper | None = None
+        self.workload_error: str | None = None
         self.witness = self.rundir / "witness.log"
         self.bed: TestBed | None = None
         self.orchestrators: list[subprocess.Popen[bytes]] = []
@@ -358,7 +359,7 @@ class ChaosRun:
         while True:
             try:
                 return call()
-            except TRANSIENT:
+            except (*TRANSIENT, PartialAdd):  # adding the same batch again queues the rest
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.3)
@@ -592,13 +593,20 @@ class ChaosRun:
         return cpvs
 
     def _workload(self) -> None:
-        """Top the queue up while faults run: never fewer than open_target open jobs."""
-        while not self._faults_over.is_set() and not self._stop.is_set():
-            counts = _quiet(lambda: self.queue.counts(), None)  # type: ignore[union-attr]
-            if counts is not None and counts["needed"] + counts["delegated"] < self.open_target // 2:
-                with contextlib.suppress(*TRANSIENT):
-                    self.add_batch(self.open_target)
-            self._faults_over.wait(1.0)
+        """Top the queue up while faults run: never fewer than open_target open jobs.
+
+        A workload that dies is a failed run (recorded in ``workload_error``), never a quiet one:
+        faults injected into an idle swarm prove nothing."""
+        try:
+            while not self._faults_over.is_set() and not self._stop.is_set():
+                counts = _quiet(lambda: self.queue.counts(), None)  # type: ignore[union-attr]
+                if counts is not None and counts["needed"] + counts["delegated"] < self.open_target // 2:
+                    with contextlib.suppress(*TRANSIENT):
+                        self.add_batch(self.open_target)
+                self._faults_over.wait(1.0)
+        except Exception as exc:
+            self.workload_error = f"{type(exc).__name__}: {exc}"
+            self.log(f"WORKLOAD DIED at {time.time() - self.t0:.1f} s: {self.workload_error}")
 
     # ------------------------------------------------------------------ fault runners
     def _pick_target(self, kind: str) -> str | None:
@@ -975,6 +983,8 @@ class ChaosRun:
     def verify(self) -> dict[str, Any]:
         assert self.client is not None and self.queue is not None
         problems: list[str] = []
+        if self.workload_error:
+            problems.append(f"the workload stopped topping up the queue: {self.workload_error}")
         events = list(self.events)
         counts = self.queue.counts()
         total = len(self.jobs)

@@ -312,3 +312,26 @@ def test_uploader_killed_mid_body_leaves_no_partial_file(drone, swarm, binhost, 
             uploader.kill()
             uploader.wait()
     assert json.dumps(snapshot(pkgdir), default=str) == json.dumps(before, default=str)
+
+
+def test_the_drone_deletes_its_copy_once_the_binhost_has_accepted_it(drone, swarm, binhost, pkgdir, config,
+                                                                     redis_client, tmp_path: Path) -> None:
+    from swarmctl.drone.builders import CommandBuilder
+    from swarmctl.drone.daemon import DroneDaemon
+    from swarmctl.queue import Claim
+
+    local = tmp_path / "drone-pkgdir"
+    copies = {}
+    for cpv in (HELLO, GREETER):
+        copies[cpv] = local / drone.gpkg(cpv).name
+        copies[cpv].parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(drone.gpkg(cpv), copies[cpv])
+    daemon = DroneDaemon(redis_client, config, "d1", swarm.token, CommandBuilder(["true"]), tmp_path / "state",
+                         publisher=BinhostPublisher(client(binhost.url, token=swarm.token)))
+
+    accepted = Claim(cpv=HELLO, lease=swarm.leases[HELLO], estimate=1.0, attempts=1)
+    assert daemon._deliver(accepted, BuildResult(ok=True, artifacts=[artifact_for(copies[HELLO], HELLO)]), 2.0).ok
+    assert not copies[HELLO].exists() and (pkgdir / "app-misc/hello/hello-1-1.gpkg.tar").exists()
+    refused = Claim(cpv=GREETER, lease="old", estimate=1.0, attempts=1)  # not ours: the binhost refuses it
+    daemon._deliver(refused, BuildResult(ok=True, artifacts=[artifact_for(copies[GREETER], GREETER)]), 2.0)
+    assert copies[GREETER].exists()

@@ -22,7 +22,8 @@ from swarmctl.monitor import Eta, Snapshot
 from swarmctl.registry import DroneInfo
 
 #: Order of drones in the table: trouble first, then work, then the rest.
-STATUS_ORDER = {"misconfigured": 0, "grounded": 0, "building": 1, "stopping": 2, "idle": 3, "offline": 4}
+STATUS_ORDER = {"misconfigured": 0, "grounded": 0, "low-disk": 0, "building": 1, "stopping": 2, "idle": 3,
+                "offline": 4}
 
 @dataclass(frozen=True)
 class _Column:
@@ -60,6 +61,8 @@ def _status_cell(drone: DroneInfo, now: float) -> Text:
         return Text("HUNG", style=terminal.HUNG_STYLE)
     if drone.status == "misconfigured":  # the reason is in the task column
         return Text("MISCONFIG", style=terminal.STATUS_STYLE["misconfigured"])
+    if drone.status == "low-disk":  # the reason is in the task column
+        return Text("LOW-DISK", style=terminal.STATUS_STYLE["low-disk"])
     return terminal.styled(drone.status, terminal.STATUS_STYLE)
 
 

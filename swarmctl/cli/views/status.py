@@ -35,6 +35,8 @@ def render_status(report: StatusReport) -> Group:
         drones.append(f", {swarm.drones_grounded} grounded", style=terminal.STATUS_STYLE["grounded"])
     if swarm.drones_misconfigured:
         drones.append(f", {swarm.drones_misconfigured} misconfigured", style=terminal.STATUS_STYLE["misconfigured"])
+    if swarm.drones_low_disk:
+        drones.append(f", {swarm.drones_low_disk} low on disk", style=terminal.STATUS_STYLE["low-disk"])
     queue = Text(f"{q['needed']} needed ({q['ready']} ready, {q['waiting']} waiting), {q['delegated']} building, "
                  f"{q['built']} built, ")
     queue.append(f"{q['failed']} failed", style=terminal.STATE_STYLE["failed"] if q["failed"] else "")
