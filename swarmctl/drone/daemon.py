@@ -241,11 +241,14 @@ class DroneDaemon:
         now = time.monotonic()
         if now < self._preflight_due:
             return self.problem is None
-        check = getattr(self.builder, "preflight", None)
         problem: str | None = None
         fixes: list[str] = []
         space: str | None = None
-        if check is not None:
+        # Every target's builder (one prefix each) must pass; the first that does not is the reason.
+        for builder in {id(b): b for b in [self.builder, *self.builders.values()]}.values():
+            check = getattr(builder, "preflight", None)
+            if check is None:
+                continue
             try:
                 result = check()
                 problem = None if result.ok else result.reason
@@ -255,6 +258,8 @@ class DroneDaemon:
             except Exception as exc:  # a preflight bug must not stop the drone: report it instead
                 log.exception("preflight crashed")
                 problem = f"preflight error: {exc}"
+            if problem or space:
+                break
         cfg = self.config.drone
         self._space_problem = space
         ok = problem is None and space is None
