@@ -201,6 +201,10 @@ def assess(report: StatusReport) -> list[Attention]:
                                "no orchestrator is leading: work of drones that die is not reclaimed"))
     if len(report.targets) > 1 and not any(a.code == "no_drone_online" for a in found):
         found += [Attention("target_stalled", "critical", t.stalled) for t in report.targets if t.stalled]
+    found += [Attention("tree_mismatch", "warning", f"target {t.name} was planned at tree {t.tree[:40]}; "
+                        + ", ".join(f"{d} is at {rev[:40]}" for d, rev in sorted(t.tree_mismatch.items()))
+                        + " (a git tree catches up by itself; another gives the jobs back)")
+              for t in report.targets if t.tree and t.tree_mismatch]
     blocked = report.queue.get("blocked", 0)
     if blocked:
         found.append(Attention("blocked", "warning",
@@ -327,7 +331,7 @@ JSON_SCHEMA: dict[str, Any] = {
             "items": {
                 "type": "object",
                 "required": ["name", "queue", "world", "available", "coverage_percent", "tree", "drones",
-                             "drones_available", "stalled"],
+                             "drones_available", "stalled", "tree_mismatch"],
                 "additionalProperties": False,
                 "properties": {
                     "name": {"type": "string"},
@@ -338,6 +342,8 @@ JSON_SCHEMA: dict[str, Any] = {
                     "drones": {"type": "array", "items": {"type": "string"}},
                     "drones_available": {"type": "array", "items": {"type": "string"}},
                     "stalled": {"type": ["string", "null"], "description": "why its open jobs cannot progress"},
+                    "tree_mismatch": {"type": "object", "additionalProperties": {"type": "string"},
+                                      "description": "drones building it from another tree revision"},
                 },
             },
         },
@@ -348,7 +354,7 @@ JSON_SCHEMA: dict[str, Any] = {
                 "properties": {
                     "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "cron_failed", "no_drone_online",
                                       "misconfigured", "low_disk", "redis_memory", "no_orchestrator", "blocked",
-                                      "failed", "target_stalled"]},
+                                      "failed", "target_stalled", "tree_mismatch"]},
                     "severity": {"enum": ["warning", "critical"]},
                     "message": {"type": "string"},
                 },

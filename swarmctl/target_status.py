@@ -42,6 +42,9 @@ class TargetStatus:
     drones: list[str] = field(default_factory=list)        # that declared it
     drones_available: list[str] = field(default_factory=list)
     stalled: str | None = None                               # why its open jobs cannot progress
+    #: Drones that build it whose tree is at another revision than its last sync's (they give
+    #: its jobs back unless they can bring their tree to the job's revision): name -> their revision.
+    tree_mismatch: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,6 +95,9 @@ def gather_targets(client: redis.Redis, config: Config, totals: dict[str, int],
         status.drones = [d.name for d in declaring]
         status.drones_available = [d.name for d in declaring if d.status in AVAILABLE]
         status.stalled = stalled_reason(name, queue, declaring)
+        if status.tree:
+            status.tree_mismatch = {d.name: d.tree for d in declaring
+                                    if d.tree and d.tree != status.tree and d.status != "offline"}
         result.append(status)
     return result
 

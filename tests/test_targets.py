@@ -20,6 +20,7 @@ from swarmctl.graph import JobSpec
 from swarmctl.queue import Queue, for_target
 from swarmctl.registry import DroneRegistry
 from swarmctl.status import as_json, gather_status
+from swarmctl.target_status import record_sync
 from tests.helpers import Spawner, run_cli, wait_until
 
 TWO_TARGETS = """
@@ -108,13 +109,16 @@ def test_status_and_metrics_show_each_target_and_a_stalled_one(
               + for_target([JobSpec("app-misc/a-1")], "server"))
     token = registry.enroll("dsk")
     assert queue.claim("dsk", token, targets=["desktop"]) is not None
-    registry.heartbeat("dsk", token, {"status": "building", "targets": "desktop"})
+    registry.heartbeat("dsk", token, {"status": "building", "targets": "desktop", "tree": "rev-b"})
+    record_sync(redis_client, "desktop", 2, 0, "rev-a")
     report = as_json(gather_status(redis_client, config))
     targets = {t["name"]: t for t in report["targets"]}
     assert targets["desktop"]["queue"]["delegated"] == 1 and targets["desktop"]["stalled"] is None
     assert targets["server"]["queue"]["needed"] == 1 and targets["server"]["drones"] == []
     assert "no drone declares it" in targets["server"]["stalled"]
     assert [a["code"] for a in report["attention"]].count("target_stalled") == 1
+    assert targets["desktop"]["tree_mismatch"] == {"dsk": "rev-b"} and targets["desktop"]["world"] == 2
+    assert any(a["code"] == "tree_mismatch" and "dsk is at rev-b" in a["message"] for a in report["attention"])
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in metrics.SwarmCollector(redis_client, config).collect() for s in family.samples}
     assert samples[("swarm_target_jobs", (("state", "needed"), ("target", "server")))] == 1
