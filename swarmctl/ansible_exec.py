@@ -49,6 +49,7 @@ class PlaybookResult:
         hosts: One summary line per host, e.g. ``"failed: Refuse a protected host.: h2 is protected"``.
         summary: One line for logs: the playbook, the status and each host's line.
         artifact_dir: Where ansible-runner kept this run's artifacts (events, stdout).
+        changed: Per host, the names of the tasks that changed something (or would, in check mode).
     """
 
     ok: bool
@@ -57,6 +58,7 @@ class PlaybookResult:
     hosts: dict[str, str]
     summary: str
     artifact_dir: Path | None = field(default=None, compare=False)
+    changed: dict[str, list[str]] = field(default_factory=dict, compare=False)
 
 
 def run_playbook(
@@ -141,7 +143,8 @@ def run_playbook(
     # The secrets file has served its purpose: do not keep tokens in the artifacts we keep.
     (data_dir / "env" / "extravars").unlink(missing_ok=True)
     _prune(root, keep_artifacts, data_dir)
-    return PlaybookResult(ok=ok, rc=rc, status=status, hosts=hosts, summary=summary, artifact_dir=artifact_dir)
+    return PlaybookResult(ok=ok, rc=rc, status=status, hosts=hosts, summary=summary, artifact_dir=artifact_dir,
+                          changed=changed_tasks(runner.events))
 
 
 _RESOLVE_SCRIPT = """
@@ -235,6 +238,19 @@ def summarize_events(events: Iterable[Mapping[str, Any]], stats: Mapping[str, An
             line += f" - {first_failure[host]}"
         lines[host] = line
     return lines
+
+
+def changed_tasks(events: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Per host, the names of the tasks whose result says changed, in run order."""
+    found: dict[str, list[str]] = {}
+    for ev in events:
+        data = ev.get("event_data") or {}
+        if ev.get("event") == "runner_on_ok" and (data.get("res") or {}).get("changed") and data.get("host"):
+            names = found.setdefault(data["host"], [])
+            task = (data.get("task") or "").strip()
+            if task not in names:
+                names.append(task)
+    return found
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

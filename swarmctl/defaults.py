@@ -105,9 +105,19 @@ SETTINGS: tuple[Setting, ...] = (
             min=0.01, max=HOUR),
     Setting("drone", "builder", "command", str, "Builder: command or portage."),
     Setting("drone", "prefix", None, str,
-            "Portage prefix the portage builder uses (PORTAGE_OVERRIDE_EPREFIX). Empty: the host's portage."),
+            "Portage prefix the portage builder uses (PORTAGE_OVERRIDE_EPREFIX). Empty: drone.build_root, "
+            "else the host's portage only with drone.live_root."),
     Setting("drone", "repo", None, str,
             "Ebuild repository to create the prefix from when drone.prefix does not exist yet."),
+    Setting("drone", "build_root", None, str,
+            "Chroot the portage builder builds in (a stage3 or a copy of a system, with its own "
+            "/etc/portage naming the binhost); see docs/deploy-gentoo.md. Not with drone.prefix."),
+    Setting("drone", "build_root_binds", ["/var/db/repos", "/var/cache/distfiles"], list,
+            "Host directories bound at the same path inside drone.build_root (ebuild trees, DISTDIR); "
+            "/proc, /dev and /sys always are."),
+    Setting("drone", "live_root", False, bool,
+            "Let the portage builder without drone.prefix or drone.build_root build in this host's "
+            "live system (every build merges into it, toolchain included)."),
     Setting("drone", "emerge_args", [], list, "Extra emerge arguments for the portage builder."),
     Setting("drone", "build_user", "portage", str,
             "User a root drone runs prefix builds as (the prefix is handed to it). Empty, or no such "

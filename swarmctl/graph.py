@@ -29,6 +29,7 @@ class JobSpec:
     run: list[str] = field(default_factory=list)    # RDEPEND: installed with this job's binary
     post: list[str] = field(default_factory=list)   # PDEPEND: likewise, after it
     estimate: float | None = None
+    reason: str = ""  # why it is built ("USE changed: +wayland"); shown in `queue list` and events
 
 
 @dataclass(frozen=True)

@@ -222,7 +222,7 @@ class Queue:
                 raise SwarmError(f"{cpv}: the estimate must be a finite number of seconds >= 0")
             batch[cpv] = JobSpec(cpv, [validate_job(d) for d in spec.build],
                                  [validate_job(d) for d in spec.run],
-                                 [validate_job(d) for d in spec.post], spec.estimate)
+                                 [validate_job(d) for d in spec.post], spec.estimate, spec.reason)
         stored = self._load_stored(batch)
         new = {c: s for c, s in batch.items() if c not in stored}
         need_estimate = [c for c, s in new.items() if s.estimate is None]
@@ -272,7 +272,7 @@ class Queue:
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
                             json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, [])),
-                            notes.get(cpv, ""), tree])
+                            spec.reason, notes.get(cpv, ""), tree])
                     started = time.monotonic()
                     replies = [decode(r) for r in pipe.execute()]
                     took = time.monotonic() - started
@@ -291,6 +291,31 @@ class Queue:
             if progress is not None:
                 progress(len(added) + len(report.existing), len(new) + len(report.existing))
         return added
+
+    def rebuild(self, specs: Iterable[JobSpec], gates: dict[str, list[str]] | None = None) -> list[str]:
+        """Queue built jobs again because their binaries are stale (``spec.reason`` says why).
+
+        Each job takes the spec's edges and waits for ``gates[cpv]`` (default: its build
+        dependencies), so a rebuild waits for the dependencies rebuilt with it. Jobs not
+        built (still open, failed or blocked, or not queued) are left as they are.
+
+        Returns:
+            The CPVs queued again.
+        """
+        done: list[str] = []
+        for spec in specs:
+            cpv = validate_job(spec.cpv)
+            gate_list = (gates or {}).get(cpv, spec.build)
+            reply = self._run(self.scripts.rebuild, cpv, spec.reason or "stale binary", self._max_events,
+                              json.dumps([validate_job(d) for d in spec.build]),
+                              json.dumps([validate_job(d) for d in spec.run]),
+                              json.dumps([validate_job(d) for d in spec.post]),
+                              json.dumps([validate_job(d) for d in gate_list]))
+            if reply[0] == "ok":
+                done.append(cpv)
+        if done and self.config.queue.policy != "fifo":
+            self.reprioritize()
+        return done
 
     def _queued(self, cpvs: list[str]) -> set[str] | None:
         """Which of ``cpvs`` are queued now; None when Redis cannot say."""
@@ -638,7 +663,7 @@ def for_target(specs: Iterable[JobSpec], target: str) -> list[JobSpec]:
         return job_name(split_job(cpv)[0], target)
 
     return [JobSpec(name(s.cpv), [name(d) for d in s.build], [name(d) for d in s.run], [name(d) for d in s.post],
-                    s.estimate) for s in specs]
+                    s.estimate, s.reason) for s in specs]
 
 
 def refused(reply: list[str]) -> list[str]:

@@ -154,15 +154,48 @@ local function stale(cpv, drone, what, maxlen)
   redis.call('HINCRBY', KEYS[9], 'stale', 1)
   emit(maxlen, 'stale', cpv, drone, what .. ' from a drone that does not own the job; ignored')
 end
+
+-- A settle group 'holder' counts 'member' (a job it needs) as open again; a holder that was
+-- settled is open from now on and goes to 'reopened' (never 'skip', the caller's own group).
+local function reopen_need(holder, member, skip, reopened)
+  if holder ~= skip and redis.call('SISMEMBER', needs_key(holder), member) == 1
+      and redis.call('HINCRBY', job_key(holder), 'unsettled', 1) == 1 then
+    table.insert(reopened, holder)
+  end
+end
+
+-- Settle groups that were settled and are open again hold back every job gated on one of their
+-- members, and reopen the groups that need those members, transitively.
+local function hold_back(reopened, skip)
+  local r = 1
+  while reopened[r] do
+    local again = reopened[r]
+    r = r + 1
+    local members = redis.call('SMEMBERS', members_key(again))
+    if #members == 0 then members = {{again}} end
+    for _, member in ipairs(members) do
+      for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
+        if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
+          redis.call('HINCRBY', job_key(dep), 'pending', 1)
+          redis.call('ZREM', ready_key(dep), dep)
+        end
+      end
+      for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
+        reopen_need(holder, member, skip, reopened)
+      end
+    end
+  end
+end
 """
 
 ADD = PRELUDE + """
 -- Add one job. ARGV[1] cpv, ARGV[2] estimate s, ARGV[3] priority score ('': -seq, fifo),
 -- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] gates JSON list (build deps it waits
 -- for, each until settled), ARGV[7] events max, ARGV[8] post deps JSON, ARGV[9] its settle group
--- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it),
--- ARGV[11] where its estimate came from when not its own target's history ('' otherwise),
--- ARGV[12] the revision of the tree it was planned from ('' unknown). Its target is in its name.
+-- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it).
+-- ARGV[11] why it is built ('' when not said: kept as its reason and in the 'added' event),
+-- ARGV[12] where its estimate came from when not its own target's history ('' otherwise),
+-- ARGV[13] the revision of the tree it was planned from ('' unknown). Its target is in its name.
 -- KEYS[11] the listing zset (every job by -priority, for paged listing).
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
 local cpv = ARGV[1]
@@ -186,9 +219,9 @@ if score == '' then score = tostring(-seq) end
 local now = now_ms()
 redis.call('HSET', jk, 'cpv', cpv, 'attempts', 0, 'estimate', ARGV[2], 'priority', score,
            'seq', seq, 'created', now, 'after', ARGV[4], 'run', ARGV[5], 'post', ARGV[8],
-           'drone', '', 'lease', '', 'group', group)
-if (ARGV[11] or '') ~= '' then redis.call('HSET', jk, 'estimate_note', ARGV[11]) end
-if (ARGV[12] or '') ~= '' then redis.call('HSET', jk, 'tree', ARGV[12]) end
+           'drone', '', 'lease', '', 'group', group, 'reason', ARGV[11] or '')
+if (ARGV[12] or '') ~= '' then redis.call('HSET', jk, 'estimate_note', ARGV[12]) end
+if (ARGV[13] or '') ~= '' then redis.call('HSET', jk, 'tree', ARGV[13]) end
 redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
 local pending = 0
 for _, gate in ipairs(lists[6]) do
@@ -215,29 +248,8 @@ end
 -- Groups that named this job before it was queued wait for it now; one that was settled is open
 -- again, and so is everything that waited on it (transitively).
 local reopened = {}
-local function reopen(holder, member)
-  if holder ~= group and redis.call('SISMEMBER', needs_key(holder), member) == 1
-      and redis.call('HINCRBY', job_key(holder), 'unsettled', 1) == 1 then
-    table.insert(reopened, holder)
-  end
-end
-for _, holder in ipairs(redis.call('SMEMBERS', holders_key(cpv))) do reopen(holder, cpv) end
-local r = 1
-while reopened[r] do
-  local again = reopened[r]
-  r = r + 1
-  local members = redis.call('SMEMBERS', members_key(again))
-  if #members == 0 then members = {again} end
-  for _, member in ipairs(members) do
-    for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
-      if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
-        redis.call('HINCRBY', job_key(dep), 'pending', 1)
-        redis.call('ZREM', ready_key(dep), dep)
-      end
-    end
-    for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do reopen(holder, member) end
-  end
-end
+for _, holder in ipairs(redis.call('SMEMBERS', holders_key(cpv))) do reopen_need(holder, cpv, group, reopened) end
+hold_back(reopened, group)
 -- Jobs that named this one before it existed now wait for it too.
 for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
   if redis.call('SISMEMBER', gates_key(dep), cpv) == 1 then
@@ -247,7 +259,7 @@ for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
 end
 set_state(cpv, 'needed')
 make_ready_if_free(cpv)
-emit(ARGV[7], 'added', cpv, '', '')
+emit(ARGV[7], 'added', cpv, '', ARGV[11] or '')
 return {'added', pending}
 """
 
@@ -705,6 +717,49 @@ emit(ARGV[4], ARGV[3], cpv, '', 'by operator')
 return {'ok'}
 """
 
+REBUILD = PRELUDE + """
+-- Build a built job again: the binhost's binary of it is stale (swarmctl.resolver). ARGV[1] cpv,
+-- ARGV[2] why (kept as its reason and in the 'rebuild' event), ARGV[3] events max,
+-- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] post deps JSON, ARGV[7] gates JSON
+-- (the graph's edges now: a rebuild waits for its rebuilt or new dependencies).
+-- Its settle group is open again: whatever is gated on it waits for the rebuild.
+-- Returns {'ok', pending} | {'missing'} | {'state', current} | {'invalid', what}.
+local cpv = ARGV[1]
+local bad = bad_names({{1, 'cpv'}, {2, 'reason'}}) or bad_number(3, 'events max', 1, true)
+if bad then return bad end
+local lists = {}
+for _, a in ipairs({{4, 'build deps'}, {5, 'run deps'}, {6, 'post deps'}, {7, 'gates'}}) do
+  local list, refusal = json_names(a[1], a[2])
+  if refusal then return refusal end
+  lists[a[1]] = list
+end
+local jk = job_key(cpv)
+local state = redis.call('HGET', jk, 'state')
+if not state then return {'missing'} end
+if state ~= 'built' then return {'state', state} end
+for _, gate in ipairs(redis.call('SMEMBERS', gates_key(cpv))) do
+  redis.call('SREM', dependents_key(gate), cpv)
+end
+redis.call('DEL', gates_key(cpv), blame_key(cpv), avoid_key(cpv))
+local group = group_of(cpv)
+local pending = 0
+for _, gate in ipairs(lists[7]) do
+  if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
+    redis.call('SADD', dependents_key(gate), cpv)
+    if redis.call('HEXISTS', job_key(gate), 'state') == 1 and open_group(group_of(gate)) then
+      pending = pending + 1
+    end
+  end
+end
+redis.call('HSET', jk, 'attempts', 0, 'reason', ARGV[2], 'pending', pending, 'after', ARGV[4], 'run', ARGV[5],
+           'post', ARGV[6], 'drone', '', 'lease', '')
+set_state(cpv, 'needed')
+if redis.call('HINCRBY', job_key(group), 'unsettled', 1) == 1 then hold_back({group}, '') end
+make_ready_if_free(cpv)
+emit(ARGV[3], 'rebuild', cpv, '', ARGV[2])
+return {'ok', pending}
+"""
+
 PRIORITIES = PRELUDE + """
 -- Read only: the priority score of each job in ARGV ('' for one not queued). One call answers for
 -- thousands of jobs, far cheaper than as many HGETs.
@@ -824,6 +879,7 @@ class Scripts:
         self.heartbeat = client.register_script(HEARTBEAT)
         self.reconcile = client.register_script(RECONCILE)
         self.reset = client.register_script(RESET)
+        self.rebuild = client.register_script(REBUILD)
         self.repair = client.register_script(REPAIR)
         self.priorities = client.register_script(PRIORITIES)
         self.peek = client.register_script(PEEK)

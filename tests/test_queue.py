@@ -258,3 +258,47 @@ def test_events_record_every_change(queue: Queue, registry: DroneRegistry) -> No
     queue.complete(c.cpv, "izar", tokens["izar"], c.lease, 2)
     kinds = [(e.kind, e.job, e.drone) for e in Events(queue.redis).tail(10) if e.job]
     assert kinds == [("added", c.cpv, ""), ("claimed", c.cpv, "izar"), ("built", c.cpv, "izar")]
+
+
+def test_a_stale_binary_is_built_again_after_what_it_is_built_against(queue: Queue, registry: DroneRegistry) -> None:
+    tokens = enroll(registry, "izar")
+    lib, app, user = "dev-libs/libgreet-1", "app-misc/greeter-1", "app-misc/user-1"
+    queue.add([JobSpec(lib), JobSpec(app, build=[lib]), JobSpec(user, build=[app])])
+    while (claim := queue.claim("izar", tokens["izar"])) is not None:
+        queue.complete(claim.cpv, "izar", tokens["izar"], claim.lease, 1.0)
+    assert {j.state for j in queue.jobs()} == {"built"}
+    new_lib = "dev-libs/libgreet-1-r1"
+    report = queue.add([JobSpec(new_lib, reason="not on the binhost")])
+    assert report.added == [new_lib] and queue.get(new_lib).reason == "not on the binhost"
+    again = queue.rebuild([JobSpec(app, build=[new_lib], reason="dev-libs/libgreet sub-slot 0/1 -> 0/2"),
+                           JobSpec("app-misc/never-queued-1", reason="x")])
+    assert again == [app]
+    job = queue.get(app)
+    assert (job.state, job.attempts, job.after, job.reason) == ("needed", 0, [new_lib],
+                                                                 "dev-libs/libgreet sub-slot 0/1 -> 0/2")
+    assert queue.rebuild([JobSpec(app, reason="twice")]) == []  # already open: left as it is
+    order = []
+    while (claim := queue.claim("izar", tokens["izar"])) is not None:
+        order.append(claim.cpv)
+        queue.complete(claim.cpv, "izar", tokens["izar"], claim.lease, 1.0)
+    assert order == [new_lib, app]  # the rebuild waited for the new sub-slot; its dependent stays built
+    assert queue.get(user).state == "built" and queue.get(user).pending == 0
+    kinds = [(e.kind, e.job, e.reason) for e in queue.events.since() if e.kind in ("added", "rebuild")]
+    assert ("rebuild", app, "dev-libs/libgreet sub-slot 0/1 -> 0/2") in kinds
+    assert ("added", new_lib, "not on the binhost") in kinds
+
+
+def test_a_rebuild_holds_back_open_jobs_gated_on_it(queue: Queue, registry: DroneRegistry) -> None:
+    tokens = enroll(registry, "izar")
+    queue.add([JobSpec("dev-libs/base-1")])
+    claim = queue.claim("izar", tokens["izar"])
+    assert claim is not None
+    queue.complete(claim.cpv, "izar", tokens["izar"], claim.lease, 1.0)
+    queue.add([JobSpec("app-misc/top-1", build=["dev-libs/base-1"])])
+    assert queue.get("app-misc/top-1").ready
+    assert queue.rebuild([JobSpec("dev-libs/base-1", reason="USE changed: +loud")]) == ["dev-libs/base-1"]
+    assert not queue.get("app-misc/top-1").ready  # waits for the rebuilt base again
+    claim = queue.claim("izar", tokens["izar"])
+    assert claim is not None and claim.cpv == "dev-libs/base-1"
+    queue.complete(claim.cpv, "izar", tokens["izar"], claim.lease, 1.0)
+    assert queue.get("app-misc/top-1").ready

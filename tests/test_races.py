@@ -313,6 +313,26 @@ def test_concurrent_retries_requeue_a_blocked_job_once(redis_client: redis.Redis
     assert len(retried) == 1
 
 
+def _rebuild(url: str, cpv: str, start: mp.Barrier) -> list[str]:
+    queue = _queue(url)
+    start.wait()
+    return queue.rebuild([JobSpec(cpv, reason="USE changed: +loud")])
+
+
+def test_concurrent_rebuilds_requeue_a_built_job_once(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    queue.add([JobSpec("dev-libs/base-1"), JobSpec("app-misc/top-1", build=["dev-libs/base-1"])])
+    tokens = _enroll_all(redis_client, 1)
+    while (claim := queue.claim("d0", tokens["d0"])) is not None:
+        queue.complete(claim.cpv, "d0", tokens["d0"], claim.lease, 0.0)
+    with start_line(WORKERS) as barrier:
+        wins = _run(_rebuild, [(redis_url, "dev-libs/base-1", barrier)] * WORKERS)
+    assert sum(len(w) for w in wins) == 1
+    assert queue.get("dev-libs/base-1").state == "needed" and queue.counts()["ready"] == 1
+    assert queue.get("app-misc/top-1").pending == 1  # held back exactly once
+    assert len([e for e in Events(redis_client).since() if e.kind == "rebuild"]) == 1
+
+
 def _retry_one_request(url: str, name: str, token: str, session: str, start: mp.Barrier) -> set[tuple[str, str]]:
     """Send the same claim request again and again, as a drone whose replies keep getting lost."""
     queue = _queue(url)

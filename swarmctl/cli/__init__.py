@@ -40,6 +40,7 @@ def _register() -> None:
         binhost_cmd,
         demo_cmd,
         doctor_cmd,
+        drift_cmd,
         drone_cmd,
         heal_cmd,
         history_cmd,
@@ -59,7 +60,7 @@ def _register() -> None:
     cli.add_command(orchestrator_cmd.events)
     cli.add_command(local_cmd.local)
     for module in (binhost_cmd, status_cmd, monitor_cmd, doctor_cmd, history_cmd, heal_cmd, demo_cmd, nightly_cmd,
-                   report_cmd):
+                   report_cmd, drift_cmd):
         for command in module.COMMANDS:
             cli.add_command(command)
 

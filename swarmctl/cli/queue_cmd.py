@@ -18,7 +18,7 @@ from swarmctl.exceptions import ConfigError
 from swarmctl.graph import BrokenEdge, JobSpec
 from swarmctl.keys import STATES
 from swarmctl.queue import AddReport, Queue, for_target
-from swarmctl.targets import validate_job
+from swarmctl.targets import job_name, validate_job
 
 #: Broken cycle edges listed one by one; beyond that only counted by kind.
 SHOW_BROKEN = 20
@@ -164,8 +164,10 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
             report.added += part.added
             report.existing += part.existing
             report.broken += part.broken
+    rebuilt = [] if dry_run else _rebuild_stale(app.queue, specs, report)
     world = sum(len(r.needed) for _, r, _ in planned)
     available = sum(len(r.needed) - len(r.missing) for _, r, _ in planned)
+    outdated = [(name, p) for name, r, _ in planned for p in r.outdated]
     if not dry_run:
         meta = FactStore(app.client)
         meta.set_world_size(world)
@@ -173,19 +175,38 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
         for name, resolution, tree in planned:
             record_sync(app.client, name, len(resolution.needed), len(resolution.needed) - len(resolution.missing),
                         tree)
+    already = [c for c in report.existing if c not in rebuilt]
     summary = {"world": world, "available": available,
-               "missing": [job.cpv for job in specs], "added": report.added,
-               "already_queued": report.existing, "dry_run": dry_run,
+               "missing": [job.cpv for job in specs],
+               "stale": {job_name(p.cpv, name): p.stale for name, p in outdated}, "added": report.added,
+               "rebuild": rebuilt, "already_queued": already, "dry_run": dry_run,
                "targets": {name: {"world": len(r.needed), "available": len(r.needed) - len(r.missing), "tree": tree}
                            for name, r, tree in planned}}
     if as_json:
         terminal.print_json(summary)
         return
-    terminal.ok(f"world needs {summary['world']} package(s); the binhost has {summary['available']}; "
+    terminal.ok(f"world needs {summary['world']} package(s); the binhost has {summary['available']} current"
+                + (f" ({len(outdated)} stale)" if outdated else "") + "; "
                 + (f"{len(specs)} would be queued" if dry_run else
-                   f"queued {len(report.added)}, {len(report.existing)} already queued")
+                   f"queued {len(report.added)}, {len(rebuilt)} again for a rebuild, "
+                   f"{len(already)} already queued")
                 + (f" ({len(names)} targets)" if len(names) > 1 else ""))
+    for name, package in outdated:
+        terminal.note(f"{job_name(package.cpv, name)}: {package.stale}")
     _report_cycles(report.broken)
+
+
+def _rebuild_stale(queue: Queue, specs: list[JobSpec], report: AddReport) -> list[str]:
+    """Queue again the built jobs whose binaries are stale; each waits for what it is built against
+    in this round (swarmctl.graph.gates_of over the round's jobs)."""
+    from swarmctl.graph import gates_of
+
+    existing = set(report.existing)
+    stale = [s for s in specs if s.cpv in existing]
+    if not stale:
+        return []
+    gates = gates_of({s.cpv: s for s in specs})
+    return queue.rebuild(stale, {cpv: sorted(found) for cpv, found in gates.items()})
 
 
 def _resolve_target(app: AppContext, name: str, world_file: str | None, source: str | None, prefix: str | None,

@@ -104,6 +104,10 @@ def ok(message: str) -> None:
     console.print(Text(message, style="green"), soft_wrap=True)
 
 
+def warn(message: str) -> None:
+    console.print(Text(message, style="yellow"), soft_wrap=True)
+
+
 def styled(value: str, styles: dict[str, str]) -> Text:
     """A state or status in capitals, in its colour (the monitor's panels)."""
     return Text(value.upper(), style=styles.get(value, ""))
@@ -268,12 +272,12 @@ def progress(quiet: bool = False) -> Iterator[ProgressFn]:
 
 #: On a narrow terminal the least needed columns go first: what a job waits for, its priority, its drone.
 JOB_COLUMNS = (Column("PACKAGE"), Column("STATE"), Column("DRONE", drop=1), Column("TRIES", right=True),
-               Column("PRIORITY", right=True, drop=2), Column("WAITS FOR", drop=3))
+               Column("PRIORITY", right=True, drop=2), Column("WAITS FOR", drop=3), Column("WHY", drop=4))
 
 
 def job_rows(jobs: Sequence[Any]) -> list[list[Cell]]:
     return [[job.cpv, coloured(job.state, STATE_STYLE), job.drone or "-", str(job.attempts), f"{job.priority:.0f}",
-             ",".join(job.after) or "-"] for job in jobs]
+             ",".join(job.after) or "-", Text(printable(job.reason) or "-")] for job in jobs]
 
 
 #: Dropped first to last: grounding, last heartbeat, failures, task; name, status, cpu and mem stay.

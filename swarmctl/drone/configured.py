@@ -14,6 +14,7 @@ from pathlib import Path
 
 from swarmctl import build_env
 from swarmctl.config import Config
+from swarmctl.drone.build_root import BuildRoot
 from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
 from swarmctl.exceptions import ConfigError
 from swarmctl.targets import DEFAULT_TARGET, Target, area_url, install_package_files, make_conf_of
@@ -46,9 +47,26 @@ def builder_from_config(config: Config, target: Target | None = None) -> Builder
     from swarmctl.portage_env.prefix import hand_over, load_prefix, make_prefix
 
     min_free = cfg.preflight_min_free_mb * 1024 * 1024
+    if cfg.build_root:
+        if cfg.prefix:
+            raise ConfigError("drone.build_root and drone.prefix: set one of them")
+        root = BuildRoot(Path(cfg.build_root), tuple(Path(b) for b in cfg.build_root_binds))
+        root.check()
+        keys = binhost_keys(config)
+        if keys is not None:  # the root's portage verifies binary dependencies (gpg as nobody)
+            from swarmctl.binhost.signing import install_client_keyring
+
+            install_client_keyring(root.path / "etc/portage/gnupg", keys, nobody_readable=True)
+        log.info("builds run in the build root %s", root.path)
+        return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+                              allow_env=cfg.build_env, min_free_bytes=min_free, build_root=root)
     if not cfg.prefix:
+        if not cfg.live_root:
+            raise ConfigError("drone.builder portage needs drone.build_root or drone.prefix: builds would merge "
+                              "into this host's live system (drone.live_root: true allows that)")
         if os.geteuid() == 0:
             log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
+        log.warning("drone.live_root: builds merge into this host's live system")
         return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free)
     keys = binhost_keys(config)

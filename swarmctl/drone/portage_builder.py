@@ -24,6 +24,7 @@ from pathlib import Path
 from swarmctl.atoms import split_build_id, split_cpv, validate_cpv
 from swarmctl.binhost.gpkg import GPKG_SUFFIX
 from swarmctl.build_env import BuildUser, as_user, build_environment
+from swarmctl.drone.build_root import BuildRoot
 from swarmctl.drone.builders import BuildResult, Watchdog, artifact_for, run_supervised
 from swarmctl.drone.preflight import PortagePreflight, PreflightResult
 from swarmctl.logtail import tail
@@ -85,7 +86,7 @@ class PlannedMerge:
 
 
 class PortageBuilder:
-    """Builds a CPV with emerge in a prefix (or on the host's own portage)."""
+    """Builds a CPV with emerge in a prefix, in a build root (a chroot), or on the host's own portage."""
 
     name = "portage"
 
@@ -100,6 +101,7 @@ class PortageBuilder:
         allow_env: Sequence[str] = (),
         user: BuildUser | None = None,
         min_free_bytes: int = 256 * 1024 * 1024,
+        build_root: BuildRoot | None = None,
     ) -> None:
         """Set up the builder.
 
@@ -117,7 +119,11 @@ class PortageBuilder:
             user: Run emerge as this user (the prefix must be handed to it, see
                 :func:`swarmctl.portage_env.prefix.hand_over`); prefix builds only.
             min_free_bytes: Free space PKGDIR, PORTAGE_TMPDIR and DISTDIR need to pass preflight.
+            build_root: Build in this chroot (swarmctl.drone.build_root) with its own portage
+                configuration (its binrepos.conf names the binhost); not with a prefix.
         """
+        if build_root is not None and (prefix is not None or user is not None):
+            raise ValueError("a build root is used on its own: no prefix, no build user (its FEATURES decide)")
         if user is not None and prefix is None:
             raise ValueError("builds run as another user only in a prefix (the host's portage uses FEATURES=userpriv)")
         if prefix is not None and binhost_url is not None and prefix.binhost_url not in (None, binhost_url):
@@ -132,6 +138,7 @@ class PortageBuilder:
         self.allow_env = list(allow_env)
         self.user = user
         self.min_free_bytes = min_free_bytes
+        self.build_root = build_root
         self._pkgdir: Path | None = prefix.pkgdir if prefix is not None else None
 
     # -- public API ---------------------------------------------------------
@@ -157,6 +164,11 @@ class PortageBuilder:
         """Environment emerge runs with: the allowlist only (no secret ever reaches a build)."""
         if self.prefix is not None:
             env = self.prefix.env(allow=self.allow_env, user=self.user)
+        elif self.build_root is not None:
+            env = build_environment(None, self.allow_env)
+            env["LC_ALL"] = "C.UTF-8"
+            # The root's own configuration: "/" inside (portage from PyPI would take its venv).
+            env["PORTAGE_OVERRIDE_EPREFIX"] = "/"
         else:
             env = build_environment(None, self.allow_env)
             env["LC_ALL"] = "C.UTF-8"
@@ -172,7 +184,7 @@ class PortageBuilder:
             InvalidAtom: ``cpv`` is not a valid CPV.
             RuntimeError: emerge --pretend failed (its last output line is the message).
         """
-        argv = self.emerge_argv(cpv, pretend=True)
+        argv = self.command(self.emerge_argv(cpv, pretend=True))
         done = subprocess.run(argv, env=self.env(), capture_output=True, text=True,
                               timeout=timeout, check=False, stdin=subprocess.DEVNULL, cwd=self._cwd(),
                               **as_user(self.user))
@@ -210,7 +222,7 @@ class PortageBuilder:
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             return BuildResult(ok=False, fault="drone", reason=f"cannot find PKGDIR: {exc}", artifacts=[])
         before = self._candidates(pkgdir, cpv)
-        argv = self.emerge_argv(cpv)
+        argv = self.command(self.emerge_argv(cpv))
         log_path = Path(log_path)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "wb") as log:
@@ -249,18 +261,26 @@ class PortageBuilder:
             return {"build": self.prefix.tmpdir, "pkgdir": self.pkgdir(), "distdir": self.prefix.distdir}
         values = PortagePreflight(self, self.min_free_bytes).portage_vars()
         names = {"build": "PORTAGE_TMPDIR", "pkgdir": "PKGDIR", "distdir": "DISTDIR"}
-        return {role: Path(values[var]) for role, var in names.items() if values.get(var)}
+        return {role: self.host_path(values[var]) for role, var in names.items() if values.get(var)}
 
     def pkgdir(self) -> Path:
-        """The PKGDIR emerge writes to (asks ``portageq`` on a host without prefix)."""
+        """The PKGDIR emerge writes to, on this host (asks ``portageq`` without prefix)."""
         if self._pkgdir is None:
-            done = subprocess.run([self._tool("portageq"), "envvar", "PKGDIR"], env=self.env(),
+            done = subprocess.run(self.command([self._tool("portageq"), "envvar", "PKGDIR"]), env=self.env(),
                                   capture_output=True, text=True, timeout=60, check=False)
             value = done.stdout.strip()
             if done.returncode != 0 or not value:
                 raise RuntimeError(f"portageq envvar PKGDIR failed: {done.stderr.strip()[-200:]}")
-            self._pkgdir = Path(value)
+            self._pkgdir = self.host_path(value)
         return self._pkgdir
+
+    def command(self, argv: list[str]) -> list[str]:
+        """``argv`` as it runs: inside the build root when there is one."""
+        return self.build_root.wrap(argv) if self.build_root is not None else argv
+
+    def host_path(self, path: str | Path) -> Path:
+        """Where a path portage names is on this host (inside the build root when there is one)."""
+        return self.build_root.host_path(path) if self.build_root is not None else Path(path)
 
     # -- helpers -------------------------------------------------------------
 
@@ -269,6 +289,8 @@ class PortageBuilder:
         return self.prefix.tmpdir if self.user is not None and self.prefix is not None else None
 
     def _tool(self, name: str) -> str:
+        if self.build_root is not None:
+            return self.build_root.tool(name)
         return self.prefix.tool(name) if self.prefix is not None else name
 
     @staticmethod

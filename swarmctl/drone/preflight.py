@@ -122,9 +122,11 @@ class PortagePreflight:
         env = self.builder.env()
         path = env.get("PATH", os.defpath)
         problems: list[Problem] = []
+        # In a build root the tools and directories are looked up inside it.
+        path = os.pathsep.join(str(self.builder.host_path(p)) for p in path.split(os.pathsep) if p)
         for tool in ("emerge", "portageq"):
             program = self.builder._tool(tool)
-            if shutil.which(program, path=path) is None:
+            if shutil.which(str(self.builder.host_path(program)) if "/" in program else program, path=path) is None:
                 problems.append(Problem(f"portage's {tool} not found ({program})",
                                         "install portage (pip install portage, or emerge sys-apps/portage)"))
         if problems:
@@ -147,7 +149,8 @@ class PortagePreflight:
             problems.append(found)
         for name in ("PKGDIR", "PORTAGE_TMPDIR", "DISTDIR"):
             if values.get(name):
-                found = directory_problem(name, Path(values[name]), self.min_free_bytes, self.builder.user)
+                found = directory_problem(name, self.builder.host_path(values[name]), self.min_free_bytes,
+                                          self.builder.user)
                 if found:
                     problems.append(found)
         problems += self._repositories(env)
@@ -160,7 +163,7 @@ class PortagePreflight:
 
     def _portageq(self, env: Mapping[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         # As the builds run: as the build user (when there is one), from a directory it can enter.
-        return subprocess.run([self.builder._tool("portageq"), *args], env=dict(env),
+        return subprocess.run(self.builder.command([self.builder._tool("portageq"), *args]), env=dict(env),
                               capture_output=True, text=True, timeout=self.timeout, check=False,
                               stdin=subprocess.DEVNULL, cwd=self.builder._cwd(), **as_user(self.builder.user))
 
@@ -193,7 +196,7 @@ class PortagePreflight:
         locations = [line.partition("=")[2].strip() for line in done.stdout.splitlines()
                      if line.strip().startswith("location")]
         for location in locations:
-            if not (Path(location) / "profiles").is_dir():
+            if not (self.builder.host_path(location) / "profiles").is_dir():
                 problems.append(Problem(f"repository {location} is missing",
                                         "sync the repository (emaint sync -a) or fix its location in repos.conf"))
         if not locations:

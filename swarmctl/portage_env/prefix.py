@@ -178,6 +178,7 @@ def make_prefix(
     pkgdir: Path | None = None,
     binhost_keys: str | None = None,
     verify_as_nobody: bool = False,
+    seen_as: Path | None = None,
 ) -> PortagePrefix:
     """Create (or refresh) a self-contained portage prefix.
 
@@ -201,6 +202,9 @@ def make_prefix(
         verify_as_nobody: Verify as portage does by default for root (gpg runs as
             nobody:nogroup; every directory above the prefix must let them in).
             False (drones): gpg runs as the prefix's user.
+            seen_as: The path portage sees ``root`` at when it runs: ``/`` for a build root
+                (a chroot, swarmctl.drone.build_root). The configuration names paths as seen
+                from there; ``repo`` and ``venv`` must be bound at their own paths inside.
 
     Returns:
         The prefix.
@@ -238,7 +242,9 @@ def make_prefix(
         from swarmctl.binhost.signing import install_client_keyring
 
         install_client_keyring(prefix.gnupg_home, binhost_keys, nobody_readable=verify_as_nobody)
-    settings = _make_conf(prefix, pkgdir)
+    inner = prefix if seen_as is None else PortagePrefix(root=Path(seen_as), repo=repo, repo_name=repo_name,
+                                                         venv=venv, binhost_url=binhost_url)
+    settings = _make_conf(inner, pkgdir)
     if not verify_as_nobody:
         settings.update(GPG_VERIFY_USER_DROP="", GPG_VERIFY_GROUP_DROP="")
     settings.update(make_conf or {})

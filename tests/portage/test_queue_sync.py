@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
+from swarmctl.drone.portage_builder import PortageBuilder
+from swarmctl.graph import JobSpec
 from swarmctl.overlay import DEFAULT_CPVS
+from swarmctl.portage_env.prefix import make_prefix
 from tests.helpers import run_cli
+from tests.portage.helpers import copy_overlay_with
 
 pytestmark = pytest.mark.portage
 
@@ -39,6 +44,51 @@ def test_sync_with_a_bad_world_file_is_one_line(drone, swarm_env: dict[str, str]
                    check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
     assert json.loads(run_cli(["queue", "list", "--json"], swarm_env).stdout) == []
+
+
+def test_a_config_change_queues_that_package_and_what_depends_on_its_subslot(
+        sample_repo: Path, swarm_env: dict[str, str], queue, registry, tmp_path: Path) -> None:
+    """The binhost is current, not just populated: a USE change and a new sub-slot make stale binaries."""
+    repo = copy_overlay_with(sample_repo, tmp_path / "repo", {})
+    for rel, old, new in (("dev-libs/libgreet/libgreet-1.ebuild", 'SLOT="0"', 'SLOT="0/1"'),
+                          ("app-misc/greeter/greeter-1.ebuild", 'DEPEND="dev-libs/libgreet"',
+                           'DEPEND="dev-libs/libgreet:="'),
+                          ("app-misc/hello/hello-1.ebuild", 'SLOT="0"', 'SLOT="0"\nIUSE="loud"')):
+        text = (repo / rel).read_text()
+        assert old in text
+        (repo / rel).write_text(text.replace(old, new, 1))
+    prefix = make_prefix(tmp_path / "e", repo)
+    builder = PortageBuilder(prefix)
+    for cpv in ("app-misc/greeter-1", "app-misc/hello-extras-1"):  # the whole world, into the binhost
+        assert builder.build(cpv, tmp_path / "build.log", threading.Event()).ok
+    world = tmp_path / "world"
+    world.write_text("app-misc/greeter\napp-misc/hello-extras\n")
+    args = ["queue", "sync", "--world", str(world), "--binhost", str(prefix.pkgdir), "--prefix", str(prefix.root),
+            "--json"]
+    current = json.loads(run_cli(args, swarm_env).stdout)
+    assert (current["world"], current["missing"], current["stale"], current["added"]) == (5, [], {}, [])
+    # The swarm built them (jobs in state built), as a night's queue would have.
+    token = registry.enroll("izar")
+    registry.heartbeat("izar", token, {"status": "idle"})
+    queue.add([JobSpec(cpv) for cpv in ("app-misc/hello-1", "dev-libs/libgreet-1", "app-misc/greeter-1")])
+    while (claim := queue.claim("izar", token)) is not None:
+        queue.complete(claim.cpv, "izar", token, claim.lease, 1.0)
+
+    (prefix.config_dir / "package.use").write_text("app-misc/hello loud\n")
+    bump = (repo / "dev-libs/libgreet/libgreet-1.ebuild").read_text().replace('SLOT="0/1"', 'SLOT="0/2"')
+    (repo / "dev-libs/libgreet/libgreet-1-r1.ebuild").write_text(bump)
+    after = json.loads(run_cli(args, swarm_env).stdout)
+    assert after["stale"] == {"app-misc/hello-1": "USE changed: +loud",
+                              "app-misc/greeter-1": "dev-libs/libgreet sub-slot 0/1 -> 0/2"}
+    assert sorted(after["missing"]) == ["app-misc/greeter-1", "app-misc/hello-1", "dev-libs/libgreet-1-r1"]
+    assert after["added"] == ["dev-libs/libgreet-1-r1"]
+    assert sorted(after["rebuild"]) == ["app-misc/greeter-1", "app-misc/hello-1"]
+    jobs = {j["cpv"]: j for j in json.loads(run_cli(["queue", "list", "--json"], swarm_env).stdout)}
+    assert jobs["app-misc/hello-1"]["state"] == "needed" and jobs["app-misc/hello-1"]["reason"] == "USE changed: +loud"
+    assert jobs["app-misc/greeter-1"]["after"] == ["dev-libs/libgreet-1-r1"]  # rebuilt against the new sub-slot
+    assert jobs["dev-libs/libgreet-1"]["state"] == "built" and jobs["dev-libs/libgreet-1-r1"]["state"] == "needed"
+    status = json.loads(run_cli(["status", "--json"], swarm_env, check=False).stdout)
+    assert status["binary"]["available"] == 2 and status["binary"]["total"] == 5  # stale counts as missing
 
 
 def test_sync_queues_every_target_at_the_tree_revision_it_resolved(drone, pkgdir: Path, swarm_env: dict[str, str],
