@@ -29,6 +29,8 @@ from pathlib import Path
 import redis
 
 from swarmctl import keys
+from swarmctl.binhost.gates import GateSettings, run_gates, tree_revision
+from swarmctl.binhost.generations import PromoteResult, promote, staging_url
 from swarmctl.binhost.index import INDEX_NAME, FileDigests, PackagesIndex, verify
 from swarmctl.binhost.server import BinhostServer, QueueGate, make_server
 from swarmctl.binhost.signing import KEYS_NAME, MAX_HOME_CHARS, Keyring, NoSigningKey
@@ -192,7 +194,7 @@ class LocalSwarm:
 
     def drone_prefix(self, name: str) -> PortagePrefix:
         target = self.target_of_drone(name)
-        return make_prefix(self.workdir / "drones" / name, self.repo, self.area_url(target),
+        return make_prefix(self.workdir / "drones" / name, self.repo, staging_url(self.area_url(target)),
                            make_conf={"MAKEOPTS": "-j1", **self.targets.get(target or "", {})},
                            binhost_keys=self.keys_asc)
 
@@ -345,6 +347,15 @@ class LocalSwarm:
         if not summary.index_ok:
             summary.problems.append(f"binhost index: {'; '.join(summary.index_problems[:3])}")
         return summary
+
+    def promote(self, target: str | None = None) -> PromoteResult:
+        """Run the gates (dependency closure, a smoke install) on what the drones staged and,
+        if they pass, publish it: the area's ``Packages`` becomes a promoted generation."""
+        settings = GateSettings(repo=self.repo)
+        assert self.keyring is not None
+        area = self.area(target)
+        return promote(area, gates=run_gates(area, settings), tree=tree_revision(self.repo),
+                       signing_key=self.keyring.signing_key().fingerprint)
 
     def install_on_client(self, atom: str, name: str = "client", url: str | None = None,
                           target: str | None = None) -> tuple[bool, str]:

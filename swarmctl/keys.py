@@ -32,6 +32,7 @@ DRONE_STREAK = ":streak"        # set: jobs failed in the drone's current failur
 READY = NAMESPACE + "queue:ready"        # zset: claimable jobs, best first
 SEQ = NAMESPACE + "queue:seq"            # counter: order of arrival (fifo)
 LISTING = NAMESPACE + "queue:listing"    # zset: every job by -priority (listing order, paged)
+NEEDS = NAMESPACE + "queue:needs"        # zset: jobs with a known memory need -> MiB (swarmctl.capacity)
 DRONES = NAMESPACE + "drones"            # set: enrolled drone names
 HEARTBEATS = NAMESPACE + "heartbeats"    # zset: drone -> last heartbeat (ms)
 EVENTS = NAMESPACE + "events"            # stream: every state change

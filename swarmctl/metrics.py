@@ -226,6 +226,11 @@ class SwarmCollector(Collector):
         misconfigured = GaugeMetricFamily("swarm_drone_misconfigured",
                                           "1 for a drone whose preflight fails (it claims nothing), with the reason.",
                                           labels=["drone", "reason"])
+        busy = GaugeMetricFamily("swarm_drone_builds_running", "Builds the drone runs now (one per busy slot).",
+                                 labels=["drone"])
+        slots = GaugeMetricFamily("swarm_drone_slots", "Builds the drone may run at once.", labels=["drone"])
+        task = GaugeMetricFamily("swarm_drone_task", "1 for each build a drone runs now, by package.",
+                                 labels=["drone", "cpv"])
         low_disk = GaugeMetricFamily("swarm_drone_low_disk",
                                      "1 for a drone below drone.min_free_gb (it claims nothing), with the reason.",
                                      labels=["drone", "reason"])
@@ -234,6 +239,12 @@ class SwarmCollector(Collector):
                                  labels=["drone", "dir"])
         for d in drones:
             builds.add_metric([d.name], d.built)
+            if d.status != "offline":
+                busy.add_metric([d.name], len(d.tasks))
+                for t in d.tasks:
+                    task.add_metric([d.name, t["cpv"]], 1)
+                if d.slots is not None:
+                    slots.add_metric([d.name], d.slots)
             if d.status == "misconfigured":
                 misconfigured.add_metric([d.name, d.problem or ""], 1)
             if d.status == "low-disk":
@@ -248,7 +259,7 @@ class SwarmCollector(Collector):
                 cpu.add_metric([d.name], d.cpu)
             if d.mem is not None and d.status != "offline":
                 mem.add_metric([d.name], d.mem)
-        yield from (builds, age, cpu, mem, failures, misconfigured, low_disk, free)
+        yield from (builds, age, cpu, mem, failures, misconfigured, low_disk, free, busy, slots, task)
 
     @staticmethod
     def _stats(stats: dict[str, str]) -> Iterator[Metric]:

@@ -21,6 +21,7 @@ import redis
 
 from swarmctl import keys
 from swarmctl.atoms import cp_of
+from swarmctl.capacity import Need, load_constraints, needs_for
 from swarmctl.config import Config
 from swarmctl.events import Events
 from swarmctl.exceptions import ConfigError, Grounded, NoSuchJob, NotEnrolled, SwarmError
@@ -233,9 +234,10 @@ class Queue:
         fifo = self.config.queue.policy == "fifo"
         if not fifo:
             estimates.update(self._stored_estimates(stored.keys()))
+        needs = needs_for(new, self.history, load_constraints(self.config.queue.constraints_file)) if new else {}
         plan = plan_batch(new, stored, estimates, fifo)
         report = AddReport(existing=[c for c in batch if c in stored])
-        added = self._write(plan, new, estimates, fifo, report, progress, notes, tree)
+        added = self._write(plan, new, estimates, fifo, report, progress, notes, tree, needs)
         report.broken = [e for e in plan.broken if e.job in added]
         self._report_broken(report.broken)
         # Jobs queued earlier may now have longer chains (new jobs wait for them): rescore all.
@@ -257,7 +259,7 @@ class Queue:
 
     def _write(self, plan: Plan, new: dict[str, JobSpec], estimates: dict[str, float], fifo: bool,
                report: AddReport, progress: Callable[[int, int], None] | None, notes: dict[str, str],
-               tree: str) -> set[str]:
+               tree: str, needs: dict[str, Need] | None = None) -> set[str]:
         """ADD every planned job, slice by slice; returns the CPVs added (existing ones go to report)."""
         added: set[str] = set()
         size = 50
@@ -268,11 +270,11 @@ class Queue:
                     for cpv in piece:
                         spec = new[cpv]
                         group = plan.group.get(cpv, "")
-                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING], client=pipe, args=[
+                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS], client=pipe, args=[
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
                             json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, [])),
-                            spec.reason, notes.get(cpv, ""), tree])
+                            spec.reason, (needs or {}).get(cpv, Need()).arg(), notes.get(cpv, ""), tree])
                     started = time.monotonic()
                     replies = [decode(r) for r in pipe.execute()]
                     took = time.monotonic() - started
@@ -417,8 +419,13 @@ class Queue:
     # -- the drone's side ---------------------------------------------------------------------
 
     def claim(self, drone: str, token: str, session: str | None = None, seq: int = 1,
+              free_mb: tuple[int, int] | None = None, speed: float | None = None,
               targets: Iterable[str] = (DEFAULT_TARGET,)) -> Claim | None:
         """Atomically take the best ready job; None when nothing is ready for this drone.
+
+        ``free_mb`` is the (memory, build disk) the drone can give a new build now: a job needing
+        more waits for another drone, or for this one to have room (swarmctl.capacity). With its
+        ``speed``, a drone leaves the longest chain to a faster drone that is idle.
 
         Request ``seq`` of claim ``session`` (see new_session) is idempotent: calling again with
         the same pair after a lost reply (a timeout; redis-py's own retries too) returns the job
@@ -426,7 +433,8 @@ class Queue:
         """
         reply = self._run(self.scripts.claim, drone, token_sha(token), secrets.token_hex(16),
                           self.config.queue.claim_scan, int(self.config.orchestrator.offline_after * 1000),
-                          self._max_events, session or new_session(), int(seq), " ".join(targets))
+                          self._max_events, session or new_session(), int(seq),
+                          *(free_mb or ("", "")), "" if speed is None else speed, " ".join(targets))
         if reply[0] == "ok":
             return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]),
                          tree=reply[5] if len(reply) > 5 else "")
@@ -437,8 +445,10 @@ class Queue:
         return None
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any] | None = None) -> str:
+                 artifact: dict[str, Any] | None = None, usage: tuple[int, int] = (0, 0)) -> str:
         """Mark built if ``drone`` still owns the job: "ok", "stale" or "unauthorized".
+
+        ``usage`` is the build's (peak RSS, disk) in bytes, kept in the history (0: not measured).
 
         Raises InvalidArgument for a duration that is not a finite number of seconds >= 0 (and an
         artifact JSON cannot carry): nothing is written then.
@@ -452,7 +462,7 @@ class Queue:
         # The build's duration joins the package's history in the same script.
         reply = self.scripts.complete(keys=[*keys.QUEUE_KEYS, keys.history(cp_of(cpv_of(cpv)))], args=[
             cpv, drone, token_sha(token), lease, round(duration, 3), artifact_json,
-            self._max_events, HISTORY_KEEP])
+            self._max_events, HISTORY_KEEP, f"{max(0, int(usage[0]))} {max(0, int(usage[1]))}"])
         return refused(decode(reply))[0]
 
     def fail(self, cpv: str, drone: str, token: str, lease: str, fault: str, reason: str,
@@ -532,6 +542,7 @@ class Queue:
                 for target in {target_of(c) for c in page}:
                     pipe.zrem(keys.ready(target), *[c for c in page if target_of(c) == target])
                 pipe.zrem(keys.LISTING, *page)
+                pipe.zrem(keys.NEEDS, *page)
                 for state in keys.STATES:
                     pipe.srem(keys.state_set(state), *page)
                 for cpv in page:

@@ -193,10 +193,12 @@ ADD = PRELUDE + """
 -- ARGV[4] build deps JSON, ARGV[5] run deps JSON, ARGV[6] gates JSON list (build deps it waits
 -- for, each until settled), ARGV[7] events max, ARGV[8] post deps JSON, ARGV[9] its settle group
 -- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it).
--- ARGV[11] why it is built ('' when not said: kept as its reason and in the 'added' event),
--- ARGV[12] where its estimate came from when not its own target's history ('' otherwise),
--- ARGV[13] the revision of the tree it was planned from ('' unknown). Its target is in its name.
+-- ARGV[11] why it is built ('' when not said: kept as its reason and in the 'added' event).
 -- KEYS[11] the listing zset (every job by -priority, for paged listing).
+-- ARGV[12] (optional) its needs: '<memory MiB> <disk MiB>' ('' or absent: unknown), recorded as the
+-- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory).
+-- ARGV[13] where its estimate came from when not its own target's history ('' otherwise),
+-- ARGV[14] the revision of the tree it was planned from ('' unknown). Its target is in its name.
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
 local cpv = ARGV[1]
 local bad = bad_names({{1, 'cpv'}}) or bad_numbers({{2, 'estimate', 0}, {7, 'events max', 1, true}})
@@ -208,6 +210,8 @@ for _, a in ipairs({{4, 'build deps'}, {5, 'run deps'}, {6, 'gates'}, {8, 'post 
   if refusal then return refusal end
   lists[a[1]] = list
 end
+local need_mem, need_disk = string.match(ARGV[12] or '', '^(%d+) (%d+)$')
+if (ARGV[12] or '') ~= '' and not need_mem then return refuse_arg('needs must be "<MiB> <MiB>"', ARGV[12]) end
 local jk = job_key(cpv)
 local state = redis.call('HGET', jk, 'state')
 if state then return {'exists', state} end
@@ -220,9 +224,13 @@ local now = now_ms()
 redis.call('HSET', jk, 'cpv', cpv, 'attempts', 0, 'estimate', ARGV[2], 'priority', score,
            'seq', seq, 'created', now, 'after', ARGV[4], 'run', ARGV[5], 'post', ARGV[8],
            'drone', '', 'lease', '', 'group', group, 'reason', ARGV[11] or '')
-if (ARGV[12] or '') ~= '' then redis.call('HSET', jk, 'estimate_note', ARGV[12]) end
-if (ARGV[13] or '') ~= '' then redis.call('HSET', jk, 'tree', ARGV[13]) end
+if (ARGV[13] or '') ~= '' then redis.call('HSET', jk, 'estimate_note', ARGV[13]) end
+if (ARGV[14] or '') ~= '' then redis.call('HSET', jk, 'tree', ARGV[14]) end
 redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
+if need_mem then
+  redis.call('HSET', jk, 'mem', need_mem, 'disk', need_disk)
+  redis.call('ZADD', KEYS[12], tonumber(need_mem), cpv)
+end
 local pending = 0
 for _, gate in ipairs(lists[6]) do
   if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
@@ -267,7 +275,11 @@ CLAIM = PRELUDE + """
 -- Hand the best ready job to a drone. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] new lease,
 -- ARGV[4] how many ready jobs to look at, ARGV[5] offline threshold ms, ARGV[6] events max,
 -- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session,
--- ARGV[9] the targets the drone builds (space separated; '' or absent: the default target only):
+-- ARGV[9] (optional) the memory and ARGV[10] the build disk, in MiB, the drone can give a new
+-- build now ('' or absent: any): a job needing more (its 'mem'/'disk') is left for another drone,
+-- ARGV[11] (optional) the drone's speed: while a faster drone is idle, a slower one leaves it
+-- the longest chain (the best job it could take) and takes the next,
+-- ARGV[12] the targets the drone builds (space separated; '' or absent: the default target only):
 -- it is never handed a job of another target, and they are recorded as its 'targets'.
 -- Idempotent: a retry of the same request (its reply was lost) gets the job that request
 -- already holds, with the same lease, instead of a second job.
@@ -292,8 +304,8 @@ if last[1] == request and last[2] then
   end
 end
 local targets = {}
-for t in string.gmatch(ARGV[9] or '', '%S+') do
-  if not string.match(t, '^[%l%d][%l%d_-]*$') then return refuse_arg('targets must be target names', ARGV[9]) end
+for t in string.gmatch(ARGV[12] or '', '%S+') do
+  if not string.match(t, '^[%l%d][%l%d_-]*$') then return refuse_arg('targets must be target names', ARGV[12]) end
   table.insert(targets, t)
 end
 if #targets == 0 then targets = {'""" + DEFAULT_TARGET + """'} end
@@ -323,6 +335,33 @@ local function other_could_take(cpv)
   return false
 end
 
+-- Does the job's stated or learned peak fit what the drone has free now?
+local mem_free, disk_free = tonumber(ARGV[9] or ''), tonumber(ARGV[10] or '')
+local function fits(cpv)
+  if not mem_free and not disk_free then return true end
+  local need = redis.call('HMGET', job_key(cpv), 'mem', 'disk')
+  return (tonumber(need[1] or '0') or 0) <= (mem_free or math.huge)
+    and (tonumber(need[2] or '0') or 0) <= (disk_free or math.huge)
+end
+
+-- Is a faster drone idle that could take this job (its memory holds the job's need)?
+local my_speed = tonumber(ARGV[11] or '')
+local function faster_idle(cpv)
+  if not my_speed then return false end
+  other_could_take(cpv)  -- fills the healthy list
+  local need = tonumber(redis.call('HGET', job_key(cpv), 'mem') or '0') or 0
+  local wanted = ' ' .. target_of(cpv) .. ' '
+  for _, entry in ipairs(healthy) do
+    local other = entry[1]
+    local d = redis.call('HMGET', drone_key(other), 'status', 'speed', 'mem_total')
+    if d[1] == 'idle' and (tonumber(d[2] or '') or 0) > my_speed and need <= (tonumber(d[3] or '') or math.huge)
+        and string.find(entry[2], wanted, 1, true) and redis.call('SISMEMBER', avoid_key(cpv), other) == 0 then
+      return true
+    end
+  end
+  return false
+end
+
 -- The best ARGV[4] ready jobs of each of the drone's targets, best first across them.
 local candidates = {}
 local seen_target = {}
@@ -341,11 +380,15 @@ if #targets > 1 then
     return a[1] > b[1]  -- ZREVRANGE's own order among equal scores
   end)
 end
-local chosen, fallback = nil, nil
+local chosen, fallback, passed = nil, nil, false
 for _, c in ipairs(candidates) do
   local cpv = c[1]
-  if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then chosen = cpv; break end
-  if fallback == nil and not other_could_take(cpv) then fallback = cpv end
+  if fits(cpv) then
+    if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then
+      if passed or not faster_idle(cpv) then chosen = cpv; break end
+      passed = true  -- the longest chain waits for the faster drone
+    elseif fallback == nil and not other_could_take(cpv) then fallback = cpv end
+  end
 end
 chosen = chosen or fallback
 if not chosen then return {'empty'} end
@@ -366,7 +409,9 @@ return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostri
 COMPLETE = PRELUDE + """
 -- A drone reports a job built. KEYS[11] the package's build history list.
 -- ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
--- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept.
+-- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept,
+-- ARGV[9] (optional) what the build used: '<peak RSS bytes> <disk bytes>' (0: not measured),
+-- kept in the history beside the duration.
 -- Returns {'ok'} | {'stale'} | {'unauthorized'} | {'invalid', what}.
 local cpv, name, lease = ARGV[1], ARGV[2], ARGV[4]
 local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
@@ -374,6 +419,8 @@ local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
 if bad then return bad end
 local ok, artifact = pcall(cjson.decode, ARGV[6])
 if not ok or type(artifact) ~= 'table' then return refuse_arg('artifact must be a JSON object', ARGV[6]) end
+local peak_rss, peak_disk = string.match(ARGV[9] or '', '^(%d+) (%d+)$')
+if (ARGV[9] or '') ~= '' and not peak_rss then return refuse_arg('usage must be "<bytes> <bytes>"', ARGV[9]) end
 local refusal = refuse_drone(name, ARGV[3])
 if refusal then return {refusal} end
 if not owns(cpv, name, lease) then stale(cpv, name, 'completion', ARGV[7]); return {'stale'} end
@@ -387,8 +434,11 @@ redis.call('HSET', drone_key(name), 'failures', 0, 'groundings', 0)
 redis.call('HINCRBY', drone_key(name), 'built', 1)
 redis.call('DEL', streak_key(name))
 redis.call('HINCRBY', KEYS[9], 'built', 1)
-redis.call('LPUSH', KEYS[11], cjson.encode({cpv = bare_cpv(cpv), seconds = tonumber(ARGV[5]), parallel = false,
-                                            source = 'swarm', target = target_of(cpv)}))
+local record = {cpv = bare_cpv(cpv), seconds = tonumber(ARGV[5]), parallel = false, source = 'swarm',
+                target = target_of(cpv)}
+if peak_rss and tonumber(peak_rss) > 0 then record.peak_rss = tonumber(peak_rss) end
+if peak_disk and tonumber(peak_disk) > 0 then record.disk = tonumber(peak_disk) end
+redis.call('LPUSH', KEYS[11], cjson.encode(record))
 redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[8]) - 1)
 -- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
 -- its members and counts down the groups that need it, which may settle in turn.
@@ -564,14 +614,18 @@ return taken
 #: The only fields a drone's heartbeat may write into its record (never its token, its
 #: recorded machine id, its breaker state or its grounding).
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
-                    "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir", "targets",
-                    "tree")
+                    "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir",
+                    # every current build (JSON), and the drone's capacity (swarmctl.drone.slots)
+                    "tasks", "slots", "mem_total", "speed",
+                    # the build targets it builds and the revision of its tree (swarmctl.targets, .tree)
+                    "targets", "tree")
 
 # -- heartbeat field hygiene (the drone is untrusted: checked here, where Redis writes) -------------
 #: Longest value kept for each drone-written field, in bytes; any other field: DEFAULT_FIELD_MAX.
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
-                       "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20, "targets": 512, "tree": 128,
+                       "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20,
+                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16, "targets": 512, "tree": 128,
                        # the jobs a drone says it holds, and its claim session (see RECONCILE)
                        "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from swarmctl import keys
+from swarmctl.capacity import Unfit, unfit_jobs
 from swarmctl.config import Config
 from swarmctl.facts import SwarmFacts
 from swarmctl.nightly import (
@@ -84,6 +86,8 @@ class StatusReport:
     attention: list[Attention] = field(default_factory=list)
     #: Misconfigured drones and why (their preflight's reason).
     misconfigured: dict[str, str] = field(default_factory=dict)
+    #: Queued jobs no enrolled drone could ever fit (swarmctl.capacity).
+    unfit: list[Unfit] = field(default_factory=list)
     #: Drones low on disk and what is short.
     low_disk: dict[str, str] = field(default_factory=dict)
     report_path: str | None = None    # the nightly's report of the night's work, when written
@@ -132,8 +136,9 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age,
                           misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"},
                           low_disk={d.name: d.problem or "?" for d in drones if d.status == "low-disk"},
-                          targets=gather_targets(client, config, queue, drones))
-    report.attention = assess(report) + signing_attention(config) + memory_attention(client, config)
+                          unfit=unfit_jobs(client, drones), targets=gather_targets(client, config, queue, drones))
+    report.attention = (assess(report) + signing_attention(config) + memory_attention(client, config)
+                        + binhost_attention(config))
     report.attention.sort(key=lambda a: -SEVERITY_CODE[a.severity])
     page = nightly_report_path(config)
     with contextlib.suppress(OSError):
@@ -151,6 +156,36 @@ def signing_attention(config: Config) -> list[Attention]:
     except Exception as exc:  # gpg missing or broken: say so, do not hide the rest of status
         return [Attention("signing_unknown", "warning", f"cannot check the signing key: {exc}")]
     return [Attention(p.code, p.severity, p.message) for p in problems]
+
+
+def binhost_attention(config: Config) -> list[Attention]:
+    """On the binhost (binhost.dir): a disk below binhost.min_free_mb, a candidate generation
+    whose gates failed (clients still get the older published one)."""
+    import shutil
+
+    from swarmctl.binhost import generations
+
+    directory = config.binhost.dir
+    if not directory or not Path(directory).is_dir():
+        return []
+    found = []
+    floor = config.binhost.min_free_mb * 2**20
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(directory).free
+        if floor and free < floor:
+            found.append(Attention("binhost_low_disk", "critical",
+                                   f"binhost {directory} has {free // 2**20} MiB free, below binhost.min_free_mb "
+                                   f"({config.binhost.min_free_mb}): uploads are refused (507); "
+                                   "swarmctl binhost gc --dry-run shows what can go"))
+    with contextlib.suppress(Exception):  # an unreadable record must not hide the rest of status
+        ids = generations.generation_ids(Path(directory))
+        if ids:
+            newest = generations.load(Path(directory), ids[-1])
+            if newest.state == "rejected":
+                found.append(Attention("promotion_blocked", "critical",
+                                       f"generation {newest.id} was not promoted: {newest.gates.get('reason', '?')} "
+                                       f"(clients get generation {generations.published_id(Path(directory))})"))
+    return found
 
 
 def memory_attention(client: redis.Redis, config: Config) -> list[Attention]:
@@ -192,6 +227,10 @@ def assess(report: StatusReport) -> list[Attention]:
         found.append(Attention("misconfigured", "warning", "; ".join(
             f"{name} misconfigured: {why}" for name, why in sorted(report.misconfigured.items()))
             + " (swarmctl doctor on that host prints the fix)"))
+    if report.unfit:
+        found.append(Attention("unfit", "warning", f"{len(report.unfit)} job(s) no enrolled drone can ever build: "
+                               + "; ".join(f"{u.cpv} {u.reason}" for u in report.unfit[:5])
+                               + " (enroll a larger drone, or correct queue.constraints_file)"))
     if report.low_disk:
         found.append(Attention("low_disk", "warning", "; ".join(
             f"{name} low on disk: {why}" for name, why in sorted(report.low_disk.items()))
@@ -353,8 +392,8 @@ JSON_SCHEMA: dict[str, Any] = {
                 "type": "object", "required": ["code", "severity", "message"], "additionalProperties": False,
                 "properties": {
                     "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "cron_failed", "no_drone_online",
-                                      "misconfigured", "low_disk", "redis_memory", "no_orchestrator", "blocked",
-                                      "failed", "target_stalled", "tree_mismatch"]},
+                                      "misconfigured", "low_disk", "redis_memory", "unfit", "no_orchestrator",
+                                      "blocked", "failed", "target_stalled", "tree_mismatch"]},
                     "severity": {"enum": ["warning", "critical"]},
                     "message": {"type": "string"},
                 },

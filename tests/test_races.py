@@ -468,6 +468,17 @@ def _claim_targets(url: str, config_path: str, name: str, token: str, targets: l
     return built
 
 
+def _claim_within(url: str, name: str, token: str, free_mb: tuple[int, int], constraints: str,
+                  start: mp.Barrier) -> list[str]:
+    queue = _queue(url, queue__constraints_file=constraints)
+    start.wait()
+    built = []
+    while (claim := queue.claim(name, token, free_mb=free_mb)) is not None:
+        if queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok":
+            built.append(claim.cpv)
+    return built
+
+
 def test_claims_of_drones_with_different_targets_race_each_job_to_one_declaring_drone(
         redis_client: redis.Redis, redis_url: str, tmp_path: Any) -> None:
     from swarmctl.queue import for_target
@@ -486,3 +497,24 @@ def test_claims_of_drones_with_different_targets_race_each_job_to_one_declaring_
     assert len(built) == len(set(built)) == 600  # every job of both targets once
     for name, jobs in zip(tokens, results, strict=True):
         assert {c.rpartition("@")[2] for c in jobs} <= set(declared[name]), name
+
+
+def test_claims_racing_with_memory_limits_hand_each_job_once_and_only_where_it_fits(
+        redis_client: redis.Redis, redis_url: str, tmp_path) -> None:
+    """Drones with 500 MiB and 4000 MiB free claim at once: each job is built once, and no
+    1000 MiB job (its need stated in the constraints file) lands on a small drone."""
+    constraints = tmp_path / "constraints.yaml"
+    constraints.write_text("".join(f"app-misc/big{i}: {{memory_mb: 1000}}\n" for i in range(40)))
+    queue = _queue(redis_url, queue__constraints_file=str(constraints))
+    big = [f"app-misc/big{i}-1" for i in range(40)]
+    small = [f"app-misc/small{i}-1" for i in range(120)]
+    queue.add([JobSpec(c, estimate=1) for c in big + small])
+    tokens = _enroll_all(redis_client, WORKERS)
+    sizes = {name: (500 if i % 2 else 4000, 10**6) for i, name in enumerate(tokens)}
+    with start_line(WORKERS) as barrier:
+        results = _run(_claim_within, [(redis_url, n, t, sizes[n], str(constraints), barrier)
+                                       for n, t in tokens.items()])
+    by_drone = dict(zip(tokens, results, strict=True))
+    assert sorted(c for r in results for c in r) == sorted(big + small)  # every job once
+    assert not [c for n, r in by_drone.items() if sizes[n][0] < 1000 for c in r if c in big]
+    assert sum(1 for n, r in by_drone.items() if sizes[n][0] < 1000 and r) >= 2  # small drones did work too

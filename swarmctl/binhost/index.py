@@ -68,6 +68,9 @@ CHUNK_ENTRIES = 256
 MAX_TIMESTAMP_LEAD = 300
 #: Lock file serializing every writer of one PKGDIR's index (publish, reindex).
 LOCK_NAME = ".swarm-index.lock"
+#: Directory (hidden from clients) of the staging index, once the binhost stages
+#: (swarmctl.binhost.generations): uploads go there, clients see PKGDIR/Packages.
+STAGING_DIR = ".swarm-staging"
 #: Keys every package entry must have for portage clients to accept the index.
 REQUIRED_KEYS = ("CPV", "PATH", "SIZE", "MD5", "SHA1")
 INDEX_VERSION = "0"
@@ -282,6 +285,13 @@ class PackagesIndex:
         return {entry["CPV"] for entry in self.entries.values()}
 
 
+def writable_index(pkgdir: Path) -> Path:
+    """Where publishing writes: ``PKGDIR/.swarm-staging/Packages`` on a staged binhost
+    (one ``binhost promote`` made it so), else ``PKGDIR/Packages`` (uploads visible at once)."""
+    staging = Path(pkgdir) / STAGING_DIR / INDEX_NAME
+    return staging if staging.exists() else Path(pkgdir) / INDEX_NAME
+
+
 def _stage(path: Path, data: bytes, stamp: int) -> str:
     """``data`` in an fsynced temp file beside ``path`` (mode 0644, mtime ``stamp``)."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -354,7 +364,6 @@ class IndexStore:
                 PROFILE: swarmctl.targets.Target.index_header).
         """
         self.pkgdir = Path(pkgdir)
-        self.path = self.pkgdir / INDEX_NAME
         self.ttl = ttl
         self.facts = dict(facts or {})
         self._thread_lock = threading.Lock()
@@ -367,6 +376,19 @@ class IndexStore:
         self.commits = 0
         self.committed_changes = 0
         self._reconciled: tuple[object, object] | None = None
+
+    @property
+    def path(self) -> Path:
+        """The index uploads go to: the staging index once there is one, else ``PKGDIR/Packages``."""
+        return writable_index(self.pkgdir)
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[Path]:
+        """Hold the writer lock with ``Packages`` and ``Packages.gz`` agreeing, without loading
+        the index; yields the index file's path (its files are replaced only by rename)."""
+        with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
+            self.reconcile()
+            yield self.path
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[PackagesIndex]:
@@ -578,9 +600,21 @@ def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any, policy: Conte
                 report.problems.append(f"{rel_path}: {key} mismatch (index {entry[key]}, file {actual})")
         if check_manifests:
             report.problems += _manifest_problems(file_path, rel_path, entry, policy, settings)
+    from swarmctl.binhost import generations  # it builds on this module
+
+    # A staged binhost: files of unpromoted uploads and of kept generations are known too,
+    # and every file those indexes name must be present (rollback and promote need it).
+    known = set(index.entries)
+    for other in generations.index_files(pkgdir):
+        for rel_path in index_paths(other):
+            if rel_path not in known:
+                known.add(rel_path)
+                file_path = _inside(pkgdir, rel_path)
+                if file_path is None or not file_path.is_file():
+                    report.problems.append(f"{rel_path}: named by {other.relative_to(pkgdir)}, file missing")
     for file_path in sorted(_package_files(pkgdir)):
         rel_path = file_path.relative_to(pkgdir).as_posix()
-        if rel_path not in index.entries:
+        if rel_path not in known:
             report.problems.append(f"{rel_path}: package file not in the index")
     return report
 
@@ -632,34 +666,46 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
         keyring = stack.enter_context(verifying(pkgdir, gpg))
         files = sorted(p.relative_to(pkgdir).as_posix() for p in _package_files(pkgdir))
         with store.locked():
-            aside = pkgdir / f".{INDEX_NAME}.before-reindex"
-            if store.path.exists():
+            work = pkgdir
+            if store.path != pkgdir / INDEX_NAME:
+                # A staged binhost: emaint rebuilds the staging index in a shadow PKGDIR (it only
+                # ever writes PKGDIR/Packages, which is what clients see), from staging's files and
+                # any file no index names; files only old generations name stay out of it.
+                from swarmctl.binhost.generations import indexed_paths
+
+                staging = index_paths(store.path)
+                elsewhere = indexed_paths(pkgdir) - staging
+                files = [rel for rel in files if rel in staging or rel not in elsewhere]
+                work = _shadow(stack, pkgdir, files, [store.path] if not full else [])
+            target = work / INDEX_NAME
+            aside = work / f".{INDEX_NAME}.before-reindex"
+            if target.exists():
                 if full:
-                    os.replace(store.path, aside)
+                    os.replace(target, aside)
                 else:
-                    shutil.copy2(store.path, aside)
+                    shutil.copy2(target, aside)
             # Incremental on top of make.conf: one plain Packages, built from the files
             # (store.save below writes Packages.gz beside it).
-            env = _emaint_env(prefix, pkgdir, keyring, "-compress-index -pkgdir-index-trusted")
+            env = _emaint_env(prefix, work, keyring, "-compress-index -pkgdir-index-trusted")
             progress("indexing with emaint", 0, None)
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
-            if done.returncode != 0 or not store.path.exists():
+            if done.returncode != 0 or not target.exists():
                 if aside.exists():
-                    os.replace(aside, store.path)
+                    os.replace(aside, target)
                 output = (done.stderr or done.stdout).strip().splitlines()
                 raise BinhostIndexError(f"emaint binhost --fix failed (exit {done.returncode}): "
                                   f"{output[-1] if output else 'no output'}")
-            index = PackagesIndex.read(store.path)
+            index = PackagesIndex.read(target)
             dropped = [rel for rel in files if rel not in index.entries]
             if dropped:
                 # Never a quiet success: a package file emaint could not read (bad or
                 # untrusted signature, damaged file) is an error, and the old index stays.
                 if aside.exists():
-                    os.replace(aside, store.path)
+                    os.replace(aside, target)
                 else:
-                    store.path.unlink()
+                    target.unlink()
                 raise BinhostIndexError(
                     f"reindex would drop {len(dropped)} of {len(files)} package(s) (unreadable, or "
                     f"signature not verified against KEYS.asc): {', '.join(dropped[:5])}"
@@ -684,22 +730,19 @@ def emaint_check(pkgdir: Path, *, prefix_root: Path | None = None, gpg: str = "g
     index as a side effect (every time, even its own: ``USER_PATCHES`` is a key it
     requires but never writes), so it runs on a shadow PKGDIR: hard links of the
     package files (same size and mtime) and copies of both index files, inside
-    ``PKGDIR/.swarm-tmp``; the real index is never touched.
+    ``PKGDIR/.swarm-tmp``; the real index is never touched. On a staged binhost the
+    published index is checked against the files it names (unpromoted uploads are not its).
     """
     pkgdir = Path(pkgdir).absolute()
     with contextlib.ExitStack() as stack:
         prefix = _emaint_prefix(stack, prefix_root)
         keyring = stack.enter_context(verifying(pkgdir, gpg))
-        (pkgdir / ".swarm-tmp").mkdir(exist_ok=True)
-        shadow = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emaint-check-",
-                                                                      dir=pkgdir / ".swarm-tmp")))
-        for file_path in _package_files(pkgdir):
-            target = shadow / file_path.relative_to(pkgdir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(file_path, target)
-        for name in (INDEX_NAME, COMPRESSED_NAME):
-            with contextlib.suppress(FileNotFoundError):
-                shutil.copy2(pkgdir / name, shadow / name)
+        files = [p.relative_to(pkgdir).as_posix() for p in _package_files(pkgdir)]
+        if (pkgdir / STAGING_DIR).is_dir():
+            # Staged: files of unpromoted uploads are in the staging index, not in this one.
+            published = PackagesIndex.read(pkgdir / INDEX_NAME).entries
+            files = [rel for rel in files if rel in published]
+        shadow = _shadow(stack, pkgdir, files, [pkgdir / INDEX_NAME, pkgdir / COMPRESSED_NAME])
         env = _emaint_env(prefix, shadow, keyring, "compress-index -pkgdir-index-trusted")
         done = subprocess.run([prefix.tool("emaint"), "binhost", "--check"], env=env, capture_output=True,
                               text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
@@ -710,6 +753,21 @@ def emaint_check(pkgdir: Path, *, prefix_root: Path | None = None, gpg: str = "g
     if done.returncode != 0 and not problems:
         problems = [f"emaint binhost --check exited {done.returncode}: {lines[-1] if lines else 'no output'}"]
     return problems
+
+
+def _shadow(stack: contextlib.ExitStack, pkgdir: Path, files: list[str], copies: list[Path]) -> Path:
+    """A scratch PKGDIR inside ``PKGDIR/.swarm-tmp``: hard links of ``files`` (same size and
+    mtime), copies of ``copies`` (index files) under their plain names; removed with ``stack``."""
+    (pkgdir / ".swarm-tmp").mkdir(exist_ok=True)
+    shadow = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emaint-", dir=pkgdir / ".swarm-tmp")))
+    for rel_path in files:
+        target = shadow / rel_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(pkgdir / rel_path, target)
+    for source in copies:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(source, shadow / source.name)
+    return shadow
 
 
 def _emaint_prefix(stack: contextlib.ExitStack, prefix_root: Path | None) -> Any:
@@ -783,9 +841,26 @@ def _inside(pkgdir: Path, rel_path: str) -> Path | None:
 
 
 def _package_files(pkgdir: Path) -> Iterator[Path]:
-    for path in pkgdir.rglob(f"*{GPKG_SUFFIX}"):
-        if not any(part.startswith(".") for part in path.relative_to(pkgdir).parts):
-            yield path
+    """Every package file below PKGDIR outside hidden directories (os.walk: rglob is slow)."""
+    for directory, dirs, files in os.walk(pkgdir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.endswith(GPKG_SUFFIX) and not name.startswith("."):
+                yield Path(directory, name)
+
+
+_PATH_LINE = re.compile(r"^PATH:[ \t]*(.*?)[ \t]*$", re.M)
+
+
+def index_paths(path: Path) -> set[str]:
+    """The ``PATH`` of every entry of an index file, without parsing the rest (a missing file: none)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise BinhostIndexError(f"cannot read {path}: {exc}") from None
+    return {match for match in _PATH_LINE.findall(text) if match}
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

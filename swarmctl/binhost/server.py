@@ -36,6 +36,14 @@ Any other ``GET``/``HEAD`` serves files below PKGDIR for portage clients (``Pack
 ``Packages.gz``, ``KEYS.asc``, packages) with Last-Modified, and 304 Not Modified
 when If-Modified-Since is not older than the file; hidden entries (the upload temp
 dir, the lock), directories, symlinks leaving PKGDIR and ``..`` are refused.
+``/staging/`` serves the staging index (``/staging/Packages``, ``/staging/Packages.gz``,
+what drones build against: swarmctl.binhost.generations) the same way, and every
+other path below it from PKGDIR (the files are shared); before the first promote the
+staging index is ``PKGDIR/Packages``.
+
+An upload that would leave less than ``min_free_bytes`` free on PKGDIR's file system is
+refused before its body is read: 507 ``insufficient_storage`` with the free space in the
+reason; the drone gives the job back to be built again later (not a failure).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import math
 import os
 import posixpath
 import select
+import shutil
 import socket
 import threading
 import time
@@ -59,7 +68,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from swarmctl.binhost.index import UPLOAD_SHA256_KEY, IndexStore
+from swarmctl.binhost.generations import STAGING_URL_PATH, staging_index
+from swarmctl.binhost.index import COMPRESSED_NAME, INDEX_NAME, UPLOAD_SHA256_KEY, IndexStore
 from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.recovery import RecoveryReport, recover
@@ -91,6 +101,7 @@ _STATUS_OF_CODE = {
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
     "no_signing_key": HTTPStatus.SERVICE_UNAVAILABLE,
     "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
+    "insufficient_storage": HTTPStatus.INSUFFICIENT_STORAGE,
 }
 _CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".asc": "application/pgp-keys",
                   "": "text/plain; charset=utf-8"}
@@ -108,7 +119,7 @@ class Gate(Protocol):
     def owner_of(self, cpv: str) -> tuple[str | None, str | None]: ...
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any]) -> str: ...
+                 artifact: dict[str, Any], usage: tuple[int, int] = (0, 0)) -> str: ...
 
 
 class QueueGate:
@@ -125,8 +136,8 @@ class QueueGate:
         return self.queue.owner_of(cpv)
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any]) -> str:
-        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact))
+                 artifact: dict[str, Any], usage: tuple[int, int] = (0, 0)) -> str:
+        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact, usage))
 
     def refused(self, code: str) -> None:
         """Count a refused upload for the metrics (best effort: Redis may be the problem)."""
@@ -161,6 +172,8 @@ class ServerSettings:
             so one host's idle sockets cannot take every slot.
         index_ttl: TTL written into the index header (clients skip refreshes within it).
         policy: The content policy packages must pass (default: the documented defaults).
+        min_free_bytes: Free space PKGDIR's file system must keep after an upload; below
+            it uploads are refused with 507 ``insufficient_storage`` (0: no check).
     """
 
     max_upload_bytes: int = 4 * 1024**3
@@ -172,6 +185,7 @@ class ServerSettings:
     max_connections_per_address: int = 16
     index_ttl: int = 300
     policy: ContentPolicy | None = None
+    min_free_bytes: int = 0
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -411,6 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
         publisher, job = self._area_of(cpv)
         sha256 = self.headers.get("X-Swarm-Sha256", "").strip().lower()
         duration = _float(self.headers.get("X-Swarm-Duration"))
+        usage = _usage(self.headers.get("X-Swarm-Usage"))
         settings = self.server.settings
         deadline = time.monotonic() + settings.read_timeout + size / max(1.0, settings.min_upload_rate)
         # Checked on every recv: a trickling body cannot stretch one buffered read past it.
@@ -437,7 +452,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         outcome = "unknown"
         try:
-            outcome = self.server.gate.complete(job, drone, token, lease, duration, published.as_artifact())
+            outcome = self.server.gate.complete(job, drone, token, lease, duration, published.as_artifact(), usage)
         except Exception as exc:  # published is published; the drone can report again
             logger.warning("published %s but Queue.complete failed: %s", published.rel_path, exc)
             outcome = f"error: {_one_line(exc)}"
@@ -485,6 +500,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise
         except Exception as exc:
             raise _Refusal("unavailable", f"queue unavailable: {_one_line(exc)}") from None
+        if owner == drone and current == lease:
+            self._check_space(size)
         if owner != drone or current != lease:
             if self._already_published(publisher, cpv, sha256):
                 # A replay of an accepted upload whose reply was lost: say so, idempotently.
@@ -501,6 +518,21 @@ class _Handler(BaseHTTPRequestHandler):
         assert publisher is not None  # _check_headers refused an unknown target
         name = next(n for n, p in self.server.publishers.items() if p is publisher)
         return publisher, job_name(cpv, name)
+
+    def _check_space(self, size: int) -> None:
+        """Refuse (507) an upload that would leave less than ``min_free_bytes`` free."""
+        floor = self.server.settings.min_free_bytes
+        if floor <= 0:
+            return
+        try:
+            free = shutil.disk_usage(self.server.pkgdir).free
+        except OSError:
+            return
+        if free - size < floor:
+            raise _Refusal("insufficient_storage",
+                           f"binhost low on disk: {free // 2**20} MiB free in {self.server.pkgdir}, "
+                           f"{size // 2**20} MiB upload would go below binhost.min_free_mb "
+                           f"({floor // 2**20} MiB); retry later")
 
     def _already_published(self, publisher: Publisher, cpv: str, sha256: str) -> bool:
         index = publisher.store.snapshot()
@@ -556,7 +588,15 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if posixpath.normpath("/" + "/".join(parts)) != "/" + "/".join(parts):
             return None
-        root = self.server.pkgdir.resolve()
+        base = self.server.pkgdir
+        if len(self.server.publishers) > 1 and parts[0] in self.server.publishers and len(parts) > 1:
+            base, parts = self.server.publishers[parts[0]].pkgdir, parts[1:]  # URL/T/...: target T's area
+        if parts[0] == STAGING_URL_PATH and len(parts) > 1:
+            # URL/staging/: the staging index (drones), over the same shared files.
+            if parts[1:] in ([INDEX_NAME], [COMPRESSED_NAME]):
+                return staging_index(base).with_name(parts[1])
+            parts = parts[1:]
+        root = base.resolve()
         candidate = (root / Path(*parts)).resolve()
         try:
             candidate.relative_to(root)
@@ -670,6 +710,14 @@ def _float(text: str | None) -> float:
     except ValueError:
         return 0.0
     return value if math.isfinite(value) and value >= 0 else 0.0  # never inf/nan into the queue
+
+
+def _usage(text: str | None) -> tuple[int, int]:
+    """The drone's 'peak RSS, disk' header: two whole byte counts, else nothing measured."""
+    parts = (text or "").split()
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 18 for p in parts):
+        return 0, 0
+    return int(parts[0]), int(parts[1])
 
 
 def _one_line(value: object) -> str:

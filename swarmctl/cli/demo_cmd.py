@@ -147,6 +147,16 @@ def demo(workdir: str | None, drones: int, with_broken: bool, timeout: float, st
         elif summary.blocked != list(expected_blocked) or summary.failed:
             summary.problems.append(f"blocked {summary.blocked}, failed {summary.failed}")
         terminal.console.print(terminal.demo_summary(summary))
+        promote_targets: list[str | None] = [*targets] or [None]
+        for target in promote_targets:
+            if not summary.problems:
+                promoted = swarm.promote(target)
+                if promoted.published:
+                    terminal.ok(f"generation {promoted.generation.id} promoted ({promoted.generation.packages} "
+                                "package(s))" + (f" for target {target}" if target else "")
+                                + ": dependency closure and a smoke install passed")
+                else:
+                    summary.problems.append(f"promote refused: {promoted.reason}")
         if not summary.problems and targets:
             top = swarm.world[0]
             for target in targets:

@@ -141,16 +141,19 @@ def make_publisher(app: AppContext, name: str, token: str) -> Publisher | None:
 @click.option("--command", "command", help="Argv template for the command builder, e.g. 'make-pkg {cpv}'.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where build logs go.")
 @click.option("--max-builds", type=int, help="Exit after this many builds (for tests).")
+@click.option("--slots", type=click.IntRange(0, 256),
+              help="Builds to run at once (or drone.slots; 0: one per 4 cores).")
 @click.option("--target", "targets", multiple=True, metavar="T",
               help="A build target this drone builds (repeatable; or drone.targets). It is handed no job of "
                    "another target. Default: the farm's only target.")
 @pass_app
 def run(app: AppContext, name: str | None, token: str | None, builder: str | None, command: str | None,
-        state_dir: str | None, max_builds: int | None, targets: tuple[str, ...]) -> None:
+        state_dir: str | None, max_builds: int | None, slots: int | None, targets: tuple[str, ...]) -> None:
     """Run the drone daemon: heartbeat, claim, build, report."""
     app.config = app.config.with_overrides(drone__name=name, drone__token=token, drone__builder=builder,
                                            drone__command=shlex.split(command) if command else None,
-                                           drone__state_dir=state_dir, drone__targets=list(targets) or None)
+                                           drone__state_dir=state_dir, drone__slots=slots,
+                                           drone__targets=list(targets) or None)
     cfg = app.config.drone
     if not cfg.name:
         raise click.UsageError("a drone needs a name: --name or drone.name")

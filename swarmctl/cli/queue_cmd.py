@@ -239,6 +239,10 @@ def _resolve_target(app: AppContext, name: str, world_file: str | None, source: 
     area = source
     if source and several(app.config.targets):
         area = area_url(source, name, app.config.targets) if "://" in source else str(Path(source) / name)
+    if area and source == app.config.binhost.url and not app.config.binhost.dir:
+        from swarmctl.binhost.generations import staging_url
+
+        area = staging_url(area)  # what the swarm built counts, promoted or still staged
     repo = portage_prefix.repo if portage_prefix is not None else (
         Path(app.config.drone.repo) if app.config.drone.repo else None)
     with terminal.progress(quiet) as progress:

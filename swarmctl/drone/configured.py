@@ -22,6 +22,13 @@ from swarmctl.targets import DEFAULT_TARGET, Target, area_url, install_package_f
 log = logging.getLogger("swarmctl.drone")
 
 
+def _staging(config: Config) -> str | None:
+    """Drones build against the binhost's staging index (what the swarm built, promoted or not)."""
+    from swarmctl.binhost.generations import staging_url
+
+    return staging_url(config.binhost.url) if config.binhost.url else None
+
+
 def builders_from_config(config: Config, targets: list[str]) -> dict[str, Builder]:
     """One builder per target this drone declares: the target's own prefix when it names one
     (built with its profile, make.conf and package.* files), else the drone's."""
@@ -58,7 +65,7 @@ def builder_from_config(config: Config, target: Target | None = None) -> Builder
 
             install_client_keyring(root.path / "etc/portage/gnupg", keys, nobody_readable=True)
         log.info("builds run in the build root %s", root.path)
-        return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+        return PortageBuilder(None, _staging(config), extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free, build_root=root)
     if not cfg.prefix:
         if not cfg.live_root:
@@ -67,7 +74,7 @@ def builder_from_config(config: Config, target: Target | None = None) -> Builder
         if os.geteuid() == 0:
             log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
         log.warning("drone.live_root: builds merge into this host's live system")
-        return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+        return PortageBuilder(None, _staging(config), extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free)
     keys = binhost_keys(config)
     url = config.binhost.url
@@ -75,6 +82,10 @@ def builder_from_config(config: Config, target: Target | None = None) -> Builder
     if target is not None:
         url = area_url(url, target.name, config.targets) if url else url
         shaped = {"make_conf": make_conf_of(target)} | ({"profile": target.profile} if target.profile else {})
+    if url:
+        from swarmctl.binhost.generations import staging_url
+
+        url = staging_url(url)  # drones build against the area's staging index (promoted or not)
     try:
         prefix = load_prefix(Path(cfg.prefix))
     except FileNotFoundError:
