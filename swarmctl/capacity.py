@@ -26,6 +26,7 @@ import yaml
 from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cpv
 from swarmctl.exceptions import ConfigError, InvalidAtom
+from swarmctl.targets import cpv_of
 
 if TYPE_CHECKING:
     from swarmctl.history import History
@@ -95,8 +96,9 @@ def needs_for(cpvs: Iterable[str], history: History, constraints: dict[str, Need
     cpvs = list(cpvs)
     found: dict[str, Need] = {}
     unstated = []
-    for cpv in cpvs:
-        stated = constraints.get(cpv) or constraints.get(cp_of(cpv))
+    for cpv in cpvs:  # job names (CPV@TARGET, swarmctl.targets): a package needs alike for every target
+        package = cpv_of(cpv)
+        stated = constraints.get(package) or constraints.get(cp_of(package))
         if stated:
             found[cpv] = stated
         else:

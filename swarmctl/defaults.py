@@ -97,6 +97,9 @@ SETTINGS: tuple[Setting, ...] = (
             min=0, max=10_000),
     # Drone daemon.
     Setting("drone", "name", None, str, "This drone's name (or --name)."),
+    Setting("drone", "targets", [], list,
+            "Build targets this drone builds (or --target, repeatable); it is handed no job of another. "
+            "Empty: the farm's only target (a farm with several must say)."),
     Setting("drone", "token", None, str, "Enrollment token (or SWARM_DRONE_TOKEN; --token shows it in ps).",
             secret=True),
     Setting("drone", "state_dir", None, str,

@@ -26,6 +26,7 @@ from swarmctl.exceptions import NotEnrolled, SwarmError
 from swarmctl.queue import Queue, refused
 from swarmctl.sanitize import printable
 from swarmctl.scripts import Scripts, decode
+from swarmctl.targets import DEFAULT_TARGET
 from swarmctl.tokens import new_token, token_sha, validate_token
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -78,6 +79,9 @@ class DroneInfo:
     #: Free bytes of its build dir and PKGDIR, as it last reported (None: not reported).
     disk_free_build: int | None = None
     disk_free_pkgdir: int | None = None
+    #: The build targets it declared (swarmctl.targets), and the tree revision it builds from.
+    targets: list[str] = field(default_factory=lambda: [DEFAULT_TARGET])
+    tree: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,6 +278,8 @@ class DroneRegistry:
             problem=printable(row.get("problem") or None) if status in WAITING else None,
             disk_free_build=_count(num("disk_free_build")), disk_free_pkgdir=_count(num("disk_free_pkgdir")),
             tasks=parse_tasks(row, status), slots=_int(num("slots")), mem_total=_int(num("mem_total")),
+            targets=(printable(row.get("targets") or None) or DEFAULT_TARGET).split(),
+            tree=printable(row.get("tree") or None),
         )
 
     def offline(self, offline_after: float) -> builtins.list[str]:  # list: the method above

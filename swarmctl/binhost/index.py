@@ -394,14 +394,17 @@ class IndexStore:
     ``PKGDIR/.swarm-index.lock`` (serializes processes) plus a thread lock.
     """
 
-    def __init__(self, pkgdir: Path, ttl: int | None = None) -> None:
+    def __init__(self, pkgdir: Path, ttl: int | None = None, facts: dict[str, str] | None = None) -> None:
         """Args:
             pkgdir: The binhost directory.
             ttl: Seconds written as the index header's TTL (clients skip refreshes
                 within it); None or 0 writes none.
+            facts: Header fields every write sets (a build target's CHOST, ACCEPT_KEYWORDS,
+                PROFILE: swarmctl.targets.Target.index_header).
         """
         self.pkgdir = Path(pkgdir)
         self.ttl = ttl
+        self.facts = dict(facts or {})
         self._thread_lock = threading.Lock()
         self._cached: PackagesIndex | None = None
         self._cached_stat: tuple[int, int, int] | None = None
@@ -438,6 +441,7 @@ class IndexStore:
 
     def save(self, index: PackagesIndex) -> None:
         """Write ``index`` atomically (call inside :meth:`locked`) and cache it."""
+        index.header.update(self.facts)
         index.write(self.path, self.ttl)
         self._cache(index)
         self._reconciled = (self._cached_stat, _stat_key(self.path.with_name(COMPRESSED_NAME)))
@@ -591,11 +595,13 @@ class IndexStore:
                 index_packed.timestamp >= index_plain.timestamp else index_plain
             logger.warning("Packages and Packages.gz differ (a write was interrupted): rewriting both "
                            "from the newer (TIMESTAMP %d)", newer.timestamp)
+            newer.header.update(self.facts)
             newer.write(self.path, self.ttl)
             self._cache(newer)
             changed = True
         elif plain is None and packed is not None:
             newer = PackagesIndex.parse(packed.decode("utf-8", "replace"))
+            newer.header.update(self.facts)
             newer.write(self.path, self.ttl)
             changed = True
         self._reconciled = (_stat_key(self.path), _stat_key(gz_path))

@@ -75,6 +75,7 @@ from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.recovery import RecoveryReport, recover
 from swarmctl.binhost.signing import Keyring
 from swarmctl.exceptions import SwarmError
+from swarmctl.targets import DEFAULT_TARGET, Target, job_name, several
 
 if TYPE_CHECKING:  # the gate is handed both; importing them here would load the queue for every server
     from swarmctl.queue import Queue
@@ -255,19 +256,23 @@ class BinhostServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], pkgdir: Path, gate: Gate,
-                 settings: ServerSettings | None = None, keyring: Keyring | None = None) -> None:
+                 settings: ServerSettings | None = None, keyring: Keyring | None = None,
+                 targets: dict[str, Target] | None = None) -> None:
+        """``targets``: the farm's build targets (swarmctl.targets). With several, target T's area is
+        PKGDIR/T/ (served at /T/); with one (or None), the area is PKGDIR itself, as always."""
         self.pkgdir = Path(pkgdir).absolute()
         self.gate = gate
         self.settings = settings or ServerSettings()
-        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, keyring=keyring,
-                                   store=IndexStore(self.pkgdir, ttl=self.settings.index_ttl),
-                                   policy=self.settings.policy)
+        self.publishers = self._areas(targets or {DEFAULT_TARGET: Target(DEFAULT_TARGET)}, keyring)
+        #: The only area's publisher with a single target; the first area's with several.
+        self.publisher = next(iter(self.publishers.values()))
         # What a killed predecessor left: unindexed published files, stale upload temp files.
-        try:
-            self.recovery = recover(self.publisher)
-        except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
-            logger.error("binhost recovery in %s did not finish: %s", self.pkgdir, exc)
-            self.recovery = RecoveryReport()
+        self.recovery = RecoveryReport()
+        for publisher in self.publishers.values():
+            try:
+                self.recovery = recover(publisher)
+            except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
+                logger.error("binhost recovery in %s did not finish: %s", publisher.pkgdir, exc)
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
@@ -278,7 +283,33 @@ class BinhostServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self.publisher.store.close()
+        for publisher in self.publishers.values():
+            publisher.store.close()
+
+    def _areas(self, targets: dict[str, Target], keyring: Keyring | None) -> dict[str, Publisher]:
+        """One publisher per target area, its index header carrying the target's facts."""
+        publishers = {}
+        for name, target in targets.items():
+            area = self.pkgdir / name if several(targets) else self.pkgdir
+            publishers[name] = Publisher(area, self.settings.max_upload_bytes, keyring=keyring,
+                                         store=IndexStore(area, ttl=self.settings.index_ttl,
+                                                          facts=target.index_header() if len(targets) > 1 or
+                                                          name != DEFAULT_TARGET else {}),
+                                         policy=self.settings.policy)
+        return publishers
+
+    def publish_keys(self, keyring: Keyring) -> None:
+        """KEYS.asc into every target's area too (beside PKGDIR's), so a client of a target finds
+        the keys at its own binhost URL. Raises what Keyring.publish raises."""
+        for publisher in self.publishers.values():
+            if publisher.pkgdir != self.pkgdir:
+                keyring.publish(publisher.pkgdir)
+
+    def area(self, target: str) -> Publisher | None:
+        """The publisher of ``target``'s area ('' is the only target's), or None for no such target."""
+        if not target and len(self.publishers) == 1:
+            return self.publisher
+        return self.publishers.get(target or DEFAULT_TARGET)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection in a thread, or refuse it at once when at a cap."""
@@ -400,6 +431,7 @@ class _Handler(BaseHTTPRequestHandler):
         except _Refusal as refusal:
             self._reply_refusal(refusal)
             return
+        publisher, job = self._area_of(cpv)
         sha256 = self.headers.get("X-Swarm-Sha256", "").strip().lower()
         duration = _float(self.headers.get("X-Swarm-Duration"))
         usage = _usage(self.headers.get("X-Swarm-Usage"))
@@ -409,13 +441,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._reader.body(deadline, settings.min_upload_rate, settings.read_timeout)
 
         def still_owner() -> str | None:
-            owner, current = self.server.gate.owner_of(cpv)
+            owner, current = self.server.gate.owner_of(job)
             if owner != drone or current != lease:
-                return f"{drone} no longer owns {cpv} (lost it during the upload)"
+                return f"{drone} no longer owns {job} (lost it during the upload)"
             return None
 
         try:
-            published = self.server.publisher.receive(self.rfile, cpv, sha256, size, deadline=deadline,
+            published = publisher.receive(self.rfile, cpv, sha256, size, deadline=deadline,
                                                       commit_check=still_owner)
         except PublishRefused as exc:
             # A refused body may be partly unread: close the connection after replying.
@@ -424,12 +456,12 @@ class _Handler(BaseHTTPRequestHandler):
             if exc.code in _EVENT_CODES:
                 report = getattr(self.server.gate, "package_refused", None)
                 if report is not None:
-                    report(cpv, drone, exc.code, str(exc))
+                    report(job, drone, exc.code, str(exc))
             self._reply_refusal(_Refusal(exc.code, str(exc), **exc.details), linger=unread)
             return
         outcome = "unknown"
         try:
-            outcome = self.server.gate.complete(cpv, drone, token, lease, duration, published.as_artifact(), usage)
+            outcome = self.server.gate.complete(job, drone, token, lease, duration, published.as_artifact(), usage)
         except Exception as exc:  # published is published; the drone can report again
             logger.warning("published %s but Queue.complete failed: %s", published.rel_path, exc)
             outcome = f"error: {_one_line(exc)}"
@@ -459,15 +491,20 @@ class _Handler(BaseHTTPRequestHandler):
             size = int(length)
         except ValueError:
             raise _Refusal("bad_request", f"bad Content-Length {length!r}") from None
+        target = headers.get("X-Swarm-Target", "").strip()
+        publisher = self.server.area(target)
+        if publisher is None:
+            raise _Refusal("bad_request", f"this binhost has no area for target {target[:40]!r}")
         try:
-            cpv = self.server.publisher.check_declaration(cpv, sha256, size)
-            self.server.publisher.signing_key()  # no key: refuse before the body is sent
+            cpv = publisher.check_declaration(cpv, sha256, size)
+            publisher.signing_key()  # no key: refuse before the body is sent
         except PublishRefused as exc:
             raise _Refusal(exc.code, str(exc)) from None
+        _, job = self._area_of(cpv)
         try:
             if not self.server.gate.authenticate(drone, token):
                 raise _Refusal("unauthorized", f"drone {drone!r} is not enrolled or its token is wrong")
-            owner, current = self.server.gate.owner_of(cpv)
+            owner, current = self.server.gate.owner_of(job)
         except _Refusal:
             raise
         except Exception as exc:
@@ -475,13 +512,21 @@ class _Handler(BaseHTTPRequestHandler):
         if owner == drone and current == lease:
             self._check_space(size)
         if owner != drone or current != lease:
-            if self._already_published(cpv, sha256):
+            if self._already_published(publisher, cpv, sha256):
                 # A replay of an accepted upload whose reply was lost: say so, idempotently.
                 raise _Refusal("duplicate", f"{cpv} with this sha256 is already published", same_content=True)
             if owner != drone:
-                raise _Refusal("not_owner", f"{cpv} is not delegated to {drone}")
-            raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {cpv}")
+                raise _Refusal("not_owner", f"{job} is not delegated to {drone}")
+            raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {job}")
         return cpv, drone, token, lease, size
+
+    def _area_of(self, cpv: str) -> tuple[Publisher, str]:
+        """The upload's area (X-Swarm-Target; checked by _check_headers) and its job in the queue."""
+        target = self.headers.get("X-Swarm-Target", "").strip()
+        publisher = self.server.area(target)
+        assert publisher is not None  # _check_headers refused an unknown target
+        name = next(n for n, p in self.server.publishers.items() if p is publisher)
+        return publisher, job_name(cpv, name)
 
     def _check_space(self, size: int) -> None:
         """Refuse (507) an upload that would leave less than ``min_free_bytes`` free."""
@@ -498,8 +543,8 @@ class _Handler(BaseHTTPRequestHandler):
                            f"{size // 2**20} MiB upload would go below binhost.min_free_mb "
                            f"({floor // 2**20} MiB); retry later")
 
-    def _already_published(self, cpv: str, sha256: str) -> bool:
-        index = self.server.publisher.store.snapshot()
+    def _already_published(self, publisher: Publisher, cpv: str, sha256: str) -> bool:
+        index = publisher.store.snapshot()
         entries = [index.entries.get(path) or {} for path in index.paths_of(cpv)]
         return any(sha256 in (entry.get("SHA256"), entry.get(UPLOAD_SHA256_KEY)) for entry in entries)
 
@@ -552,12 +597,15 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if posixpath.normpath("/" + "/".join(parts)) != "/" + "/".join(parts):
             return None
+        base = self.server.pkgdir
+        if len(self.server.publishers) > 1 and parts[0] in self.server.publishers and len(parts) > 1:
+            base, parts = self.server.publishers[parts[0]].pkgdir, parts[1:]  # URL/T/...: target T's area
         if parts[0] == STAGING_URL_PATH and len(parts) > 1:
             # URL/staging/: the staging index (drones), over the same shared files.
             if parts[1:] in ([INDEX_NAME], [COMPRESSED_NAME]):
-                return staging_index(self.server.pkgdir).with_name(parts[1])
+                return staging_index(base).with_name(parts[1])
             parts = parts[1:]
-        root = self.server.pkgdir.resolve()
+        root = base.resolve()
         candidate = (root / Path(*parts)).resolve()
         try:
             candidate.relative_to(root)
@@ -642,13 +690,14 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings | None = None,
-                keyring: Keyring | None = None) -> BinhostServer:
+                keyring: Keyring | None = None, targets: dict[str, Target] | None = None) -> BinhostServer:
     """Bind a :class:`BinhostServer` (port 0 picks a free port; see ``.url``).
 
-    ``keyring`` signs every published package; None publishes unsigned (tests only).
+    ``keyring`` signs every published package; None publishes unsigned (tests only). ``targets``:
+    the farm's build targets (an area each when several).
     """
     host, port = parse_listen(listen)
-    return BinhostServer((host, port), pkgdir, gate, settings, keyring)
+    return BinhostServer((host, port), pkgdir, gate, settings, keyring, targets)
 
 
 def _not_modified_since(header: str | None, mtime: int) -> bool:

@@ -70,7 +70,10 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         key = None
         terminal.error(f"uploads are refused until the binhost can sign: {exc}")
     try:
-        server = make_server(directory, listen or cfg.listen, gate, settings, keyring=keyring)
+        server = make_server(directory, listen or cfg.listen, gate, settings, keyring=keyring,
+                             targets=obj.config.targets)
+        if key is not None:
+            server.publish_keys(keyring)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:

@@ -26,6 +26,7 @@ from swarmctl.atoms import split_cpv
 from swarmctl.build_env import BuildUser, as_user, build_environment
 from swarmctl.drone.preflight import CommandPreflight, PreflightResult
 from swarmctl.exceptions import ConfigError, InvalidAtom
+from swarmctl.targets import DEFAULT_TARGET
 
 #: ok / the build failed / a dependency could not be fetched / drone misconfigured / hung.
 FAULTS = ("none", "build", "dependency", "drone", "hung")
@@ -248,10 +249,10 @@ def _supervise(proc: subprocess.Popen[bytes], ps: psutil.Process | None, log: Bi
             return None, "hung"
 
 
-def substitute(template: Sequence[str], cpv: str) -> list[str]:
-    """Fill {cpv} {category} {pn} {pv} into each argv item (plain replacement, no format())."""
+def substitute(template: Sequence[str], cpv: str, target: str = DEFAULT_TARGET) -> list[str]:
+    """Fill {cpv} {category} {pn} {pv} {target} into each argv item (plain replacement, no format())."""
     category, pn, pv = split_cpv(cpv)
-    values = {"{cpv}": cpv, "{category}": category, "{pn}": pn, "{pv}": pv}
+    values = {"{cpv}": cpv, "{category}": category, "{pn}": pn, "{pv}": pv, "{target}": target}
     argv = []
     for item in template:
         for placeholder, value in values.items():
@@ -264,10 +265,11 @@ class CommandBuilder:
     """Runs a configured argv template per job; a non-zero exit fails the job."""
 
     def __init__(self, template: Sequence[str], watchdog: Watchdog | None = None,
-                 allow_env: Sequence[str] = ()) -> None:
+                 allow_env: Sequence[str] = (), target: str = DEFAULT_TARGET) -> None:
         if not template:
             raise ConfigError("drone.command: the command builder needs an argv template")
         self.template = list(template)
+        self.target = target  # the build target this builder builds for ({target} in the template)
         self.watchdog = watchdog
         self.allow_env = list(allow_env)
         #: MAKEOPTS for each build, set by a drone running several at once (drone/slots.py).
@@ -278,7 +280,7 @@ class CommandBuilder:
 
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult:
         try:
-            argv = substitute(self.template, cpv)
+            argv = substitute(self.template, cpv, self.target)
         except InvalidAtom as exc:  # the job's fault (as with the portage builder), never the drone's
             return BuildResult(ok=False, fault="build", reason=str(exc))
         env = build_environment(None, self.allow_env)

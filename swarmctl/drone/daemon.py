@@ -26,7 +26,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +46,8 @@ from swarmctl.exceptions import Grounded, NotEnrolled
 from swarmctl.logtail import tail
 from swarmctl.queue import Claim, Queue, new_session
 from swarmctl.registry import DroneRegistry
+from swarmctl.targets import drone_targets
+from swarmctl.tree import sync_tree, tree_revision
 
 log = logging.getLogger("swarmctl.drone")
 
@@ -77,12 +79,18 @@ class DroneDaemon:
     """One build machine's worker loop."""
 
     def __init__(self, client: redis.Redis, config: Config, name: str, token: str, builder: Builder,
-                 state_dir: Path, publisher: Publisher | None = None) -> None:
+                 state_dir: Path, publisher: Publisher | None = None,
+                 builders: Mapping[str, Builder] | None = None) -> None:
+        """``builders`` maps each build target this drone builds to its builder (swarmctl.targets);
+        without it, ``builder`` builds the targets drone.targets declares (else the farm's only one)."""
         self.redis = client
         self.config = config
         self.name = name
         self.token = token
         self.builder = builder
+        self.builders: dict[str, Builder] = dict(builders) if builders else {
+            t: builder for t in drone_targets(config.targets, config.drone.targets)}
+        self.targets = list(self.builders)
         self.publisher = publisher
         self.queue = Queue(client, config)
         self.registry = DroneRegistry(client, config)
@@ -120,9 +128,10 @@ class DroneDaemon:
         self._space_problem: str | None = None  # the preflight's, when only space is short
         self._disk: DroneDisk | None = None
         psutil.cpu_percent(None)  # prime the counter: the first call always says 0.0
-        watchdog = getattr(builder, "watchdog", None)
-        if watchdog is not None:
-            watchdog.on_hung = self.set_hung
+        for each in {id(b): b for b in [builder, *self.builders.values()]}.values():
+            watchdog = getattr(each, "watchdog", None)
+            if watchdog is not None:
+                watchdog.on_hung = self.set_hung
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -187,6 +196,8 @@ class DroneDaemon:
             "machine_id_seen": self.machine_id or "",
             "clock": f"{time.time():.3f}",  # lets doctor measure this drone's clock skew
             "problem": self.problem or self.low_disk or "",
+            "targets": " ".join(self.targets),
+            "tree": tree_revision(self.tree_repo(self.targets[0])),
         }
         if self._disk is not None:
             free = self._disk.check().free
@@ -244,11 +255,14 @@ class DroneDaemon:
         now = time.monotonic()
         if now < self._preflight_due:
             return self.problem is None
-        check = getattr(self.builder, "preflight", None)
         problem: str | None = None
         fixes: list[str] = []
         space: str | None = None
-        if check is not None:
+        # Every target's builder (one prefix each) must pass; the first that does not is the reason.
+        for builder in {id(b): b for b in [self.builder, *self.builders.values()]}.values():
+            check = getattr(builder, "preflight", None)
+            if check is None:
+                continue
             try:
                 result = check()
                 problem = None if result.ok else result.reason
@@ -258,6 +272,8 @@ class DroneDaemon:
             except Exception as exc:  # a preflight bug must not stop the drone: report it instead
                 log.exception("preflight crashed")
                 problem = f"preflight error: {exc}"
+            if problem or space:
+                break
         cfg = self.config.drone
         self._space_problem = space
         ok = problem is None and space is None
@@ -382,7 +398,7 @@ class DroneDaemon:
                     request = self.claim_seq
                 try:
                     claim = self.queue.claim(self.name, self.token, self.session, request, self._free_mb(),
-                                             self.speed)
+                                             self.speed, self.targets)
                     waits = None
                 except Grounded as grounded:
                     self._take(None, request)
@@ -456,9 +472,15 @@ class DroneDaemon:
         log_path = current.log_path = self.logs.path_for(claim.cpv)
         self.logs.rotate(keep=self.slots.logs())
         log.info("building %s (attempt %d)", claim.cpv, claim.attempts)
+        builder = self.builders.get(claim.target)
         try:
             self._with_redis("heartbeat", self.heartbeat_once)
-            result = self.builder.build(claim.cpv, log_path, current.abort)
+            if builder is None or not self._at_planned_tree(current):
+                result = BuildResult(ok=False, fault="none", aborted=True,
+                                     reason=f"this drone does not build target {claim.target}" if builder is None
+                                     else current.cannot)
+            else:
+                result = builder.build(claim.package, log_path, current.abort)
         except Exception as exc:  # a builder bug is this drone's problem, never a lost job
             log.exception("builder crashed on %s", claim.cpv)
             result = BuildResult(ok=False, fault="drone", reason=f"builder error: {exc}")
@@ -479,6 +501,28 @@ class DroneDaemon:
             if idle:  # tidy only with no build in progress (another slot's may need what it deletes)
                 self.disk().tidy()
 
+    def tree_repo(self, target: str) -> Path | None:
+        """The ebuild repository ``target``'s builds read (its prefix's, else drone.repo)."""
+        prefix = getattr(self.builders.get(target), "prefix", None)
+        if prefix is not None:
+            return Path(prefix.repo)
+        return Path(self.config.drone.repo) if self.config.drone.repo else None
+
+    def _at_planned_tree(self, current: Current) -> bool:
+        """Is this drone's tree at the revision the job was planned from? Brings it there when it
+        can (a git tree); when it cannot, ``current.cannot`` says why and the job goes back."""
+        wanted = current.claim.tree
+        repo = self.tree_repo(current.claim.target)
+        if not wanted or repo is None:
+            return True  # planned before revisions were recorded, or no tree to compare
+        mine = tree_revision(repo)
+        if mine == wanted or sync_tree(repo, wanted):
+            return True
+        current.cannot = (f"tree-mismatch: {current.claim.cpv} was planned at tree {wanted[:40]}, this drone's "
+                          f"{repo} is at {mine[:40] or 'an unknown revision'} and cannot be brought to it")
+        log.warning("%s; giving the job back", current.cannot)
+        return False
+
     def _out_of_space(self, log_path: Path) -> bool:
         """A build that failed on a full disk is this drone's fault, not the package's (no blame)."""
         try:
@@ -495,9 +539,13 @@ class DroneDaemon:
             log.info("%s: not reporting, the job belongs to another drone now", claim.cpv)
             return
         if result.aborted:
+            cannot = "tree-mismatch" if current.cannot else ""
+            reason = current.cannot or ("" if result.reason == "aborted" else result.reason)
             outcome = self._with_redis("release", lambda: q.release(
-                claim.cpv, self.name, self.token, claim.lease, "build aborted on shutdown"))
-            log.info("%s released back to the queue (%s)", claim.cpv, outcome)
+                claim.cpv, self.name, self.token, claim.lease, reason or "build aborted on shutdown", cannot))
+            log.info("%s released back to the queue (%s)%s", claim.cpv, outcome, f": {reason}" if reason else "")
+            if cannot:
+                self.stopping.wait(self.config.drone.poll_interval)  # not straight back to the same job
             return
         if result.ok:
             result = self._deliver(claim, result, duration)

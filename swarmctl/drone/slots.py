@@ -50,6 +50,8 @@ class Current:
     expected_disk: int = 0
     log_path: Path | None = None
     thread: threading.Thread | None = field(default=None, repr=False)
+    #: Why this drone cannot build it as planned (its tree is elsewhere): given back, not failed.
+    cannot: str = ""
 
 
 def cores() -> int:
