@@ -1157,12 +1157,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"  stale completions refused {report['stale_completions_refused']}, applied "
         f"{report['stale_completions_applied']}; churn {report['churn']}; "
         f"median recovery {report['median_recover_s']} s (max {report['max_recover_s']} s)",
-        f"  {'fault':<15}{'n':>3}{'median rec s':>14}{'max rec s':>11}{'detect s':>20}{'interrupted':>13}{'extra':>7}",
+        f"  {'fault':<15}{'n':>3}{'median rec s':>14}{'max rec s':>11}{'median detect s':>17}"
+        f"{'interrupted':>13}{'extra':>7}",
     ]
     for kind, k in sorted(report["by_kind"].items()):
-        detect = ",".join(f"{d:.1f}" for d in k["detect_s"]) or "-"
+        detect = f"{statistics.median(k['detect_s']):.2f}" if k["detect_s"] else "-"
         lines.append(f"  {kind:<15}{k['count']:>3}{k['median_recover_s'] or '-':>14}{k['max_recover_s'] or '-':>11}"
-                     f"{detect:>20}{k['jobs_interrupted']:>13}{k['extra_builds']:>7}")
+                     f"{detect:>17}{k['jobs_interrupted']:>13}{k['extra_builds']:>7}")
     lines.append("  timeline:")
     for f in report["faults"]:
         lines.append(f"    {f['injected_at']!s:>7} s {f['kind']:<14} {f['target']:<7} dur {f['duration']:>5} "
