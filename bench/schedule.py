@@ -18,6 +18,12 @@ the same scaled seconds, their ratio, drone utilisation (time drones held a
 job / drones x makespan) and efficiency (true work / drones x makespan).
 
     python bench/schedule.py [--drones 4 8 16] [--hour 7] [--out bench/results/schedule.json]
+    python bench/schedule.py --two-targets [--drones 8]   # two build targets sharing the drones
+
+With ``--two-targets`` the graph is queued for two build targets at once (every CPV twice, each
+gated on its own target's jobs) on drones that build both: reported are each target's makespan
+against its own lower bound, and the pair's against theirs (max(critical path, 2 x work / drones))
+and against running them one after the other (twice a one-target run's makespan).
 
 One full run (six configurations) takes about 13 minutes on a 2-CPU machine.
 
@@ -35,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import redis
@@ -48,6 +54,10 @@ from swarmctl.config import load_config
 from swarmctl.dag import load_dag
 from swarmctl.graph import break_cycles, critical_path, gates_of
 from swarmctl.registry import DroneRegistry
+from swarmctl.targets import job_name
+
+#: The build targets of --two-targets.
+TWO_TARGETS = ("desktop", "server")
 
 JITTER_SIGMA = 0.3
 LOG_EPOCH = 1_500_000_000
@@ -70,6 +80,8 @@ class Run:
     failed: int
     import_seconds: float
     estimate_error: float  # median |estimate / true - 1| over packages with real durations
+    #: With several targets: each one's makespan (from the first claim) and its ratio to its lower bound.
+    targets: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def write_history_log(durations: list[dict], path: Path) -> int:
@@ -123,11 +135,16 @@ def cli(args: list[str], env: dict[str, str]) -> str:
 
 def run_once(url: str, home: Path, policy: str, drones: int, dag_path: Path, log_path: Path,
              truth: dict[str, float], measured: set[str], scale: float, sleepers: Path,
-             bound: tuple[float, float], timeout: float) -> Run:
+             bound: tuple[float, float], timeout: float, targets: tuple[str, ...] = ()) -> Run:
     client = redis.Redis.from_url(url, decode_responses=True)
     client.flushall()
+    extra = {}
+    if targets:  # a config naming the targets; every drone builds all of them
+        config_path = home / "targets.yml"
+        config_path.write_text("targets:\n" + "".join(f"  {t}: {{}}\n" for t in targets))
+        extra = {"SWARM_CONFIG": str(config_path), "SWARM_DRONE_TARGETS": " ".join(targets)}
     env = swarm_env(url, home, SWARM_QUEUE_POLICY=policy, SWARM_DRONE_POLL_INTERVAL="0.05",
-                    SWARM_DRONE_HEARTBEAT_INTERVAL="1")
+                    SWARM_DRONE_HEARTBEAT_INTERVAL="1", **extra)
     cli(["history", "import", str(log_path)], env)
     registry = DroneRegistry(client, load_config(environ=env))
     names = [f"d{i:02d}" for i in range(drones)]
@@ -141,10 +158,11 @@ def run_once(url: str, home: Path, policy: str, drones: int, dag_path: Path, log
                 raise RuntimeError("drones did not come up within 60 s")
             time.sleep(0.1)
         started = time.monotonic()
-        cli(["queue", "import", str(dag_path)], env)
+        cli(["queue", "import", str(dag_path), *[f"--target={t}" for t in targets]], env)
         import_seconds = time.monotonic() - started
         deadline = time.monotonic() + timeout
-        total = len(truth)
+        jobs = {job_name(c, t): c for t in targets for c in truth} if targets else {c: c for c in truth}
+        total = len(jobs)
         while True:
             built, failed, blocked = (client.scard(keys.state_set(s)) for s in ("built", "failed", "blocked"))
             if built + failed + blocked >= total or time.monotonic() > deadline:
@@ -154,19 +172,27 @@ def run_once(url: str, home: Path, policy: str, drones: int, dag_path: Path, log
         stop(procs)
     rows = {}
     with client.pipeline(transaction=False) as pipe:
-        for cpv in truth:
-            pipe.hmget(keys.job(cpv), "claimed_at", "finished_at", "state", "estimate")
-        for cpv, row in zip(truth, pipe.execute(), strict=True):
-            rows[cpv] = row
+        for job in jobs:
+            pipe.hmget(keys.job(job), "claimed_at", "finished_at", "state", "estimate")
+        for job, row in zip(jobs, pipe.execute(), strict=True):
+            rows[job] = row
     done = {c: (int(r[0]) / 1000.0, int(r[1]) / 1000.0) for c, r in rows.items() if r[2] == "built"}
     start = min(s for s, _ in done.values())
     makespan = max(e for _, e in done.values()) - start
     busy = sum(e - s for s, e in done.values())
-    work = sum(truth[c] * scale for c in done)
-    overhead = statistics.mean((e - s) - truth[c] * scale for c, (s, e) in done.items())
-    errors = [abs(float(r[3]) / truth[c] - 1) for c, r in rows.items() if r[3] and c in measured]
-    cp, per_drone = bound[0] * scale, bound[1] * scale / drones
+    work = sum(truth[jobs[c]] * scale for c in done)
+    overhead = statistics.mean((e - s) - truth[jobs[c]] * scale for c, (s, e) in done.items())
+    errors = [abs(float(r[3]) / truth[jobs[c]] - 1) for c, r in rows.items() if r[3] and jobs[c] in measured]
+    cp, per_drone = bound[0] * scale, bound[1] * scale * max(1, len(targets)) / drones
     lower = max(cp, per_drone)
+    alone = max(cp, bound[1] * scale / drones)  # one target's own lower bound with every drone
+    per_target = {}
+    for target in targets:
+        ends = [e for c, (_, e) in done.items() if c == job_name(jobs[c], target)]
+        if ends:
+            span = max(ends) - start
+            per_target[target] = {"makespan": round(span, 2), "lower_bound": round(alone, 2),
+                                  "ratio": round(span / alone, 3)}
     client.close()
     return Run(policy=policy, drones=drones, makespan=round(makespan, 2), lower_bound=round(lower, 2),
                critical_path=round(cp, 2), work_per_drone=round(per_drone, 2), ratio=round(makespan / lower, 3),
@@ -174,7 +200,7 @@ def run_once(url: str, home: Path, policy: str, drones: int, dag_path: Path, log
                mean_overhead=round(overhead, 4), jobs=total, built=len(done),
                failed=sum(1 for r in rows.values() if r[2] in ("failed", "blocked")),
                import_seconds=round(import_seconds, 2),
-               estimate_error=round(statistics.median(errors), 3) if errors else 0.0)
+               estimate_error=round(statistics.median(errors), 3) if errors else 0.0, targets=per_target)
 
 
 def main() -> int:
@@ -183,10 +209,17 @@ def main() -> int:
     parser.add_argument("--policies", nargs="+", default=["critical-path", "fifo"])
     parser.add_argument("--hour", type=float, default=7.0, help="Wall seconds one real build hour takes.")
     parser.add_argument("--seed", type=int, default=2014)
+    parser.add_argument("--two-targets", action="store_true",
+                        help="Two build targets sharing the drones (critical-path; default 8 drones).")
     parser.add_argument("--timeout", type=float, default=600.0, help="Longest one run may take (s).")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "schedule.json"),
                         help="Where the JSON results go (default: bench/results/schedule.json).")
     args = parser.parse_args()
+    if args.two_targets:
+        args.policies = ["critical-path"]
+        args.drones = args.drones if args.drones != [4, 8, 16] else [8]
+        if args.out.endswith("schedule.json"):
+            args.out = args.out[:-len("schedule.json")] + "schedule-targets.json"
 
     durations_path, dag_path = require_data("gentoo-build-durations.json", "gentoo-kde-2014.dag.json")
     durations = json.loads(durations_path.read_text())
@@ -221,6 +254,17 @@ def main() -> int:
                           f"{run.lower_bound:7.1f} s, ratio {run.ratio:.3f}, utilisation {run.utilisation:.1%}, "
                           f"efficiency {run.efficiency:.1%}, overhead/job {run.mean_overhead * 1000:.0f} ms, "
                           f"estimate error {run.estimate_error:.0%}, built {run.built}/{run.jobs}", flush=True)
+                    if args.two_targets:
+                        pair = run_once(url, home, policy, drones, dag_path, log_path, truth, measured, scale,
+                                        home / "sleep", bound, args.timeout * 2, TWO_TARGETS)
+                        runs.append(pair)
+                        for target, figures in pair.targets.items():
+                            print(f"  target {target}: makespan {figures['makespan']:7.1f} s, its lower bound "
+                                  f"{figures['lower_bound']:7.1f} s, ratio {figures['ratio']:.3f}", flush=True)
+                        print(f"  both targets: makespan {pair.makespan:7.1f} s, lower bound {pair.lower_bound:7.1f} s "
+                              f"(ratio {pair.ratio:.3f}); one after the other {2 * run.makespan:7.1f} s "
+                              f"(together / sequential {pair.makespan / (2 * run.makespan):.3f}), "
+                              f"built {pair.built}/{pair.jobs}", flush=True)
     result = {"hour_seconds": args.hour, "seed": args.seed, "jitter_sigma": JITTER_SIGMA,
               "default_estimate": default, "true_work_hours": round(bound[1] / 3600, 2),
               "critical_path_hours": round(bound[0] / 3600, 2), "runs": [asdict(r) for r in runs]}

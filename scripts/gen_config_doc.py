@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from swarmctl.defaults import SECTIONS, SETTINGS, SYSTEM_CONFIG, Setting  # noqa: E402
+from swarmctl.targets import DEFAULT_TARGET, FIELD_DOCS  # noqa: E402
 
 TARGET = REPO / "docs" / "configuration.md"
 
@@ -62,6 +63,25 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+def _targets_section() -> list[str]:
+    """The ``targets:`` mapping (swarmctl.targets): named build configurations, not flat settings."""
+    lines = [
+        "## Build targets (`targets`)", "",
+        "A mapping of target name (lower-case letters, digits, `_`, `-`) to its fields, all optional. Without it "
+        "the farm has one target, `" + DEFAULT_TARGET + "`, and today's layout; with several, every drone "
+        "declares which it builds (`drone.targets` or `swarmctl drone run --target T`) and target T's "
+        "binhost area is `PKGDIR/T/`, served at `<binhost.url>/T/` (docs/architecture.md). Every mistake "
+        "is reported, one line each, naming the target and field.", "",
+        "| Field | Description |", "|---|---|",
+    ]
+    lines += [f"| `{name}` | {_cell(doc)} |" for name, doc in FIELD_DOCS.items()]
+    lines += ["", "```yaml", "targets:", "  desktop:", "    profile: default/linux/amd64", "    make_conf:",
+              "      USE: X gtk", "  server:", "    accept_keywords: amd64 ~amd64", "    make_conf:",
+              "      USE: -X", "    package_files:", "      package.use: [app-misc/hello -doc]",
+              "    world: [app-misc/hello]", "```", ""]
+    return lines
+
+
 def render(settings: tuple[Setting, ...] = SETTINGS) -> str:
     lines = [
         "# Configuration reference",
@@ -94,6 +114,7 @@ def render(settings: tuple[Setting, ...] = SETTINGS) -> str:
                 lines.append(f"| `{s.name}` | {kind} | {_value(s.default)} | {s.range} | `{s.env}` | "
                              f"{_cell(s.doc)} |")
         lines.append("")
+    lines += _targets_section()
     lines += ["## A complete file with every default", "", "```yaml"]
     for section in SECTIONS:
         lines.append(f"{section}:")

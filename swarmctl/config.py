@@ -21,6 +21,7 @@ import yaml
 from swarmctl import paths
 from swarmctl.defaults import SECTIONS, SETTINGS, SYSTEM_CONFIG, Setting
 from swarmctl.exceptions import ConfigError
+from swarmctl.targets import Target, parse_targets, resolve_targets
 
 _BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
 _TRUE = {"1", "true", "yes", "on"}
@@ -125,9 +126,13 @@ class Config:
     log: SimpleNamespace
     nightly: SimpleNamespace
 
-    def __init__(self, values: dict[str, Any], source: Path | None = None) -> None:
+    def __init__(self, values: dict[str, Any], source: Path | None = None,
+                 targets: dict[str, Target] | None = None) -> None:
         self._values = values
         self.source = source
+        #: The farm's build targets (swarmctl.targets): the file's ``targets:``, else ``default`` alone.
+        self.targets: dict[str, Target] = resolve_targets(targets or {})
+        self._declared_targets = targets or {}
         for section in SECTIONS:
             keys = {s.key: values[s.name] for s in SETTINGS if s.section == section}
             setattr(self, section, SimpleNamespace(**keys))
@@ -145,7 +150,7 @@ class Config:
             if name not in _BY_NAME:
                 raise ConfigError(f"unknown setting {name}")
             values[name] = coerce(_BY_NAME[name], value, "option")
-        return Config(values, self.source)
+        return Config(values, self.source, self._declared_targets)
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -161,15 +166,17 @@ def load_config(path: str | os.PathLike[str] | None = None,
     values = {s.name: s.default for s in SETTINGS}
     source = Path(path) if path else (
         Path(env["SWARM_CONFIG"]) if env.get("SWARM_CONFIG") else default_config_path())
+    targets: dict[str, Target] = {}
     if source is not None:
-        values.update(_read_file(source))
+        found, targets = _read_file(source)
+        values.update(found)
     for setting in SETTINGS:
         if setting.env in env:
             values[setting.name] = coerce(setting, env[setting.env], setting.env)
-    return Config(values, source)
+    return Config(values, source, targets)
 
 
-def _read_file(path: Path) -> dict[str, Any]:
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, Target]]:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
@@ -185,9 +192,10 @@ def _read_file(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     values: dict[str, Any] = {}
+    targets = parse_targets(data.pop("targets", None), str(path))
     for section, body in data.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{path}: unknown section {section!r} (known: {', '.join(SECTIONS)})")
+            raise ConfigError(f"{path}: unknown section {section!r} (known: {', '.join(SECTIONS)}, targets)")
         if body is None:
             continue
         if not isinstance(body, dict):
@@ -197,4 +205,4 @@ def _read_file(path: Path) -> dict[str, Any]:
             if name not in _BY_NAME:
                 raise ConfigError(f"{path}: unknown key {name}")
             values[name] = coerce(_BY_NAME[name], raw, str(path))
-    return values
+    return values, targets

@@ -84,6 +84,10 @@ SETTINGS: tuple[Setting, ...] = (
             min=1, max=1000),
     Setting("queue", "max_attempts", 6, int, "Attempts before a job is marked failed for good.",
             min=1, max=1_000_000),
+    Setting("queue", "constraints_file", None, str,
+            "YAML file of packages' needs, e.g. 'dev-qt/qtwebengine: {memory_mb: 12000, disk_mb: 30000}' "
+            "(by category/package or CPV); a job is handed only to a drone with that much free. Packages "
+            "not named there need what their recent builds peaked at."),
     Setting("queue", "claim_scan", 64, int,
             "Ready jobs a claim looks at, best first (bounds claim cost whatever the queue length).",
             min=1, max=100_000),
@@ -93,6 +97,9 @@ SETTINGS: tuple[Setting, ...] = (
             min=0, max=10_000),
     # Drone daemon.
     Setting("drone", "name", None, str, "This drone's name (or --name)."),
+    Setting("drone", "targets", [], list,
+            "Build targets this drone builds (or --target, repeatable); it is handed no job of another. "
+            "Empty: the farm's only target (a farm with several must say)."),
     Setting("drone", "token", None, str, "Enrollment token (or SWARM_DRONE_TOKEN; --token shows it in ps).",
             secret=True),
     Setting("drone", "state_dir", None, str,
@@ -139,6 +146,19 @@ SETTINGS: tuple[Setting, ...] = (
             min=0.1, max=DAY),
     Setting("drone", "preflight_min_free_mb", 256, int,
             "Free MiB PKGDIR, PORTAGE_TMPDIR and DISTDIR need for the preflight to pass.", min=0, max=2**30),
+    Setting("drone", "slots", 1, int,
+            "Builds this drone runs at once (or --slots); 0: one per 4 cores. With several, each build gets "
+            "MAKEOPTS=-jC -lC (C: the cores) unless drone.build_env passes MAKEOPTS.", min=0, max=256),
+    Setting("drone", "speed", 0.0, float,
+            "How fast this drone builds, relative to the others (e.g. its cores x their clock); 0: its "
+            "core count. A slower drone leaves the longest critical-path job to a faster idle one.",
+            min=0.0, max=1e6),
+    Setting("drone", "memory_mb", 0, int,
+            "Memory this drone offers its builds, in MiB; 0: the host's total.", min=0, max=2**30),
+    Setting("drone", "memory_margin_mb", 512, int,
+            "MiB of memory a drone keeps free: it claims only jobs whose expected peak fits in its "
+            "available memory less this and what its running builds are still expected to use.",
+            min=0, max=2**30),
     Setting("drone", "min_free_gb", 2.0, float,
             "A drone with less free GiB in its build dir or PKGDIR claims nothing and shows low-disk "
             "until space returns (not a failure; 0: never).", min=0.0, max=1e6),
@@ -202,6 +222,9 @@ SETTINGS: tuple[Setting, ...] = (
             "GnuPG home holding the binhost's signing key (owned by its user, mode 0700). "
             "Empty: $XDG_DATA_HOME/build-swarm/binhost-gnupg."),
     Setting("binhost", "gpg", "gpg", str, "The gpg program the binhost signs and verifies with."),
+    Setting("binhost", "key_passphrase_file", None, str,
+            "File holding the signing key's passphrase (owned by the binhost's user, mode 0600; read by gpg "
+            "only, never logged). Empty: keys have no passphrase (the home's mode protects them)."),
     Setting("binhost", "key_uid", "build-swarm binhost <binhost@build-swarm.invalid>", str,
             "User id of signing keys made by 'binhost key init/rotate'."),
     Setting("binhost", "key_expiry_days", 730, int, "Lifetime of a new signing key, in days.", min=1, max=36500),
@@ -215,6 +238,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("binhost", "index_ttl", 300, int,
             "TTL (seconds) written into the Packages header: clients skip refreshes this long (0: none).",
             min=0, max=86400),
+    # Binhost lifecycle (swarmctl/binhost/generations.py, gates.py, retention.py).
+    Setting("binhost", "min_free_mb", 1024, int,
+            "Free MiB PKGDIR's file system keeps: an upload that would go below is refused with 507 "
+            "(the drone builds it again later) and status is red (0: no check).", min=0, max=2**30),
+    Setting("binhost", "keep_generations", 5, int,
+            "Generations 'binhost gc' keeps (the published and the previous one are always kept).",
+            min=1, max=10000),
+    Setting("binhost", "keep_instances", 2, int,
+            "Builds (BUILD_IDs) of one CPV 'binhost gc' keeps in staging beyond those kept generations name.",
+            min=1, max=10000),
+    Setting("binhost", "gate_repo", None, str,
+            "Ebuild repository (tree) whose profile the promote gates use: package.provided for the "
+            "dependency closure, the smoke-install client's profile. Empty: drone.repo, else the bundled overlay."),
+    Setting("binhost", "gate_profile", "default/linux/amd64", str, "Profile (below gate_repo/profiles) of the gates."),
+    Setting("binhost", "smoke_install", True, bool,
+            "Gate a promote on a throwaway client installing the changed packages (--getbinpkgonly)."),
+    Setting("binhost", "smoke_limit", 50, int,
+            "Most changed packages the smoke install installs (the first in CPV order above it).",
+            min=1, max=100000),
     # Binhost content policy (swarmctl/binhost/policy.py): what a package may contain.
     Setting("binhost", "repositories", ["swarm-sample"], list,
             "Repositories a published package may come from (its REPO); list every repository the "

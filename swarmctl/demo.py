@@ -29,6 +29,8 @@ from pathlib import Path
 import redis
 
 from swarmctl import keys
+from swarmctl.binhost.gates import GateSettings, run_gates, tree_revision
+from swarmctl.binhost.generations import PromoteResult, promote, staging_url
 from swarmctl.binhost.index import INDEX_NAME, FileDigests, PackagesIndex, verify
 from swarmctl.binhost.server import BinhostServer, QueueGate, make_server
 from swarmctl.binhost.signing import KEYS_NAME, MAX_HOME_CHARS, Keyring, NoSigningKey
@@ -39,7 +41,7 @@ from swarmctl.logtail import tail
 from swarmctl.orchestrator import Orchestrator
 from swarmctl.overlay import DEFAULT_WORLD, install_overlay
 from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
-from swarmctl.queue import Queue
+from swarmctl.queue import Queue, for_target
 from swarmctl.registry import DroneInfo, DroneRegistry
 from swarmctl.resolver import PackageResolver
 
@@ -50,6 +52,8 @@ PROGRESS_EVENTS = frozenset({"claimed", "built", "requeued", "failed", "blocked"
                              "preflight-ok"})
 #: Lines of a build log or daemon log a halt shows.
 TAIL_LINES = 15
+#: The two targets of ``swarmctl demo --multi-target``: the sample world built with two make.conf settings.
+MULTI_TARGETS: dict[str, dict[str, str]] = {"speed": {"CFLAGS": "-O2 -pipe"}, "size": {"CFLAGS": "-Os -pipe"}}
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,11 @@ class LocalSwarm:
 
     def __init__(self, workdir: Path, drones: int = 3, repo: Path | None = None,
                  world: tuple[str, ...] = DEFAULT_WORLD, extra_jobs: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, targets: dict[str, dict[str, str]] | None = None) -> None:
+        """``targets``: build targets (name -> make.conf variables); each gets its binhost area
+        (``binhost/<target>/``) and its drones (they take turns: drone-1 the first target, ...)."""
         self.workdir = workdir.absolute()
+        self.targets = dict(targets or {})
         self.n_drones = drones
         self.repo_source = repo
         self.world = world
@@ -108,7 +115,38 @@ class LocalSwarm:
 
     def config(self) -> Config:
         return load_config(environ={"SWARM_REDIS_URL": self.redis_url, "SWARM_ORCHESTRATOR_INTERVAL": "1",
-                                    "SWARM_ORCHESTRATOR_OFFLINE_AFTER": "10"})
+                                    "SWARM_ORCHESTRATOR_OFFLINE_AFTER": "10", **self._target_env()})
+
+    def _target_env(self) -> dict[str, str]:
+        """SWARM_CONFIG naming a file with the build targets (written once), or nothing."""
+        if not self.targets:
+            return {}
+        path = self.workdir / "swarm.yml"
+        if not path.exists():
+            import yaml
+
+            path.write_text(yaml.safe_dump({"targets": {name: {"make_conf": conf}
+                                                        for name, conf in self.targets.items()}}))
+        return {"SWARM_CONFIG": str(path)}
+
+    def target_of_drone(self, name: str) -> str | None:
+        """The target a demo drone builds (they take turns), None without targets."""
+        if not self.targets:
+            return None
+        names = list(self.targets)
+        return names[(int(name.rsplit("-", 1)[1]) - 1) % len(names)]
+
+    def _target_names(self) -> list[str | None]:
+        """The build targets, or [None] for a demo without them."""
+        return [*self.targets] or [None]
+
+    def area(self, target: str | None) -> Path:
+        """A target's binhost area (PKGDIR itself without targets)."""
+        return self.pkgdir / target if target else self.pkgdir
+
+    def area_url(self, target: str | None) -> str:
+        assert self.server is not None
+        return f"{self.server.url}/{target}/" if target else self.server.url
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -123,7 +161,8 @@ class LocalSwarm:
         self.pkgdir.mkdir(parents=True, exist_ok=True)
         self.keyring = self._signing_keyring()
         self.server = make_server(self.pkgdir, "127.0.0.1:0", QueueGate(self.registry, self.queue),
-                                  keyring=self.keyring)
+                                  keyring=self.keyring, targets=cfg.targets)
+        self.server.publish_keys(self.keyring)
         self._thread(self.server.serve_forever, "binhost")
         self.orchestrator = Orchestrator(self.client, cfg)
         self._thread(self.orchestrator.run, "orchestrator")
@@ -154,33 +193,40 @@ class LocalSwarm:
         self._threads.append(thread)
 
     def drone_prefix(self, name: str) -> PortagePrefix:
-        assert self.server is not None
-        return make_prefix(self.workdir / "drones" / name, self.repo, self.server.url,
-                           make_conf={"MAKEOPTS": "-j1"}, binhost_keys=self.keys_asc)
+        target = self.target_of_drone(name)
+        return make_prefix(self.workdir / "drones" / name, self.repo, staging_url(self.area_url(target)),
+                           make_conf={"MAKEOPTS": "-j1", **self.targets.get(target or "", {})},
+                           binhost_keys=self.keys_asc)
 
     def start_drone(self, name: str) -> subprocess.Popen[bytes]:
         prefix = self.drone_prefix(name)
+        target = self.target_of_drone(name)
         token = self.registry.enroll(name)
         env = {**os.environ, **self.extra_env, "SWARM_REDIS_URL": self.redis_url, "SWARM_DRONE_TOKEN": token,
                "SWARM_DRONE_BUILDER": "portage", "SWARM_DRONE_PREFIX": str(prefix.root),
                "SWARM_BINHOST_URL": self.server.url if self.server else "",
                "SWARM_BINHOST_KEYS_FILE": str(self.pkgdir / KEYS_NAME),
                "SWARM_DRONE_STATE_DIR": str(self.workdir / "drones" / name / "state"),
-               "SWARM_DRONE_POLL_INTERVAL": "0.3", "SWARM_DRONE_HEARTBEAT_INTERVAL": "1"}
+               "SWARM_DRONE_POLL_INTERVAL": "0.3", "SWARM_DRONE_HEARTBEAT_INTERVAL": "1", **self._target_env()}
         log_file = open(self.workdir / "drones" / name / "daemon.log", "ab")  # noqa: SIM115 (lives with the process)
-        proc = subprocess.Popen([sys.executable, "-m", "swarmctl", "drone", "run", "--name", name], env=env,
+        argv = [sys.executable, "-m", "swarmctl", "drone", "run", "--name", name]
+        proc = subprocess.Popen(argv + (["--target", target] if target else []), env=env,
                                 stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         self.procs[name] = proc
         return proc
 
     def queue_world(self) -> int:
-        """Resolve the world against the binhost and queue what it lacks; returns jobs queued."""
-        resolver = PackageResolver(self.drone_prefix("drone-1"))
-        resolution = resolver.resolve(list(self.world), self.pkgdir)
-        specs = resolution.job_specs()
+        """Resolve the world against the binhost and queue what it lacks (for every target, each
+        resolved in a prefix of its own configuration, against its own area); returns jobs queued."""
         from swarmctl.graph import JobSpec
 
-        specs += [JobSpec(cpv) for cpv in self.extra_jobs]
+        specs: list[JobSpec] = []
+        for target in self._target_names():
+            drone = next(f"drone-{i}" for i in range(1, max(self.n_drones, len(self.targets)) + 1)
+                         if self.target_of_drone(f"drone-{i}") == target)
+            resolution = PackageResolver(self.drone_prefix(drone)).resolve(list(self.world), self.area(target))
+            wanted = resolution.job_specs() + [JobSpec(cpv) for cpv in self.extra_jobs]
+            specs += for_target(wanted, target) if target else wanted
         report = self.queue.add(specs)
         return len(report.added)
 
@@ -288,21 +334,31 @@ class LocalSwarm:
     def summary(self) -> SwarmSummary:
         jobs = self.queue.jobs()
         built_events = Counter(e.job for e in Events(self.client).since() if e.kind == "built")
-        report = verify(self.pkgdir, check_signatures=True)
+        reports = [verify(self.area(t), check_signatures=True) for t in self._target_names()]
         summary = SwarmSummary(
             jobs=len(jobs), built=sorted(j.cpv for j in jobs if j.state == "built"),
             blocked=sorted(j.cpv for j in jobs if j.state == "blocked"),
             failed=sorted(j.cpv for j in jobs if j.state == "failed"),
-            builds_per_job=dict(built_events), index_ok=report.ok,
-            index_problems=[str(p) for p in report.problems], seconds=time.monotonic() - self.started)
+            builds_per_job=dict(built_events), index_ok=all(r.ok for r in reports),
+            index_problems=[str(p) for r in reports for p in r.problems], seconds=time.monotonic() - self.started)
         twice = [cpv for cpv, n in built_events.items() if n != 1]
         if twice:
             summary.problems.append(f"built more than once: {', '.join(twice)}")
-        if not report.ok:
+        if not summary.index_ok:
             summary.problems.append(f"binhost index: {'; '.join(summary.index_problems[:3])}")
         return summary
 
-    def install_on_client(self, atom: str, name: str = "client", url: str | None = None) -> tuple[bool, str]:
+    def promote(self, target: str | None = None) -> PromoteResult:
+        """Run the gates (dependency closure, a smoke install) on what the drones staged and,
+        if they pass, publish it: the area's ``Packages`` becomes a promoted generation."""
+        settings = GateSettings(repo=self.repo)
+        assert self.keyring is not None
+        area = self.area(target)
+        return promote(area, gates=run_gates(area, settings), tree=tree_revision(self.repo),
+                       signing_key=self.keyring.signing_key().fingerprint)
+
+    def install_on_client(self, atom: str, name: str = "client", url: str | None = None,
+                          target: str | None = None) -> tuple[bool, str]:
         """A fresh default client installs ``atom`` from the binhost only (emerge --getbinpkgonly).
 
         Its binrepos.conf leaves verify-signature at portage's default (on); its keyring
@@ -311,8 +367,8 @@ class LocalSwarm:
         """
         assert self.server is not None
         root = self.workdir / name
-        client = make_prefix(root, self.repo, url or self.server.url, binhost_keys=self.keys_asc,
-                             verify_as_nobody=_others_can_enter(root))
+        client = make_prefix(root, self.repo, url or self.area_url(target), binhost_keys=self.keys_asc,
+                             make_conf=self.targets.get(target or ""), verify_as_nobody=_others_can_enter(root))
         proc = subprocess.run([str(client.tool("emerge")), "--getbinpkgonly", "--oneshot", "--quiet-build=y",
                                "--color=n", "--nospinner", atom], env=client.env(), capture_output=True,
                               text=True, timeout=600)

@@ -246,9 +246,12 @@ def index_problems(pkgdir: Path, deep: bool = False, limit: int = 50) -> tuple[i
             problems.append(f"{rel_path}: size {size}, index says {entry.get('SIZE')}")
         if len(problems) >= limit:
             return len(index.entries), problems
+    from swarmctl.binhost.generations import indexed_paths
+
+    known = indexed_paths(pkgdir)  # staged uploads and kept generations count as indexed
     for path in pkgdir.rglob(f"*{GPKG_SUFFIX}"):
         rel = path.relative_to(pkgdir)
-        if not any(part.startswith(".") for part in rel.parts) and rel.as_posix() not in index.entries:
+        if not any(part.startswith(".") for part in rel.parts) and rel.as_posix() not in known:
             problems.append(f"{rel.as_posix()}: package file not in the index")
             if len(problems) >= limit:
                 break

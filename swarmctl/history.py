@@ -13,6 +13,7 @@ import redis
 from swarmctl import keys
 from swarmctl.atoms import cp_of, validate_cpv
 from swarmctl.exceptions import InvalidAtom
+from swarmctl.targets import DEFAULT_TARGET, cpv_of, split_job
 
 if TYPE_CHECKING:
     from swarmctl.emergelog import Merge
@@ -26,10 +27,16 @@ class BuildRecord:
     seconds: float
     parallel: bool = False  # measured under emerge --jobs (wall time inflated)
     source: str = "swarm"
+    #: Peak resident memory of the build's process tree, and its build disk, in bytes (None: not measured).
+    peak_rss: int | None = None
+    disk: int | None = None
+    target: str = DEFAULT_TARGET  # the build target it was built for (older records: the default)
 
     def as_json(self) -> str:
-        return json.dumps({"cpv": self.cpv, "seconds": self.seconds, "parallel": self.parallel,
-                           "source": self.source})
+        record: dict[str, object] = {"cpv": self.cpv, "seconds": self.seconds, "parallel": self.parallel,
+                                     "source": self.source, "target": self.target}
+        record.update({k: v for k, v in (("peak_rss", self.peak_rss), ("disk", self.disk)) if v})
+        return json.dumps(record)
 
 
 class History:
@@ -82,12 +89,49 @@ class History:
                 return float(statistics.median(sample))
         return self.default
 
-    def estimates(self, cpvs: list[str]) -> dict[str, float]:
-        """Estimates for many packages with one round trip."""
-        cps = sorted({cp_of(c) for c in cpvs})
+    def peaks(self, cpvs: list[str]) -> dict[str, tuple[int, int]]:
+        """(peak RSS, disk) in bytes each recent build of ``cpvs`` needed at most: the same version's
+        builds when any measured it, else the package's. Packages never measured are left out."""
+        by_cp = self._by_package(cpvs)
+        found: dict[str, tuple[int, int]] = {}
+        for cpv in cpvs:  # job names (CPV@TARGET) too: a package's peaks are alike across targets
+            records = by_cp[cp_of(cpv_of(cpv))]
+            for pool in ([r for r in records if r.cpv == cpv_of(cpv)], records):
+                rss = max((r.peak_rss or 0 for r in pool), default=0)
+                disk = max((r.disk or 0 for r in pool), default=0)
+                if rss or disk:
+                    found[cpv] = (rss, disk)
+                    break
+        return found
+
+    def _by_package(self, cpvs: list[str]) -> dict[str, list[BuildRecord]]:
+        cps = sorted({cp_of(cpv_of(c)) for c in cpvs})
         with self.redis.pipeline(transaction=False) as pipe:
             for cp in cps:
                 pipe.lrange(keys.history(cp), 0, -1)
             replies = pipe.execute()
-        by_cp = {cp: [BuildRecord(**json.loads(r)) for r in raw] for cp, raw in zip(cps, replies, strict=True)}
+        return {cp: [BuildRecord(**json.loads(r)) for r in raw] for cp, raw in zip(cps, replies, strict=True)}
+
+    def estimates(self, cpvs: list[str]) -> dict[str, float]:
+        """Estimates for many packages with one round trip."""
+        by_cp = self._by_package(cpvs)
         return {cpv: self.estimate(cpv, by_cp[cp_of(cpv)]) for cpv in cpvs}
+
+    def target_estimates(self, jobs: list[str]) -> dict[str, tuple[float, str]]:
+        """(estimate, note) for many jobs (``CPV`` or ``CPV@TARGET``, swarmctl.targets), one round trip.
+
+        A job's own target's builds first; a target with none borrows every target's builds,
+        and the note says so ('' when the estimate is the target's own or the default).
+        """
+        split = {job: split_job(job) for job in jobs}
+        by_cp = self._by_package([cpv for cpv, _ in split.values()])
+        out: dict[str, tuple[float, str]] = {}
+        for job, (cpv, target) in split.items():
+            records = by_cp[cp_of(cpv)]
+            own = [r for r in records if r.target == target]
+            if own or not records:
+                out[job] = (self.estimate(cpv, own), "")
+            else:
+                lent = sorted({r.target for r in records})
+                out[job] = (self.estimate(cpv, records), f"borrowed from target {', '.join(lent)}")
+        return out

@@ -53,8 +53,14 @@ def _job_names(client: redis.Redis) -> set[str]:
             names.add(rest)
     for state in keys.STATES:
         names.update(client.sscan_iter(keys.state_set(state), count=1000))
-    names.update(member for member, _ in client.zscan_iter(keys.READY, count=1000))
+    names.update(_ready_members(client))
     return names
+
+
+def _ready_members(client: redis.Redis) -> set[str]:
+    """Every job in a ready set: the default target's and every other target's."""
+    sets = [keys.READY, *client.scan_iter(match=keys.READY_TARGETS_MATCH, count=1000)]
+    return {member for key in sets for member, _ in client.zscan_iter(key, count=1000)}
 
 
 def _read(client: redis.Redis, names: list[str]) -> dict[str, _Job]:
@@ -86,8 +92,7 @@ def _membership(client: redis.Redis) -> tuple[dict[str, set[str]], set[str]]:
     for state in keys.STATES:
         for cpv in client.sscan_iter(keys.state_set(state), count=1000):
             listed.setdefault(cpv, set()).add(state)
-    ready = {member for member, _ in client.zscan_iter(keys.READY, count=1000)}
-    return listed, ready
+    return listed, _ready_members(client)
 
 
 def _settled(jobs: dict[str, _Job]) -> tuple[dict[str, bool], dict[str, list[str]]]:

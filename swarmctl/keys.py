@@ -8,6 +8,8 @@ a key (tests/test_layering.py checks the package, the tests and the benches).
 
 from __future__ import annotations
 
+from swarmctl.targets import DEFAULT_TARGET
+
 NAMESPACE = "swarm:"
 
 JOB_PREFIX = NAMESPACE + "job:"
@@ -30,6 +32,7 @@ DRONE_STREAK = ":streak"        # set: jobs failed in the drone's current failur
 READY = NAMESPACE + "queue:ready"        # zset: claimable jobs, best first
 SEQ = NAMESPACE + "queue:seq"            # counter: order of arrival (fifo)
 LISTING = NAMESPACE + "queue:listing"    # zset: every job by -priority (listing order, paged)
+NEEDS = NAMESPACE + "queue:needs"        # zset: jobs with a known memory need -> MiB (swarmctl.capacity)
 DRONES = NAMESPACE + "drones"            # set: enrolled drone names
 HEARTBEATS = NAMESPACE + "heartbeats"    # zset: drone -> last heartbeat (ms)
 EVENTS = NAMESPACE + "events"            # stream: every state change
@@ -37,8 +40,21 @@ STATS = NAMESPACE + "stats"              # hash: counters (stale, reclaimed, ...
 LEADER = NAMESPACE + "orchestrator:leader"
 HEALING = NAMESPACE + "healing"          # hash: drone -> JSON of its heal record
 FACTS = NAMESPACE + "meta"               # hash: swarm facts (sync time, world size, ...)
+TARGET_FACTS = NAMESPACE + "targets"     # hash: target -> JSON of its last sync (world, coverage, tree)
 
 STATES = ("needed", "delegated", "built", "failed", "blocked")
+#: The ``default`` target's ready set is READY; target T's is READY + READY_TARGET + T (built in
+#: Lua too, from the job's name: swarmctl.targets).
+READY_TARGET = ":"
+
+
+def ready(target: str) -> str:
+    """Zset of one target's claimable jobs, best first (the default target's is READY)."""
+    return READY if target == DEFAULT_TARGET else READY + READY_TARGET + target
+
+
+#: SCAN pattern of every target's ready set but the default's (READY itself).
+READY_TARGETS_MATCH = READY + READY_TARGET + "*"
 
 
 def state_set(state: str) -> str:

@@ -37,6 +37,7 @@ from swarmctl.connection import TRANSIENT
 from swarmctl.facts import SwarmFacts
 from swarmctl.queue import queue_counts, read_counts
 from swarmctl.registry import STATUSES, DroneRegistry
+from swarmctl.target_status import TargetStatus, gather_targets
 
 log = logging.getLogger("swarmctl.metrics")
 
@@ -56,6 +57,8 @@ STAT_COUNTERS = {
     "reclaimed": ("swarm_reclaims", "Jobs taken back from offline or grounded drones."),
     "groundings": ("swarm_groundings", "Drones grounded by the circuit breaker."),
     "stale": ("swarm_stale_reports", "Reports refused because the drone no longer owned the job."),
+    "tree-mismatch": ("swarm_tree_mismatches",
+                      "Jobs a drone gave back because its tree could not be brought to the job's revision."),
 }
 _PAGE = 1000
 
@@ -156,7 +159,7 @@ class SwarmCollector(Collector):
         self._tally.update()
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.time()
-            n = queue_counts(pipe)
+            n = queue_counts(pipe, self.config.targets)
             pipe.smembers(keys.DRONES)
             pipe.hgetall(keys.STATS)
             pipe.hgetall(keys.FACTS)
@@ -174,7 +177,27 @@ class SwarmCollector(Collector):
         offline_after = self.config.orchestrator.offline_after
         drones = [DroneRegistry._info(name, row, now, offline_after) for name, row in zip(names, rows, strict=True)]
         return [*self._queue(counts), *self._drones(drones), *self._stats(stats), *self._events(),
-                *self._meta(SwarmFacts.from_hash(meta_hash), now, leader)]
+                *self._meta(SwarmFacts.from_hash(meta_hash), now, leader),
+                *self._targets(gather_targets(self.redis, self.config, counts, drones))]
+
+    @staticmethod
+    def _targets(targets: list[TargetStatus]) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("swarm_target_jobs", "Jobs by build target and state.", labels=["target", "state"])
+        coverage = GaugeMetricFamily("swarm_target_coverage_percent",
+                                     "Share of the target's world its binhost area had at the last sync.",
+                                     labels=["target"])
+        drones = GaugeMetricFamily("swarm_target_drones_available", "Available drones that build the target.",
+                                   labels=["target"])
+        stalled = GaugeMetricFamily("swarm_target_stalled", "1 when the target has open jobs and no drone "
+                                    "available that builds it.", labels=["target"])
+        for t in targets:
+            for state, value in t.queue.items():
+                jobs.add_metric([t.name, state], value)
+            if t.coverage_percent is not None:
+                coverage.add_metric([t.name], t.coverage_percent)
+            drones.add_metric([t.name], len(t.drones_available))
+            stalled.add_metric([t.name], 1 if t.stalled else 0)
+        yield from (jobs, coverage, drones, stalled)
 
     @staticmethod
     def _queue(counts: dict[str, int]) -> Iterator[Metric]:
@@ -203,6 +226,11 @@ class SwarmCollector(Collector):
         misconfigured = GaugeMetricFamily("swarm_drone_misconfigured",
                                           "1 for a drone whose preflight fails (it claims nothing), with the reason.",
                                           labels=["drone", "reason"])
+        busy = GaugeMetricFamily("swarm_drone_builds_running", "Builds the drone runs now (one per busy slot).",
+                                 labels=["drone"])
+        slots = GaugeMetricFamily("swarm_drone_slots", "Builds the drone may run at once.", labels=["drone"])
+        task = GaugeMetricFamily("swarm_drone_task", "1 for each build a drone runs now, by package.",
+                                 labels=["drone", "cpv"])
         low_disk = GaugeMetricFamily("swarm_drone_low_disk",
                                      "1 for a drone below drone.min_free_gb (it claims nothing), with the reason.",
                                      labels=["drone", "reason"])
@@ -211,6 +239,12 @@ class SwarmCollector(Collector):
                                  labels=["drone", "dir"])
         for d in drones:
             builds.add_metric([d.name], d.built)
+            if d.status != "offline":
+                busy.add_metric([d.name], len(d.tasks))
+                for t in d.tasks:
+                    task.add_metric([d.name, t["cpv"]], 1)
+                if d.slots is not None:
+                    slots.add_metric([d.name], d.slots)
             if d.status == "misconfigured":
                 misconfigured.add_metric([d.name, d.problem or ""], 1)
             if d.status == "low-disk":
@@ -225,7 +259,7 @@ class SwarmCollector(Collector):
                 cpu.add_metric([d.name], d.cpu)
             if d.mem is not None and d.status != "offline":
                 mem.add_metric([d.name], d.mem)
-        yield from (builds, age, cpu, mem, failures, misconfigured, low_disk, free)
+        yield from (builds, age, cpu, mem, failures, misconfigured, low_disk, free, busy, slots, task)
 
     @staticmethod
     def _stats(stats: dict[str, str]) -> Iterator[Metric]:

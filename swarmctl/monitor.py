@@ -177,20 +177,23 @@ def gather(client: redis.Redis, config: Config, rate: BuiltRate | None = None, t
     rate = rate or BuiltRate()
     with client.pipeline(transaction=False) as pipe:
         pipe.time()
-        n = queue_counts(pipe)
-        pipe.zrevrange(keys.READY, 0, 0, withscores=True)
+        n = queue_counts(pipe, config.targets)
         pipe.smembers(keys.DRONES)
         pipe.smembers(keys.state_set("delegated"))
         pipe.xrevrange(keys.EVENTS, count=max(TAIL_SCAN, tail * 4))
         pipe.hgetall(keys.FACTS)
         pipe.get(keys.LEADER)
         n_rate = rate.queue_reads(pipe, time.time())
+        for target in config.targets:  # each target's best ready job: the longest chain is the best of them
+            pipe.zrevrange(keys.ready(target), 0, 0, withscores=True)
         replies = pipe.execute()
     seconds, micros = replies[0]
     now = seconds + micros / 1e6
     counts = read_counts(replies[1:1 + n])
-    top, names, delegated, recent, meta, leader = replies[1 + n:7 + n]
-    rate.absorb(replies[7 + n:7 + n + n_rate], now)
+    names, delegated, recent, meta, leader = replies[1 + n:6 + n]
+    rate.absorb(replies[6 + n:6 + n + n_rate], now)
+    top: list[tuple[str, float]] = max((best for best in replies[6 + n + n_rate:] if best),
+                                       key=lambda b: b[0][1], default=[])
 
     names = sorted(names)
     delegated = sorted(delegated)

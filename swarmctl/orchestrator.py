@@ -162,19 +162,23 @@ class Orchestrator:
         now = self.registry.server_time()
         flagged = []
         for drone in drones:
-            if drone.status != "building" or not drone.task or not drone.task_started:
+            if drone.status != "building":
                 continue
-            marker = f"{drone.name}:{drone.task}:{drone.task_started}"
-            if drone.hung and f"hung:{marker}" not in self._overdue_flagged:
-                self._overdue_flagged.add(f"hung:{marker}")
-                self.events.emit("hung", job=drone.task, drone=drone.name,
-                                 reason="no log output and no CPU; killed if it stays so")
-            estimate = float(self.redis.hget(keys.job(drone.task), "estimate") or 0)
-            if estimate and now - drone.task_started > factor * estimate and marker not in self._overdue_flagged:
-                self._overdue_flagged.add(marker)
-                self.events.emit("overdue", job=drone.task, drone=drone.name,
-                                 reason=f"running {now - drone.task_started:.0f} s, estimate {estimate:.0f} s")
-                flagged.append(drone.task)
+            for task in drone.tasks:  # every build of a multi-slot drone, each judged alone
+                cpv, started = task["cpv"], task["started"]
+                if not cpv or not started:
+                    continue
+                marker = f"{drone.name}:{cpv}:{started}"
+                if task["hung"] and f"hung:{marker}" not in self._overdue_flagged:
+                    self._overdue_flagged.add(f"hung:{marker}")
+                    self.events.emit("hung", job=cpv, drone=drone.name,
+                                     reason="no log output and no CPU; killed if it stays so")
+                estimate = float(self.redis.hget(keys.job(cpv), "estimate") or 0)
+                if estimate and now - started > factor * estimate and marker not in self._overdue_flagged:
+                    self._overdue_flagged.add(marker)
+                    self.events.emit("overdue", job=cpv, drone=drone.name,
+                                     reason=f"running {now - started:.0f} s, estimate {estimate:.0f} s")
+                    flagged.append(cpv)
         return flagged
 
     def run(self, on_tick: Callable[[SweepReport | None], None] | None = None) -> None:

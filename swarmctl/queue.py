@@ -20,7 +20,8 @@ from typing import Any
 import redis
 
 from swarmctl import keys
-from swarmctl.atoms import cp_of, validate_cpv
+from swarmctl.atoms import cp_of
+from swarmctl.capacity import Need, load_constraints, needs_for
 from swarmctl.config import Config
 from swarmctl.events import Events
 from swarmctl.exceptions import ConfigError, Grounded, NoSuchJob, NotEnrolled, SwarmError
@@ -28,6 +29,7 @@ from swarmctl.graph import BrokenEdge, JobSpec, Plan, Stored, chains, plan_batch
 from swarmctl.history import KEEP as HISTORY_KEEP
 from swarmctl.history import History
 from swarmctl.scripts import Scripts, decode
+from swarmctl.targets import DEFAULT_TARGET, cpv_of, job_name, split_job, target_of, validate_job
 from swarmctl.tokens import token_sha
 
 log = logging.getLogger("swarmctl.queue")
@@ -74,6 +76,9 @@ class Job:
     duration: float | None = None
     claimed_at: float | None = None
     failed_on: list[str] = field(default_factory=list)
+    target: str = DEFAULT_TARGET
+    tree: str = ""            # revision of the tree it was planned from ('' unknown)
+    estimate_note: str = ""   # where its estimate came from, when not its own target's history
 
     @classmethod
     def from_hash(cls, data: dict[str, str], failed_on: list[str] | None = None) -> Job:
@@ -90,6 +95,7 @@ class Job:
             priority=num("priority") or 0.0, reason=data.get("reason", ""),
             built_by=data.get("built_by") or None, duration=num("duration"),
             claimed_at=claimed / 1000.0 if claimed else None, failed_on=sorted(failed_on or []),
+            target=target_of(data["cpv"]), tree=data.get("tree", ""), estimate_note=data.get("estimate_note", ""),
         )
 
     @property
@@ -102,12 +108,25 @@ class Job:
 
 @dataclass(frozen=True)
 class Claim:
-    """A job handed to a drone, with the lease that proves it owns it."""
+    """A job handed to a drone, with the lease that proves it owns it.
+
+    ``cpv`` is the job's name in the queue (``CPV`` or ``CPV@TARGET``, see swarmctl.targets);
+    ``package`` and ``target`` split it; ``tree`` is the revision it was planned from.
+    """
 
     cpv: str
     lease: str
     estimate: float
     attempts: int
+    tree: str = ""
+
+    @property
+    def package(self) -> str:
+        return cpv_of(self.cpv)
+
+    @property
+    def target(self) -> str:
+        return target_of(self.cpv)
 
 
 @dataclass
@@ -173,13 +192,15 @@ class Queue:
         check_settings(config)
         self._max_events = config.queue.events_max
         self.events = Events(client, self._max_events)
+        self.targets = list(config.targets)
 
     def _run(self, script: Any, *args: object) -> list[str]:
         return refused(decode(script(keys=list(keys.QUEUE_KEYS), args=[str(a) for a in args])))
 
     # -- adding -------------------------------------------------------------------------------
 
-    def add(self, specs: Iterable[JobSpec], progress: Callable[[int, int], None] | None = None) -> AddReport:
+    def add(self, specs: Iterable[JobSpec], progress: Callable[[int, int], None] | None = None,
+            tree: str = "") -> AddReport:
         """Queue jobs with their edges; jobs already queued are left as they are.
 
         Cycles are broken before anything is written (weakest edges first, see
@@ -191,26 +212,32 @@ class Queue:
         hears (written, total) after each slice. If writing fails partway,
         PartialAdd says how many jobs were queued (adding the same batch again
         queues the rest).
+
+        Job names carry their target (swarmctl.targets: ``CPV@T``, see for_target); ``tree`` is the
+        revision of the tree the batch was planned from, recorded on every new job.
         """
         batch: dict[str, JobSpec] = {}
         for spec in specs:
-            cpv = validate_cpv(spec.cpv)
+            cpv = self._known_target(validate_job(spec.cpv))
             if spec.estimate is not None and not (math.isfinite(spec.estimate) and spec.estimate >= 0):
                 raise SwarmError(f"{cpv}: the estimate must be a finite number of seconds >= 0")
-            batch[cpv] = JobSpec(cpv, [validate_cpv(d) for d in spec.build],
-                                 [validate_cpv(d) for d in spec.run],
-                                 [validate_cpv(d) for d in spec.post], spec.estimate, spec.reason)
+            batch[cpv] = JobSpec(cpv, [validate_job(d) for d in spec.build],
+                                 [validate_job(d) for d in spec.run],
+                                 [validate_job(d) for d in spec.post], spec.estimate, spec.reason)
         stored = self._load_stored(batch)
         new = {c: s for c, s in batch.items() if c not in stored}
         need_estimate = [c for c, s in new.items() if s.estimate is None]
-        estimates = self.history.estimates(need_estimate) if need_estimate else {}
+        noted = self.history.target_estimates(need_estimate) if need_estimate else {}
+        estimates = {c: seconds for c, (seconds, _) in noted.items()}
+        notes = {c: note for c, (_, note) in noted.items() if note}
         estimates.update({c: s.estimate for c, s in new.items() if s.estimate is not None})
         fifo = self.config.queue.policy == "fifo"
         if not fifo:
             estimates.update(self._stored_estimates(stored.keys()))
+        needs = needs_for(new, self.history, load_constraints(self.config.queue.constraints_file)) if new else {}
         plan = plan_batch(new, stored, estimates, fifo)
         report = AddReport(existing=[c for c in batch if c in stored])
-        added = self._write(plan, new, estimates, fifo, report, progress)
+        added = self._write(plan, new, estimates, fifo, report, progress, notes, tree, needs)
         report.broken = [e for e in plan.broken if e.job in added]
         self._report_broken(report.broken)
         # Jobs queued earlier may now have longer chains (new jobs wait for them): rescore all.
@@ -223,8 +250,16 @@ class Queue:
                 self.reprioritize()
         return report
 
+    def _known_target(self, name: str) -> str:
+        """``name`` if its target is one of the farm's, else a one-line SwarmError."""
+        target = target_of(name)
+        if target not in self.targets:
+            raise SwarmError(f"{cpv_of(name)}: no target {target!r} in the config (known: {', '.join(self.targets)})")
+        return name
+
     def _write(self, plan: Plan, new: dict[str, JobSpec], estimates: dict[str, float], fifo: bool,
-               report: AddReport, progress: Callable[[int, int], None] | None) -> set[str]:
+               report: AddReport, progress: Callable[[int, int], None] | None, notes: dict[str, str],
+               tree: str, needs: dict[str, Need] | None = None) -> set[str]:
         """ADD every planned job, slice by slice; returns the CPVs added (existing ones go to report)."""
         added: set[str] = set()
         size = 50
@@ -235,11 +270,11 @@ class Queue:
                     for cpv in piece:
                         spec = new[cpv]
                         group = plan.group.get(cpv, "")
-                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING], client=pipe, args=[
+                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS], client=pipe, args=[
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
                             json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, [])),
-                            spec.reason])
+                            spec.reason, (needs or {}).get(cpv, Need()).arg(), notes.get(cpv, ""), tree])
                     started = time.monotonic()
                     replies = [decode(r) for r in pipe.execute()]
                     took = time.monotonic() - started
@@ -271,13 +306,13 @@ class Queue:
         """
         done: list[str] = []
         for spec in specs:
-            cpv = validate_cpv(spec.cpv)
+            cpv = validate_job(spec.cpv)
             gate_list = (gates or {}).get(cpv, spec.build)
             reply = self._run(self.scripts.rebuild, cpv, spec.reason or "stale binary", self._max_events,
-                              json.dumps([validate_cpv(d) for d in spec.build]),
-                              json.dumps([validate_cpv(d) for d in spec.run]),
-                              json.dumps([validate_cpv(d) for d in spec.post]),
-                              json.dumps([validate_cpv(d) for d in gate_list]))
+                              json.dumps([validate_job(d) for d in spec.build]),
+                              json.dumps([validate_job(d) for d in spec.run]),
+                              json.dumps([validate_job(d) for d in spec.post]),
+                              json.dumps([validate_job(d) for d in gate_list]))
             if reply[0] == "ok":
                 done.append(cpv)
         if done and self.config.queue.policy != "fifo":
@@ -376,25 +411,33 @@ class Queue:
                 for cpv in open_jobs[start:start + READ_PAGE]:
                     score = chain.get(cpv, estimates[cpv])
                     pipe.hset(keys.job(cpv), "priority", score)
-                    pipe.zadd(keys.READY, {cpv: score}, xx=True)
+                    pipe.zadd(keys.ready(target_of(cpv)), {cpv: score}, xx=True)
                     pipe.zadd(keys.LISTING, {cpv: -score})
                 pipe.execute()
         return len(open_jobs)
 
     # -- the drone's side ---------------------------------------------------------------------
 
-    def claim(self, drone: str, token: str, session: str | None = None, seq: int = 1) -> Claim | None:
+    def claim(self, drone: str, token: str, session: str | None = None, seq: int = 1,
+              free_mb: tuple[int, int] | None = None, speed: float | None = None,
+              targets: Iterable[str] = (DEFAULT_TARGET,)) -> Claim | None:
         """Atomically take the best ready job; None when nothing is ready for this drone.
+
+        ``free_mb`` is the (memory, build disk) the drone can give a new build now: a job needing
+        more waits for another drone, or for this one to have room (swarmctl.capacity). With its
+        ``speed``, a drone leaves the longest chain to a faster drone that is idle.
 
         Request ``seq`` of claim ``session`` (see new_session) is idempotent: calling again with
         the same pair after a lost reply (a timeout; redis-py's own retries too) returns the job
-        that request already holds, never a second one.
+        that request already holds, never a second one. Only jobs of ``targets`` are handed out.
         """
         reply = self._run(self.scripts.claim, drone, token_sha(token), secrets.token_hex(16),
                           self.config.queue.claim_scan, int(self.config.orchestrator.offline_after * 1000),
-                          self._max_events, session or new_session(), int(seq))
+                          self._max_events, session or new_session(), int(seq),
+                          *(free_mb or ("", "")), "" if speed is None else speed, " ".join(targets))
         if reply[0] == "ok":
-            return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]))
+            return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]),
+                         tree=reply[5] if len(reply) > 5 else "")
         if reply[0] == "grounded":
             raise Grounded(int(reply[1]) / 1000.0)
         if reply[0] == "unauthorized":
@@ -402,8 +445,10 @@ class Queue:
         return None
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any] | None = None) -> str:
+                 artifact: dict[str, Any] | None = None, usage: tuple[int, int] = (0, 0)) -> str:
         """Mark built if ``drone`` still owns the job: "ok", "stale" or "unauthorized".
+
+        ``usage`` is the build's (peak RSS, disk) in bytes, kept in the history (0: not measured).
 
         Raises InvalidArgument for a duration that is not a finite number of seconds >= 0 (and an
         artifact JSON cannot carry): nothing is written then.
@@ -415,9 +460,9 @@ class Queue:
         except (TypeError, ValueError) as exc:
             raise InvalidArgument(f"artifact is not plain JSON: {exc}") from None
         # The build's duration joins the package's history in the same script.
-        reply = self.scripts.complete(keys=[*keys.QUEUE_KEYS, keys.history(cp_of(cpv))], args=[
+        reply = self.scripts.complete(keys=[*keys.QUEUE_KEYS, keys.history(cp_of(cpv_of(cpv)))], args=[
             cpv, drone, token_sha(token), lease, round(duration, 3), artifact_json,
-            self._max_events, HISTORY_KEEP])
+            self._max_events, HISTORY_KEEP, f"{max(0, int(usage[0]))} {max(0, int(usage[1]))}"])
         return refused(decode(reply))[0]
 
     def fail(self, cpv: str, drone: str, token: str, lease: str, fault: str, reason: str,
@@ -432,10 +477,14 @@ class Queue:
                           int(breaker.ground_max_seconds * 1000), self._max_events)
         return reply[0], (int(reply[1]) / 1000.0 if len(reply) > 1 else 0.0)
 
-    def release(self, cpv: str, drone: str, token: str, lease: str, reason: str) -> str:
-        """Give a job back unbuilt without counting a failure: "ok", "stale" or "unauthorized"."""
+    def release(self, cpv: str, drone: str, token: str, lease: str, reason: str, cannot: str = "") -> str:
+        """Give a job back unbuilt without counting a failure: "ok", "stale" or "unauthorized".
+
+        ``cannot`` (e.g. "tree-mismatch") says this drone cannot build the job as planned: it is
+        not handed it again while another drone could take it, and the kind is counted in the stats.
+        """
         return self._run(self.scripts.release, cpv, drone, token_sha(token), lease, reason,
-                         self._max_events)[0]
+                         self._max_events, cannot)[0]
 
     # -- the orchestrator's and operator's side -------------------------------------------------
 
@@ -456,7 +505,7 @@ class Queue:
         return drone, lease
 
     def _reset(self, cpv: str, allowed: str, kind: str) -> None:
-        cpv = validate_cpv(cpv)
+        cpv = validate_job(cpv)
         reply = self._run(self.scripts.reset, cpv, allowed, kind, self._max_events)
         if reply[0] == "missing":
             raise NoSuchJob(f"no job {cpv} in the queue")
@@ -490,8 +539,10 @@ class Queue:
         for start in range(0, len(names), CLEAR_SLICE):
             page = names[start:start + CLEAR_SLICE]
             with self.redis.pipeline(transaction=True) as pipe:
-                pipe.zrem(keys.READY, *page)
+                for target in {target_of(c) for c in page}:
+                    pipe.zrem(keys.ready(target), *[c for c in page if target_of(c) == target])
                 pipe.zrem(keys.LISTING, *page)
+                pipe.zrem(keys.NEEDS, *page)
                 for state in keys.STATES:
                     pipe.srem(keys.state_set(state), *page)
                 for cpv in page:
@@ -532,7 +583,7 @@ class Queue:
     # -- reading ------------------------------------------------------------------------------
 
     def get(self, cpv: str) -> Job:
-        data = self.redis.hgetall(keys.job(validate_cpv(cpv)))
+        data = self.redis.hgetall(keys.job(validate_job(cpv)))
         if not data:
             raise NoSuchJob(f"no job {cpv} in the queue")
         return Job.from_hash(data, list(self.redis.smembers(keys.job_avoid(cpv))))
@@ -566,12 +617,17 @@ class Queue:
                     jobs.append(Job.from_hash(data, avoid))
         return jobs
 
-    def page(self, state: str | None = None, offset: int = 0, limit: int | None = None) -> tuple[list[str], int]:
-        """The CPVs of one page of jobs (or of those in one state), best first, and how many in all.
+    def page(self, state: str | None = None, offset: int = 0, limit: int | None = None,
+             target: str | None = None) -> tuple[list[str], int]:
+        """The CPVs of one page of jobs (or of those in one state, of one target), best first, and how
+        many in all.
 
         Read from the listing index in O(page) when it holds every job (jobs queued before it
         existed, or a state filter over a small set, take job_order()).
         """
+        if target is not None and (len(self.targets) > 1 or target != DEFAULT_TARGET):
+            order = [c for c in self.job_order(state) if target_of(c) == target]
+            return (order[offset:] if limit is None else order[offset:offset + limit]), len(order)
         with self.redis.pipeline(transaction=False) as pipe:
             for name in keys.STATES:
                 pipe.scard(keys.state_set(name))
@@ -599,15 +655,26 @@ class Queue:
                     found.append(cpv)
         return found[:want], total
 
-    def jobs(self, state: str | None = None, limit: int | None = None, offset: int = 0) -> list[Job]:
-        """Every job (or those in one state), best priority first; ``limit``/``offset`` page it."""
-        return self.load(self.page(state, offset, limit)[0])
+    def jobs(self, state: str | None = None, limit: int | None = None, offset: int = 0,
+             target: str | None = None) -> list[Job]:
+        """Every job (or those in one state, of one target), best priority first; ``limit``/``offset`` page it."""
+        return self.load(self.page(state, offset, limit, target)[0])
 
     def counts(self) -> dict[str, int]:
         """Jobs per state, plus ``ready`` (claimable now) and ``waiting`` (needed, gated)."""
         with self.redis.pipeline(transaction=False) as pipe:
-            queue_counts(pipe)
+            queue_counts(pipe, self.targets)
             return read_counts(pipe.execute())
+
+
+def for_target(specs: Iterable[JobSpec], target: str) -> list[JobSpec]:
+    """``specs`` (bare CPVs, as the resolver gives them) as jobs of ``target``: the same CPV queued
+    for two targets is two jobs, each gated on its own target's jobs."""
+    def name(cpv: str) -> str:
+        return job_name(split_job(cpv)[0], target)
+
+    return [JobSpec(name(s.cpv), [name(d) for d in s.build], [name(d) for d in s.run], [name(d) for d in s.post],
+                    s.estimate, s.reason) for s in specs]
 
 
 def refused(reply: list[str]) -> list[str]:
@@ -640,22 +707,21 @@ def check_settings(config: Config) -> None:
             raise ConfigError(f"{name} must be {kind} >= {lowest}, got {value!r}")
 
 
-#: Replies queue_counts() adds to a pipeline.
-COUNT_REPLIES = len(keys.STATES) + 1
-
-
-def queue_counts(pipe: redis.client.Pipeline) -> int:
-    """Queue the reads behind counts() on a pipeline shared with other reads; returns COUNT_REPLIES."""
+def queue_counts(pipe: redis.client.Pipeline, targets: Iterable[str] = (DEFAULT_TARGET,)) -> int:
+    """Queue the reads behind counts() on a pipeline shared with other reads (every target's ready
+    set counted); returns how many replies they add."""
     for state in keys.STATES:
         pipe.scard(keys.state_set(state))
-    pipe.zcard(keys.READY)
-    return COUNT_REPLIES
+    names = list(targets)
+    for target in names:
+        pipe.zcard(keys.ready(target))
+    return len(keys.STATES) + len(names)
 
 
 def read_counts(replies: list[Any]) -> dict[str, int]:
-    """Counts from the COUNT_REPLIES replies of queue_counts()."""
+    """Counts from the replies of queue_counts() (exactly those)."""
     counts = dict(zip(keys.STATES, replies[:len(keys.STATES)], strict=True))
-    counts["ready"] = replies[len(keys.STATES)]
+    counts["ready"] = sum(replies[len(keys.STATES):])
     counts["waiting"] = counts["needed"] - counts["ready"]
     return counts
 

@@ -8,6 +8,7 @@ daemon gets nothing, unlike the seed project's "ghost drone".
 from __future__ import annotations
 
 import builtins
+import json
 import math
 import re
 import secrets
@@ -25,6 +26,7 @@ from swarmctl.exceptions import NotEnrolled, SwarmError
 from swarmctl.queue import Queue, refused
 from swarmctl.sanitize import printable
 from swarmctl.scripts import Scripts, decode
+from swarmctl.targets import DEFAULT_TARGET
 from swarmctl.tokens import new_token, token_sha, validate_token
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
@@ -69,12 +71,56 @@ class DroneInfo:
     host: str | None
     #: Why a misconfigured or low-disk drone cannot build (its preflight's or disk's reason), else None.
     problem: str | None = None
+    #: Every current build: {"cpv", "started", "hung"}, oldest first (``task`` is the first).
+    tasks: list[dict[str, Any]] = field(default_factory=list)
+    #: Builds it runs at once, and its memory in MiB (None: not reported, an older drone).
+    slots: int | None = None
+    mem_total: int | None = None
     #: Free bytes of its build dir and PKGDIR, as it last reported (None: not reported).
     disk_free_build: int | None = None
     disk_free_pkgdir: int | None = None
+    #: The build targets it declared (swarmctl.targets), and the tree revision it builds from.
+    targets: list[str] = field(default_factory=lambda: [DEFAULT_TARGET])
+    tree: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _int(value: float | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+def parse_tasks(row: dict[str, str], status: str) -> list[dict[str, Any]]:
+    """A drone's current builds from its heartbeat (drone-written: every entry checked).
+
+    An older drone sends only ``task``/``task_started``: that one build, if any.
+    """
+    if status == "offline":
+        return []
+    try:
+        raw = json.loads(row.get("tasks") or "null")
+    except ValueError:
+        raw = None
+    if not isinstance(raw, list):
+        task = printable(row.get("task") or None)
+        if not task:
+            return []
+        started = row.get("task_started") or ""
+        try:
+            when = float(started) if started else None
+        except ValueError:
+            when = None
+        return [{"cpv": task, "started": when, "hung": row.get("hung") == "1"}]
+    tasks = []
+    for entry in raw:
+        if not isinstance(entry, dict) or not isinstance(entry.get("cpv"), str):
+            continue
+        stamp = entry.get("started")
+        tasks.append({"cpv": printable(entry["cpv"]),
+                      "started": float(stamp) if isinstance(stamp, int | float) and math.isfinite(stamp) else None,
+                      "hung": entry.get("hung") is True})
+    return tasks
 
 
 @dataclass(frozen=True)
@@ -231,6 +277,9 @@ class DroneRegistry:
             machine_id=printable(row.get("machine_id") or None), host=printable(row.get("host") or None),
             problem=printable(row.get("problem") or None) if status in WAITING else None,
             disk_free_build=_count(num("disk_free_build")), disk_free_pkgdir=_count(num("disk_free_pkgdir")),
+            tasks=parse_tasks(row, status), slots=_int(num("slots")), mem_total=_int(num("mem_total")),
+            targets=(printable(row.get("targets") or None) or DEFAULT_TARGET).split(),
+            tree=printable(row.get("tree") or None),
         )
 
     def offline(self, offline_after: float) -> builtins.list[str]:  # list: the method above

@@ -200,7 +200,8 @@ def read_world(path: Path) -> list[str]:
 
 
 def available_cpvs(binhost: str | Path) -> frozenset[str]:
-    """CPVs in a binhost index: a ``Packages`` path, a PKGDIR, or an http(s) base URL."""
+    """CPVs in a binhost index: a ``Packages`` path, a PKGDIR (its staging index), or an http(s)
+    base URL (the swarm's binhost: ``URL/staging``)."""
     return frozenset(read_index(binhost).cpvs())
 
 
@@ -217,7 +218,8 @@ def binaries_by_cpv(index: Any) -> dict[str, list[dict[str, str]]]:
 
 
 def read_index(binhost: str | Path) -> Any:
-    """A binhost's ``PackagesIndex``: from a ``Packages`` path, a PKGDIR, or an http(s) base URL."""
+    """A binhost's ``PackagesIndex``: from a ``Packages`` path, a PKGDIR (its staging index: what
+    the swarm built, promoted or not), or an http(s) base URL."""
     from swarmctl.binhost.index import INDEX_NAME, PackagesIndex
 
     text = str(binhost)
@@ -229,8 +231,10 @@ def read_index(binhost: str | Path) -> Any:
         except (OSError, urllib.error.URLError) as exc:
             raise ResolveError(f"cannot read {url}: {exc}") from None
     else:
-        path = Path(binhost)
-        index = PackagesIndex.read(path / INDEX_NAME if path.is_dir() else path)
+        from swarmctl.binhost.generations import staging_index
+
+        path = Path(binhost)  # a PKGDIR: what the swarm built, promoted or still staged
+        index = PackagesIndex.read(staging_index(path) if path.is_dir() else path)
     return index
 
 

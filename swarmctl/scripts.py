@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from swarmctl import keys
+from swarmctl.targets import DEFAULT_TARGET, SEPARATOR
 
 #: Argument checks every script makes before its first write: Redis does not roll back a script
 #: that fails halfway (a NaN duration once left a job built and its dependents waiting forever).
@@ -77,6 +78,15 @@ local function tails_key(c) return JOB .. c .. '{keys.JOB_TAILS}' end
 local function drone_key(n) return DRONE .. n end
 local function drone_jobs_key(n) return DRONE .. n .. '{keys.DRONE_JOBS}' end
 local function streak_key(n) return DRONE .. n .. '{keys.DRONE_STREAK}' end
+-- A job's target and ready set come from its name (swarmctl.targets): 'CPV' is the default
+-- target's, 'CPV@T' target T's, whose ready set is KEYS[1] .. '{keys.READY_TARGET}' .. T.
+local function target_of(c) return string.match(c, '{SEPARATOR}([^{SEPARATOR}]+)$') or '{DEFAULT_TARGET}' end
+local function ready_key(c)
+  local t = string.match(c, '{SEPARATOR}([^{SEPARATOR}]+)$')
+  if t then return KEYS[1] .. '{keys.READY_TARGET}' .. t end
+  return KEYS[1]
+end
+local function bare_cpv(c) return (string.gsub(c, '{SEPARATOR}[^{SEPARATOR}]+$', '')) end
 local STATE_SET = {{needed = KEYS[2], delegated = KEYS[3], built = KEYS[4], failed = KEYS[5],
                    blocked = KEYS[6]}}
 
@@ -100,7 +110,7 @@ end
 local function make_ready_if_free(cpv)
   local j = redis.call('HMGET', job_key(cpv), 'state', 'pending', 'priority')
   if j[1] == 'needed' and tonumber(j[2] or '0') <= 0 then
-    redis.call('ZADD', KEYS[1], tonumber(j[3] or '0'), cpv)
+    redis.call('ZADD', ready_key(cpv), tonumber(j[3] or '0'), cpv)
   end
 end
 
@@ -167,7 +177,7 @@ local function hold_back(reopened, skip)
       for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
         if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
           redis.call('HINCRBY', job_key(dep), 'pending', 1)
-          redis.call('ZREM', KEYS[1], dep)
+          redis.call('ZREM', ready_key(dep), dep)
         end
       end
       for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
@@ -185,6 +195,10 @@ ADD = PRELUDE + """
 -- ('' when alone), ARGV[10] JSON list of the jobs its group's run/post edges name (outside it).
 -- ARGV[11] why it is built ('' when not said: kept as its reason and in the 'added' event).
 -- KEYS[11] the listing zset (every job by -priority, for paged listing).
+-- ARGV[12] (optional) its needs: '<memory MiB> <disk MiB>' ('' or absent: unknown), recorded as the
+-- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory).
+-- ARGV[13] where its estimate came from when not its own target's history ('' otherwise),
+-- ARGV[14] the revision of the tree it was planned from ('' unknown). Its target is in its name.
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
 local cpv = ARGV[1]
 local bad = bad_names({{1, 'cpv'}}) or bad_numbers({{2, 'estimate', 0}, {7, 'events max', 1, true}})
@@ -196,6 +210,8 @@ for _, a in ipairs({{4, 'build deps'}, {5, 'run deps'}, {6, 'gates'}, {8, 'post 
   if refusal then return refusal end
   lists[a[1]] = list
 end
+local need_mem, need_disk = string.match(ARGV[12] or '', '^(%d+) (%d+)$')
+if (ARGV[12] or '') ~= '' and not need_mem then return refuse_arg('needs must be "<MiB> <MiB>"', ARGV[12]) end
 local jk = job_key(cpv)
 local state = redis.call('HGET', jk, 'state')
 if state then return {'exists', state} end
@@ -208,7 +224,13 @@ local now = now_ms()
 redis.call('HSET', jk, 'cpv', cpv, 'attempts', 0, 'estimate', ARGV[2], 'priority', score,
            'seq', seq, 'created', now, 'after', ARGV[4], 'run', ARGV[5], 'post', ARGV[8],
            'drone', '', 'lease', '', 'group', group, 'reason', ARGV[11] or '')
+if (ARGV[13] or '') ~= '' then redis.call('HSET', jk, 'estimate_note', ARGV[13]) end
+if (ARGV[14] or '') ~= '' then redis.call('HSET', jk, 'tree', ARGV[14]) end
 redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
+if need_mem then
+  redis.call('HSET', jk, 'mem', need_mem, 'disk', need_disk)
+  redis.call('ZADD', KEYS[12], tonumber(need_mem), cpv)
+end
 local pending = 0
 for _, gate in ipairs(lists[6]) do
   if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
@@ -240,7 +262,7 @@ hold_back(reopened, group)
 for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(cpv))) do
   if redis.call('SISMEMBER', gates_key(dep), cpv) == 1 then
     redis.call('HINCRBY', job_key(dep), 'pending', 1)
-    redis.call('ZREM', KEYS[1], dep)
+    redis.call('ZREM', ready_key(dep), dep)
   end
 end
 set_state(cpv, 'needed')
@@ -252,10 +274,16 @@ return {'added', pending}
 CLAIM = PRELUDE + """
 -- Hand the best ready job to a drone. ARGV[1] drone, ARGV[2] token sha256, ARGV[3] new lease,
 -- ARGV[4] how many ready jobs to look at, ARGV[5] offline threshold ms, ARGV[6] events max,
--- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session.
+-- ARGV[7] the drone process's claim session, ARGV[8] the request's number in that session,
+-- ARGV[9] (optional) the memory and ARGV[10] the build disk, in MiB, the drone can give a new
+-- build now ('' or absent: any): a job needing more (its 'mem'/'disk') is left for another drone,
+-- ARGV[11] (optional) the drone's speed: while a faster drone is idle, a slower one leaves it
+-- the longest chain (the best job it could take) and takes the next,
+-- ARGV[12] the targets the drone builds (space separated; '' or absent: the default target only):
+-- it is never handed a job of another target, and they are recorded as its 'targets'.
 -- Idempotent: a retry of the same request (its reply was lost) gets the job that request
 -- already holds, with the same lease, instead of a second job.
--- Returns {'ok', cpv, lease, estimate, attempts} | {'empty'} | {'grounded', until_ms}
+-- Returns {'ok', job, lease, estimate, attempts, tree} | {'empty'} | {'grounded', until_ms}
 -- | {'unauthorized'} | {'invalid', what}.
 local name = ARGV[1]
 local bad = bad_names({{1, 'drone'}, {7, 'claim session'}})
@@ -272,9 +300,16 @@ if last[1] == request and last[2] then
                        'claim_session', 'claim_seq')
   if j[1] == 'delegated' and j[2] == name and j[6] == session and j[7] == seq then
     emit(ARGV[6], 'claim_replayed', last[2], name, 'a retried claim got the job its lost reply held')
-    return {'ok', last[2], j[3], j[4] or '0', j[5] or '0'}
+    return {'ok', last[2], j[3], j[4] or '0', j[5] or '0', redis.call('HGET', job_key(last[2]), 'tree') or ''}
   end
 end
+local targets = {}
+for t in string.gmatch(ARGV[12] or '', '%S+') do
+  if not string.match(t, '^[%l%d][%l%d_-]*$') then return refuse_arg('targets must be target names', ARGV[12]) end
+  table.insert(targets, t)
+end
+if #targets == 0 then targets = {'""" + DEFAULT_TARGET + """'} end
+redis.call('HSET', drone_key(name), 'targets', table.concat(targets, ' '))
 local now = now_ms()
 local grounded = tonumber(redis.call('HGET', drone_key(name), 'grounded_until') or '0')
 if grounded > now then return {'grounded', tostring(grounded)} end
@@ -285,28 +320,81 @@ local function other_could_take(cpv)
   if healthy == nil then
     healthy = {}
     for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], now - tonumber(ARGV[5]), '+inf')) do
-      local d = redis.call('HMGET', drone_key(other), 'grounded_until', 'revoked', 'status')
+      local d = redis.call('HMGET', drone_key(other), 'grounded_until', 'revoked', 'status', 'targets')
       if other ~= name and tonumber(d[1] or '0') <= now and d[2] ~= '1' and d[3] ~= 'misconfigured' then
-        table.insert(healthy, other)
+        table.insert(healthy, {other, ' ' .. (d[4] or '""" + DEFAULT_TARGET + """') .. ' '})
       end
     end
   end
+  local wanted = ' ' .. target_of(cpv) .. ' '
   for _, other in ipairs(healthy) do
-    if redis.call('SISMEMBER', avoid_key(cpv), other) == 0 then return true end
+    if string.find(other[2], wanted, 1, true) and redis.call('SISMEMBER', avoid_key(cpv), other[1]) == 0 then
+      return true
+    end
   end
   return false
 end
 
-local chosen, fallback = nil, nil
-for _, cpv in ipairs(redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[4]) - 1)) do
-  if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then chosen = cpv; break end
-  if fallback == nil and not other_could_take(cpv) then fallback = cpv end
+-- Does the job's stated or learned peak fit what the drone has free now?
+local mem_free, disk_free = tonumber(ARGV[9] or ''), tonumber(ARGV[10] or '')
+local function fits(cpv)
+  if not mem_free and not disk_free then return true end
+  local need = redis.call('HMGET', job_key(cpv), 'mem', 'disk')
+  return (tonumber(need[1] or '0') or 0) <= (mem_free or math.huge)
+    and (tonumber(need[2] or '0') or 0) <= (disk_free or math.huge)
+end
+
+-- Is a faster drone idle that could take this job (its memory holds the job's need)?
+local my_speed = tonumber(ARGV[11] or '')
+local function faster_idle(cpv)
+  if not my_speed then return false end
+  other_could_take(cpv)  -- fills the healthy list
+  local need = tonumber(redis.call('HGET', job_key(cpv), 'mem') or '0') or 0
+  local wanted = ' ' .. target_of(cpv) .. ' '
+  for _, entry in ipairs(healthy) do
+    local other = entry[1]
+    local d = redis.call('HMGET', drone_key(other), 'status', 'speed', 'mem_total')
+    if d[1] == 'idle' and (tonumber(d[2] or '') or 0) > my_speed and need <= (tonumber(d[3] or '') or math.huge)
+        and string.find(entry[2], wanted, 1, true) and redis.call('SISMEMBER', avoid_key(cpv), other) == 0 then
+      return true
+    end
+  end
+  return false
+end
+
+-- The best ARGV[4] ready jobs of each of the drone's targets, best first across them.
+local candidates = {}
+local seen_target = {}
+for _, t in ipairs(targets) do
+  if not seen_target[t] then
+    seen_target[t] = true
+    local key = KEYS[1]
+    if t ~= '""" + DEFAULT_TARGET + """' then key = KEYS[1] .. '""" + keys.READY_TARGET + """' .. t end
+    local found = redis.call('ZREVRANGE', key, 0, tonumber(ARGV[4]) - 1, 'WITHSCORES')
+    for i = 1, #found, 2 do table.insert(candidates, {found[i], tonumber(found[i + 1])}) end
+  end
+end
+if #targets > 1 then
+  table.sort(candidates, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[1] > b[1]  -- ZREVRANGE's own order among equal scores
+  end)
+end
+local chosen, fallback, passed = nil, nil, false
+for _, c in ipairs(candidates) do
+  local cpv = c[1]
+  if fits(cpv) then
+    if redis.call('SISMEMBER', avoid_key(cpv), name) == 0 then
+      if passed or not faster_idle(cpv) then chosen = cpv; break end
+      passed = true  -- the longest chain waits for the faster drone
+    elseif fallback == nil and not other_could_take(cpv) then fallback = cpv end
+  end
 end
 chosen = chosen or fallback
 if not chosen then return {'empty'} end
 
 local jk = job_key(chosen)
-redis.call('ZREM', KEYS[1], chosen)
+redis.call('ZREM', ready_key(chosen), chosen)
 set_state(chosen, 'delegated')
 local attempts = redis.call('HINCRBY', jk, 'attempts', 1)
 redis.call('HSET', jk, 'drone', name, 'lease', ARGV[3], 'claimed_at', now, 'claim_session', session,
@@ -314,13 +402,16 @@ redis.call('HSET', jk, 'drone', name, 'lease', ARGV[3], 'claimed_at', now, 'clai
 redis.call('HSET', drone_key(name), 'claim_request', request, 'claim_job', chosen)
 redis.call('SADD', drone_jobs_key(name), chosen)
 emit(ARGV[6], 'claimed', chosen, name, '')
-return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostring(attempts)}
+return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostring(attempts),
+        redis.call('HGET', jk, 'tree') or ''}
 """
 
 COMPLETE = PRELUDE + """
 -- A drone reports a job built. KEYS[11] the package's build history list.
 -- ARGV[1] cpv, ARGV[2] drone, ARGV[3] token sha256, ARGV[4] lease,
--- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept.
+-- ARGV[5] duration s, ARGV[6] artifact JSON, ARGV[7] events max, ARGV[8] history entries kept,
+-- ARGV[9] (optional) what the build used: '<peak RSS bytes> <disk bytes>' (0: not measured),
+-- kept in the history beside the duration.
 -- Returns {'ok'} | {'stale'} | {'unauthorized'} | {'invalid', what}.
 local cpv, name, lease = ARGV[1], ARGV[2], ARGV[4]
 local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
@@ -328,6 +419,8 @@ local bad = bad_names({{1, 'cpv'}, {2, 'drone'}})
 if bad then return bad end
 local ok, artifact = pcall(cjson.decode, ARGV[6])
 if not ok or type(artifact) ~= 'table' then return refuse_arg('artifact must be a JSON object', ARGV[6]) end
+local peak_rss, peak_disk = string.match(ARGV[9] or '', '^(%d+) (%d+)$')
+if (ARGV[9] or '') ~= '' and not peak_rss then return refuse_arg('usage must be "<bytes> <bytes>"', ARGV[9]) end
 local refusal = refuse_drone(name, ARGV[3])
 if refusal then return {refusal} end
 if not owns(cpv, name, lease) then stale(cpv, name, 'completion', ARGV[7]); return {'stale'} end
@@ -341,8 +434,11 @@ redis.call('HSET', drone_key(name), 'failures', 0, 'groundings', 0)
 redis.call('HINCRBY', drone_key(name), 'built', 1)
 redis.call('DEL', streak_key(name))
 redis.call('HINCRBY', KEYS[9], 'built', 1)
-redis.call('LPUSH', KEYS[11], cjson.encode({cpv = cpv, seconds = tonumber(ARGV[5]), parallel = false,
-                                            source = 'swarm'}))
+local record = {cpv = bare_cpv(cpv), seconds = tonumber(ARGV[5]), parallel = false, source = 'swarm',
+                target = target_of(cpv)}
+if peak_rss and tonumber(peak_rss) > 0 then record.peak_rss = tonumber(peak_rss) end
+if peak_disk and tonumber(peak_disk) > 0 then record.disk = tonumber(peak_disk) end
+redis.call('LPUSH', KEYS[11], cjson.encode(record))
 redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[8]) - 1)
 -- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
 -- its members and counts down the groups that need it, which may settle in turn.
@@ -463,10 +559,13 @@ return {outcome, tostring(grounded_until)}
 
 RELEASE = PRELUDE + """
 -- A drone gives a job back unbuilt (aborted on shutdown). ARGV[1] cpv, ARGV[2] drone,
--- ARGV[3] token sha256, ARGV[4] lease, ARGV[5] reason, ARGV[6] events max.
+-- ARGV[3] token sha256, ARGV[4] lease, ARGV[5] reason, ARGV[6] events max, ARGV[7] '' or why this
+-- drone cannot build it as planned (e.g. 'tree-mismatch'): then it is not handed the job again while
+-- another drone could take it, the kind is counted in the stats and emitted as an event.
 -- Returns {'ok'} | {'stale'} | {'unauthorized'} | {'invalid', what}.
 local cpv, name = ARGV[1], ARGV[2]
 local bad = bad_names({{1, 'cpv'}, {2, 'drone'}}) or bad_number(6, 'events max', 1, true)
+if not bad and not string.match(ARGV[7] or '', '^[%l-]*$') then bad = refuse_arg('cannot must be a kind', ARGV[7]) end
 if bad then return bad end
 local refusal = refuse_drone(name, ARGV[3])
 if refusal then return {refusal} end
@@ -474,6 +573,12 @@ if not owns(cpv, name, ARGV[4]) then stale(cpv, name, 'release', ARGV[6]); retur
 requeue(cpv, name)
 -- Not a failure: the attempt does not count.
 redis.call('HINCRBY', job_key(cpv), 'attempts', -1)
+local cannot = ARGV[7] or ''
+if cannot ~= '' then
+  redis.call('SADD', avoid_key(cpv), name)
+  redis.call('HINCRBY', KEYS[9], cannot, 1)
+  emit(ARGV[6], cannot, cpv, name, ARGV[5])
+end
 emit(ARGV[6], 'released', cpv, name, ARGV[5])
 return {'ok'}
 """
@@ -509,13 +614,18 @@ return taken
 #: The only fields a drone's heartbeat may write into its record (never its token, its
 #: recorded machine id, its breaker state or its grounding).
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
-                    "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir")
+                    "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir",
+                    # every current build (JSON), and the drone's capacity (swarmctl.drone.slots)
+                    "tasks", "slots", "mem_total", "speed",
+                    # the build targets it builds and the revision of its tree (swarmctl.targets, .tree)
+                    "targets", "tree")
 
 # -- heartbeat field hygiene (the drone is untrusted: checked here, where Redis writes) -------------
 #: Longest value kept for each drone-written field, in bytes; any other field: DEFAULT_FIELD_MAX.
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
                        "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20,
+                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16, "targets": 512, "tree": 128,
                        # the jobs a drone says it holds, and its claim session (see RECONCILE)
                        "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256
@@ -581,7 +691,7 @@ for i, cpv in ipairs(held) do
     -- Back after being declared offline, still building a job nobody else took: keep it.
     local j = redis.call('HMGET', job_key(cpv), 'state', 'reclaimed_from', 'pending')
     if j[1] == 'needed' and j[2] == name and tonumber(j[3] or '0') <= 0 and lease ~= '' then
-      redis.call('ZREM', KEYS[1], cpv)
+      redis.call('ZREM', ready_key(cpv), cpv)
       set_state(cpv, 'delegated')
       redis.call('HSET', job_key(cpv), 'drone', name, 'lease', lease)
       redis.call('SADD', drone_jobs_key(name), cpv)
@@ -741,7 +851,7 @@ for name, set in pairs(STATE_SET) do
   end
 end
 if not state or not STATE_SET[state] then
-  if redis.call('ZREM', KEYS[1], cpv) == 1 then table.insert(fixed, 'listed as ready') end
+  if redis.call('ZREM', ready_key(cpv), cpv) == 1 then table.insert(fixed, 'listed as ready') end
 else
   if redis.call('SADD', STATE_SET[state], cpv) == 1 then table.insert(fixed, 'missing from ' .. state) end
   if (j[3] or cpv) == cpv and (j[4] or j[3]) then  -- names a settle group (stored since groups exist)
@@ -771,14 +881,14 @@ else
     redis.call('HSET', jk, 'pending', pending)
     table.insert(fixed, 'pending ' .. tostring(j[2]) .. ' -> ' .. pending)
   end
-  local ready = redis.call('ZSCORE', KEYS[1], cpv)
+  local ready = redis.call('ZSCORE', ready_key(cpv), cpv)
   if state == 'needed' and pending == 0 then
     if not ready then
-      redis.call('ZADD', KEYS[1], tonumber(j[5] or '0') or 0, cpv)
+      redis.call('ZADD', ready_key(cpv), tonumber(j[5] or '0') or 0, cpv)
       table.insert(fixed, 'missing from ready')
     end
   elseif ready then
-    redis.call('ZREM', KEYS[1], cpv)
+    redis.call('ZREM', ready_key(cpv), cpv)
     table.insert(fixed, 'listed as ready')
   end
 end

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from swarmctl import keys
+from swarmctl.capacity import Unfit, unfit_jobs
 from swarmctl.config import Config
 from swarmctl.facts import SwarmFacts
 from swarmctl.nightly import (
@@ -37,6 +39,7 @@ from swarmctl.nightly import (
 from swarmctl.queue import queue_counts, read_counts
 from swarmctl.redis_memory import HINT, memory_use
 from swarmctl.registry import DroneRegistry
+from swarmctl.target_status import TargetStatus, gather_targets
 
 SCHEMA_ID = "build-swarm/status/1"
 #: Default oldest acceptable portage sync (the story's "red when older than a day").
@@ -83,10 +86,14 @@ class StatusReport:
     attention: list[Attention] = field(default_factory=list)
     #: Misconfigured drones and why (their preflight's reason).
     misconfigured: dict[str, str] = field(default_factory=dict)
+    #: Queued jobs no enrolled drone could ever fit (swarmctl.capacity).
+    unfit: list[Unfit] = field(default_factory=list)
     #: Drones low on disk and what is short.
     low_disk: dict[str, str] = field(default_factory=dict)
     report_path: str | None = None    # the nightly's report of the night's work, when written
     report_time: float | None = None  # when it was written (this host's clock: the file's mtime)
+    #: Each build target's queue, coverage and drones (swarmctl.target_status).
+    targets: list[TargetStatus] = field(default_factory=list)
 
     @property
     def sync_age(self) -> float | None:
@@ -107,7 +114,7 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
     """Read everything status shows in one pipelined round trip plus the drones."""
     with client.pipeline(transaction=False) as pipe:
         pipe.time()
-        n = queue_counts(pipe)
+        n = queue_counts(pipe, config.targets)
         pipe.hgetall(keys.FACTS)
         pipe.get(keys.LEADER)
         replies = pipe.execute()
@@ -128,8 +135,10 @@ def gather_status(client: redis.Redis, config: Config, max_sync_age: float = MAX
                           nightly=last_nightly(meta, read_nightly_file(nightly_status_path(config))),
                           queue=queue, swarm=swarm, leader=replies[2 + n], max_sync_age=max_sync_age,
                           misconfigured={d.name: d.problem or "?" for d in drones if d.status == "misconfigured"},
-                          low_disk={d.name: d.problem or "?" for d in drones if d.status == "low-disk"})
-    report.attention = assess(report) + signing_attention(config) + memory_attention(client, config)
+                          low_disk={d.name: d.problem or "?" for d in drones if d.status == "low-disk"},
+                          unfit=unfit_jobs(client, drones), targets=gather_targets(client, config, queue, drones))
+    report.attention = (assess(report) + signing_attention(config) + memory_attention(client, config)
+                        + binhost_attention(config))
     report.attention.sort(key=lambda a: -SEVERITY_CODE[a.severity])
     page = nightly_report_path(config)
     with contextlib.suppress(OSError):
@@ -147,6 +156,36 @@ def signing_attention(config: Config) -> list[Attention]:
     except Exception as exc:  # gpg missing or broken: say so, do not hide the rest of status
         return [Attention("signing_unknown", "warning", f"cannot check the signing key: {exc}")]
     return [Attention(p.code, p.severity, p.message) for p in problems]
+
+
+def binhost_attention(config: Config) -> list[Attention]:
+    """On the binhost (binhost.dir): a disk below binhost.min_free_mb, a candidate generation
+    whose gates failed (clients still get the older published one)."""
+    import shutil
+
+    from swarmctl.binhost import generations
+
+    directory = config.binhost.dir
+    if not directory or not Path(directory).is_dir():
+        return []
+    found = []
+    floor = config.binhost.min_free_mb * 2**20
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(directory).free
+        if floor and free < floor:
+            found.append(Attention("binhost_low_disk", "critical",
+                                   f"binhost {directory} has {free // 2**20} MiB free, below binhost.min_free_mb "
+                                   f"({config.binhost.min_free_mb}): uploads are refused (507); "
+                                   "swarmctl binhost gc --dry-run shows what can go"))
+    with contextlib.suppress(Exception):  # an unreadable record must not hide the rest of status
+        ids = generations.generation_ids(Path(directory))
+        if ids:
+            newest = generations.load(Path(directory), ids[-1])
+            if newest.state == "rejected":
+                found.append(Attention("promotion_blocked", "critical",
+                                       f"generation {newest.id} was not promoted: {newest.gates.get('reason', '?')} "
+                                       f"(clients get generation {generations.published_id(Path(directory))})"))
+    return found
 
 
 def memory_attention(client: redis.Redis, config: Config) -> list[Attention]:
@@ -188,6 +227,10 @@ def assess(report: StatusReport) -> list[Attention]:
         found.append(Attention("misconfigured", "warning", "; ".join(
             f"{name} misconfigured: {why}" for name, why in sorted(report.misconfigured.items()))
             + " (swarmctl doctor on that host prints the fix)"))
+    if report.unfit:
+        found.append(Attention("unfit", "warning", f"{len(report.unfit)} job(s) no enrolled drone can ever build: "
+                               + "; ".join(f"{u.cpv} {u.reason}" for u in report.unfit[:5])
+                               + " (enroll a larger drone, or correct queue.constraints_file)"))
     if report.low_disk:
         found.append(Attention("low_disk", "warning", "; ".join(
             f"{name} low on disk: {why}" for name, why in sorted(report.low_disk.items()))
@@ -195,6 +238,12 @@ def assess(report: StatusReport) -> list[Attention]:
     if queued and not report.leader:
         found.append(Attention("no_orchestrator", "warning",
                                "no orchestrator is leading: work of drones that die is not reclaimed"))
+    if len(report.targets) > 1 and not any(a.code == "no_drone_online" for a in found):
+        found += [Attention("target_stalled", "critical", t.stalled) for t in report.targets if t.stalled]
+    found += [Attention("tree_mismatch", "warning", f"target {t.name} was planned at tree {t.tree[:40]}; "
+                        + ", ".join(f"{d} is at {rev[:40]}" for d, rev in sorted(t.tree_mismatch.items()))
+                        + " (a git tree catches up by itself; another gives the jobs back)")
+              for t in report.targets if t.tree and t.tree_mismatch]
     blocked = report.queue.get("blocked", 0)
     if blocked:
         found.append(Attention("blocked", "warning",
@@ -233,6 +282,7 @@ def as_json(report: StatusReport) -> dict[str, Any]:
         },
         "swarm": asdict(report.swarm) | {"leader": report.leader},
         "queue": dict(report.queue),
+        "targets": [t.as_dict() for t in report.targets],
         "report": None if report.report_path is None else {"path": report.report_path,
                                                             "time": report.report_time},
         "attention": [a.as_dict() for a in report.attention],
@@ -250,7 +300,7 @@ JSON_SCHEMA: dict[str, Any] = {
     "$id": SCHEMA_ID,
     "title": "swarmctl status --json",
     "type": "object",
-    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "report", "attention",
+    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "targets", "report", "attention",
                  "exit_code"],
     "additionalProperties": False,
     "properties": {
@@ -314,14 +364,36 @@ JSON_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {name: _COUNT for name in (*keys.STATES, "ready", "waiting")},
         },
+        "targets": {
+            "description": "each build target: its jobs, binary coverage at the last sync, drones that build it",
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "queue", "world", "available", "coverage_percent", "tree", "drones",
+                             "drones_available", "stalled", "tree_mismatch"],
+                "additionalProperties": False,
+                "properties": {
+                    "name": {"type": "string"},
+                    "queue": {"type": "object", "additionalProperties": _COUNT},
+                    "world": _NULLABLE_COUNT, "available": _NULLABLE_COUNT,
+                    "coverage_percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
+                    "tree": {"type": ["string", "null"], "description": "tree revision of its last sync"},
+                    "drones": {"type": "array", "items": {"type": "string"}},
+                    "drones_available": {"type": "array", "items": {"type": "string"}},
+                    "stalled": {"type": ["string", "null"], "description": "why its open jobs cannot progress"},
+                    "tree_mismatch": {"type": "object", "additionalProperties": {"type": "string"},
+                                      "description": "drones building it from another tree revision"},
+                },
+            },
+        },
         "attention": {
             "type": "array",
             "items": {
                 "type": "object", "required": ["code", "severity", "message"], "additionalProperties": False,
                 "properties": {
                     "code": {"enum": ["sync_unknown", "sync_stale", "nightly_failed", "cron_failed", "no_drone_online",
-                                      "misconfigured", "low_disk", "redis_memory", "no_orchestrator", "blocked",
-                                      "failed"]},
+                                      "misconfigured", "low_disk", "redis_memory", "unfit", "no_orchestrator",
+                                      "blocked", "failed", "target_stalled", "tree_mismatch"]},
                     "severity": {"enum": ["warning", "critical"]},
                     "message": {"type": "string"},
                 },

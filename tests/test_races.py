@@ -256,8 +256,9 @@ def _release_or_complete(url: str, name: str, token: str, start: mp.Barrier) -> 
         if claim is None:
             time.sleep(0.002)
             continue
-        if rng.random() < 0.3:
-            released += queue.release(claim.cpv, name, token, claim.lease, "race") == "ok"
+        if rng.random() < 0.3:  # half of them as a drone whose tree cannot reach the job's revision
+            cannot = "tree-mismatch" if rng.random() < 0.5 else ""
+            released += queue.release(claim.cpv, name, token, claim.lease, "race", cannot) == "ok"
         else:
             completed += queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok"
     return released, completed
@@ -280,6 +281,9 @@ def test_release_racing_reclaim_loses_no_job(redis_client: redis.Redis, redis_ur
     assert redis_client.xlen(keys.EVENTS) < queue.config.queue.events_max
     reclaims = Counter(e.job for e in Events(redis_client).since() if e.kind == "reclaimed")
     assert {j.cpv: j.attempts for j in queue.jobs()} == {j.cpv: 1 + reclaims[j.cpv] for j in queue.jobs()}
+    mismatches = [e for e in Events(redis_client).since() if e.kind == "tree-mismatch"]
+    assert mismatches and int(redis_client.hget(keys.STATS, "tree-mismatch")) == len(mismatches)
+    assert all(e.drone in queue.get(e.job).failed_on for e in mismatches)  # not handed it again
 
 
 def _retry(url: str, cpv: str, start: mp.Barrier) -> bool:
@@ -450,3 +454,67 @@ def test_reconciliation_gives_back_every_job_whose_claim_reply_was_lost(
     assert queue.counts()["delegated"] == 0 and queue.counts()["ready"] == 20
     reclaimed = sorted(e.job for e in Events(redis_client, 100000).since() if e.kind == "reclaimed")
     assert reclaimed == sorted(lost)  # each lost job given back once
+
+
+def _claim_targets(url: str, config_path: str, name: str, token: str, targets: list[str],
+                   start: mp.Barrier) -> list[str]:
+    config = load_config(config_path, environ={"SWARM_REDIS_URL": url})
+    queue = Queue(redis.Redis.from_url(url, decode_responses=True), config)
+    start.wait()
+    built = []
+    while (claim := queue.claim(name, token, targets=targets)) is not None:
+        if queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok":
+            built.append(claim.cpv)
+    return built
+
+
+def _claim_within(url: str, name: str, token: str, free_mb: tuple[int, int], constraints: str,
+                  start: mp.Barrier) -> list[str]:
+    queue = _queue(url, queue__constraints_file=constraints)
+    start.wait()
+    built = []
+    while (claim := queue.claim(name, token, free_mb=free_mb)) is not None:
+        if queue.complete(claim.cpv, name, token, claim.lease, 0.0) == "ok":
+            built.append(claim.cpv)
+    return built
+
+
+def test_claims_of_drones_with_different_targets_race_each_job_to_one_declaring_drone(
+        redis_client: redis.Redis, redis_url: str, tmp_path: Any) -> None:
+    from swarmctl.queue import for_target
+
+    path = tmp_path / "swarm.yml"
+    path.write_text("targets:\n  desktop: {}\n  server: {}\n")
+    config = load_config(path, environ={"SWARM_REDIS_URL": redis_url})
+    queue = Queue(redis_client, config)
+    specs = [JobSpec(f"app-misc/pkg{i}-1", estimate=1) for i in range(300)]
+    queue.add(for_target(specs, "desktop") + for_target(specs, "server"))
+    tokens = _enroll_all(redis_client, WORKERS)
+    declared = {name: [["desktop"], ["server"], ["desktop", "server"]][i % 3] for i, name in enumerate(tokens)}
+    with start_line(WORKERS) as barrier:
+        results = _run(_claim_targets, [(redis_url, str(path), n, t, declared[n], barrier) for n, t in tokens.items()])
+    built = [c for r in results for c in r]
+    assert len(built) == len(set(built)) == 600  # every job of both targets once
+    for name, jobs in zip(tokens, results, strict=True):
+        assert {c.rpartition("@")[2] for c in jobs} <= set(declared[name]), name
+
+
+def test_claims_racing_with_memory_limits_hand_each_job_once_and_only_where_it_fits(
+        redis_client: redis.Redis, redis_url: str, tmp_path) -> None:
+    """Drones with 500 MiB and 4000 MiB free claim at once: each job is built once, and no
+    1000 MiB job (its need stated in the constraints file) lands on a small drone."""
+    constraints = tmp_path / "constraints.yaml"
+    constraints.write_text("".join(f"app-misc/big{i}: {{memory_mb: 1000}}\n" for i in range(40)))
+    queue = _queue(redis_url, queue__constraints_file=str(constraints))
+    big = [f"app-misc/big{i}-1" for i in range(40)]
+    small = [f"app-misc/small{i}-1" for i in range(120)]
+    queue.add([JobSpec(c, estimate=1) for c in big + small])
+    tokens = _enroll_all(redis_client, WORKERS)
+    sizes = {name: (500 if i % 2 else 4000, 10**6) for i, name in enumerate(tokens)}
+    with start_line(WORKERS) as barrier:
+        results = _run(_claim_within, [(redis_url, n, t, sizes[n], str(constraints), barrier)
+                                       for n, t in tokens.items()])
+    by_drone = dict(zip(tokens, results, strict=True))
+    assert sorted(c for r in results for c in r) == sorted(big + small)  # every job once
+    assert not [c for n, r in by_drone.items() if sizes[n][0] < 1000 for c in r if c in big]
+    assert sum(1 for n, r in by_drone.items() if sizes[n][0] < 1000 and r) >= 2  # small drones did work too

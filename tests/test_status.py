@@ -260,3 +260,16 @@ def test_status_names_the_nightly_report(redis_client: redis.Redis, swarm_env: d
     assert data["report"]["path"] == str(tmp_path / "nightly-report.html")  # type: ignore[index]
     shown = run_cli(["status"], env).stdout
     assert f"Report: {tmp_path / 'nightly-report.html'}" in shown
+
+
+def test_a_binhost_below_its_free_space_floor_is_red(config: Config, tmp_path: Path) -> None:
+    """Where uploads are refused with 507 (binhost.min_free_mb), status says so, critical."""
+    from swarmctl.status import binhost_attention
+
+    config.binhost.dir = str(tmp_path)
+    config.binhost.min_free_mb = 2**30  # more than any test machine has
+    attention = binhost_attention(config)
+    assert [(a.code, a.severity) for a in attention] == [("binhost_low_disk", "critical")]
+    assert "MiB free" in attention[0].message and "507" in attention[0].message
+    config.binhost.min_free_mb = 0
+    assert binhost_attention(config) == []

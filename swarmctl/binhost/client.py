@@ -26,6 +26,7 @@ from typing import Any
 
 from swarmctl.backoff import delays
 from swarmctl.binhost.server import UPLOAD_PATH
+from swarmctl.targets import DEFAULT_TARGET, split_job
 
 logger = logging.getLogger("swarmctl.binhost.client")
 
@@ -61,6 +62,8 @@ class UploadVerdict:
     @property
     def retryable(self) -> bool:
         """Whether another attempt could succeed."""
+        if self.code == "insufficient_storage":
+            return False  # the binhost's disk does not free itself in seconds: the job is built again later
         return not self.accepted and (self.code in RETRYABLE_CODES or (self.status or 0) >= 500)
 
     @property
@@ -100,8 +103,9 @@ class BinhostClient:
         self.sleep = sleep
 
     def upload(self, path: Path, cpv: str, lease: str, *, sha256: str, size: int | None = None,
-               duration: float = 0.0) -> UploadVerdict:
-        """Upload ``path`` as the build of ``cpv`` under ``lease``; retry transient failures.
+               duration: float = 0.0, usage: tuple[int, int] = (0, 0), target: str = "") -> UploadVerdict:
+        """Upload ``path`` as the build of ``cpv`` for build ``target`` ('' the farm's only one) under
+        ``lease``; retry transient failures. The binhost publishes it into that target's area.
 
         Returns:
             The final verdict (accepted, refused, or network failure after all attempts).
@@ -109,7 +113,7 @@ class BinhostClient:
         waits = delays(self.base_delay, self.max_delay)
         verdict = UploadVerdict(False, "network", "not attempted")
         for attempt in range(1, self.attempts + 1):
-            verdict = self._attempt(Path(path), cpv, lease, sha256, size, duration, attempt)
+            verdict = self._attempt(Path(path), cpv, lease, sha256, size, duration, attempt, usage, target)
             if verdict.accepted or not verdict.retryable or attempt == self.attempts:
                 break
             wait = next(waits)
@@ -119,7 +123,7 @@ class BinhostClient:
         return verdict
 
     def _attempt(self, path: Path, cpv: str, lease: str, sha256: str, size: int | None, duration: float,
-                 attempt: int) -> UploadVerdict:
+                 attempt: int, usage: tuple[int, int] = (0, 0), target: str = "") -> UploadVerdict:
         try:
             actual_size = os.stat(path).st_size
         except OSError as exc:
@@ -129,9 +133,12 @@ class BinhostClient:
         headers = {
             "X-Swarm-Drone": self.drone, "X-Swarm-Token": self.token, "X-Swarm-Lease": lease,
             "X-Swarm-Cpv": cpv, "X-Swarm-Sha256": sha256, "X-Swarm-Duration": f"{duration:.3f}",
+            "X-Swarm-Usage": f"{int(usage[0])} {int(usage[1])}",  # peak RSS and disk bytes, for the history
             "Content-Length": str(declared), "Content-Type": "application/x-tar",
             "Expect": "100-continue",
         }
+        if target:
+            headers["X-Swarm-Target"] = target
         conn = self._connection()
         try:
             conn.putrequest("PUT", self._upload_target(), skip_accept_encoding=True)
@@ -181,14 +188,17 @@ class BinhostPublisher:
         self.last_verdict: UploadVerdict | None = None
 
     def publish(self, claim: Any, result: Any, duration: float) -> str:
-        artifacts = [a for a in result.artifacts if a.cpv == claim.cpv]
+        package, target = split_job(claim.cpv)  # the job's name carries its build target
+        artifacts = [a for a in result.artifacts if a.cpv == package]
         if not artifacts:
             self.last_verdict = UploadVerdict(False, "local_error", f"no artifact for {claim.cpv}")
             return "retry-later"
         outcome = "ok"
         for artifact in artifacts:
-            verdict = self.client.upload(artifact.path, claim.cpv, claim.lease, sha256=artifact.sha256,
-                                         size=artifact.size, duration=duration)
+            verdict = self.client.upload(artifact.path, package, claim.lease, sha256=artifact.sha256,
+                                         size=artifact.size, duration=duration,
+                                         usage=(result.usage.peak_rss, result.usage.peak_disk),
+                                         target="" if target == DEFAULT_TARGET else target)
             self.last_verdict = verdict
             outcome = outcome_of(verdict)
             if outcome != "ok":

@@ -132,6 +132,30 @@ def inspect_gpkg(path: Path, settings: Any = None, limits: UnpackLimits | None =
     )
 
 
+def manifest_content(path: Path) -> frozenset[str]:
+    """The Manifest's ``DATA`` entries of the package's content members (signatures left out).
+
+    The same for an upload and the copy the binhost signed from it (signing adds
+    ``.sig`` members and clearsigns the Manifest, the other members stay as they are),
+    so it tells a drone's retry of a publish whose upload record was lost. Empty when
+    the file cannot be read.
+    """
+    try:
+        with tarfile.open(path, "r:") as container:
+            member = next((m for m in container.getmembers() if m.name.endswith("/Manifest") and m.isfile()), None)
+            handle = container.extractfile(member) if member is not None else None
+            text = handle.read(1024 * 1024).decode("utf-8", "replace") if handle is not None else ""
+    except (tarfile.TarError, OSError, EOFError):
+        return frozenset()
+    content = set()
+    for words in (line.split() for line in text.splitlines()):
+        if len(words) > 3 and words[0] == "DATA" and not words[1].endswith(".sig"):
+            # "DATA name size ALGO hash ALGO hash...": portage writes the hashes in no fixed order
+            hashes = sorted(zip(words[3::2], words[4::2], strict=False))
+            content.add(" ".join([*words[1:3], *(f"{algo}:{value}" for algo, value in hashes)]))
+    return frozenset(content)
+
+
 def reader_for(path: Path) -> Any:
     """Portage's gpkg reader for ``path`` (its Manifest is not verified here)."""
     return _open(Path(path), None)

@@ -15,13 +15,17 @@ check (:func:`verify`) read every file.
 
 Every write produces ``Packages`` and ``Packages.gz`` with the same content: both are
 written to temp files and fsynced, then ``Packages.gz`` is renamed into place first and
-``Packages`` second. The header's TIMESTAMP increases by at least one second with
-every write, and both files' mtime is set to it, so a client's If-Modified-Since
-(portage sends the TIMESTAMP it holds) tells every version apart and is answered
-exactly. Under sustained load (several writes a second) TIMESTAMP runs ahead of the
-clock, by at most ``MAX_TIMESTAMP_LEAD`` seconds; it falls back to the clock when the
-load stops. After a crash between the two renames, the next writer (or
-:meth:`IndexStore.reconcile`) rewrites the older of the two from the newer.
+``Packages`` second. The header's TIMESTAMP is the clock's second (never less than
+the last one) and both files' mtime is set to it; clients send it back as
+If-Modified-Since and take a fetched index only if its TIMESTAMP is newer than theirs
+(portage's bintree), so a version that shares its second with an earlier one may be
+missed by a client that fetched that earlier one. Hence the restamp: when a write
+shares its second, :class:`IndexStore` writes the index once more after the second
+has passed (unless a later write did), so every client sees the last version within
+about a second. Writes themselves are never held back by the clock: publishing is
+not capped at one index write per second. After a crash between the two renames, the
+next writer (or :meth:`IndexStore.reconcile`) rewrites the older of the two from the
+newer.
 """
 
 from __future__ import annotations
@@ -63,11 +67,13 @@ COMPRESSED_NAME = "Packages.gz"
 GZIP_LEVEL = 1
 #: Entries per cached chunk of the rendered index (see PackagesIndex).
 CHUNK_ENTRIES = 256
-#: Seconds the index TIMESTAMP may run ahead of the clock (one second per write, so a
-#: client's If-Modified-Since tells every version apart) before writes are slowed down.
-MAX_TIMESTAMP_LEAD = 300
+#: Seconds after a shared TIMESTAMP's second before the restamp write (clock jitter).
+RESTAMP_DELAY = 0.05
 #: Lock file serializing every writer of one PKGDIR's index (publish, reindex).
 LOCK_NAME = ".swarm-index.lock"
+#: Directory (hidden from clients) of the staging index, once the binhost stages
+#: (swarmctl.binhost.generations): uploads go there, clients see PKGDIR/Packages.
+STAGING_DIR = ".swarm-staging"
 #: Keys every package entry must have for portage clients to accept the index.
 REQUIRED_KEYS = ("CPV", "PATH", "SIZE", "MD5", "SHA1")
 INDEX_VERSION = "0"
@@ -85,6 +91,8 @@ _COPIED = (
 _USE_EVALUATED = ("BDEPEND", "DEPEND", "IDEPEND", "LICENSE", "RDEPEND", "PDEPEND", "PROPERTIES",
                   "RESTRICT")
 _HASH_BLOCK = 1024 * 1024
+#: Buffers per writev (Linux's IOV_MAX).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
 
 
 class BinhostIndexError(SwarmError):
@@ -137,6 +145,9 @@ class PackagesIndex:
     blocks: list[bytes] | None = field(default=None, repr=False, compare=False)
     bounds: list[tuple[tuple[str, int, str], str]] | None = field(default=None, repr=False, compare=False)
     chunks: dict[int, tuple[bytes, bytes]] = field(default_factory=dict, repr=False, compare=False)
+    #: CPV -> the PATHs of its entries, built on first use; sets are replaced, never
+    #: changed in place, so a copy shares them safely.
+    by_cpv: dict[str, frozenset[str]] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str) -> PackagesIndex:
@@ -160,10 +171,12 @@ class PackagesIndex:
 
     def copy(self) -> PackagesIndex:
         """A copy whose header and entries can change without touching this one."""
+        by_cpv = None if self.by_cpv is None else self.by_cpv.copy()
         if self.order is None or self.blocks is None or self.bounds is None:
-            return PackagesIndex(header=dict(self.header), entries=self.entries.copy())
+            return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), by_cpv=by_cpv)
         return PackagesIndex(header=dict(self.header), entries=self.entries.copy(), order=self.order.copy(),
-                             blocks=self.blocks.copy(), bounds=self.bounds, chunks=self.chunks.copy())
+                             blocks=self.blocks.copy(), bounds=self.bounds, chunks=self.chunks.copy(),
+                             by_cpv=by_cpv)
 
     @property
     def timestamp(self) -> int:
@@ -171,14 +184,14 @@ class PackagesIndex:
         return int(text) if text.isdigit() else 0
 
     def render(self, ttl: int | None = None) -> str:
-        """The index as text: header (fresh PACKAGES, TIMESTAMP after the last one, TTL), then entries."""
+        """The index as text: header (fresh PACKAGES, TIMESTAMP now but never back, TTL), then entries."""
         head, parts = self._render_parts(ttl)
         return (head + b"".join(text for text, _ in parts)).decode("utf-8")
 
     def _render_parts(self, ttl: int | None) -> tuple[bytes, list[tuple[bytes, bytes]]]:
         header = dict(self.header)
         header["PACKAGES"] = str(len(self.entries))
-        header["TIMESTAMP"] = str(max(int(time.time()), self.timestamp + 1))
+        header["TIMESTAMP"] = str(max(int(time.time()), self.timestamp))
         if ttl:
             header["TTL"] = str(ttl)
         header.setdefault("VERSION", INDEX_VERSION)
@@ -217,8 +230,10 @@ class PackagesIndex:
         path = Path(path)
         head, parts = self._render_parts(ttl)
         stamp = self.timestamp
-        text = head + b"".join(chunk for chunk, _ in parts)
-        compressed = gzip.compress(head, compresslevel=GZIP_LEVEL, mtime=stamp) + b"".join(gz for _, gz in parts)
+        # The cached chunks go to the files as they are (one writev): joining a big index
+        # into one bytes object first would copy it twice more, holding the GIL.
+        text = [head, *(chunk for chunk, _ in parts)]
+        compressed = [gzip.compress(head, compresslevel=GZIP_LEVEL, mtime=stamp), *(gz for _, gz in parts)]
         gz_path = path.with_name(path.name + ".gz")
         temps = [_stage(gz_path, compressed, stamp), _stage(path, text, stamp)]
         try:
@@ -237,8 +252,10 @@ class PackagesIndex:
             raise BinhostIndexError(f"index entry lacks {', '.join(missing)}")
         path = entry["PATH"]
         if path in self.entries:
-            self._unplace(path)
+            self.remove(path)
         self.entries[path] = dict(entry)
+        if self.by_cpv is not None:
+            self.by_cpv[entry["CPV"]] = self.by_cpv.get(entry["CPV"], frozenset()) | {path}
         if self.order is not None and self.blocks is not None and self.bounds is not None:
             key = (_sort_key(entry), path)
             at = bisect.bisect(self.order, key)
@@ -253,7 +270,9 @@ class PackagesIndex:
         if rel_path not in self.entries:
             return False
         self._unplace(rel_path)
-        del self.entries[rel_path]
+        cpv = self.entries.pop(rel_path)["CPV"]
+        if self.by_cpv is not None:
+            self.by_cpv[cpv] = self.by_cpv.get(cpv, frozenset()) - {rel_path}
         return True
 
     def _unplace(self, path: str) -> None:
@@ -269,12 +288,22 @@ class PackagesIndex:
         else:  # not where it should be: forget the layout, the next render rebuilds it
             self.order = self.blocks = self.bounds = None
 
+    def paths_of(self, cpv: str) -> frozenset[str]:
+        """The PATHs of ``cpv``'s entries (one lookup, whatever the size of the index)."""
+        if self.by_cpv is None:  # one pass over the index, then kept up to date by add/remove
+            by_cpv: dict[str, set[str]] = {}
+            for path, entry in self.entries.items():
+                by_cpv.setdefault(entry["CPV"], set()).add(path)
+            self.by_cpv = {key: frozenset(paths) for key, paths in by_cpv.items()}
+        return self.by_cpv.get(cpv, frozenset())
+
     def build_ids(self, cpv: str) -> set[int]:
         """BUILD_IDs already published for ``cpv``."""
         ids = set()
-        for entry in self.entries.values():
-            if entry.get("CPV") == cpv and entry.get("BUILD_ID", "").isdigit():
-                ids.add(int(entry["BUILD_ID"]))
+        for path in self.paths_of(cpv):
+            build_id = self.entries[path].get("BUILD_ID", "")
+            if build_id.isdigit():
+                ids.add(int(build_id))
         return ids
 
     def cpvs(self) -> set[str]:
@@ -282,21 +311,41 @@ class PackagesIndex:
         return {entry["CPV"] for entry in self.entries.values()}
 
 
-def _stage(path: Path, data: bytes, stamp: int) -> str:
-    """``data`` in an fsynced temp file beside ``path`` (mode 0644, mtime ``stamp``)."""
+def writable_index(pkgdir: Path) -> Path:
+    """Where publishing writes: ``PKGDIR/.swarm-staging/Packages`` on a staged binhost
+    (one ``binhost promote`` made it so), else ``PKGDIR/Packages`` (uploads visible at once)."""
+    staging = Path(pkgdir) / STAGING_DIR / INDEX_NAME
+    return staging if staging.exists() else Path(pkgdir) / INDEX_NAME
+
+
+def _stage(path: Path, parts: list[bytes], stamp: int) -> str:
+    """``parts``, concatenated, in an fsynced temp file beside ``path`` (mode 0644, mtime ``stamp``)."""
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o644)
-        os.utime(temp, (stamp, stamp))
+        try:
+            _write_all(fd, parts)
+            os.fsync(fd)
+            os.fchmod(fd, 0o644)
+            os.utime(fd, (stamp, stamp))
+        finally:
+            os.close(fd)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(temp)
         raise
     return temp
+
+
+def _write_all(fd: int, parts: list[bytes]) -> None:
+    """Write every part, in few system calls (each one lets go of the GIL and takes it back)."""
+    pending = [memoryview(part) for part in parts if part]
+    while pending:
+        written = os.writev(fd, pending[:_IOV_MAX])
+        while written and pending:  # drop what was written; keep a partly written part's rest
+            if written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            else:
+                pending[0], written = pending[0][written:], 0
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -345,15 +394,17 @@ class IndexStore:
     ``PKGDIR/.swarm-index.lock`` (serializes processes) plus a thread lock.
     """
 
-    def __init__(self, pkgdir: Path, ttl: int | None = None) -> None:
+    def __init__(self, pkgdir: Path, ttl: int | None = None, facts: dict[str, str] | None = None) -> None:
         """Args:
             pkgdir: The binhost directory.
             ttl: Seconds written as the index header's TTL (clients skip refreshes
                 within it); None or 0 writes none.
+            facts: Header fields every write sets (a build target's CHOST, ACCEPT_KEYWORDS,
+                PROFILE: swarmctl.targets.Target.index_header).
         """
         self.pkgdir = Path(pkgdir)
-        self.path = self.pkgdir / INDEX_NAME
         self.ttl = ttl
+        self.facts = dict(facts or {})
         self._thread_lock = threading.Lock()
         self._cached: PackagesIndex | None = None
         self._cached_stat: tuple[int, int, int] | None = None
@@ -364,6 +415,22 @@ class IndexStore:
         self.commits = 0
         self.committed_changes = 0
         self._reconciled: tuple[object, object] | None = None
+        self._last_stamp: int | None = None
+        self._restamp_timer: threading.Timer | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        """The index uploads go to: the staging index once there is one, else ``PKGDIR/Packages``."""
+        return writable_index(self.pkgdir)
+
+    @contextlib.contextmanager
+    def pinned(self) -> Iterator[Path]:
+        """Hold the writer lock with ``Packages`` and ``Packages.gz`` agreeing, without loading
+        the index; yields the index file's path (its files are replaced only by rename)."""
+        with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
+            self.reconcile()
+            yield self.path
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[PackagesIndex]:
@@ -374,16 +441,54 @@ class IndexStore:
 
     def save(self, index: PackagesIndex) -> None:
         """Write ``index`` atomically (call inside :meth:`locked`) and cache it."""
+        index.header.update(self.facts)
         index.write(self.path, self.ttl)
-        self._cached = index
-        self._cached_stat = _stat_key(self.path)
+        self._cache(index)
         self._reconciled = (self._cached_stat, _stat_key(self.path.with_name(COMPRESSED_NAME)))
+        if index.timestamp == self._last_stamp:
+            self._schedule_restamp(index.timestamp)
+        self._last_stamp = index.timestamp
+
+    def _schedule_restamp(self, stamp: int) -> None:
+        """Write the index again once ``stamp``'s second is over (see the module doc)."""
+        with self._group:
+            if self._restamp_timer is not None or self._closed:
+                return
+            timer = threading.Timer(max(0.0, stamp + 1 - time.time()) + RESTAMP_DELAY, self._restamp, (stamp,))
+            timer.daemon = True
+            self._restamp_timer = timer
+        timer.start()
+
+    def _restamp(self, stamp: int) -> None:
+        with self._group:
+            self._restamp_timer = None
+            if self._closed:
+                return
+        try:
+            if not self.path.exists():
+                return  # PKGDIR gone (a test's temp dir): nothing to tell clients
+            with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
+                self.reconcile()
+                index = self._load()
+                if index.timestamp <= stamp:  # no later write did it
+                    self.save(index)
+        except Exception as exc:  # the next publish writes a newer TIMESTAMP anyway
+            logger.warning("could not write the index again with a newer TIMESTAMP: %s", exc)
+
+    def close(self) -> None:
+        """Cancel a pending restamp (the server is shutting down)."""
+        with self._group:
+            self._closed = True
+            timer, self._restamp_timer = self._restamp_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def commit(self, apply: Callable[[PackagesIndex], Callable[[], None] | None]) -> None:
         """Apply one change in the next group commit; return when the index holding it is written.
 
-        ``apply(index)`` changes the working index (or raises: then nothing of it is
-        applied and the error is raised here); it may return an undo callable, run if
+        ``apply(index)`` changes the working index, through ``add``/``remove`` as its
+        last step (or raises before changing it: the error is raised here; the index is
+        the cached one, changed in place); it may return an undo callable, run if
         writing the index fails. While one caller (the leader) writes the index, the
         changes arriving meanwhile wait and are then written together by the next
         leader, so a big index is rewritten once per group, not once per package.
@@ -409,17 +514,15 @@ class IndexStore:
             raise change.error
 
     def _lead(self) -> None:
-        cached = self._cached
-        if cached is not None:  # TIMESTAMP may run ahead of the clock under load, but only so far
-            delay = cached.timestamp + 1 - time.time() - MAX_TIMESTAMP_LEAD
-            if delay > 0:
-                time.sleep(delay)
         with self._group:
             batch, self._pending = self._pending, []
         try:
             with self._thread_lock, _flock(self.pkgdir / LOCK_NAME):
                 self.reconcile()
-                index = self._load().copy()
+                # Changed in place: copying a big index (entries, order, rendered blocks)
+                # for every write costs more than the changes. Lock-free readers only look
+                # entries up; a failed write drops the cache (re-read from Packages below).
+                index = self._load()
                 applied = []
                 for change in batch:
                     try:
@@ -431,6 +534,7 @@ class IndexStore:
                     try:
                         self.save(index)
                     except BaseException as exc:
+                        self._cached = self._cached_stat = None  # Packages still holds the last write
                         for change in applied:
                             change.error = exc
                             if change.undo is not None:
@@ -450,9 +554,22 @@ class IndexStore:
                 self._group.notify_all()
 
     def snapshot(self) -> PackagesIndex:
-        """The current index (read-only use; reparsed only if the file changed)."""
-        with self._thread_lock:
+        """The current index (read-only use; reparsed only if the file changed).
+
+        While a writer holds the lock, the cached index is returned at once (it may
+        already hold the group's changes being written): waiting for a big index write
+        would put every reader (an upload's retry check) in line behind it. Callers that
+        must be exact (a duplicate check) check again under the lock.
+        """
+        cached = self._cached
+        if cached is not None and not self._thread_lock.acquire(blocking=False):
+            return cached
+        if cached is None:
+            self._thread_lock.acquire()
+        try:
             return self._load()
+        finally:
+            self._thread_lock.release()
 
     def reconcile(self) -> bool:
         """Make ``Packages`` and ``Packages.gz`` the same again after a crash between their renames.
@@ -478,11 +595,13 @@ class IndexStore:
                 index_packed.timestamp >= index_plain.timestamp else index_plain
             logger.warning("Packages and Packages.gz differ (a write was interrupted): rewriting both "
                            "from the newer (TIMESTAMP %d)", newer.timestamp)
+            newer.header.update(self.facts)
             newer.write(self.path, self.ttl)
-            self._cached, self._cached_stat = newer, _stat_key(self.path)
+            self._cache(newer)
             changed = True
         elif plain is None and packed is not None:
             newer = PackagesIndex.parse(packed.decode("utf-8", "replace"))
+            newer.header.update(self.facts)
             newer.write(self.path, self.ttl)
             changed = True
         self._reconciled = (_stat_key(self.path), _stat_key(gz_path))
@@ -491,9 +610,21 @@ class IndexStore:
     def _load(self) -> PackagesIndex:
         key = _stat_key(self.path)
         if self._cached is None or key != self._cached_stat:
-            self._cached = PackagesIndex.read(self.path)
-            self._cached_stat = key
+            self._cache(PackagesIndex.read(self.path))
+            assert self._cached is not None
+            self._last_stamp = self._cached.timestamp  # a write in its second shares it
+        assert self._cached is not None
         return self._cached
+
+    def _cache(self, index: PackagesIndex) -> None:
+        """Make ``index`` (as ``Packages`` now holds it) the cached one.
+
+        Its per-CPV map is built here, under the lock: lock-free readers
+        (:meth:`snapshot`) only look things up in it, never build it while a
+        leader changes the entries.
+        """
+        index.paths_of("")
+        self._cached, self._cached_stat = index, _stat_key(self.path)
 
 
 @dataclass
@@ -572,9 +703,21 @@ def _verify(pkgdir: Path, *, check_manifests: bool, settings: Any, policy: Conte
                 report.problems.append(f"{rel_path}: {key} mismatch (index {entry[key]}, file {actual})")
         if check_manifests:
             report.problems += _manifest_problems(file_path, rel_path, entry, policy, settings)
+    from swarmctl.binhost import generations  # it builds on this module
+
+    # A staged binhost: files of unpromoted uploads and of kept generations are known too,
+    # and every file those indexes name must be present (rollback and promote need it).
+    known = set(index.entries)
+    for other in generations.index_files(pkgdir):
+        for rel_path in index_paths(other):
+            if rel_path not in known:
+                known.add(rel_path)
+                file_path = _inside(pkgdir, rel_path)
+                if file_path is None or not file_path.is_file():
+                    report.problems.append(f"{rel_path}: named by {other.relative_to(pkgdir)}, file missing")
     for file_path in sorted(_package_files(pkgdir)):
         rel_path = file_path.relative_to(pkgdir).as_posix()
-        if rel_path not in index.entries:
+        if rel_path not in known:
             report.problems.append(f"{rel_path}: package file not in the index")
     return report
 
@@ -626,34 +769,46 @@ def reindex(pkgdir: Path, *, prefix_root: Path | None = None, full: bool = True,
         keyring = stack.enter_context(verifying(pkgdir, gpg))
         files = sorted(p.relative_to(pkgdir).as_posix() for p in _package_files(pkgdir))
         with store.locked():
-            aside = pkgdir / f".{INDEX_NAME}.before-reindex"
-            if store.path.exists():
+            work = pkgdir
+            if store.path != pkgdir / INDEX_NAME:
+                # A staged binhost: emaint rebuilds the staging index in a shadow PKGDIR (it only
+                # ever writes PKGDIR/Packages, which is what clients see), from staging's files and
+                # any file no index names; files only old generations name stay out of it.
+                from swarmctl.binhost.generations import indexed_paths
+
+                staging = index_paths(store.path)
+                elsewhere = indexed_paths(pkgdir) - staging
+                files = [rel for rel in files if rel in staging or rel not in elsewhere]
+                work = _shadow(stack, pkgdir, files, [store.path] if not full else [])
+            target = work / INDEX_NAME
+            aside = work / f".{INDEX_NAME}.before-reindex"
+            if target.exists():
                 if full:
-                    os.replace(store.path, aside)
+                    os.replace(target, aside)
                 else:
-                    shutil.copy2(store.path, aside)
+                    shutil.copy2(target, aside)
             # Incremental on top of make.conf: one plain Packages, built from the files
             # (store.save below writes Packages.gz beside it).
-            env = _emaint_env(prefix, pkgdir, keyring, "-compress-index -pkgdir-index-trusted")
+            env = _emaint_env(prefix, work, keyring, "-compress-index -pkgdir-index-trusted")
             progress("indexing with emaint", 0, None)
             done = subprocess.run([prefix.tool("emaint"), "binhost", "--fix"], env=env,
                                   capture_output=True, text=True, timeout=timeout, check=False,
                                   stdin=subprocess.DEVNULL)
-            if done.returncode != 0 or not store.path.exists():
+            if done.returncode != 0 or not target.exists():
                 if aside.exists():
-                    os.replace(aside, store.path)
+                    os.replace(aside, target)
                 output = (done.stderr or done.stdout).strip().splitlines()
                 raise BinhostIndexError(f"emaint binhost --fix failed (exit {done.returncode}): "
                                   f"{output[-1] if output else 'no output'}")
-            index = PackagesIndex.read(store.path)
+            index = PackagesIndex.read(target)
             dropped = [rel for rel in files if rel not in index.entries]
             if dropped:
                 # Never a quiet success: a package file emaint could not read (bad or
                 # untrusted signature, damaged file) is an error, and the old index stays.
                 if aside.exists():
-                    os.replace(aside, store.path)
+                    os.replace(aside, target)
                 else:
-                    store.path.unlink()
+                    target.unlink()
                 raise BinhostIndexError(
                     f"reindex would drop {len(dropped)} of {len(files)} package(s) (unreadable, or "
                     f"signature not verified against KEYS.asc): {', '.join(dropped[:5])}"
@@ -678,22 +833,19 @@ def emaint_check(pkgdir: Path, *, prefix_root: Path | None = None, gpg: str = "g
     index as a side effect (every time, even its own: ``USER_PATCHES`` is a key it
     requires but never writes), so it runs on a shadow PKGDIR: hard links of the
     package files (same size and mtime) and copies of both index files, inside
-    ``PKGDIR/.swarm-tmp``; the real index is never touched.
+    ``PKGDIR/.swarm-tmp``; the real index is never touched. On a staged binhost the
+    published index is checked against the files it names (unpromoted uploads are not its).
     """
     pkgdir = Path(pkgdir).absolute()
     with contextlib.ExitStack() as stack:
         prefix = _emaint_prefix(stack, prefix_root)
         keyring = stack.enter_context(verifying(pkgdir, gpg))
-        (pkgdir / ".swarm-tmp").mkdir(exist_ok=True)
-        shadow = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emaint-check-",
-                                                                      dir=pkgdir / ".swarm-tmp")))
-        for file_path in _package_files(pkgdir):
-            target = shadow / file_path.relative_to(pkgdir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.link(file_path, target)
-        for name in (INDEX_NAME, COMPRESSED_NAME):
-            with contextlib.suppress(FileNotFoundError):
-                shutil.copy2(pkgdir / name, shadow / name)
+        files = [p.relative_to(pkgdir).as_posix() for p in _package_files(pkgdir)]
+        if (pkgdir / STAGING_DIR).is_dir():
+            # Staged: files of unpromoted uploads are in the staging index, not in this one.
+            published = PackagesIndex.read(pkgdir / INDEX_NAME).entries
+            files = [rel for rel in files if rel in published]
+        shadow = _shadow(stack, pkgdir, files, [pkgdir / INDEX_NAME, pkgdir / COMPRESSED_NAME])
         env = _emaint_env(prefix, shadow, keyring, "compress-index -pkgdir-index-trusted")
         done = subprocess.run([prefix.tool("emaint"), "binhost", "--check"], env=env, capture_output=True,
                               text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
@@ -704,6 +856,21 @@ def emaint_check(pkgdir: Path, *, prefix_root: Path | None = None, gpg: str = "g
     if done.returncode != 0 and not problems:
         problems = [f"emaint binhost --check exited {done.returncode}: {lines[-1] if lines else 'no output'}"]
     return problems
+
+
+def _shadow(stack: contextlib.ExitStack, pkgdir: Path, files: list[str], copies: list[Path]) -> Path:
+    """A scratch PKGDIR inside ``PKGDIR/.swarm-tmp``: hard links of ``files`` (same size and
+    mtime), copies of ``copies`` (index files) under their plain names; removed with ``stack``."""
+    (pkgdir / ".swarm-tmp").mkdir(exist_ok=True)
+    shadow = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="emaint-", dir=pkgdir / ".swarm-tmp")))
+    for rel_path in files:
+        target = shadow / rel_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(pkgdir / rel_path, target)
+    for source in copies:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.copy2(source, shadow / source.name)
+    return shadow
 
 
 def _emaint_prefix(stack: contextlib.ExitStack, prefix_root: Path | None) -> Any:
@@ -777,9 +944,26 @@ def _inside(pkgdir: Path, rel_path: str) -> Path | None:
 
 
 def _package_files(pkgdir: Path) -> Iterator[Path]:
-    for path in pkgdir.rglob(f"*{GPKG_SUFFIX}"):
-        if not any(part.startswith(".") for part in path.relative_to(pkgdir).parts):
-            yield path
+    """Every package file below PKGDIR outside hidden directories (os.walk: rglob is slow)."""
+    for directory, dirs, files in os.walk(pkgdir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if name.endswith(GPKG_SUFFIX) and not name.startswith("."):
+                yield Path(directory, name)
+
+
+_PATH_LINE = re.compile(r"^PATH:[ \t]*(.*?)[ \t]*$", re.M)
+
+
+def index_paths(path: Path) -> set[str]:
+    """The ``PATH`` of every entry of an index file, without parsing the rest (a missing file: none)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return set()
+    except OSError as exc:
+        raise BinhostIndexError(f"cannot read {path}: {exc}") from None
+    return {match for match in _PATH_LINE.findall(text) if match}
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from swarmctl.atoms import split_cpv, validate_cpv
-from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, PolicyViolation, inspect_gpkg
+from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, PolicyViolation, inspect_gpkg, manifest_content
 from swarmctl.binhost.index import UPLOAD_SHA256_KEY, FileDigests, IndexStore, PackagesIndex, make_entry
 from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.signing import KeyInfo, Keyring, SigningError, sign_gpkg, signature_present
@@ -239,7 +239,7 @@ class Publisher:
             except GpkgError as exc:
                 detail = str(exc).replace(temp.name, "upload")
                 raise PublishRefused("bad_package", f"gpkg verification failed: {detail}") from None
-            retried = self._accept_retry(info, digests.sha256, commit_check)
+            retried = self._accept_retry(info, digests.sha256, commit_check, temp)
             if retried is not None:
                 return retried
             signed_by, served = self._sign(temp, digests)
@@ -352,17 +352,17 @@ class Publisher:
                          size=digests.size, signed_by=signed_by)
 
     def _accept_retry(self, info: GpkgInfo, upload_sha256: str,
-                      commit_check: Callable[[], str | None] | None) -> Published | None:
+                      commit_check: Callable[[], str | None] | None, upload: Path) -> Published | None:
         """This very upload if it is published already, else None.
 
         A retry after a reply, or the queue's completion, was lost to a crash: the
         publish is done (nothing is signed or written again); the caller completes the job.
         """
         rel_path = _rel_path(info)
-        if self._published_entry(self.store.snapshot(), rel_path, upload_sha256) is None:
+        if self._this_upload(self.store.snapshot(), rel_path, upload_sha256, upload) is None:
             return None
         with self.store.locked() as index:
-            existing = self._published_entry(index, rel_path, upload_sha256)
+            existing = self._this_upload(index, rel_path, upload_sha256, upload)
             if existing is None:
                 return None
             if commit_check is not None and (problem := commit_check()):
@@ -370,6 +370,23 @@ class Publisher:
         logger.info("%s was already published (retry of an interrupted publish)", rel_path)
         return Published(cpv=info.cpv, build_id=info.build_id, rel_path=rel_path,
                          sha256=existing.get("SHA256", upload_sha256), size=int(existing.get("SIZE", 0)))
+
+    def _this_upload(self, index: PackagesIndex, rel_path: str, upload_sha256: str,
+                     upload: Path) -> dict[str, str] | None:
+        """The entry at ``rel_path`` if it is the publish of this (verified) upload, else None.
+
+        Known by the upload's SHA256. A signing binhost whose recovery indexed the file
+        after a power cut took the upload's temp file (and with it the upload's SHA256:
+        the entry has no UPLOAD_SHA256) knows it by content instead: the published file's
+        members are the upload's, with the binhost's signatures added.
+        """
+        entry = self._published_entry(index, rel_path, upload_sha256)
+        if (entry is None and self.keyring is not None and rel_path in index.entries
+                and UPLOAD_SHA256_KEY not in index.entries[rel_path]):
+            content = manifest_content(upload)
+            if content and content == manifest_content(self.pkgdir / rel_path):
+                return index.entries[rel_path]
+        return entry
 
     @staticmethod
     def _published_entry(index: PackagesIndex, rel_path: str, upload_sha256: str) -> dict[str, str] | None:

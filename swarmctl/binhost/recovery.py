@@ -12,7 +12,8 @@ lock:
   indexed -- the interrupted publish is finished; one that does not is moved to
   ``.swarm-quarantine/`` (hidden from clients, kept for a person to look at). The
   upload's own SHA256 (the drone's retry declares it; signing changed the bytes) is
-  read from the name of the upload's leftover temp file, which is the same inode;
+  read from the name of the upload's leftover temp file, which is the same inode
+  (a power cut may take that file: the retry is then known by its content);
 - every ``.part`` upload file nobody holds locked (its receiver is gone: a live
   upload holds an ``flock`` on its temp file) is removed, with the copy portage's
   signing was writing next to it (``<upload>.part.<pid>...``), as are temp index files
@@ -36,7 +37,7 @@ from typing import Any
 
 from swarmctl.atoms import split_cpv
 from swarmctl.binhost.gpkg import GPKG_SUFFIX, GpkgError, GpkgInfo, inspect_gpkg
-from swarmctl.binhost.index import INDEX_NAME, UPLOAD_SHA256_KEY, FileDigests, _package_files, make_entry
+from swarmctl.binhost.index import INDEX_NAME, STAGING_DIR, UPLOAD_SHA256_KEY, FileDigests, _package_files, make_entry
 from swarmctl.binhost.publish import Publisher, tmp_dir_lock
 from swarmctl.binhost.signing import VerifyKeyring
 
@@ -97,9 +98,10 @@ def recover(publisher: Publisher) -> RecoveryReport:
                 logger.warning("recovery: moved unindexed %s to %s/: %s", rel_path, QUARANTINE_DIR, problem)
         if report.indexed:
             publisher.store.save(index)
-        for temp in sorted(pkgdir.glob(f".{INDEX_NAME}.*.tmp")):
-            temp.unlink(missing_ok=True)
-            report.temp_removed.append(temp.name)
+        for directory in (pkgdir, pkgdir / STAGING_DIR):  # the published index's and staging's
+            for temp in sorted(directory.glob(f".{INDEX_NAME}.*.tmp")):
+                temp.unlink(missing_ok=True)
+                report.temp_removed.append(temp.name)
     report.temp_removed += _remove_stale_parts(publisher.tmp_dir)
     if report.changed:
         logger.warning("binhost recovery in %s: %s", pkgdir, report.summary())

@@ -36,6 +36,14 @@ Any other ``GET``/``HEAD`` serves files below PKGDIR for portage clients (``Pack
 ``Packages.gz``, ``KEYS.asc``, packages) with Last-Modified, and 304 Not Modified
 when If-Modified-Since is not older than the file; hidden entries (the upload temp
 dir, the lock), directories, symlinks leaving PKGDIR and ``..`` are refused.
+``/staging/`` serves the staging index (``/staging/Packages``, ``/staging/Packages.gz``,
+what drones build against: swarmctl.binhost.generations) the same way, and every
+other path below it from PKGDIR (the files are shared); before the first promote the
+staging index is ``PKGDIR/Packages``.
+
+An upload that would leave less than ``min_free_bytes`` free on PKGDIR's file system is
+refused before its body is read: 507 ``insufficient_storage`` with the free space in the
+reason; the drone gives the job back to be built again later (not a failure).
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import math
 import os
 import posixpath
 import select
+import shutil
 import socket
 import threading
 import time
@@ -59,12 +68,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from swarmctl.binhost.index import UPLOAD_SHA256_KEY, IndexStore
+from swarmctl.binhost.generations import STAGING_URL_PATH, staging_index
+from swarmctl.binhost.index import COMPRESSED_NAME, INDEX_NAME, UPLOAD_SHA256_KEY, IndexStore
 from swarmctl.binhost.policy import ContentPolicy
 from swarmctl.binhost.publish import Publisher, PublishRefused
 from swarmctl.binhost.recovery import RecoveryReport, recover
 from swarmctl.binhost.signing import Keyring
 from swarmctl.exceptions import SwarmError
+from swarmctl.targets import DEFAULT_TARGET, Target, job_name, several
 
 if TYPE_CHECKING:  # the gate is handed both; importing them here would load the queue for every server
     from swarmctl.queue import Queue
@@ -90,10 +101,13 @@ _STATUS_OF_CODE = {
     "unavailable": HTTPStatus.SERVICE_UNAVAILABLE,
     "no_signing_key": HTTPStatus.SERVICE_UNAVAILABLE,
     "io_error": HTTPStatus.INTERNAL_SERVER_ERROR,
+    "insufficient_storage": HTTPStatus.INSUFFICIENT_STORAGE,
 }
 _CONTENT_TYPES = {".tar": "application/x-tar", ".gz": "application/gzip", ".asc": "application/pgp-keys",
                   "": "text/plain; charset=utf-8"}
 _LINGER_SECONDS = 2.0
+#: Seconds an upload waits for a free slot (max_uploads) before it is answered busy.
+_UPLOAD_SLOT_WAIT = 1.0
 #: Refusals of what an authenticated owner uploaded that become events (the package is at fault).
 _EVENT_CODES = frozenset({"policy", "bad_package", "cpv_mismatch"})
 _LINGER_BYTES = 4 * 1024 * 1024
@@ -107,7 +121,7 @@ class Gate(Protocol):
     def owner_of(self, cpv: str) -> tuple[str | None, str | None]: ...
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any]) -> str: ...
+                 artifact: dict[str, Any], usage: tuple[int, int] = (0, 0)) -> str: ...
 
 
 class QueueGate:
@@ -124,8 +138,8 @@ class QueueGate:
         return self.queue.owner_of(cpv)
 
     def complete(self, cpv: str, drone: str, token: str, lease: str, duration: float,
-                 artifact: dict[str, Any]) -> str:
-        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact))
+                 artifact: dict[str, Any], usage: tuple[int, int] = (0, 0)) -> str:
+        return str(self.queue.complete(cpv, drone, token, lease, duration, artifact, usage))
 
     def refused(self, code: str) -> None:
         """Count a refused upload for the metrics (best effort: Redis may be the problem)."""
@@ -160,6 +174,8 @@ class ServerSettings:
             so one host's idle sockets cannot take every slot.
         index_ttl: TTL written into the index header (clients skip refreshes within it).
         policy: The content policy packages must pass (default: the documented defaults).
+        min_free_bytes: Free space PKGDIR's file system must keep after an upload; below
+            it uploads are refused with 507 ``insufficient_storage`` (0: no check).
     """
 
     max_upload_bytes: int = 4 * 1024**3
@@ -171,6 +187,7 @@ class ServerSettings:
     max_connections_per_address: int = 16
     index_ttl: int = 300
     policy: ContentPolicy | None = None
+    min_free_bytes: int = 0
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -239,19 +256,23 @@ class BinhostServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], pkgdir: Path, gate: Gate,
-                 settings: ServerSettings | None = None, keyring: Keyring | None = None) -> None:
+                 settings: ServerSettings | None = None, keyring: Keyring | None = None,
+                 targets: dict[str, Target] | None = None) -> None:
+        """``targets``: the farm's build targets (swarmctl.targets). With several, target T's area is
+        PKGDIR/T/ (served at /T/); with one (or None), the area is PKGDIR itself, as always."""
         self.pkgdir = Path(pkgdir).absolute()
         self.gate = gate
         self.settings = settings or ServerSettings()
-        self.publisher = Publisher(self.pkgdir, self.settings.max_upload_bytes, keyring=keyring,
-                                   store=IndexStore(self.pkgdir, ttl=self.settings.index_ttl),
-                                   policy=self.settings.policy)
+        self.publishers = self._areas(targets or {DEFAULT_TARGET: Target(DEFAULT_TARGET)}, keyring)
+        #: The only area's publisher with a single target; the first area's with several.
+        self.publisher = next(iter(self.publishers.values()))
         # What a killed predecessor left: unindexed published files, stale upload temp files.
-        try:
-            self.recovery = recover(self.publisher)
-        except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
-            logger.error("binhost recovery in %s did not finish: %s", self.pkgdir, exc)
-            self.recovery = RecoveryReport()
+        self.recovery = RecoveryReport()
+        for publisher in self.publishers.values():
+            try:
+                self.recovery = recover(publisher)
+            except (OSError, SwarmError) as exc:  # e.g. a full disk: serve anyway, uploads get io_error
+                logger.error("binhost recovery in %s did not finish: %s", publisher.pkgdir, exc)
         self.upload_slots = threading.BoundedSemaphore(self.settings.max_uploads)
         self._connections: dict[str, int] = {}
         self._connections_lock = threading.Lock()
@@ -259,6 +280,36 @@ class BinhostServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for publisher in self.publishers.values():
+            publisher.store.close()
+
+    def _areas(self, targets: dict[str, Target], keyring: Keyring | None) -> dict[str, Publisher]:
+        """One publisher per target area, its index header carrying the target's facts."""
+        publishers = {}
+        for name, target in targets.items():
+            area = self.pkgdir / name if several(targets) else self.pkgdir
+            publishers[name] = Publisher(area, self.settings.max_upload_bytes, keyring=keyring,
+                                         store=IndexStore(area, ttl=self.settings.index_ttl,
+                                                          facts=target.index_header() if len(targets) > 1 or
+                                                          name != DEFAULT_TARGET else {}),
+                                         policy=self.settings.policy)
+        return publishers
+
+    def publish_keys(self, keyring: Keyring) -> None:
+        """KEYS.asc into every target's area too (beside PKGDIR's), so a client of a target finds
+        the keys at its own binhost URL. Raises what Keyring.publish raises."""
+        for publisher in self.publishers.values():
+            if publisher.pkgdir != self.pkgdir:
+                keyring.publish(publisher.pkgdir)
+
+    def area(self, target: str) -> Publisher | None:
+        """The publisher of ``target``'s area ('' is the only target's), or None for no such target."""
+        if not target and len(self.publishers) == 1:
+            return self.publisher
+        return self.publishers.get(target or DEFAULT_TARGET)
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Serve the connection in a thread, or refuse it at once when at a cap."""
@@ -362,7 +413,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._is_upload():
             self._reply_json(HTTPStatus.NOT_FOUND, "refused", "not_found", f"no upload endpoint at {self.path}")
             return
-        if not self.server.upload_slots.acquire(blocking=False):
+        # A short wait: a client whose previous upload was just answered may be back before
+        # that handler let go of its slot; a real excess of uploads is still refused.
+        if not self.server.upload_slots.acquire(timeout=_UPLOAD_SLOT_WAIT):
             self._reply_refusal(_Refusal("busy", "too many uploads in progress; retry later"))
             return
         try:
@@ -378,21 +431,23 @@ class _Handler(BaseHTTPRequestHandler):
         except _Refusal as refusal:
             self._reply_refusal(refusal)
             return
+        publisher, job = self._area_of(cpv)
         sha256 = self.headers.get("X-Swarm-Sha256", "").strip().lower()
         duration = _float(self.headers.get("X-Swarm-Duration"))
+        usage = _usage(self.headers.get("X-Swarm-Usage"))
         settings = self.server.settings
         deadline = time.monotonic() + settings.read_timeout + size / max(1.0, settings.min_upload_rate)
         # Checked on every recv: a trickling body cannot stretch one buffered read past it.
         self._reader.body(deadline, settings.min_upload_rate, settings.read_timeout)
 
         def still_owner() -> str | None:
-            owner, current = self.server.gate.owner_of(cpv)
+            owner, current = self.server.gate.owner_of(job)
             if owner != drone or current != lease:
-                return f"{drone} no longer owns {cpv} (lost it during the upload)"
+                return f"{drone} no longer owns {job} (lost it during the upload)"
             return None
 
         try:
-            published = self.server.publisher.receive(self.rfile, cpv, sha256, size, deadline=deadline,
+            published = publisher.receive(self.rfile, cpv, sha256, size, deadline=deadline,
                                                       commit_check=still_owner)
         except PublishRefused as exc:
             # A refused body may be partly unread: close the connection after replying.
@@ -401,12 +456,12 @@ class _Handler(BaseHTTPRequestHandler):
             if exc.code in _EVENT_CODES:
                 report = getattr(self.server.gate, "package_refused", None)
                 if report is not None:
-                    report(cpv, drone, exc.code, str(exc))
+                    report(job, drone, exc.code, str(exc))
             self._reply_refusal(_Refusal(exc.code, str(exc), **exc.details), linger=unread)
             return
         outcome = "unknown"
         try:
-            outcome = self.server.gate.complete(cpv, drone, token, lease, duration, published.as_artifact())
+            outcome = self.server.gate.complete(job, drone, token, lease, duration, published.as_artifact(), usage)
         except Exception as exc:  # published is published; the drone can report again
             logger.warning("published %s but Queue.complete failed: %s", published.rel_path, exc)
             outcome = f"error: {_one_line(exc)}"
@@ -436,32 +491,62 @@ class _Handler(BaseHTTPRequestHandler):
             size = int(length)
         except ValueError:
             raise _Refusal("bad_request", f"bad Content-Length {length!r}") from None
+        target = headers.get("X-Swarm-Target", "").strip()
+        publisher = self.server.area(target)
+        if publisher is None:
+            raise _Refusal("bad_request", f"this binhost has no area for target {target[:40]!r}")
         try:
-            cpv = self.server.publisher.check_declaration(cpv, sha256, size)
-            self.server.publisher.signing_key()  # no key: refuse before the body is sent
+            cpv = publisher.check_declaration(cpv, sha256, size)
+            publisher.signing_key()  # no key: refuse before the body is sent
         except PublishRefused as exc:
             raise _Refusal(exc.code, str(exc)) from None
+        _, job = self._area_of(cpv)
         try:
             if not self.server.gate.authenticate(drone, token):
                 raise _Refusal("unauthorized", f"drone {drone!r} is not enrolled or its token is wrong")
-            owner, current = self.server.gate.owner_of(cpv)
+            owner, current = self.server.gate.owner_of(job)
         except _Refusal:
             raise
         except Exception as exc:
             raise _Refusal("unavailable", f"queue unavailable: {_one_line(exc)}") from None
+        if owner == drone and current == lease:
+            self._check_space(size)
         if owner != drone or current != lease:
-            if self._already_published(cpv, sha256):
+            if self._already_published(publisher, cpv, sha256):
                 # A replay of an accepted upload whose reply was lost: say so, idempotently.
                 raise _Refusal("duplicate", f"{cpv} with this sha256 is already published", same_content=True)
             if owner != drone:
-                raise _Refusal("not_owner", f"{cpv} is not delegated to {drone}")
-            raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {cpv}")
+                raise _Refusal("not_owner", f"{job} is not delegated to {drone}")
+            raise _Refusal("not_owner", f"lease {lease!r} is not the current lease of {job}")
         return cpv, drone, token, lease, size
 
-    def _already_published(self, cpv: str, sha256: str) -> bool:
-        index = self.server.publisher.store.snapshot()
-        return any(entry.get("CPV") == cpv and sha256 in (entry.get("SHA256"), entry.get(UPLOAD_SHA256_KEY))
-                   for entry in index.entries.values())
+    def _area_of(self, cpv: str) -> tuple[Publisher, str]:
+        """The upload's area (X-Swarm-Target; checked by _check_headers) and its job in the queue."""
+        target = self.headers.get("X-Swarm-Target", "").strip()
+        publisher = self.server.area(target)
+        assert publisher is not None  # _check_headers refused an unknown target
+        name = next(n for n, p in self.server.publishers.items() if p is publisher)
+        return publisher, job_name(cpv, name)
+
+    def _check_space(self, size: int) -> None:
+        """Refuse (507) an upload that would leave less than ``min_free_bytes`` free."""
+        floor = self.server.settings.min_free_bytes
+        if floor <= 0:
+            return
+        try:
+            free = shutil.disk_usage(self.server.pkgdir).free
+        except OSError:
+            return
+        if free - size < floor:
+            raise _Refusal("insufficient_storage",
+                           f"binhost low on disk: {free // 2**20} MiB free in {self.server.pkgdir}, "
+                           f"{size // 2**20} MiB upload would go below binhost.min_free_mb "
+                           f"({floor // 2**20} MiB); retry later")
+
+    def _already_published(self, publisher: Publisher, cpv: str, sha256: str) -> bool:
+        index = publisher.store.snapshot()
+        entries = [index.entries.get(path) or {} for path in index.paths_of(cpv)]
+        return any(sha256 in (entry.get("SHA256"), entry.get(UPLOAD_SHA256_KEY)) for entry in entries)
 
     def _is_upload(self) -> bool:
         return self.command in ("PUT", "POST") and urllib.parse.urlsplit(self.path).path == UPLOAD_PATH
@@ -512,7 +597,15 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         if posixpath.normpath("/" + "/".join(parts)) != "/" + "/".join(parts):
             return None
-        root = self.server.pkgdir.resolve()
+        base = self.server.pkgdir
+        if len(self.server.publishers) > 1 and parts[0] in self.server.publishers and len(parts) > 1:
+            base, parts = self.server.publishers[parts[0]].pkgdir, parts[1:]  # URL/T/...: target T's area
+        if parts[0] == STAGING_URL_PATH and len(parts) > 1:
+            # URL/staging/: the staging index (drones), over the same shared files.
+            if parts[1:] in ([INDEX_NAME], [COMPRESSED_NAME]):
+                return staging_index(base).with_name(parts[1])
+            parts = parts[1:]
+        root = base.resolve()
         candidate = (root / Path(*parts)).resolve()
         try:
             candidate.relative_to(root)
@@ -597,13 +690,14 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def make_server(pkgdir: Path, listen: str, gate: Gate, settings: ServerSettings | None = None,
-                keyring: Keyring | None = None) -> BinhostServer:
+                keyring: Keyring | None = None, targets: dict[str, Target] | None = None) -> BinhostServer:
     """Bind a :class:`BinhostServer` (port 0 picks a free port; see ``.url``).
 
-    ``keyring`` signs every published package; None publishes unsigned (tests only).
+    ``keyring`` signs every published package; None publishes unsigned (tests only). ``targets``:
+    the farm's build targets (an area each when several).
     """
     host, port = parse_listen(listen)
-    return BinhostServer((host, port), pkgdir, gate, settings, keyring)
+    return BinhostServer((host, port), pkgdir, gate, settings, keyring, targets)
 
 
 def _not_modified_since(header: str | None, mtime: int) -> bool:
@@ -625,6 +719,14 @@ def _float(text: str | None) -> float:
     except ValueError:
         return 0.0
     return value if math.isfinite(value) and value >= 0 else 0.0  # never inf/nan into the queue
+
+
+def _usage(text: str | None) -> tuple[int, int]:
+    """The drone's 'peak RSS, disk' header: two whole byte counts, else nothing measured."""
+    parts = (text or "").split()
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 18 for p in parts):
+        return 0, 0
+    return int(parts[0]), int(parts[1])
 
 
 def _one_line(value: object) -> str:

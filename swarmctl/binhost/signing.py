@@ -15,9 +15,11 @@ checks. Clients trust the public keys the binhost publishes in ``PKGDIR/KEYS.asc
   and :func:`verify_gpkg` lets portage's own reader verify a package against it, as a
   default client would (signature required).
 
-GnuPG runs with ``--batch``; the key has no passphrase (it is protected by the home's
-ownership and mode). No secret material is ever logged: command output is reduced to
-one line without key material before it reaches a message.
+GnuPG runs with ``--batch``. The key is protected by the home's ownership and mode and,
+with ``binhost.key_passphrase_file``, by a passphrase gpg reads from that file (mode
+0600, checked before every use; never on a command line). No secret material is ever
+logged: command output is reduced to one line without key material before it reaches
+a message.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import io
 import logging
 import os
+import shlex
 import shutil
 import stat
 import subprocess
@@ -48,7 +51,7 @@ SIGNING_DIGEST = "SHA512"
 #: portage's default verify command (make.globals BINPKG_GPG_VERIFY_BASE_COMMAND), gpg binary aside.
 _VERIFY_ARGS = "--verify --batch --no-tty --no-auto-check-trustdb --status-fd 2 [PORTAGE_CONFIG] [SIGNATURE]"
 _GPG_TIMEOUT = 120.0
-_OPTIONS_WITH_VALUE = ("--passphrase", "--pinentry-mode", "--export-options")
+_OPTIONS_WITH_VALUE = ("--passphrase", "--passphrase-file", "--pinentry-mode", "--export-options")
 DAY = 86400
 #: Longest GnuPG home whose agent sockets (``S.gpg-agent.browser``) fit a Unix socket name.
 MAX_HOME_CHARS = 87
@@ -166,9 +169,38 @@ def parse_keys(colons: str, secret_fprs: set[str]) -> list[KeyInfo]:
 class Keyring:
     """The binhost's GnuPG home: the signing key(s) and the public keys it publishes."""
 
-    def __init__(self, home: Path, gpg: str = "gpg") -> None:
+    def __init__(self, home: Path, gpg: str = "gpg", passphrase_file: Path | None = None) -> None:
+        """Args:
+            home: The GnuPG home.
+            gpg: The gpg program.
+            passphrase_file: The keys' passphrase, in a file only the binhost's user can
+                read; gpg reads it (the passphrase is never on a command line or in a log).
+                None: keys without a passphrase.
+        """
         self.home = Path(home).absolute()
         self.gpg = gpg
+        self.passphrase_file = Path(passphrase_file).absolute() if passphrase_file else None
+
+    def passphrase_args(self) -> list[str]:
+        """gpg options that unlock the secret key without a prompt."""
+        source = ["--passphrase-file", str(self.passphrase_file)] if self.passphrase_file else ["--passphrase", ""]
+        return ["--pinentry-mode", "loopback", *source]
+
+    def check_passphrase_file(self) -> str | None:
+        """A problem with the passphrase file (missing, empty, readable by others), or None."""
+        if self.passphrase_file is None:
+            return None
+        try:
+            st = self.passphrase_file.stat()
+        except OSError as exc:
+            return f"passphrase file {self.passphrase_file}: {exc.strerror or exc}"
+        if st.st_uid != os.getuid():
+            return f"passphrase file {self.passphrase_file} belongs to uid {st.st_uid}, not uid {os.getuid()}"
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            return f"passphrase file {self.passphrase_file} is mode {stat.S_IMODE(st.st_mode):o}, must be 600"
+        if st.st_size == 0:
+            return f"passphrase file {self.passphrase_file} is empty"
+        return None
 
     # -- the home ------------------------------------------------------------------
 
@@ -228,6 +260,9 @@ class Keyring:
         problem = self.check_home()
         if problem and self.home.exists():
             raise NoSigningKey(f"signing key unusable: {problem}")
+        problem = self.check_passphrase_file()
+        if problem:
+            raise NoSigningKey(f"signing key unusable: {problem}")
         keys = self.list_keys()
         usable = [key for key in keys if key.usable(now)]
         if usable:
@@ -247,13 +282,17 @@ class Keyring:
         return matches[0]
 
     def create(self, uid: str, expiry_days: int) -> KeyInfo:
-        """Generate a new ed25519 signing key (no passphrase) expiring in ``expiry_days``."""
+        """Generate a new ed25519 signing key (with the passphrase file's passphrase, if
+        one is set) expiring in ``expiry_days``."""
         if expiry_days <= 0:
             raise SigningError("key expiry must be a positive number of days")
+        problem = self.check_passphrase_file()
+        if problem:
+            raise SigningError(problem)
         self.ensure_home()
         before = {k.fingerprint for k in self.list_keys()}
         # --yes: a rotation makes a second key with the same user id.
-        _run_gpg(self.gpg, self.home, ["--yes", "--passphrase", "", "--pinentry-mode", "loopback",
+        _run_gpg(self.gpg, self.home, ["--yes", *self.passphrase_args(),
                                        "--quick-gen-key", uid, "ed25519", "sign", f"{expiry_days}d"])
         created = [k for k in self.list_keys() if k.fingerprint not in before]
         if len(created) != 1:
@@ -306,8 +345,7 @@ class Keyring:
         logger.info("retired binhost signing key %s", key.fingerprint)
 
     def _delete_secret(self, fingerprint: str) -> None:
-        _run_gpg(self.gpg, self.home, ["--yes", "--pinentry-mode", "loopback", "--delete-secret-keys",
-                                       fingerprint])
+        _run_gpg(self.gpg, self.home, ["--yes", *self.passphrase_args(), "--delete-secret-keys", fingerprint])
 
     def export(self) -> str:
         """Every public key in the home, armored (revoked ones carry their revocation)."""
@@ -360,8 +398,9 @@ def sign_gpkg(path: Path, keyring: Keyring, key: KeyInfo | None = None) -> KeyIn
     key = key or keyring.signing_key()
     settings = _PortageSettings(
         {"binpkg-signing"}, _gpg_env(keyring.home),
-        BINPKG_GPG_SIGNING_BASE_COMMAND=f"{keyring.gpg} --sign --armor --pinentry-mode loopback "
-                                        "--passphrase '' [PORTAGE_CONFIG]",
+        BINPKG_GPG_SIGNING_BASE_COMMAND=" ".join(
+            [shlex.quote(keyring.gpg), "--batch", "--no-tty", "--sign", "--armor",
+             *map(shlex.quote, keyring.passphrase_args()), "[PORTAGE_CONFIG]"]),
         BINPKG_GPG_SIGNING_DIGEST=SIGNING_DIGEST,
         BINPKG_GPG_SIGNING_GPG_HOME=str(keyring.home),
         BINPKG_GPG_SIGNING_KEY=key.fingerprint,
@@ -577,7 +616,8 @@ def keyring_from_config(config: Any) -> Keyring:
     from swarmctl.paths import data_home
 
     cfg = config.binhost
-    return Keyring(Path(cfg.gnupg_home) if cfg.gnupg_home else data_home() / "binhost-gnupg", cfg.gpg)
+    return Keyring(Path(cfg.gnupg_home) if cfg.gnupg_home else data_home() / "binhost-gnupg", cfg.gpg,
+                   Path(cfg.key_passphrase_file) if cfg.key_passphrase_file else None)
 
 
 def config_trust_problems(config: Any, *, sample: int | None = 3) -> list[TrustProblem] | None:

@@ -53,6 +53,7 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         max_connections_per_address=cfg.max_connections_per_address,
         index_ttl=cfg.index_ttl,
         policy=ContentPolicy.from_config(cfg),
+        min_free_bytes=cfg.min_free_mb * 2**20,
     )
     client = obj.client
     from swarmctl.binhost.signing import SigningError
@@ -69,12 +70,16 @@ def serve(obj: Any, pkgdir: str | None, listen: str | None) -> None:
         key = None
         terminal.error(f"uploads are refused until the binhost can sign: {exc}")
     try:
-        server = make_server(directory, listen or cfg.listen, gate, settings, keyring=keyring)
+        server = make_server(directory, listen or cfg.listen, gate, settings, keyring=keyring,
+                             targets=obj.config.targets)
+        if key is not None:
+            server.publish_keys(keyring)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen or cfg.listen}: {exc.strerror or exc}") from None
-    terminal.ok(f"binhost serving {directory} on {server.url} (uploads: PUT {server.url}/upload)"
+    terminal.ok(f"binhost serving {directory} on {server.url} (uploads: PUT {server.url}/upload, "
+                f"staging index for drones: {server.url}/staging/)"
                 + (f", signing with {key.fingerprint}" if key else ""))
     try:
         server.serve_forever()
@@ -137,6 +142,177 @@ def verify_cmd(obj: Any, pkgdir: str | None, manifests: bool, signatures: bool, 
         raise click.ClickException(f"{len(report.problems)} problem(s) in {directory} "
                                    f"({report.checked} package(s) checked)")
     terminal.ok(f"{report.checked} package(s) verified in {directory}")
+
+
+def gate_settings(config: Any) -> Any:
+    """The promote gates' settings from the config (binhost.gate_*, smoke_*)."""
+    from swarmctl.binhost.gates import GateSettings
+
+    cfg = config.binhost
+    repo = cfg.gate_repo or config.drone.repo
+    return GateSettings(repo=Path(repo) if repo else None, profile=cfg.gate_profile, smoke=cfg.smoke_install,
+                        smoke_limit=cfg.smoke_limit)
+
+
+def _existing_dir(obj: Any, pkgdir: str | None) -> Path:
+    directory = _pkgdir(obj, pkgdir)
+    if not directory.is_dir():
+        raise click.ClickException(f"{directory} is not a directory")
+    return directory
+
+
+def _signing_fingerprint(config: Any) -> str | None:
+    try:
+        return str(binhost_keyring(config).signing_key().fingerprint)
+    except Exception:  # no key, no gpg: the record says unknown
+        return None
+
+
+@binhost.command("promote")
+@click.option("--dir", "pkgdir", metavar="PKGDIR", help="Binhost directory (default: binhost.dir).")
+@click.option("--force", is_flag=True, help="Publish even if a gate fails (asks for confirmation).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (with --force).")
+@click.option("--no-gates", is_flag=True, hidden=True, help="Skip the gates (tests and benches).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def promote_cmd(obj: Any, pkgdir: str | None, force: bool, yes: bool, no_gates: bool, as_json: bool) -> None:
+    """Snapshot the staging index as a new generation, run the gates, and publish it.
+
+    Clients see the new generation at once and whole (PKGDIR/Packages is replaced
+    atomically). A failing gate (dependency closure, smoke install) keeps the
+    published generation and exits 1 with the reason.
+    """
+    from swarmctl.binhost import generations
+    from swarmctl.binhost.gates import run_gates, tree_revision
+    from swarmctl.exceptions import SwarmError
+
+    directory = _existing_dir(obj, pkgdir)
+    if force and not yes:
+        click.confirm(f"publish the staging index of {directory} to clients even if a gate fails?", abort=True)
+    settings = gate_settings(obj.config)
+    try:
+        result = generations.promote(directory, gates=None if no_gates else run_gates(directory, settings),
+                                     force=force, tree=tree_revision(settings.repo),
+                                     signing_key=_signing_fingerprint(obj.config))
+    except (SwarmError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    gen = result.generation
+    if as_json:
+        terminal.print_json({**gen.as_dict(published=result.published), "seconds": round(result.seconds, 3)})
+    if not result.published:
+        raise click.ClickException(f"generation {gen.id} NOT promoted, gate failed: {result.reason}")
+    if not as_json:
+        terminal.ok(f"generation {gen.id} published ({gen.packages} package(s), {result.seconds:.2f} s)"
+                    + (" -- FORCED past a failing gate" if gen.forced else ""))
+
+
+@binhost.command("rollback")
+@click.argument("generation", required=False, type=int)
+@click.option("--dir", "pkgdir", metavar="PKGDIR", help="Binhost directory (default: binhost.dir).")
+@click.option("--force", is_flag=True, help="Publish a generation even if it failed its gates.")
+@click.pass_obj
+def rollback_cmd(obj: Any, generation: int | None, pkgdir: str | None, force: bool) -> None:
+    """Publish an earlier generation again (default: the one published before the current one)."""
+    from swarmctl.binhost import generations
+    from swarmctl.exceptions import SwarmError
+
+    directory = _existing_dir(obj, pkgdir)
+    try:
+        gen_id, seconds = generations.rollback(directory, generation, force=force)
+    except (SwarmError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    terminal.ok(f"generation {gen_id} published again ({seconds:.2f} s)")
+
+
+@binhost.command("generations")
+@click.option("--dir", "pkgdir", metavar="PKGDIR", help="Binhost directory (default: binhost.dir).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def generations_cmd(obj: Any, pkgdir: str | None, as_json: bool) -> None:
+    """List the generations (* marks the published one)."""
+    from swarmctl.binhost import generations
+    from swarmctl.exceptions import SwarmError
+    from swarmctl.humanize import stamp
+
+    directory = _existing_dir(obj, pkgdir)
+    try:
+        rows = generations.listing(directory)
+    except SwarmError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        terminal.print_json(rows)
+        return
+    if not rows:
+        click.echo(f"no generations in {directory} (run 'swarmctl binhost promote')")
+        return
+    for row in rows:
+        gate = row["gates"].get("reason", "") if row["state"] == "rejected" else ""
+        click.echo(f"{'*' if row['published'] else ' '} {row['id']:>5}  {stamp(row['created'])}  "
+                   f"{row['packages']:>6} pkgs  {row['state']}{'  (forced)' if row['forced'] else ''}"
+                   f"{'  ' + gate if gate else ''}")
+
+
+@binhost.command("diff")
+@click.argument("old")
+@click.argument("new")
+@click.option("--dir", "pkgdir", metavar="PKGDIR", help="Binhost directory (default: binhost.dir).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def diff_cmd(obj: Any, old: str, new: str, pkgdir: str | None, as_json: bool) -> None:
+    """CPVs added, removed and rebuilt from generation OLD to NEW (a number, 'published' or 'staging')."""
+    from swarmctl.binhost import generations
+    from swarmctl.exceptions import SwarmError
+
+    directory = _existing_dir(obj, pkgdir)
+    try:
+        changes = generations.diff(generations.resolve(directory, old), generations.resolve(directory, new))
+    except SwarmError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        terminal.print_json(changes.as_dict())
+        return
+    for sign, cpvs in (("+", changes.added), ("-", changes.removed), ("~", changes.rebuilt)):
+        for cpv in cpvs:
+            click.echo(f"{sign} {cpv}")
+    click.echo(f"{len(changes.added)} added, {len(changes.removed)} removed, {len(changes.rebuilt)} rebuilt")
+
+
+@binhost.command("gc")
+@click.option("--dir", "pkgdir", metavar="PKGDIR", help="Binhost directory (default: binhost.dir).")
+@click.option("--keep-generations", type=click.IntRange(min=1), help="Generations to keep (default: "
+              "binhost.keep_generations; the published and previous ones always stay).")
+@click.option("--keep-instances", type=click.IntRange(min=1),
+              help="Builds per CPV to keep in staging (default: binhost.keep_instances).")
+@click.option("--dry-run", is_flag=True, help="Print what would be deleted and the bytes freed; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+def gc_cmd(obj: Any, pkgdir: str | None, keep_generations: int | None, keep_instances: int | None,
+           dry_run: bool, as_json: bool) -> None:
+    """Delete old generations and the package files no kept index names."""
+    from swarmctl.binhost.retention import gc
+    from swarmctl.exceptions import SwarmError
+    from swarmctl.humanize import size as human_size
+
+    directory = _existing_dir(obj, pkgdir)
+    cfg = obj.config.binhost
+    try:
+        plan = gc(directory, keep_generations=keep_generations or cfg.keep_generations,
+                  keep_instances=keep_instances or cfg.keep_instances, dry_run=dry_run)
+    except (SwarmError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        terminal.print_json({**plan.as_dict(), "dry_run": dry_run})
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for gen_id in plan.generations:
+        click.echo(f"{verb} generation {gen_id}")
+    for rel_path in plan.unstaged:
+        click.echo(f"{'would drop' if dry_run else 'dropped'} {rel_path} from staging (more than "
+                   f"{keep_instances or cfg.keep_instances} build(s) of its CPV)")
+    for rel_path, nbytes in plan.files:
+        click.echo(f"{verb} {rel_path} ({human_size(nbytes)})")
+    terminal.ok(f"{verb} {len(plan.generations)} generation(s), {len(plan.files)} file(s): "
+                f"{human_size(plan.bytes_freed)} ({plan.bytes_freed} bytes) freed")
 
 
 @binhost.group("key")

@@ -97,11 +97,14 @@ def _frame(swarm: LocalSwarm) -> Group:
               help="Stop when no build started or finished for this many seconds.")
 @click.option("--drone-env", "drone_env", multiple=True, metavar="NAME=VALUE",
               help="Extra environment for the drones (e.g. a PATH to try a drone without some tool).")
+@click.option("--multi-target", is_flag=True,
+              help="Build the world for two build targets (two make.conf settings), each into its own binhost "
+                   "area DIR/binhost/<target>/ by its own drones, then install on a client of each.")
 def demo(workdir: str | None, drones: int, with_broken: bool, timeout: float, stall: float,
-         drone_env: tuple[str, ...]) -> None:
+         drone_env: tuple[str, ...], multi_target: bool) -> None:
     """Run a local swarm: embedded Redis, binhost, drones with real portage, then a client install."""
     from swarmctl import prereqs
-    from swarmctl.demo import LocalSwarm
+    from swarmctl.demo import MULTI_TARGETS, LocalSwarm
     from swarmctl.overlay import BROKEN_CPV
 
     errors, _ = prereqs.check("demo")
@@ -115,8 +118,13 @@ def demo(workdir: str | None, drones: int, with_broken: bool, timeout: float, st
         if not sep or not name:
             raise click.BadParameter(f"{item!r} is not NAME=VALUE", param_hint="--drone-env")
         env[name] = value
+    targets = MULTI_TARGETS if multi_target else {}
+    if drones < len(targets):
+        raise click.BadParameter(f"--multi-target needs at least {len(targets)} drones (one per target)",
+                                 param_hint="--drones")
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="swarm-demo-"))
-    swarm = LocalSwarm(root, drones=drones, extra_jobs=(BROKEN_CPV,) if with_broken else (), env=env)
+    swarm = LocalSwarm(root, drones=drones, extra_jobs=(BROKEN_CPV,) if with_broken else (), env=env,
+                       targets=targets)
     expected_blocked = (BROKEN_CPV,) if with_broken else ()
     stopped: Stopped | None = None
     previous = catch_stop_signals()
@@ -139,7 +147,27 @@ def demo(workdir: str | None, drones: int, with_broken: bool, timeout: float, st
         elif summary.blocked != list(expected_blocked) or summary.failed:
             summary.problems.append(f"blocked {summary.blocked}, failed {summary.failed}")
         terminal.console.print(terminal.demo_summary(summary))
-        if not summary.problems:
+        promote_targets: list[str | None] = [*targets] or [None]
+        for target in promote_targets:
+            if not summary.problems:
+                promoted = swarm.promote(target)
+                if promoted.published:
+                    terminal.ok(f"generation {promoted.generation.id} promoted ({promoted.generation.packages} "
+                                "package(s))" + (f" for target {target}" if target else "")
+                                + ": dependency closure and a smoke install passed")
+                else:
+                    summary.problems.append(f"promote refused: {promoted.reason}")
+        if not summary.problems and targets:
+            top = swarm.world[0]
+            for target in targets:
+                ok, output = swarm.install_on_client(top, name=f"client-{target}", target=target)
+                summary.client_ok = ok if summary.client_ok is None else summary.client_ok and ok
+                if ok:
+                    terminal.ok(f"a client of target {target} installed {top} from its own area "
+                                f"{swarm.area_url(target)} (signatures verified)")
+                else:
+                    summary.problems.append(f"client of target {target}: install of {top} failed:\n{output}")
+        elif not summary.problems:
             top = swarm.world[0]
             ok, output = swarm.install_on_client(top)
             summary.client_ok = ok

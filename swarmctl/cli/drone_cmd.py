@@ -15,9 +15,10 @@ from swarmctl.atomicfile import write_atomic
 from swarmctl.cli import terminal
 from swarmctl.cli.context import AppContext, pass_app
 from swarmctl.defaults import SETTINGS
-from swarmctl.drone.configured import builder_from_config
+from swarmctl.drone.configured import builders_from_config
 from swarmctl.drone.daemon import DroneDaemon, Publisher
 from swarmctl.registry import validate_machine_id, validate_name
+from swarmctl.targets import drone_targets
 from swarmctl.tokens import new_token
 
 log = logging.getLogger("swarmctl.drone")
@@ -140,17 +141,24 @@ def make_publisher(app: AppContext, name: str, token: str) -> Publisher | None:
 @click.option("--command", "command", help="Argv template for the command builder, e.g. 'make-pkg {cpv}'.")
 @click.option("--state-dir", type=click.Path(file_okay=False), help="Where build logs go.")
 @click.option("--max-builds", type=int, help="Exit after this many builds (for tests).")
+@click.option("--slots", type=click.IntRange(0, 256),
+              help="Builds to run at once (or drone.slots; 0: one per 4 cores).")
+@click.option("--target", "targets", multiple=True, metavar="T",
+              help="A build target this drone builds (repeatable; or drone.targets). It is handed no job of "
+                   "another target. Default: the farm's only target.")
 @pass_app
 def run(app: AppContext, name: str | None, token: str | None, builder: str | None, command: str | None,
-        state_dir: str | None, max_builds: int | None) -> None:
+        state_dir: str | None, max_builds: int | None, slots: int | None, targets: tuple[str, ...]) -> None:
     """Run the drone daemon: heartbeat, claim, build, report."""
     app.config = app.config.with_overrides(drone__name=name, drone__token=token, drone__builder=builder,
                                            drone__command=shlex.split(command) if command else None,
-                                           drone__state_dir=state_dir)
+                                           drone__state_dir=state_dir, drone__slots=slots,
+                                           drone__targets=list(targets) or None)
     cfg = app.config.drone
     if not cfg.name:
         raise click.UsageError("a drone needs a name: --name or drone.name")
     validate_name(cfg.name)
+    declared = drone_targets(app.config.targets, cfg.targets)
     if not cfg.token:
         raise click.UsageError("a drone needs its token: --token, SWARM_DRONE_TOKEN or drone.token")
     if logging.getLogger().level > logging.INFO:
@@ -161,10 +169,12 @@ def run(app: AppContext, name: str | None, token: str | None, builder: str | Non
     if not app.registry.authenticate(cfg.name, cfg.token):
         raise click.ClickException(f"drone {cfg.name!r} is not enrolled, revoked, or its token is wrong "
                                    "(enroll it with: swarmctl drone enroll NAME)")
-    daemon = DroneDaemon(app.client, app.config, cfg.name, cfg.token, builder_from_config(app.config), directory,
-                         publisher=make_publisher(app, cfg.name, cfg.token))
+    builders = builders_from_config(app.config, declared)
+    daemon = DroneDaemon(app.client, app.config, cfg.name, cfg.token, next(iter(builders.values())), directory,
+                         publisher=make_publisher(app, cfg.name, cfg.token), builders=builders)
     daemon.install_signal_handlers()
-    terminal.note(f"drone {cfg.name} (pid {os.getpid()}) working; logs in {directory / 'logs'}")
+    terminal.note(f"drone {cfg.name} (pid {os.getpid()}) working on target(s) {', '.join(builders)}; "
+                  f"logs in {directory / 'logs'}")
     code = daemon.run(max_builds=max_builds)
     raise SystemExit(code)
 

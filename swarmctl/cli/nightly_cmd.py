@@ -34,7 +34,8 @@ def mark(app: AppContext, event: str, detail: str) -> None:
 def paths(app: AppContext) -> None:
     """The files the nightly run uses, from this config (JSON; read by playbooks/nightly.yml)."""
     terminal.print_json({"status_file": str(nightly_status_path(app.config)),
-                         "world_file": str(nightly_world_path(app.config))})
+                         "world_file": str(nightly_world_path(app.config)),
+                         "binhost_dir": app.config.binhost.dir or ""})
 
 
 @nightly.command("cron-check")

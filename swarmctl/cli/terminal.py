@@ -122,6 +122,9 @@ def drone_task(drone: Any) -> str:
     """What a drone is doing; for a misconfigured or low-disk one, why it cannot build."""
     if drone.status in ("misconfigured", "low-disk") and getattr(drone, "problem", None):
         return str(drone.problem)
+    tasks = [t["cpv"] for t in getattr(drone, "tasks", None) or []]
+    if len(tasks) > 1:  # a multi-slot drone: every build, oldest first
+        return ", ".join(tasks)
     return drone.task or "-"
 
 

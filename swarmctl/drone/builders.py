@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import psutil
 
@@ -26,6 +26,7 @@ from swarmctl.atoms import split_cpv
 from swarmctl.build_env import BuildUser, as_user, build_environment
 from swarmctl.drone.preflight import CommandPreflight, PreflightResult
 from swarmctl.exceptions import ConfigError, InvalidAtom
+from swarmctl.targets import DEFAULT_TARGET
 
 #: ok / the build failed / a dependency could not be fetched / drone misconfigured / hung.
 FAULTS = ("none", "build", "dependency", "drone", "hung")
@@ -42,12 +43,35 @@ class Artifact:
 
 
 @dataclass
+class Usage:
+    """What a build used: its process tree's resident memory (now, and the peak) and build disk."""
+
+    rss: int = 0
+    peak_rss: int = 0
+    peak_disk: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        """The history's fields (only what was measured)."""
+        return {k: v for k, v in (("peak_rss", self.peak_rss), ("disk", self.peak_disk)) if v}
+
+
+#: The usage of the build each thread supervises now (a drone runs several; see drone/slots.py).
+_LIVE: dict[int, Usage] = {}
+
+
+def live_usage(thread: threading.Thread | None) -> Usage | None:
+    """The usage so far of the build ``thread`` supervises, if any."""
+    return _LIVE.get(thread.ident or 0) if thread is not None else None
+
+
+@dataclass
 class BuildResult:
     ok: bool
     fault: str = "none"
     reason: str = ""
     artifacts: list[Artifact] = field(default_factory=list)
     aborted: bool = False
+    usage: Usage = field(default_factory=Usage)
 
 
 class Builder(Protocol):
@@ -109,6 +133,31 @@ def _tree_cpu(proc: psutil.Process) -> float:
     return total
 
 
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    try:
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:
+                continue  # exited between listing and reading
+    except psutil.Error:
+        pass
+    return total
+
+
+def dir_size(path: Path) -> int:
+    """Bytes of the files under ``path`` (0 when it is not there); files vanishing meanwhile are skipped."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
 def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
@@ -125,11 +174,14 @@ def _kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 def run_supervised(argv: Sequence[str], log_path: Path, abort: threading.Event,
                    env: Mapping[str, str] | None = None, cwd: Path | None = None,
                    watchdog: Watchdog | None = None, poll: float = 0.5,
-                   user: BuildUser | None = None) -> tuple[int | None, str]:
+                   user: BuildUser | None = None, usage: Usage | None = None,
+                   disk_dir: Path | None = None, disk_every: float = 10.0) -> tuple[int | None, str]:
     """Run argv (never a shell) with output to log_path, watching abort and progress.
 
     ``env`` is the build's whole environment (default: the allowlisted part of this
     process's, see :mod:`swarmctl.build_env`); ``user`` runs it as another user.
+    ``usage`` is filled with the process tree's memory (sampled every poll) and the size of
+    ``disk_dir`` (every ``disk_every`` seconds), the build's working space.
 
     Returns (exit code, "") when it finished, (None, "aborted"), (None, "hung") or
     (None, "cannot start: ...").
@@ -148,41 +200,59 @@ def run_supervised(argv: Sequence[str], log_path: Path, abort: threading.Event,
             ps = psutil.Process(proc.pid)
         except psutil.Error:
             ps = None
-        last_size, last_cpu, last_progress, hung = -1, -1.0, time.monotonic(), False
-        while True:
-            try:
-                code = proc.wait(timeout=poll)
-                return code, ""
-            except subprocess.TimeoutExpired:
-                pass
-            if abort.is_set():
-                _kill_group(proc)
-                return None, "aborted"
-            size = log_path.stat().st_size
-            cpu = _tree_cpu(ps) if ps else 0.0
-            now = time.monotonic()
-            if size != last_size or cpu > last_cpu + 0.05:
-                last_size, last_cpu, last_progress = size, cpu, now
-                if hung:
-                    hung = False
-                    if watchdog.on_hung:
-                        watchdog.on_hung(False)
-            idle = now - last_progress
-            if not hung and idle >= watchdog.idle:
-                hung = True
+        usage = usage if usage is not None else Usage()
+        _LIVE[threading.get_ident()] = usage
+        try:
+            return _supervise(proc, ps, log, log_path, abort, watchdog, poll, usage, disk_dir, disk_every)
+        finally:
+            _LIVE.pop(threading.get_ident(), None)
+
+
+def _supervise(proc: subprocess.Popen[bytes], ps: psutil.Process | None, log: BinaryIO, log_path: Path,
+               abort: threading.Event, watchdog: Watchdog, poll: float, usage: Usage, disk_dir: Path | None,
+               disk_every: float) -> tuple[int | None, str]:
+    last_size, last_cpu, last_progress, hung = -1, -1.0, time.monotonic(), False
+    disk_due = time.monotonic()
+    while True:
+        try:
+            code = proc.wait(timeout=poll)
+            return code, ""
+        except subprocess.TimeoutExpired:
+            pass
+        if ps is not None:
+            usage.rss = _tree_rss(ps)
+            usage.peak_rss = max(usage.peak_rss, usage.rss)
+        if disk_dir is not None and time.monotonic() >= disk_due:
+            usage.peak_disk = max(usage.peak_disk, dir_size(disk_dir))
+            disk_due = time.monotonic() + disk_every
+        if abort.is_set():
+            _kill_group(proc)
+            return None, "aborted"
+        size = log_path.stat().st_size
+        cpu = _tree_cpu(ps) if ps else 0.0
+        now = time.monotonic()
+        if size != last_size or cpu > last_cpu + 0.05:
+            last_size, last_cpu, last_progress = size, cpu, now
+            if hung:
+                hung = False
                 if watchdog.on_hung:
-                    watchdog.on_hung(True)
-            if idle >= watchdog.kill:
-                log.write(f"\nswarmctl: no progress for {idle:.0f} s; killing the build\n".encode())
-                log.flush()
-                _kill_group(proc)
-                return None, "hung"
+                    watchdog.on_hung(False)
+        idle = now - last_progress
+        if not hung and idle >= watchdog.idle:
+            hung = True
+            if watchdog.on_hung:
+                watchdog.on_hung(True)
+        if idle >= watchdog.kill:
+            log.write(f"\nswarmctl: no progress for {idle:.0f} s; killing the build\n".encode())
+            log.flush()
+            _kill_group(proc)
+            return None, "hung"
 
 
-def substitute(template: Sequence[str], cpv: str) -> list[str]:
-    """Fill {cpv} {category} {pn} {pv} into each argv item (plain replacement, no format())."""
+def substitute(template: Sequence[str], cpv: str, target: str = DEFAULT_TARGET) -> list[str]:
+    """Fill {cpv} {category} {pn} {pv} {target} into each argv item (plain replacement, no format())."""
     category, pn, pv = split_cpv(cpv)
-    values = {"{cpv}": cpv, "{category}": category, "{pn}": pn, "{pv}": pv}
+    values = {"{cpv}": cpv, "{category}": category, "{pn}": pn, "{pv}": pv, "{target}": target}
     argv = []
     for item in template:
         for placeholder, value in values.items():
@@ -195,29 +265,35 @@ class CommandBuilder:
     """Runs a configured argv template per job; a non-zero exit fails the job."""
 
     def __init__(self, template: Sequence[str], watchdog: Watchdog | None = None,
-                 allow_env: Sequence[str] = ()) -> None:
+                 allow_env: Sequence[str] = (), target: str = DEFAULT_TARGET) -> None:
         if not template:
             raise ConfigError("drone.command: the command builder needs an argv template")
         self.template = list(template)
+        self.target = target  # the build target this builder builds for ({target} in the template)
         self.watchdog = watchdog
         self.allow_env = list(allow_env)
+        #: MAKEOPTS for each build, set by a drone running several at once (drone/slots.py).
+        self.makeopts: str | None = None
 
     def preflight(self) -> PreflightResult:
         return CommandPreflight(self.template, build_environment(None, self.allow_env)).check()
 
     def build(self, cpv: str, log_path: Path, abort: threading.Event) -> BuildResult:
         try:
-            argv = substitute(self.template, cpv)
+            argv = substitute(self.template, cpv, self.target)
         except InvalidAtom as exc:  # the job's fault (as with the portage builder), never the drone's
             return BuildResult(ok=False, fault="build", reason=str(exc))
-        code, problem = run_supervised(argv, log_path, abort, env=build_environment(None, self.allow_env),
-                                       watchdog=self.watchdog)
+        env = build_environment(None, self.allow_env)
+        if self.makeopts and "MAKEOPTS" not in env:
+            env["MAKEOPTS"] = self.makeopts
+        usage = Usage()
+        code, problem = run_supervised(argv, log_path, abort, env=env, watchdog=self.watchdog, usage=usage)
         if problem == "aborted":
-            return BuildResult(ok=False, fault="none", reason="aborted", aborted=True)
+            return BuildResult(ok=False, fault="none", reason="aborted", aborted=True, usage=usage)
         if problem == "hung":
-            return BuildResult(ok=False, fault="hung", reason="no progress; killed")
+            return BuildResult(ok=False, fault="hung", reason="no progress; killed", usage=usage)
         if problem:
-            return BuildResult(ok=False, fault="drone", reason=problem)
+            return BuildResult(ok=False, fault="drone", reason=problem, usage=usage)
         if code != 0:
-            return BuildResult(ok=False, fault="build", reason=f"command exited {code}")
-        return BuildResult(ok=True)
+            return BuildResult(ok=False, fault="build", reason=f"command exited {code}", usage=usage)
+        return BuildResult(ok=True, usage=usage)

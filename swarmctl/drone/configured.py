@@ -17,16 +17,37 @@ from swarmctl.config import Config
 from swarmctl.drone.build_root import BuildRoot
 from swarmctl.drone.builders import Builder, CommandBuilder, Watchdog
 from swarmctl.exceptions import ConfigError
+from swarmctl.targets import DEFAULT_TARGET, Target, area_url, install_package_files, make_conf_of
 
 log = logging.getLogger("swarmctl.drone")
 
 
-def builder_from_config(config: Config) -> Builder:
-    """The configured builder (drone.builder); the daemon hooks into its watchdog."""
+def _staging(config: Config) -> str | None:
+    """Drones build against the binhost's staging index (what the swarm built, promoted or not)."""
+    from swarmctl.binhost.generations import staging_url
+
+    return staging_url(config.binhost.url) if config.binhost.url else None
+
+
+def builders_from_config(config: Config, targets: list[str]) -> dict[str, Builder]:
+    """One builder per target this drone declares: the target's own prefix when it names one
+    (built with its profile, make.conf and package.* files), else the drone's."""
+    builders: dict[str, Builder] = {}
+    for name in targets:
+        target = config.targets[name]
+        chosen = config.with_overrides(drone__prefix=target.prefix) if target.prefix else config
+        builders[name] = builder_from_config(chosen, target)
+    return builders
+
+
+def builder_from_config(config: Config, target: Target | None = None) -> Builder:
+    """The configured builder (drone.builder); the daemon hooks into its watchdog. A portage
+    builder whose prefix is made from drone.repo gets ``target``'s configuration."""
     cfg = config.drone
     watchdog = Watchdog(idle=cfg.hung_idle_seconds, kill=cfg.hung_kill_seconds)
     if cfg.builder == "command":
-        return CommandBuilder(cfg.command, watchdog, allow_env=cfg.build_env)
+        return CommandBuilder(cfg.command, watchdog, allow_env=cfg.build_env,
+                              target=target.name if target is not None else DEFAULT_TARGET)
     if cfg.builder != "portage":
         raise ConfigError(f"drone.builder: unknown builder {cfg.builder!r} (command or portage)")
     from swarmctl.drone.portage_builder import PortageBuilder
@@ -44,7 +65,7 @@ def builder_from_config(config: Config) -> Builder:
 
             install_client_keyring(root.path / "etc/portage/gnupg", keys, nobody_readable=True)
         log.info("builds run in the build root %s", root.path)
-        return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+        return PortageBuilder(None, _staging(config), extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free, build_root=root)
     if not cfg.prefix:
         if not cfg.live_root:
@@ -53,23 +74,34 @@ def builder_from_config(config: Config) -> Builder:
         if os.geteuid() == 0:
             log.info("builds use the host's portage as root: its FEATURES=userpriv decides who compiles")
         log.warning("drone.live_root: builds merge into this host's live system")
-        return PortageBuilder(None, config.binhost.url, extra_args=cfg.emerge_args, watchdog=watchdog,
+        return PortageBuilder(None, _staging(config), extra_args=cfg.emerge_args, watchdog=watchdog,
                               allow_env=cfg.build_env, min_free_bytes=min_free)
     keys = binhost_keys(config)
+    url = config.binhost.url
+    shaped: dict[str, object] = {}
+    if target is not None:
+        url = area_url(url, target.name, config.targets) if url else url
+        shaped = {"make_conf": make_conf_of(target)} | ({"profile": target.profile} if target.profile else {})
+    if url:
+        from swarmctl.binhost.generations import staging_url
+
+        url = staging_url(url)  # drones build against the area's staging index (promoted or not)
     try:
         prefix = load_prefix(Path(cfg.prefix))
     except FileNotFoundError:
         if not cfg.repo:
             raise ConfigError(f"drone.prefix: {cfg.prefix} is not a portage prefix yet; "
                               "set drone.repo to create it from a repository") from None
-        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), config.binhost.url, binhost_keys=keys)
+        prefix = make_prefix(Path(cfg.prefix), Path(cfg.repo), url, binhost_keys=keys, **shaped)  # type: ignore[arg-type]
     else:
         if cfg.repo:  # refresh the configuration (binrepos.conf, keyring) of an existing prefix
-            prefix = make_prefix(prefix.root, Path(cfg.repo), config.binhost.url, binhost_keys=keys)
+            prefix = make_prefix(prefix.root, Path(cfg.repo), url, binhost_keys=keys, **shaped)  # type: ignore[arg-type]
         elif keys is not None:
             from swarmctl.binhost.signing import install_client_keyring
 
             install_client_keyring(prefix.gnupg_home, keys, nobody_readable=False)
+    if target is not None and cfg.repo:
+        install_package_files(prefix.config_dir, target)
     user = build_env.resolve_build_user(cfg.build_user)
     if user is not None:
         _check_build_user(user, [("-x", prefix.root.parent, "reach"),

@@ -1,8 +1,10 @@
 """The drone daemon: heartbeat, claim, build, report; graceful on SIGTERM.
 
 - Heartbeats run in their own thread, so a long build never looks offline.
-- First SIGTERM/SIGINT: stop claiming, finish the current build, report, exit 0.
-  Second: abort the build, give the job back to the queue, exit.
+- It runs up to ``drone.slots`` builds at once (drone/slots.py), each with its own lease, log
+  and heartbeat entry; it claims only jobs whose expected peak memory fits what it has free.
+- First SIGTERM/SIGINT: stop claiming, finish the current builds, report, exit 0.
+  Second: abort every build, give the jobs back to the queue, exit.
 - Reports (built/failed/released) are retried through Redis outages; the lease
   they carry makes a late one harmless (refused as stale).
 - Preflight: the builder's prerequisites are checked at start and every few minutes;
@@ -24,26 +26,28 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
 import redis
 
-from swarmctl import __version__
+from swarmctl import __version__, keys
 from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
 from swarmctl.drone.builders import Builder, BuildResult
 from swarmctl.drone.disk import GIB, DroneDisk
 from swarmctl.drone.logs import BuildLogs
+from swarmctl.drone.slots import Current, Slots, cores, makeopts
 from swarmctl.events import Events
 from swarmctl.exceptions import Grounded, NotEnrolled
 from swarmctl.logtail import tail
 from swarmctl.queue import Claim, Queue, new_session
 from swarmctl.registry import DroneRegistry
+from swarmctl.targets import drone_targets
+from swarmctl.tree import sync_tree, tree_revision
 
 log = logging.getLogger("swarmctl.drone")
 
@@ -71,24 +75,22 @@ def machine_id() -> str | None:
     return None
 
 
-@dataclass
-class Current:
-    claim: Claim
-    started: float
-    abort: threading.Event
-    lost: bool = False
-
-
 class DroneDaemon:
     """One build machine's worker loop."""
 
     def __init__(self, client: redis.Redis, config: Config, name: str, token: str, builder: Builder,
-                 state_dir: Path, publisher: Publisher | None = None) -> None:
+                 state_dir: Path, publisher: Publisher | None = None,
+                 builders: Mapping[str, Builder] | None = None) -> None:
+        """``builders`` maps each build target this drone builds to its builder (swarmctl.targets);
+        without it, ``builder`` builds the targets drone.targets declares (else the farm's only one)."""
         self.redis = client
         self.config = config
         self.name = name
         self.token = token
         self.builder = builder
+        self.builders: dict[str, Builder] = dict(builders) if builders else {
+            t: builder for t in drone_targets(config.targets, config.drone.targets)}
+        self.targets = list(self.builders)
         self.publisher = publisher
         self.queue = Queue(client, config)
         self.registry = DroneRegistry(client, config)
@@ -98,17 +100,24 @@ class DroneDaemon:
         self.stopping = threading.Event()
         self.aborting = threading.Event()
         self.finished = threading.Event()
-        self.current: Current | None = None
-        # Claims are numbered within this process's session; a retry after a lost reply sends the
-        # same number again (idempotent). ``settled`` is the last number whose reply has been
-        # handled: its job, if any, is ``current`` (or already reported). Both change with
-        # ``current`` under ``_held_lock``, so a heartbeat never reports them torn apart.
+        slots = cfg.slots or max(1, cores() // 4)
+        self.slots = Slots(slots)
+        if slots > 1 and hasattr(builder, "makeopts"):
+            builder.makeopts = makeopts()
+        # Claims are numbered within this process's session, one in flight at a time; a retry
+        # after a lost reply sends the same number again (idempotent). ``settled`` is the last
+        # number whose reply has been handled: its job, if any, is in a slot (or already
+        # reported). Both change under ``_held_lock``, so a heartbeat never reports them torn apart.
         self.session = new_session()
         self.claim_seq = 0
         self.settled = 0
-        self._held_lock = threading.Lock()
+        self._held_lock = self.slots.lock
         self.grounded_until = 0.0
-        self.hung = False
+        self.started_builds = 0
+        self.mem_total = cfg.memory_mb or psutil.virtual_memory().total // (1024 * 1024)
+        self.speed = cfg.speed or float(cores())
+        # Where builds take their disk: the builder's build directory, else this drone's state.
+        self.build_dir = Path(getattr(builder, "build_dir", None) or state_dir)
         self.machine_id = machine_id()
         self.builds = 0
         #: Why this drone cannot build (its builder's preflight failed), or None.
@@ -119,9 +128,10 @@ class DroneDaemon:
         self._space_problem: str | None = None  # the preflight's, when only space is short
         self._disk: DroneDisk | None = None
         psutil.cpu_percent(None)  # prime the counter: the first call always says 0.0
-        watchdog = getattr(builder, "watchdog", None)
-        if watchdog is not None:
-            watchdog.on_hung = self.set_hung
+        for each in {id(b): b for b in [builder, *self.builders.values()]}.values():
+            watchdog = getattr(each, "watchdog", None)
+            if watchdog is not None:
+                watchdog.on_hung = self.set_hung
 
     # -- signals ---------------------------------------------------------------------------
 
@@ -131,13 +141,12 @@ class DroneDaemon:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if not self.stopping.is_set():
-            log.info("signal %d: finishing the current build, then exiting", signum)
+            log.info("signal %d: finishing the current build(s), then exiting", signum)
             self.stopping.set()
             return
-        log.warning("second signal %d: aborting the build and giving the job back", signum)
+        log.warning("second signal %d: aborting every build and giving the jobs back", signum)
         self.aborting.set()
-        if self.current is not None:
-            self.current.abort.set()
+        self.slots.abort_all()
 
     # -- heartbeat -------------------------------------------------------------------------
 
@@ -152,24 +161,34 @@ class DroneDaemon:
             return "low-disk"
         if self.grounded_until > time.time():
             return "grounded"
-        return "building" if self.current is not None else "idle"
+        return "building" if self.slots.running() else "idle"
+
+    @property
+    def hung(self) -> bool:
+        return any(c.hung for c in self.slots.running())
 
     def _take(self, current: Current | None, seq: int) -> None:
-        """Claim ``seq`` is handled: its job (if any) is now ``current``."""
+        """Claim ``seq`` is handled: its job (if any) is now in a slot."""
         with self._held_lock:
             if current is not None:
-                self.current = current
+                self.slots.add(current)
             self.settled = max(self.settled, seq)
 
     def heartbeat_once(self) -> None:
         with self._held_lock:
-            current, settled = self.current, self.settled
+            running, settled = sorted(self.slots.running(), key=lambda c: c.started), self.settled
+        first = running[0] if running else None
+        memory = psutil.virtual_memory()
         fields: dict[str, Any] = {
             "status": self.status(),
-            "task": current.claim.cpv if current else "",
-            "task_started": f"{current.started:.3f}" if current else "",
+            "task": first.claim.cpv if first else "",
+            "task_started": f"{first.started:.3f}" if first else "",
+            "tasks": self.slots.tasks_json(),
+            "slots": self.slots.size,
+            "mem_total": self.mem_total,
+            "speed": f"{self.speed:g}",
             "cpu": f"{psutil.cpu_percent(None):.1f}",
-            "mem": f"{psutil.virtual_memory().percent:.1f}",
+            "mem": f"{memory.percent:.1f}",
             "hung": 1 if self.hung else 0,
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -177,19 +196,22 @@ class DroneDaemon:
             "machine_id_seen": self.machine_id or "",
             "clock": f"{time.time():.3f}",  # lets doctor measure this drone's clock skew
             "problem": self.problem or self.low_disk or "",
+            "targets": " ".join(self.targets),
+            "tree": tree_revision(self.tree_repo(self.targets[0])),
         }
         if self._disk is not None:
             free = self._disk.check().free
             fields.update(disk_free_build=free["build"], disk_free_pkgdir=free["pkgdir"])
-        held = [(current.claim.cpv, current.claim.lease)] if current else []
+        held = [(c.claim.cpv, c.claim.lease) for c in running]
         reply = self.registry.heartbeat(self.name, self.token, fields, held=held, session=self.session,
                                         settled=settled)
         self.grounded_until = reply.grounded_until
-        if current is not None and not reply.owned.get(current.claim.cpv, True) and not current.lost:
-            # Reclaimed while we were unreachable and taken by another drone: stop wasting time.
-            log.warning("%s was reclaimed and re-delegated; abandoning the build", current.claim.cpv)
-            current.lost = True
-            current.abort.set()
+        for current in running:
+            if not reply.owned.get(current.claim.cpv, True) and not current.lost:
+                # Reclaimed while we were unreachable and taken by another drone: stop wasting time.
+                log.warning("%s was reclaimed and re-delegated; abandoning the build", current.claim.cpv)
+                current.lost = True
+                current.abort.set()
 
     def _heartbeat_loop(self) -> None:
         waits = None
@@ -212,10 +234,14 @@ class DroneDaemon:
                 self.finished.wait(interval)
 
     def set_hung(self, hung: bool) -> None:
-        """The builder's watchdog says the build stopped (or resumed) making progress."""
-        self.hung = hung
-        if hung and self.current is not None:
-            log.warning("%s shows no progress (no output, no CPU)", self.current.claim.cpv)
+        """The builder's watchdog says the build it watches (in this thread) stopped, or resumed,
+        making progress."""
+        current = self.slots.mine()
+        if current is None:
+            return
+        current.hung = hung
+        if hung:
+            log.warning("%s shows no progress (no output, no CPU)", current.claim.cpv)
 
     # -- preflight -------------------------------------------------------------------------
 
@@ -229,11 +255,14 @@ class DroneDaemon:
         now = time.monotonic()
         if now < self._preflight_due:
             return self.problem is None
-        check = getattr(self.builder, "preflight", None)
         problem: str | None = None
         fixes: list[str] = []
         space: str | None = None
-        if check is not None:
+        # Every target's builder (one prefix each) must pass; the first that does not is the reason.
+        for builder in {id(b): b for b in [self.builder, *self.builders.values()]}.values():
+            check = getattr(builder, "preflight", None)
+            if check is None:
+                continue
             try:
                 result = check()
                 problem = None if result.ok else result.reason
@@ -243,6 +272,8 @@ class DroneDaemon:
             except Exception as exc:  # a preflight bug must not stop the drone: report it instead
                 log.exception("preflight crashed")
                 problem = f"preflight error: {exc}"
+            if problem or space:
+                break
         cfg = self.config.drone
         self._space_problem = space
         ok = problem is None and space is None
@@ -289,7 +320,8 @@ class DroneDaemon:
         """
         disk = self.disk()
         low = disk.check().low or self._space_problem
-        if low and not self.low_disk and disk.tidy():
+        # Tidying deletes dependencies and sources: never under another slot's running build.
+        if low and not self.low_disk and not self.slots.running() and disk.tidy():
             low = disk.check().low or self._space_problem
         if bool(low) != bool(self.low_disk):
             if low:
@@ -324,7 +356,7 @@ class DroneDaemon:
                 return call()
             except TRANSIENT as exc:
                 # Told to abort, or stopping with no build to report: no reason to wait on.
-                if self.aborting.is_set() or (self.stopping.is_set() and self.current is None):
+                if self.aborting.is_set() or (self.stopping.is_set() and not self.slots.running()):
                     log.error("%s: Redis unavailable (%s); giving up, stopping", what, exc)
                     return unreported
                 wait = next(waits)
@@ -348,8 +380,11 @@ class DroneDaemon:
         request: int | None = None  # a claim whose reply has not arrived: retried as is
         try:
             while not self.stopping.is_set():
-                if max_builds is not None and self.builds >= max_builds:
+                if max_builds is not None and self.started_builds >= max_builds:
                     break
+                # A request whose reply was lost holds its place; otherwise wait for a free slot.
+                if request is None and not self.slots.wait_free(self.stopping):
+                    continue
                 # A request whose reply was lost is retried first (it may hold a job); only
                 # then does a failing preflight stop new claims.
                 if request is None and not self.preflight_gate():
@@ -362,7 +397,8 @@ class DroneDaemon:
                     self.claim_seq += 1
                     request = self.claim_seq
                 try:
-                    claim = self.queue.claim(self.name, self.token, self.session, request)
+                    claim = self.queue.claim(self.name, self.token, self.session, request, self._free_mb(),
+                                             self.speed, self.targets)
                     waits = None
                 except Grounded as grounded:
                     self._take(None, request)
@@ -384,12 +420,15 @@ class DroneDaemon:
                     self._take(None, seq)
                     self.stopping.wait(self.config.drone.poll_interval)
                     continue
-                self._build(claim, seq)
+                self._start_build(claim, seq)
+            self.slots.join()  # stopping: every current build finishes and is reported
             return 0
         finally:
             # Stopping: a claim whose reply never came gives this process nothing; the last
             # heartbeat says so, and the orchestrator takes such a job back at once.
             self._take(None, self.claim_seq)
+            self.slots.abort_all()  # only builds left by an error on the way out
+            self.slots.join()
             self.finished.set()
             beat.join(timeout=5)
             self._sign_off()
@@ -397,28 +436,56 @@ class DroneDaemon:
     def _sign_off(self) -> None:
         """Say we are gone, so the fleet view does not show a stopped drone as building."""
         try:
-            self.registry.heartbeat(self.name, self.token, {"status": "offline", "task": "", "cpu": "",
-                                                            "mem": "", "hung": 0},
+            self.registry.heartbeat(self.name, self.token, {"status": "offline", "task": "", "tasks": "[]",
+                                                            "cpu": "", "mem": "", "hung": 0},
                                     held=[], session=self.session, settled=self.settled)
         except (NotEnrolled, *TRANSIENT):
             pass
 
-    def _build(self, claim: Claim, seq: int = 0) -> None:
-        current = Current(claim=claim, started=time.time(), abort=threading.Event())
+    def _free_mb(self) -> tuple[int, int]:
+        """What a new build may have: a claim gets only a job whose needs fit (swarmctl.capacity)."""
+        cfg = self.config.drone
+        return self.slots.free_mb(self.mem_total, cfg.memory_margin_mb, self.build_dir, cfg.preflight_min_free_mb)
+
+    def _needs(self, cpv: str) -> tuple[int, int]:
+        """The job's expected (memory, disk) in bytes, reserved while it builds (0: unknown)."""
+        try:
+            mem, disk = self.redis.hmget(keys.job(cpv), "mem", "disk")
+        except TRANSIENT:
+            return 0, 0
+        return int(mem or 0) * 1024 * 1024, int(disk or 0) * 1024 * 1024
+
+    def _start_build(self, claim: Claim, seq: int = 0) -> None:
+        """Put the claimed job in a slot (before the next claim: it is held from now) and build it
+        in the slot's own thread."""
+        rss, disk = self._needs(claim.cpv)
+        current = Current(claim=claim, started=time.time(), abort=threading.Event(), expected_rss=rss,
+                          expected_disk=disk)
         if self.aborting.is_set():
             current.abort.set()
         self._take(current, seq)
-        log_path = self.logs.path_for(claim.cpv)
-        self.logs.rotate(keep=None)
+        self.started_builds += 1
+        self.slots.start(current, self._build)
+
+    def _build(self, current: Current) -> None:
+        claim = current.claim
+        log_path = current.log_path = self.logs.path_for(claim.cpv)
+        self.logs.rotate(keep=self.slots.logs())
         log.info("building %s (attempt %d)", claim.cpv, claim.attempts)
+        builder = self.builders.get(claim.target)
         try:
             self._with_redis("heartbeat", self.heartbeat_once)
-            result = self.builder.build(claim.cpv, log_path, current.abort)
+            if builder is None or not self._at_planned_tree(current):
+                result = BuildResult(ok=False, fault="none", aborted=True,
+                                     reason=f"this drone does not build target {claim.target}" if builder is None
+                                     else current.cannot)
+            else:
+                result = builder.build(claim.package, log_path, current.abort)
         except Exception as exc:  # a builder bug is this drone's problem, never a lost job
             log.exception("builder crashed on %s", claim.cpv)
             result = BuildResult(ok=False, fault="drone", reason=f"builder error: {exc}")
         duration = time.time() - current.started
-        self.hung = False
+        current.hung = False
         if not result.ok and result.fault == "build" and self._out_of_space(log_path):
             result = BuildResult(ok=False, fault="drone", reason=f"no space left on the drone ({result.reason})")
         if result.fault == "drone":
@@ -426,11 +493,35 @@ class DroneDaemon:
         try:
             self._report(current, result, duration, log_path)
         finally:
+            self.slots.remove(current)
             with self._held_lock:
-                self.current = None
-            self.builds += 1
-            self.logs.rotate(keep=None)
-            self.disk().tidy()  # no build in progress: the one that just ended is reported
+                self.builds += 1
+                idle = not self.slots.running()
+            self.logs.rotate(keep=self.slots.logs())
+            if idle:  # tidy only with no build in progress (another slot's may need what it deletes)
+                self.disk().tidy()
+
+    def tree_repo(self, target: str) -> Path | None:
+        """The ebuild repository ``target``'s builds read (its prefix's, else drone.repo)."""
+        prefix = getattr(self.builders.get(target), "prefix", None)
+        if prefix is not None:
+            return Path(prefix.repo)
+        return Path(self.config.drone.repo) if self.config.drone.repo else None
+
+    def _at_planned_tree(self, current: Current) -> bool:
+        """Is this drone's tree at the revision the job was planned from? Brings it there when it
+        can (a git tree); when it cannot, ``current.cannot`` says why and the job goes back."""
+        wanted = current.claim.tree
+        repo = self.tree_repo(current.claim.target)
+        if not wanted or repo is None:
+            return True  # planned before revisions were recorded, or no tree to compare
+        mine = tree_revision(repo)
+        if mine == wanted or sync_tree(repo, wanted):
+            return True
+        current.cannot = (f"tree-mismatch: {current.claim.cpv} was planned at tree {wanted[:40]}, this drone's "
+                          f"{repo} is at {mine[:40] or 'an unknown revision'} and cannot be brought to it")
+        log.warning("%s; giving the job back", current.cannot)
+        return False
 
     def _out_of_space(self, log_path: Path) -> bool:
         """A build that failed on a full disk is this drone's fault, not the package's (no blame)."""
@@ -448,9 +539,13 @@ class DroneDaemon:
             log.info("%s: not reporting, the job belongs to another drone now", claim.cpv)
             return
         if result.aborted:
+            cannot = "tree-mismatch" if current.cannot else ""
+            reason = current.cannot or ("" if result.reason == "aborted" else result.reason)
             outcome = self._with_redis("release", lambda: q.release(
-                claim.cpv, self.name, self.token, claim.lease, "build aborted on shutdown"))
-            log.info("%s released back to the queue (%s)", claim.cpv, outcome)
+                claim.cpv, self.name, self.token, claim.lease, reason or "build aborted on shutdown", cannot))
+            log.info("%s released back to the queue (%s)%s", claim.cpv, outcome, f": {reason}" if reason else "")
+            if cannot:
+                self.stopping.wait(self.config.drone.poll_interval)  # not straight back to the same job
             return
         if result.ok:
             result = self._deliver(claim, result, duration)
@@ -467,8 +562,9 @@ class DroneDaemon:
         """Hand a good build over; a failed result comes back if the binhost refused it for good."""
         q = self.queue
         if self.publisher is None:
+            usage = (result.usage.peak_rss, result.usage.peak_disk)
             outcome = self._with_redis("complete", lambda: q.complete(
-                claim.cpv, self.name, self.token, claim.lease, duration))
+                claim.cpv, self.name, self.token, claim.lease, duration, usage=usage))
         else:
             outcome = self.publisher.publish(claim, result, duration)
             if outcome == "ok" and not self.config.drone.keep_uploaded:

@@ -7,6 +7,7 @@ ever reads a bounded tail of it (swarmctl.logtail), so nothing accumulates in me
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from swarmctl.drone.disk import oldest_first, prune
@@ -29,7 +30,8 @@ class BuildLogs:
         """Logs, oldest first."""
         return [path for path, _, _ in oldest_first(self.dir, (".log",))]
 
-    def rotate(self, keep: Path | None = None) -> list[Path]:
-        """Delete the oldest logs beyond the count and size limits (never ``keep``)."""
+    def rotate(self, keep: Path | Iterable[Path] | None = None) -> list[Path]:
+        """Delete the oldest logs beyond the count and size limits (never those in ``keep``: the
+        logs of builds still running; a log another build's rotation deleted meanwhile is skipped)."""
         return prune(oldest_first(self.dir, (".log",)), self.max_bytes, self.keep_jobs,
-                     keep=[keep] if keep is not None else ())
+                     keep=[keep] if isinstance(keep, Path) else list(keep or ()))

@@ -25,7 +25,7 @@ from swarmctl.atoms import split_build_id, split_cpv, validate_cpv
 from swarmctl.binhost.gpkg import GPKG_SUFFIX
 from swarmctl.build_env import BuildUser, as_user, build_environment
 from swarmctl.drone.build_root import BuildRoot
-from swarmctl.drone.builders import BuildResult, Watchdog, artifact_for, run_supervised
+from swarmctl.drone.builders import BuildResult, Usage, Watchdog, artifact_for, run_supervised
 from swarmctl.drone.preflight import PortagePreflight, PreflightResult
 from swarmctl.logtail import tail
 from swarmctl.portage_env.prefix import PortagePrefix
@@ -140,6 +140,8 @@ class PortageBuilder:
         self.min_free_bytes = min_free_bytes
         self.build_root = build_root
         self._pkgdir: Path | None = prefix.pkgdir if prefix is not None else None
+        #: MAKEOPTS for each build, set by a drone running several at once (drone/slots.py).
+        self.makeopts: str | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -175,6 +177,8 @@ class PortageBuilder:
             if self.binhost_url:
                 env["PORTAGE_BINHOST"] = self.binhost_url
         env["NOCOLOR"] = "true"
+        if self.makeopts and "MAKEOPTS" not in env:
+            env["MAKEOPTS"] = self.makeopts
         return env
 
     def plan(self, cpv: str, timeout: float = 300.0) -> list[PlannedMerge]:
@@ -228,28 +232,39 @@ class PortageBuilder:
         with open(log_path, "wb") as log:
             log.write(f">>> build-swarm: {' '.join(argv)}\n".encode())
         started = time.monotonic()
+        usage = Usage()
+        # The build's own directory under PORTAGE_TMPDIR is its disk use (concurrent builds each have theirs).
+        workdir = self.prefix.tmpdir / "portage" / cpv if self.prefix is not None else None
         code, problem = run_supervised(argv, log_path, abort, env=self.env(), watchdog=self.watchdog,
-                                       poll=self.poll_interval, user=self.user, cwd=self._cwd())
+                                       poll=self.poll_interval, user=self.user, cwd=self._cwd(), usage=usage,
+                                       disk_dir=workdir)
         elapsed = time.monotonic() - started
         with open(log_path, "ab") as log:
             log.write(f"\n>>> build-swarm: {problem or f'exit {code}'} after {elapsed:.1f}s\n".encode())
         if problem == "aborted":
             return BuildResult(ok=False, fault="none", reason=f"build of {cpv} aborted", artifacts=[],
-                               aborted=True)
+                               aborted=True, usage=usage)
         if problem == "hung":
             return BuildResult(ok=False, fault="hung",
-                               reason=f"build of {cpv} made no progress; process group killed", artifacts=[])
+                               reason=f"build of {cpv} made no progress; process group killed", artifacts=[],
+                               usage=usage)
         if problem:
-            return BuildResult(ok=False, fault="drone", reason=problem, artifacts=[])
+            return BuildResult(ok=False, fault="drone", reason=problem, artifacts=[], usage=usage)
         if code != 0:
             fault, reason = classify_failure(cpv, code or 0, tail(log_path, max_bytes=LOG_TAIL_BYTES))
-            return BuildResult(ok=False, fault=fault, reason=reason, artifacts=[])
+            return BuildResult(ok=False, fault=fault, reason=reason, artifacts=[], usage=usage)
         new = sorted(self._candidates(pkgdir, cpv) - before)
         if not new:
             return BuildResult(ok=False, fault="drone",
                                reason=f"emerge succeeded but wrote no binary package for {cpv} in {pkgdir} "
-                               "(is --buildpkg honoured, BINPKG_FORMAT=gpkg?)", artifacts=[])
-        return BuildResult(ok=True, fault="none", reason="", artifacts=[artifact_for(p, cpv) for p in new])
+                               "(is --buildpkg honoured, BINPKG_FORMAT=gpkg?)", artifacts=[], usage=usage)
+        return BuildResult(ok=True, fault="none", reason="", artifacts=[artifact_for(p, cpv) for p in new],
+                           usage=usage)
+
+    @property
+    def build_dir(self) -> Path | None:
+        """Where builds take their disk (PORTAGE_TMPDIR), when known."""
+        return self.prefix.tmpdir if self.prefix is not None else None
 
     def preflight(self) -> PreflightResult:
         """Portage, the compressor, a compiler, writable dirs, the repositories (drone/preflight.py)."""

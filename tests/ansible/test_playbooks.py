@@ -172,3 +172,40 @@ def test_nightly_logs_started_then_finished_or_failed(bed: tuple[TestBed, Path, 
     assert [e["event"] for e in events] == ["STARTED", "FINISHED", "STARTED", "FAILED", "STARTED", "FINISHED"]
     assert events[1]["sync"] == "webrsync", "emerge --sync failed, the fallback ran"
     assert "Queue" in events[3]["task"]
+
+
+def test_nightly_promotes_only_when_the_gates_pass(bed: tuple[TestBed, Path, Path], swarm: BedSwarm) -> None:
+    """On a binhost (binhost.dir set) the nightly promotes staging; a failing gate fails the run
+    with the gate's reason (status red) and clients keep the published generation."""
+    from swarmctl.binhost import generations
+    from swarmctl.binhost.index import IndexStore
+
+    pkgdir = swarm.work / "binhost"
+    store = IndexStore(pkgdir)
+
+    def stage(cpv: str, rdepend: str) -> None:
+        category, rest = cpv.split("/")
+        rel = f"{category}/{rest.rsplit('-', 1)[0]}/{rest}-1.gpkg.tar"
+        (pkgdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pkgdir / rel).write_bytes(b"x")
+        store.commit(lambda index: index.add({"CPV": cpv, "PATH": rel, "SIZE": "1", "MD5": "m", "SHA1": "s",
+                                              "RDEPEND": rdepend}))
+
+    stage("app-misc/lonely-1", "dev-libs/missing")
+    # The smoke install needs real packages (tests/portage covers it): this run checks the closure gate.
+    config = swarm.write_config(swarm.work / "binhost.yml", {"binhost": {"dir": str(pkgdir), "smoke_install": False}})
+    common = {"target": "h1", "swarm_nightly_sync_command": "true", "swarm_nightly_queue_command": "true",
+              "swarm_nightly_swarmctl": f"{SWARMCTL_BIN} --config {config}"}
+    bad = _run(bed, "nightly.yml", "h1", **common)
+    assert not bad.ok
+    proc = swarm.cli("status", "--json", check=False)
+    nightly = json.loads(proc.stdout)["sync"]["nightly"]
+    assert nightly["event"] == "FAILED" and "Promote" in nightly["detail"]
+    assert "app-misc/lonely-1 needs dev-libs/missing" in nightly["detail"] and proc.returncode == 2
+    assert generations.published_id(pkgdir) is None  # nothing promoted: no generation was published
+
+    stage("dev-libs/missing-1", "")
+    good = _run(bed, "nightly.yml", "h1", **common)
+    assert good.ok, good.summary
+    assert generations.published_id(pkgdir) == 2
+    assert [g["state"] for g in generations.listing(pkgdir)] == ["rejected", "ready"]

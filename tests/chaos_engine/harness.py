@@ -83,7 +83,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,6 +287,8 @@ class ChaosRun:
             get work.
         build_ms: Range of a build's duration.
         settings: Extra SWARM_* settings for every swarm process (the defaults otherwise).
+        slots: Builds each drone runs at once, drone by drone in turn (``(1, 2)``: every other
+            drone runs two), so every guarantee is checked on multi-slot drones too.
         log: Where the timeline goes (print by default).
     """
 
@@ -294,10 +296,11 @@ class ChaosRun:
                  min_jobs: int = 200, open_target: int = 60, final_jobs: int = 40,
                  build_ms: tuple[int, int] = (200, 500), settings: dict[str, str] | None = None,
                  prefix: str = "chaos", drain_timeout: float = 180.0,
-                 log: Callable[[str], None] = print) -> None:
+                 log: Callable[[str], None] = print, slots: Sequence[int] = (1,)) -> None:
         self.rundir = Path(rundir)
         self.plan = sorted(plan, key=lambda p: p.at)
         self.n_drones = drones
+        self.slots = list(slots) or [1]
         self.rng = random.Random(seed)
         self.seed = seed
         self.min_jobs = min_jobs
@@ -467,6 +470,7 @@ class ChaosRun:
         values = {
             **{k: v for k, v in self.env.items() if k.startswith(("SWARM_", "XDG_"))},
             "SWARM_DRONE_NAME": name, "SWARM_DRONE_TOKEN": token,
+            "SWARM_DRONE_SLOTS": str(self.slots[(i - 1) % len(self.slots)]),
             **({"SWARM_REDIS_URL": self._proxied_url()} if name == self.proxied else {}),
             "PATH": f"{Path(sys.executable).parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "LC_ALL": "C.UTF-8", "PYTHONUNBUFFERED": "1", "HOME": "/root",
@@ -1153,12 +1157,13 @@ def format_report(report: dict[str, Any]) -> str:
         f"  stale completions refused {report['stale_completions_refused']}, applied "
         f"{report['stale_completions_applied']}; churn {report['churn']}; "
         f"median recovery {report['median_recover_s']} s (max {report['max_recover_s']} s)",
-        f"  {'fault':<15}{'n':>3}{'median rec s':>14}{'max rec s':>11}{'detect s':>20}{'interrupted':>13}{'extra':>7}",
+        f"  {'fault':<15}{'n':>3}{'median rec s':>14}{'max rec s':>11}{'median detect s':>17}"
+        f"{'interrupted':>13}{'extra':>7}",
     ]
     for kind, k in sorted(report["by_kind"].items()):
-        detect = ",".join(f"{d:.1f}" for d in k["detect_s"]) or "-"
+        detect = f"{statistics.median(k['detect_s']):.2f}" if k["detect_s"] else "-"
         lines.append(f"  {kind:<15}{k['count']:>3}{k['median_recover_s'] or '-':>14}{k['max_recover_s'] or '-':>11}"
-                     f"{detect:>20}{k['jobs_interrupted']:>13}{k['extra_builds']:>7}")
+                     f"{detect:>17}{k['jobs_interrupted']:>13}{k['extra_builds']:>7}")
     lines.append("  timeline:")
     for f in report["faults"]:
         lines.append(f"    {f['injected_at']!s:>7} s {f['kind']:<14} {f['target']:<7} dur {f['duration']:>5} "

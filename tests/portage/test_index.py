@@ -15,6 +15,7 @@ import pytest
 from swarmctl.binhost import index as index_module
 from swarmctl.binhost.index import IndexStore, PackagesIndex, reindex, verify
 from swarmctl.binhost.publish import Publisher
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.portage
 CPVS = ("app-misc/hello-1", "app-misc/greeter-1", "dev-libs/libgreet-1")
@@ -80,8 +81,28 @@ def test_write_produces_a_matching_packages_gz_with_a_growing_timestamp(tmp_path
     assert header["TTL"] == "600"
     stamp = int(header["TIMESTAMP"])
     assert int((tmp_path / "Packages").stat().st_mtime) == int((tmp_path / "Packages.gz").stat().st_mtime) == stamp
-    index.write(tmp_path / "Packages")  # in the same second: TIMESTAMP still moves on
-    assert PackagesIndex.read(tmp_path / "Packages").timestamp > stamp
+    index.write(tmp_path / "Packages")  # the clock's second, never back
+    assert PackagesIndex.read(tmp_path / "Packages").timestamp >= stamp
+
+
+def test_a_version_sharing_its_second_is_restamped_so_clients_see_it(tmp_path: Path) -> None:
+    """Portage takes a fetched index only if its TIMESTAMP is newer than the one it holds:
+    after two writes within one second, the last version gets a newer TIMESTAMP on its own."""
+    store = IndexStore(tmp_path)
+    try:
+        for entry in synthetic_entries(6).values():
+            time.sleep(1.01 - time.time() % 1)  # two writes at the start of a second
+            store.commit(lambda index, entry=entry: index.add(entry))
+            first = PackagesIndex.read(tmp_path / "Packages").timestamp
+            store.commit(lambda index, entry=dict(entry, PATH=entry["PATH"] + ".2"): index.add(entry))
+            shared = PackagesIndex.read(tmp_path / "Packages")
+            if shared.timestamp == first:
+                break
+        assert shared.timestamp == first, "no two writes within one second"
+        assert wait_until(lambda: PackagesIndex.read(tmp_path / "Packages").timestamp > first, timeout=3)
+        assert PackagesIndex.read(tmp_path / "Packages").entries == shared.entries
+    finally:
+        store.close()
 
 
 def test_store_repairs_a_write_interrupted_between_the_two_renames(tmp_path: Path) -> None:

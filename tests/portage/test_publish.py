@@ -314,6 +314,24 @@ def test_uploader_killed_mid_body_leaves_no_partial_file(drone, swarm, binhost, 
     assert json.dumps(snapshot(pkgdir), default=str) == json.dumps(before, default=str)
 
 
+def test_upload_below_the_free_space_floor_is_refused_507_and_the_job_kept(drone, swarm, pkgdir, serve) -> None:
+    """A binhost short of disk refuses before the body (507, with the free space); the drone's
+    publisher gives the job back to be built later (not a failure) and the job is still its own."""
+    from swarmctl.queue import Claim
+
+    full = serve(pkgdir, swarm.gate, ServerSettings(min_free_bytes=2**60))
+    before = snapshot(pkgdir)
+    publisher = BinhostPublisher(client(full.url, token=swarm.token))
+    result = BuildResult(ok=True, artifacts=[artifact_for(drone.gpkg(HELLO), HELLO)])
+    claim = Claim(cpv=HELLO, lease=swarm.leases[HELLO], estimate=1.0, attempts=1)
+    assert publisher.publish(claim, result, 2.0) == "retry-later"
+    verdict = publisher.last_verdict
+    assert verdict is not None and (verdict.status, verdict.code) == (507, "insufficient_storage")
+    assert "MiB free" in verdict.reason and "binhost.min_free_mb" in verdict.reason
+    assert_untouched(pkgdir, before)
+    assert swarm.queue.owner_of(HELLO) == ("d1", swarm.leases[HELLO])
+
+
 def test_the_drone_deletes_its_copy_once_the_binhost_has_accepted_it(drone, swarm, binhost, pkgdir, config,
                                                                      redis_client, tmp_path: Path) -> None:
     from swarmctl.drone.builders import CommandBuilder

@@ -89,3 +89,29 @@ def test_a_config_change_queues_that_package_and_what_depends_on_its_subslot(
     assert jobs["dev-libs/libgreet-1"]["state"] == "built" and jobs["dev-libs/libgreet-1-r1"]["state"] == "needed"
     status = json.loads(run_cli(["status", "--json"], swarm_env, check=False).stdout)
     assert status["binary"]["available"] == 2 and status["binary"]["total"] == 5  # stale counts as missing
+
+
+def test_sync_queues_every_target_at_the_tree_revision_it_resolved(drone, pkgdir: Path, swarm_env: dict[str, str],
+                                                                   tmp_path: Path) -> None:
+    stamp = drone.prefix.repo / "metadata" / "timestamp.chk"  # the session's repository: taken away after
+    stamp.write_text("Tue, 01 Dec 2026 00:45:01 +0000\n")
+    try:
+        _sync_two_targets(drone, pkgdir, swarm_env, tmp_path)
+    finally:
+        stamp.unlink()
+
+
+def _sync_two_targets(drone, pkgdir: Path, swarm_env: dict[str, str], tmp_path: Path) -> None:
+    config = tmp_path / "swarm.yml"
+    config.write_text("targets:\n  desktop: {world: [app-misc/hello]}\n  server: {world: [app-misc/hello]}\n")
+    env = {**swarm_env, "SWARM_CONFIG": str(config)}
+    args = ["queue", "sync", "--binhost", str(pkgdir), "--prefix", str(drone.prefix.root), "--json"]
+    first = json.loads(run_cli(args, env).stdout)
+    assert sorted(first["added"]) == ["app-misc/hello-1@desktop", "app-misc/hello-1@server"]
+    assert first["targets"]["server"] == {"world": 1, "available": 0, "tree": "Tue, 01 Dec 2026 00:45:01 +0000"}
+    jobs = json.loads(run_cli(["queue", "list", "--json", "--target", "server"], env).stdout)
+    assert [(j["cpv"], j["tree"]) for j in jobs] == [("app-misc/hello-1@server", "Tue, 01 Dec 2026 00:45:01 +0000")]
+    again = json.loads(run_cli([*args, "--target", "server"], env).stdout)
+    assert again["added"] == [] and again["already_queued"] == ["app-misc/hello-1@server"]
+    status = json.loads(run_cli(["status", "--json"], env, check=False).stdout)
+    assert {t["name"]: t["world"] for t in status["targets"]} == {"desktop": 1, "server": 1}

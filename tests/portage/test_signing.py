@@ -311,3 +311,27 @@ def test_drone_takes_the_pinned_keys_file_or_fetches_them_from_the_binhost(pkgdi
     server = serve(pkgdir, OpenGate())
     assert binhost_keys(load_config(environ={"SWARM_BINHOST_URL": server.url})) == published
     assert binhost_keys(load_config(environ={"SWARM_BINHOST_URL": "http://127.0.0.1:9"})) is None
+
+
+def test_a_passphrase_protected_key_signs_only_with_its_private_passphrase_file(drone, keyrings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from swarmctl.binhost.signing import Keyring, NoSigningKey, SigningError
+
+    bare = keyrings(with_key=False)
+    secret = "correct horse battery staple"
+    passphrase = bare.home.parent / "passphrase"
+    passphrase.write_text(secret + "\n")
+    passphrase.chmod(0o600)
+    locked = Keyring(bare.home, passphrase_file=passphrase)
+    locked.init("swarm test <binhost@test.invalid>", 30)
+    locked.stop_agent()  # no passphrase cached: every signature below unlocks the key anew
+    package = shutil.copy(drone.gpkg(HELLO), tmp_path / "signed.gpkg.tar")
+    sign_gpkg(package, locked)
+    with VerifyKeyring(locked.export()) as trusted:
+        verify_gpkg(package, trusted)
+    locked.stop_agent()
+    with pytest.raises(SigningError) as without:  # the same home without the passphrase cannot sign
+        sign_gpkg(shutil.copy(drone.gpkg(HELLO), tmp_path / "unsigned.gpkg.tar"), bare)
+    passphrase.chmod(0o640)
+    with pytest.raises(NoSigningKey, match="mode 640, must be 600") as readable:
+        locked.signing_key()
+    assert secret not in str(without.value) + str(readable.value)

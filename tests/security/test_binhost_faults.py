@@ -133,23 +133,34 @@ def test_an_unindexed_file_that_does_not_verify_is_quarantined(drone, swarm, pkg
         urllib.request.urlopen(f"{server.url}/.swarm-quarantine/{DEST}", timeout=5)
 
 
-@pytest.mark.parametrize("signer", ["unsigned", "other_key"])
-def test_an_unindexed_file_not_signed_by_the_binhost_is_quarantined(signer: str, drone, swarm, pkgdir, serve,  # type: ignore[no-untyped-def]
-                                                                   keyrings) -> None:
-    """A signing binhost adopts a leftover only if its own key signed it: an intact package
-    unsigned or signed by another key is moved aside, never indexed."""
+@pytest.mark.parametrize("signer", ["unsigned", "other_key", "own_key"])
+def test_an_unindexed_file_is_indexed_only_if_the_binhost_signed_it(signer: str, drone, swarm, pkgdir, serve,  # type: ignore[no-untyped-def]
+                                                                    keyrings) -> None:
+    """A power cut took the upload's temp file (and with it the SHA256 the drone declared),
+    the linked file stayed: it is indexed only if it verifies with the binhost's own key (an
+    intact package unsigned or signed by another key is moved aside), and then the drone's
+    retry is known by its content, accepted and the job built."""
     leftover = pkgdir / DEST
     leftover.parent.mkdir(parents=True)
     shutil.copyfile(drone.gpkg(HELLO), leftover)
-    if signer == "other_key":
-        sign_gpkg(leftover, keyrings())
-    data = leftover.read_bytes()
     own = keyrings()
+    if signer != "unsigned":
+        sign_gpkg(leftover, own if signer == "own_key" else keyrings())
+    data = leftover.read_bytes()
     own.publish(pkgdir)
     server = serve(pkgdir, swarm.gate, signing=own)
-    assert server.server.recovery.quarantined == [DEST]
-    assert (pkgdir / ".swarm-quarantine" / DEST).read_bytes() == data and not leftover.exists()
-    assert DEST not in PackagesIndex.read(pkgdir / "Packages").entries
+    if signer != "own_key":
+        assert server.server.recovery.quarantined == [DEST]
+        assert (pkgdir / ".swarm-quarantine" / DEST).read_bytes() == data and not leftover.exists()
+        assert DEST not in PackagesIndex.read(pkgdir / "Packages").entries
+        return
+    assert server.server.recovery.indexed == [DEST]
+    client = BinhostClient(server.url, "d1", swarm.token, attempts=1, timeout=30)
+    verdict = client.upload(drone.gpkg(HELLO), HELLO, swarm.leases[HELLO], sha256=sha(drone.gpkg(HELLO)))
+    assert outcome_of(verdict) == "ok" and verdict.accepted, verdict
+    assert swarm.queue.get(HELLO).state == "built"
+    assert leftover.read_bytes() == data  # nothing signed or written again
+    assert verify(pkgdir, check_manifests=True, check_signatures=True).ok
 
 
 # -- a full disk -------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from rich.text import Text
 from swarmctl.cli import terminal
 from swarmctl.humanize import ago, stamp
 from swarmctl.status import StatusReport
+from swarmctl.target_status import TargetStatus
 
 
 def render_status(report: StatusReport) -> Group:
@@ -43,6 +44,8 @@ def render_status(report: StatusReport) -> Group:
     queue.append(f"{q['blocked']} blocked", style=terminal.STATE_STYLE["blocked"] if q["blocked"] else "")
     rows: list[tuple[str, Text | str]] = [("Sync", sync), ("World", world), ("Binary", binary), ("Swarm", drones),
                                           ("Queue", queue)]
+    if len(report.targets) > 1:
+        rows += [(f"Target {t.name}", target_line(t)) for t in report.targets]
     if report.report_path is not None:
         rows.append(("Report", Text(f"{report.report_path} (written {stamp(report.report_time)})")))
     lines = [terminal.labelled(label, "").append_text(value if isinstance(value, Text) else Text(value))
@@ -57,3 +60,15 @@ def render_status(report: StatusReport) -> Group:
     else:
         lines.append(Text("all well", style=terminal.SEVERITY_STYLE["ok"]))
     return Group(*lines)
+
+
+def target_line(target: TargetStatus) -> Text:
+    """One target: its jobs, its coverage and its drones (red when stalled)."""
+    q = target.queue
+    line = Text(f"{q.get('needed', 0)} needed, {q.get('delegated', 0)} building, {q.get('built', 0)} built, "
+                f"{q.get('failed', 0) + q.get('blocked', 0)} failed/blocked; ")
+    line.append("coverage unknown" if target.coverage_percent is None else
+                f"{target.coverage_percent:.1f}% available ({target.available}/{target.world})")
+    line.append(f"; {len(target.drones_available)}/{len(target.drones)} drone(s) available",
+                style=terminal.SEVERITY_STYLE["critical"] if target.stalled else "")
+    return line
