@@ -21,7 +21,8 @@ def _run(argv: list[str], cwd: Path, env_extra: dict[str, str] | None = None) ->
 def test_the_collection_builds_installs_and_its_playbooks_and_modules_work_by_name(tmp_path: Path) -> None:
     _run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path), str(ROOT)], tmp_path)
     artifact = next(tmp_path.glob("build_swarm-swarm-*.tar.gz"))
-    names = tarfile.open(artifact).getnames()
+    with tarfile.open(artifact) as tar:
+        names = tar.getnames()
     assert "roles/swarm_drone/tasks/heal_access.yml" in names and "plugins/modules/swarm_build.py" in names
     assert "playbooks/site.yml" in names and not [n for n in names if n.startswith(("swarmctl/", "tests/", ".venv"))]
     installed = tmp_path / "collections"
