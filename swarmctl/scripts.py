@@ -133,6 +133,21 @@ local function open_group(name)
   return false
 end
 
+-- Gate 'cpv' on each of 'gates' (never on itself); returns how many are in open settle groups:
+-- the job's pending count.
+local function gate_on(cpv, gates)
+  local pending = 0
+  for _, gate in ipairs(gates) do
+    if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
+      redis.call('SADD', dependents_key(gate), cpv)
+      if redis.call('HEXISTS', job_key(gate), 'state') == 1 and open_group(group_of(gate)) then
+        pending = pending + 1
+      end
+    end
+  end
+  return pending
+end
+
 -- nil when the drone may act, else the refusal.
 local function refuse_drone(name, token_sha)
   local d = redis.call('HMGET', drone_key(name), 'token_sha256', 'revoked')
@@ -231,15 +246,7 @@ if need_mem then
   redis.call('HSET', jk, 'mem', need_mem, 'disk', need_disk)
   redis.call('ZADD', KEYS[12], tonumber(need_mem), cpv)
 end
-local pending = 0
-for _, gate in ipairs(lists[6]) do
-  if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
-    redis.call('SADD', dependents_key(gate), cpv)
-    if redis.call('HEXISTS', job_key(gate), 'state') == 1 and open_group(group_of(gate)) then
-      pending = pending + 1
-    end
-  end
-end
+local pending = gate_on(cpv, lists[6])
 redis.call('HSET', jk, 'pending', pending)
 -- Its group is open while it is unbuilt, and while a job its run/post edges name is in an open
 -- group (a job named before it is queued counts once it is).
@@ -796,15 +803,7 @@ for _, gate in ipairs(redis.call('SMEMBERS', gates_key(cpv))) do
 end
 redis.call('DEL', gates_key(cpv), blame_key(cpv), avoid_key(cpv))
 local group = group_of(cpv)
-local pending = 0
-for _, gate in ipairs(lists[7]) do
-  if gate ~= cpv and redis.call('SADD', gates_key(cpv), gate) == 1 then
-    redis.call('SADD', dependents_key(gate), cpv)
-    if redis.call('HEXISTS', job_key(gate), 'state') == 1 and open_group(group_of(gate)) then
-      pending = pending + 1
-    end
-  end
-end
+local pending = gate_on(cpv, lists[7])
 redis.call('HSET', jk, 'attempts', 0, 'reason', ARGV[2], 'pending', pending, 'after', ARGV[4], 'run', ARGV[5],
            'post', ARGV[6], 'drone', '', 'lease', '')
 set_state(cpv, 'needed')
