@@ -29,7 +29,7 @@ from pathlib import Path
 import redis
 
 from swarmctl import keys
-from swarmctl.binhost.gates import GateSettings, run_gates, tree_revision
+from swarmctl.binhost.gates import GateSettings, run_gates
 from swarmctl.binhost.generations import PromoteResult, promote, staging_url
 from swarmctl.binhost.index import INDEX_NAME, FileDigests, PackagesIndex, verify
 from swarmctl.binhost.server import BinhostServer, QueueGate, make_server
@@ -44,6 +44,7 @@ from swarmctl.portage_env.prefix import PortagePrefix, make_prefix
 from swarmctl.queue import Queue, for_target
 from swarmctl.registry import DroneInfo, DroneRegistry
 from swarmctl.resolver import PackageResolver
+from swarmctl.tree import tree_revision
 
 log = logging.getLogger("swarmctl.demo")
 
@@ -354,7 +355,7 @@ class LocalSwarm:
         settings = GateSettings(repo=self.repo)
         assert self.keyring is not None
         area = self.area(target)
-        return promote(area, gates=run_gates(area, settings), tree=tree_revision(self.repo),
+        return promote(area, gates=run_gates(area, settings), tree=tree_revision(self.repo) or None,
                        signing_key=self.keyring.signing_key().fingerprint)
 
     def install_on_client(self, atom: str, name: str = "client", url: str | None = None,

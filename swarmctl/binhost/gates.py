@@ -141,20 +141,6 @@ def _flat(tree: list[Any]) -> list[str]:
     return ["( " + " ".join(_flat(x)) + " )" if isinstance(x, list) else str(x) for x in tree]
 
 
-def tree_revision(repo: Path | None) -> str | None:
-    """The tree's revision: ``metadata/timestamp.commit`` (rsync trees), else git HEAD, else None."""
-    if repo is None:
-        return None
-    with contextlib.suppress(OSError, IndexError):
-        return (Path(repo) / "metadata" / "timestamp.commit").read_text(encoding="utf-8").split()[0]
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=False, stdin=subprocess.DEVNULL)
-        if done.returncode == 0 and done.stdout.strip():
-            return done.stdout.strip()
-    return None
-
-
 def changed_cpvs(candidate: Path, published: Path | None) -> list[str]:
     """CPVs the candidate adds or rebuilds relative to the published index (all without one)."""
     from swarmctl.binhost.generations import diff

@@ -183,8 +183,9 @@ def promote_cmd(obj: Any, pkgdir: str | None, force: bool, yes: bool, no_gates: 
     published generation and exits 1 with the reason.
     """
     from swarmctl.binhost import generations
-    from swarmctl.binhost.gates import run_gates, tree_revision
+    from swarmctl.binhost.gates import run_gates
     from swarmctl.exceptions import SwarmError
+    from swarmctl.tree import tree_revision
 
     directory = _existing_dir(obj, pkgdir)
     if force and not yes:
@@ -192,7 +193,7 @@ def promote_cmd(obj: Any, pkgdir: str | None, force: bool, yes: bool, no_gates: 
     settings = gate_settings(obj.config)
     try:
         result = generations.promote(directory, gates=None if no_gates else run_gates(directory, settings),
-                                     force=force, tree=tree_revision(settings.repo),
+                                     force=force, tree=tree_revision(settings.repo) or None,
                                      signing_key=_signing_fingerprint(obj.config))
     except (SwarmError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
