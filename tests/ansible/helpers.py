@@ -85,7 +85,7 @@ class BedSwarm:
             "swarm_drone_stop_timeout": 15,
             "swarm_drone_verify_delay": 1,
             # How the bed's hosts reboot and tell one boot from the next.
-            "reboot_command": "kill -TERM 1",
+            "reboot_command": "/bin/kill -TERM 1",
             "boot_time_command": "cat /run/fake_boot_id",
             "reboot_timeout": 60,
         }

@@ -37,7 +37,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestBed, Pat
                 "swarm_drone_process_pattern": PATTERN,
                 "swarm_drone_stop_timeout": 5,
                 "swarm_drone_verify_delay": 1,
-                "reboot_command": "kill -TERM 1",
+                "reboot_command": "/bin/kill -TERM 1",
                 "boot_time_command": "cat /run/fake_boot_id",
                 "reboot_timeout": 60,
             },

@@ -314,7 +314,10 @@ class ChaosRun:
         self.redis_index = drones + 1
         self.redis_addr = f"{SUBNET}.{10 + self.redis_index}"
         self.url = f"redis://:{self.password}@{self.redis_addr}:{REDIS_PORT}/0"
-        self.settings = {"SWARM_QUEUE_EVENTS_MAX": "2000000", **(settings or {})}
+        # The drones' state dir is a 2 MiB tmpfs: the low-disk floor sits inside it (0.5 MiB), so a
+        # disk_full fault drives a drone low-disk and freeing the space brings it back.
+        self.settings = {"SWARM_QUEUE_EVENTS_MAX": "2000000", "SWARM_DRONE_MIN_FREE_GB": str(0.5 / 1024),
+                         **(settings or {})}
         self.env = self._env()
         self.config = load_config(environ=self.env)
         self.offline_after = self.config.orchestrator.offline_after
