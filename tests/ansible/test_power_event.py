@@ -70,6 +70,8 @@ def power(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Power]:
                     "swarm_orchestrator_redis_port": swarm.redis.port,
                     "swarm_orchestrator_redis_password": swarm.password,
                     "swarm_orchestrator_settings": settings,
+                    # Power events need no provisioned healing (test_site_e2e covers that).
+                    "swarm_orchestrator_healing": False,
                     "swarm_orchestrator_stop_timeout": 10,
                 },
                 groups={"drones": [1, 2, 3], "orchestrator": [4]},
