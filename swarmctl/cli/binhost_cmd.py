@@ -353,18 +353,24 @@ _DIR_OPTION = click.option("--dir", "pkgdir", metavar="PKGDIR",
 @click.pass_obj
 def key_init(obj: Any, pkgdir: str | None) -> None:
     """Create the signing key (ed25519, expiring after binhost.key_expiry_days)."""
+    _new_key(obj, pkgdir, "init", "signing key", "public keys",
+             "(copy it somewhere safe, off this host)")
+
+
+def _new_key(obj: Any, pkgdir: str | None, how: str, what: str, published: str, advice: str = "") -> None:
+    """Make a key with the keyring's ``init`` or ``create``, publish the public keys, say where."""
     from swarmctl.binhost.signing import SigningError
 
     keyring, directory = _key_context(obj, pkgdir)
+    make = keyring.init if how == "init" else keyring.create
     try:
-        key = keyring.init(obj.config.binhost.key_uid, obj.config.binhost.key_expiry_days)
+        key = make(obj.config.binhost.key_uid, obj.config.binhost.key_expiry_days)
         where = _published(keyring, directory)
     except SigningError as exc:
         raise click.ClickException(str(exc)) from None
-    terminal.ok(f"signing key {_describe_key(key)}")
-    click.echo(f"public keys: {where}")
-    click.echo(f"revocation certificate: {keyring.revocation_path(key.fingerprint)} "
-               "(copy it somewhere safe, off this host)")
+    terminal.ok(f"{what} {_describe_key(key)}")
+    click.echo(f"{published}: {where}")
+    click.echo(f"revocation certificate: {keyring.revocation_path(key.fingerprint)}" + (f" {advice}" if advice else ""))
 
 
 @key_group.command("show")
@@ -409,17 +415,7 @@ def key_rotate(obj: Any, pkgdir: str | None) -> None:
     End the overlap with 'key retire OLD' once clients have the new key and the
     packages are re-signed (portage's gpkg-sign; see docs/operator-guide.md).
     """
-    from swarmctl.binhost.signing import SigningError
-
-    keyring, directory = _key_context(obj, pkgdir)
-    try:
-        key = keyring.create(obj.config.binhost.key_uid, obj.config.binhost.key_expiry_days)
-        where = _published(keyring, directory)
-    except SigningError as exc:
-        raise click.ClickException(str(exc)) from None
-    terminal.ok(f"new signing key {_describe_key(key)}")
-    click.echo(f"public keys (old and new): {where}")
-    click.echo(f"revocation certificate: {keyring.revocation_path(key.fingerprint)}")
+    _new_key(obj, pkgdir, "create", "new signing key", "public keys (old and new)")
 
 
 @key_group.command("revoke")
