@@ -162,6 +162,8 @@ def test_a_failing_smoke_install_blocks_the_promote(binhost, hello_builds, pkgdi
         index.entries[published.rel_path].update(SIZE=str(digests.size), MD5=digests.md5, SHA1=digests.sha1,
                                                  SHA256=digests.sha256)
         store.save(index)
+    for writer in (binhost.store, store):
+        writer.close()  # no restamp: only the promote below could change what clients get
     before = (pkgdir / "Packages").read_bytes()
 
     proc = run_cli(["binhost", "promote", "--dir", str(pkgdir)], swarm_env, check=False, timeout=600)
