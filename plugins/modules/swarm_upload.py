@@ -189,7 +189,8 @@ def main():
             module.warn(f"cannot tell whether the binhost already has {params['cpv']}: {exc}")
             already = False
         if already:
-            result.update(code="duplicate", outcome="ok", reason=f"{params['cpv']} with this sha256 is already published")
+            result.update(code="duplicate", outcome="ok",
+                          reason=f"{params['cpv']} with this sha256 is already published")
         else:
             result.update(changed=True, code="check_mode", outcome="ok", reason=would)
         module.exit_json(msg=result["reason"], **result)

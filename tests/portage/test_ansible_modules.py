@@ -65,7 +65,8 @@ def test_swarm_build_check_mode_then_build(sample_repo: Path, tmp_path: Path) ->
     assert not prefix.exists()
     assert rc == 0 and plan["changed"] and plan["would_build"] == ["app-misc/hello-1"] and plan["plan"] == [], plan
     rc, missing = run_module(tmp_path, "swarm_build", {"cpv": "app-misc/hello-1", "prefix": str(prefix)}, check=True)
-    assert rc != 0 and "prefix" in missing["msg"] and "Traceback" not in json.dumps(missing)  # no repo: a real run fails
+    # without a repo a real run fails too: check mode says so, in one line
+    assert rc != 0 and "prefix" in missing["msg"] and "Traceback" not in json.dumps(missing)
     rc, built = run_module(tmp_path, "swarm_build", {"cpv": "app-misc/hello-1", "prefix": str(prefix),
                                                     "repo": str(sample_repo)})
     assert rc == 0 and built["changed"] and built["ok"], built
