@@ -119,6 +119,8 @@ class Claim:
     estimate: float
     attempts: int
     tree: str = ""
+    #: Its queue priority: the critical-path chain in seconds from it (negative: FIFO order).
+    priority: float = 0.0
 
     @property
     def package(self) -> str:
@@ -437,7 +439,7 @@ class Queue:
                           *(free_mb or ("", "")), "" if speed is None else speed, " ".join(targets))
         if reply[0] == "ok":
             return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]),
-                         tree=reply[5] if len(reply) > 5 else "")
+                         tree=reply[5] if len(reply) > 5 else "", priority=float(reply[6]) if len(reply) > 6 else 0.0)
         if reply[0] == "grounded":
             raise Grounded(int(reply[1]) / 1000.0)
         if reply[0] == "unauthorized":

@@ -165,3 +165,18 @@ def test_a_slower_drone_leaves_the_longest_chain_to_a_faster_idle_one(queue: Que
     registry.heartbeat("fast", tokens["fast"], {"status": "building", "speed": 32})
     second = queue.claim("slow", tokens["slow"], speed=4)
     assert second is not None and second.cpv == "dev-qt/long2-5"
+
+
+def test_a_low_disk_drone_does_not_count_as_one_that_could_take_a_job(queue: Queue, registry: DroneRegistry) -> None:
+    tokens = {name: registry.enroll(name) for name in ("izar", "tarn")}
+    for name in tokens:
+        registry.heartbeat(name, tokens[name], {"status": "idle"})
+    queue.add([JobSpec("app-misc/flaky-1", estimate=10)])
+    first = queue.claim("izar", tokens["izar"])
+    assert first is not None and first.priority == 10.0  # the claim carries its chain (the drone's core shares)
+    queue.fail(first.cpv, "izar", tokens["izar"], first.lease, "build", "flaky")
+    assert queue.claim("izar", tokens["izar"]) is None  # left for tarn, which could take it
+    # tarn is short of disk: it claims nothing, so izar may retry what it failed rather than wait.
+    registry.heartbeat("tarn", tokens["tarn"], {"status": "low-disk", "problem": "build dir: 1 GiB free"})
+    again = queue.claim("izar", tokens["izar"])
+    assert again is not None and again.cpv == first.cpv
