@@ -272,7 +272,8 @@ class Queue:
                     for cpv in piece:
                         spec = new[cpv]
                         group = plan.group.get(cpv, "")
-                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS], client=pipe, args=[
+                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS, keys.NEEDS_DISK],
+                                         client=pipe, args=[
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
                             json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, [])),
@@ -545,6 +546,7 @@ class Queue:
                     pipe.zrem(keys.ready(target), *[c for c in page if target_of(c) == target])
                 pipe.zrem(keys.LISTING, *page)
                 pipe.zrem(keys.NEEDS, *page)
+                pipe.zrem(keys.NEEDS_DISK, *page)
                 for state in keys.STATES:
                     pipe.srem(keys.state_set(state), *page)
                 for cpv in page:

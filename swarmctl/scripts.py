@@ -211,7 +211,8 @@ ADD = PRELUDE + """
 -- ARGV[11] why it is built ('' when not said: kept as its reason and in the 'added' event).
 -- KEYS[11] the listing zset (every job by -priority, for paged listing).
 -- ARGV[12] (optional) its needs: '<memory MiB> <disk MiB>' ('' or absent: unknown), recorded as the
--- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory).
+-- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory) and
+-- KEYS[13] (by disk).
 -- ARGV[13] where its estimate came from when not its own target's history ('' otherwise),
 -- ARGV[14] the revision of the tree it was planned from ('' unknown). Its target is in its name.
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
@@ -245,6 +246,7 @@ redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
 if need_mem then
   redis.call('HSET', jk, 'mem', need_mem, 'disk', need_disk)
   redis.call('ZADD', KEYS[12], tonumber(need_mem), cpv)
+  if KEYS[13] then redis.call('ZADD', KEYS[13], tonumber(need_disk), cpv) end
 end
 local pending = gate_on(cpv, lists[6])
 redis.call('HSET', jk, 'pending', pending)
@@ -627,7 +629,7 @@ return taken
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
                     "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir",
                     # every current build (JSON), and the drone's capacity (swarmctl.drone.slots)
-                    "tasks", "slots", "mem_total", "speed",
+                    "tasks", "slots", "mem_total", "speed", "cores", "disk_total",
                     # the build targets it builds and the revision of its tree (swarmctl.targets, .tree)
                     "targets", "tree")
 
@@ -636,7 +638,8 @@ HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "hos
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
                        "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20,
-                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16, "targets": 512, "tree": 128,
+                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16, "cores": 8, "disk_total": 16,
+                       "targets": 512, "tree": 128,
                        # the jobs a drone says it holds, and its claim session (see RECONCILE)
                        "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256

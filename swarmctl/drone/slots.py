@@ -144,15 +144,18 @@ class Slots:
             text = longer
         return text
 
-    def free_mb(self, total_mb: int, margin_mb: int, disk_dir: Path, disk_margin_mb: int) -> tuple[int, int]:
+    def free_mb(self, total_mb: int, margin_mb: int, disk_dir: Path, disk_margin_mb: int,
+                disk_total_mb: int = 0) -> tuple[int, int]:
         """(memory, build disk) in MiB a new build may use now.
 
         Memory: the least of what the drone offers (``total_mb``) less what its running builds
         are expected to peak at (or use now, if more), and what the host has available less
-        what those builds are still expected to grow into; then the margin. Disk: the free space
-        of ``disk_dir`` less the running builds' expected growth, less its margin.
+        what those builds are still expected to grow into; then the margin. Disk: the same with
+        the build disk the drone offers (``disk_total_mb``, 0: no limit beyond the free space) and
+        the free space of ``disk_dir``, less its margin.
         """
         offered, available = total_mb * MB, psutil.virtual_memory().available
+        disk_offered = disk_total_mb * MB if disk_total_mb else None
         try:
             disk = shutil.disk_usage(disk_dir).free
         except OSError:
@@ -163,4 +166,8 @@ class Slots:
             offered -= max(current.expected_rss, rss)
             available -= max(0, current.expected_rss - rss)
             disk -= max(0, current.expected_disk - used_disk)
+            if disk_offered is not None:
+                disk_offered -= max(current.expected_disk, used_disk)
+        if disk_offered is not None:
+            disk = min(disk, disk_offered)
         return (max(0, min(offered, available) // MB - margin_mb), max(0, disk // MB - disk_margin_mb))
