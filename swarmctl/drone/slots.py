@@ -4,13 +4,13 @@ One claim loop fills the slots; each build runs in its own thread with its own l
 abort event and hung flag. The slots' lock is also the daemon's lock over what it holds, so a
 heartbeat never sees a job between "claimed" and "held".
 
-Cores: each build of a multi-slot drone gets ``MAKEOPTS=-jC -lC`` (C = the drone's cores): any
-build may use every core the others leave idle, and make starts no new job while the load is at
-C. A fixed share (-j(C/S)) leaves the cores of a configure-bound build idle: on the KDE graph it
-doubled the makespan (bench/capacity.py: 2.0x the lower bound against 1.2x pooled, docs/
-benchmarks.md). Portage's jobserver (FEATURES=jobserver-token) pools the same way with exact
-tokens instead of the load average, but needs a recent portage on every drone; an operator who
-has it sets MAKEOPTS in the drone's environment (drone.build_env), which wins over this default.
+Cores: each build of a multi-slot drone gets ``MAKEOPTS=-jC -lC`` (C = the drone's declared
+cores): any build may use every core the others leave idle, and make starts no new job while the
+load is at C. Which build gets the contended cores is drone/cpu_shares.py's (the longest chain,
+through CPU cgroups, with drone.cpu_cgroup; else evenly). A fixed share (-j(C/S)) leaves the cores
+of a configure-bound build idle: on the KDE graph it doubled the makespan (bench/capacity.py,
+docs/benchmarks.md). An operator with portage's jobserver sets MAKEOPTS in the drone's
+environment (drone.build_env), which wins over this default.
 Memory stays bounded by the claims: a build's needs are its recorded peaks under this setting.
 """
 
