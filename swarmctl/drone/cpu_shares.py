@@ -20,6 +20,7 @@ default), which the bench reports as well.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -109,10 +110,8 @@ class CpuGroups:
         with self._lock:
             group = self._groups.pop(key, None)
         if group is not None:
-            try:
+            with contextlib.suppress(OSError):  # a straggler still in it: the empty-to-be group is harmless
                 group.rmdir()
-            except OSError:
-                pass  # a straggler still in it: the next start retries nothing, the group is harmless
 
     def apply(self, chains: dict[str, float], cores: int) -> dict[str, int]:
         """Write the weights of ``core_shares`` for the running builds (key: chain); returns them."""
@@ -130,7 +129,5 @@ class CpuGroups:
     def close(self) -> None:
         for key in list(self._groups):
             self.leave(key)
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(self.dir)
-        except OSError:
-            pass
