@@ -7,7 +7,9 @@ task's diff holds the definition a real run would install. Two hosts: one whose 
 one whose facts say systemd but whose inventory overrides the manager (sysvinit for every role,
 OpenRC for the drone alone). The units are then checked by systemd's own verifier (it fails a
 unit whose ExecStart binary does not exist, so ExecStart points at this venv's swarmctl).
-The OpenRC side (a fresh host whose facts say openrc) is covered by test_openrc.py.
+swarm_cron joins on the overriding host (with systemd it uses the distribution's cronie unit and
+writes none). The OpenRC side (a fresh host whose facts say openrc, all four roles) is covered by
+test_openrc.py.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 SWARMCTL = str(Path(sys.executable).parent / "swarmctl")
 SERVICES = ("swarm-binhost", "swarm-orchestrator", "swarm-drone")
+#: The roles' tasks that write a service definition (swarm_unit's, swarm_cron's).
+DEFINITION_TASKS = ("Install the service definition.", "Install our init script for crond.")
 
 PLAYBOOK = [{
     "name": "Apply the daemon roles (run in check mode: nothing is written).",
@@ -42,6 +46,11 @@ PLAYBOOK = [{
                                                 "swarm_orchestrator_healing": False}},
         {"role": "swarm_drone", "vars": {"swarm_drone_install_method": "path", "swarm_drone_swarmctl_path": SWARMCTL,
                                          "swarm_drone_token": "check-mode-token"}},
+        # cronie's own package brings its systemd unit: the role writes a script for OpenRC and
+        # sysvinit only (here for a cronie in a prefix; check mode never runs its crond).
+        {"role": "swarm_cron", "when": "inventory_hostname == 'override'", "vars": {
+            "swarm_cron_install_method": "prefix", "swarm_cron_prefix": "{{ cron_prefix }}",
+            "swarm_cron_nightly_deploy": False, "swarm_cron_verify": False}},
     ],
 }]
 
@@ -53,7 +62,10 @@ def _rendered(tmp_path: Path) -> dict[str, dict[str, str]]:
     local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
     inventory = {"all": {"hosts": {
         "facts": dict(local),
-        "override": {**local, "swarm_service_manager": "sysvinit", "swarm_drone_service_manager": "openrc"}}}}
+        "override": {**local, "swarm_service_manager": "sysvinit", "swarm_drone_service_manager": "openrc",
+                     "cron_prefix": str(tmp_path / "cronie")}}}}
+    (tmp_path / "cronie/sbin").mkdir(parents=True)
+    (tmp_path / "cronie/sbin/crond").touch()
     (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inventory))
     (tmp_path / "runner").mkdir()
     (tmp_path / "units.yml").write_text(yaml.safe_dump(PLAYBOOK, sort_keys=False))
@@ -68,7 +80,7 @@ def _rendered(tmp_path: Path) -> dict[str, dict[str, str]]:
         data: dict[str, Any] = event.get("event_data", {})
         if event.get("event") == "runner_on_failed":
             failures.append(f"{data.get('host')}: {data.get('task')}: {json.dumps(data.get('res'))[:500]}")
-        if event.get("event") != "runner_on_ok" or data.get("task") != "Install the service definition.":
+        if event.get("event") != "runner_on_ok" or data.get("task") not in DEFINITION_TASKS:
             continue
         dest = data["res"]["invocation"]["module_args"]["dest"]
         rendered[data["host"]][dest] = "".join(diff["after"] for diff in data["res"]["diff"])
@@ -103,7 +115,7 @@ def test_units_verify_and_the_manager_follows_facts_unless_overridden(tmp_path: 
 
     # The inventory overrides the facts: sysvinit for all, OpenRC for the drone alone.
     override = rendered["override"]
-    assert sorted(override) == sorted(f"/etc/init.d/{s}" for s in SERVICES)
-    for name in ("swarm-binhost", "swarm-orchestrator"):
+    assert sorted(override) == sorted(f"/etc/init.d/{s}" for s in (*SERVICES, "cronie"))
+    for name in ("swarm-binhost", "swarm-orchestrator", "cronie"):
         assert "### BEGIN INIT INFO" in override[f"/etc/init.d/{name}"]
     assert override["/etc/init.d/swarm-drone"].startswith("#!/sbin/openrc-run")
