@@ -47,8 +47,6 @@ CRONIE = Path(os.environ.get("SWARM_CRONIE_PREFIX", "/opt/cronie"))
 BIN = Path(sys.executable).parent
 SWARMCTL = str(BIN / "swarmctl")
 HOST_SCRIPT = Path(__file__).with_name("openrc_host.sh")
-#: The drone's build: long enough to stop the drone in the middle of it.
-BUILD_SECONDS = 6
 #: pgrep -f patterns of each daemon. supervise-daemon's own command line holds the daemon's argv
 #: after a "--", so these never match it.
 DAEMONS = {
@@ -110,7 +108,7 @@ def openrc_host(tmp_path: Path) -> Iterator[OpenRCHost]:
     host.close()
 
 
-def _playbook(redis_port: int, binhost_port: int, token: str, pkgdir: Path) -> list[dict[str, object]]:
+def _playbook(redis_port: int, binhost_port: int, token: str, pkgdir: Path, release: Path) -> list[dict[str, object]]:
     redis_vars = {"redis_host": "127.0.0.1", "redis_port": redis_port}
     fast = {"heartbeat_interval": 0.5, "poll_interval": 0.2}
     return [{
@@ -135,7 +133,9 @@ def _playbook(redis_port: int, binhost_port: int, token: str, pkgdir: Path) -> l
                 "swarm_drone_install_method": "path", "swarm_drone_swarmctl_path": SWARMCTL,
                 **{f"swarm_drone_{k}": v for k, v in redis_vars.items()},
                 "swarm_drone_builder": "command", "swarm_drone_stop_timeout": 60,
-                "swarm_drone_settings": {**fast, "command": ["sleep", str(BUILD_SECONDS)]}}},
+                # A build lasts until the test lets it finish (creates ``release``).
+                "swarm_drone_settings": {**fast, "command": [
+                    "sh", "-c", f"while [ ! -e {release} ]; do sleep 0.1; done"]}}},
             {"role": "swarm_cron", "vars": {
                 "swarm_cron_install_method": "prefix", "swarm_cron_prefix": str(CRONIE),
                 "swarm_cron_nightly_deploy": False, "swarm_cron_report_to_swarm": False,
@@ -158,8 +158,10 @@ def test_the_swarm_services_run_under_openrc(openrc_host: OpenRCHost, redis_clie
     binhost_port = free_port()
     (tmp_path / "pkg").mkdir()
     playbook = tmp_path / "openrc.yml"
+    release = tmp_path / "release"
+    release.touch()  # builds finish at once until the drone's stop is tested
     playbook.write_text(yaml.safe_dump(_playbook(int(redis_url.rsplit(":", 1)[1].split("/")[0]), binhost_port,
-                                                 token, tmp_path / "pkg"), sort_keys=False))
+                                                 token, tmp_path / "pkg", release), sort_keys=False))
     ansible = [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(playbook)]
     converge = host.run(*ansible, timeout=600)
     assert converge.returncode == 0, converge.stdout[-4000:] + converge.stderr[-2000:]
@@ -195,14 +197,26 @@ def test_the_swarm_services_run_under_openrc(openrc_host: OpenRCHost, redis_clie
         assert wait_until(lambda: host.pid(service) not in (None, second), 20), service  # noqa: B023
     assert wait_until(working, 60)
 
-    # The drone is stopped in the middle of a build: it finishes the build, reports it, then exits.
+    # The drone is stopped in the middle of a build: SIGTERM, and supervise-daemon waits (the stop
+    # timeout, 60 s) while the drone finishes the build; it reports it, then exits by itself.
+    release.unlink()
     queue.add([JobSpec("app-misc/openrc-1")])
-    assert wait_until(lambda: queue.get("app-misc/openrc-1").state == "delegated", 20)
-    started = time.monotonic()
-    assert host.rc("swarm-drone", "stop", timeout=120) == 0
-    took = time.monotonic() - started
+    assert wait_until(lambda: queue.get("app-misc/openrc-1").state == "delegated", 30)
+    drone_pid = host.pid("swarm-drone")
+    stop = subprocess.Popen(["nsenter", "--target", str(host.init), "--mount", "--pid", "--",
+                             "/sbin/rc-service", "swarm-drone", "stop"], env=host.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until(lambda: _drone_status(redis_client) == "stopping", 30)
+        assert host.pid("swarm-drone") == drone_pid and stop.poll() is None  # still building, still waited for
+        release.touch()  # the build finishes
+        started = time.monotonic()
+        assert stop.wait(timeout=60) == 0
+    finally:
+        if stop.poll() is None:
+            stop.kill()
     assert queue.get("app-misc/openrc-1").state == "built"
-    assert took < 60, f"the stop took {took:.1f} s: SIGKILL after the stop timeout?"
+    assert time.monotonic() - started < 30  # the drone exited after its build, not at the SIGKILL deadline
     log = (tmp_path / "var.upper/log/build-swarm/drone.log").read_text()
     assert "finishing the current build" in log, log[-2000:]
     assert host.pid("swarm-drone") is None and host.rc("swarm-drone", "status") == 3  # OpenRC's "stopped"
