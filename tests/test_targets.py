@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from swarmctl import keys, metrics
+from swarmctl import keys, metrics, tree
 from swarmctl.config import Config, load_config
 from swarmctl.drone.builders import CommandBuilder
 from swarmctl.drone.daemon import DroneDaemon
@@ -133,19 +133,52 @@ def _git(repo: Path, *args: str) -> str:
                           ).stdout.strip()
 
 
+def _git_repo(path: Path) -> tuple[Path, str, str]:
+    """A git repository with two commits (old, new) of one file ``eb``; HEAD at new."""
+    path.mkdir()
+    _git(path, "init", "-q")
+    (path / "eb").write_text("old\n")
+    _git(path, "add", "eb")
+    _git(path, "commit", "-qm", "old")
+    old = _git(path, "rev-parse", "HEAD")
+    (path / "eb").write_text("new\n")
+    _git(path, "commit", "-qam", "new")
+    return path, old, _git(path, "rev-parse", "HEAD")
+
+
+def test_tree_revision_asks_git_only_when_the_tree_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo, old, new = _git_repo(tmp_path / "repo")
+    branch = _git(repo, "symbolic-ref", "--short", "HEAD")
+    calls: list[tuple[str, ...]] = []
+    real_git = tree._git
+
+    def counted(where: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
+        calls.append(args)
+        return real_git(where, *args)
+
+    monkeypatch.setattr(tree, "_git", counted)
+    assert [tree.tree_revision(repo) for _ in range(5)] == [new] * 5
+    assert len(calls) == 1  # an unchanged tree: stats, not a subprocess per heartbeat
+    (repo / "eb").write_text("newer\n")
+    _git(repo, "commit", "-qam", "newer")  # changes done from outside are seen at once
+    newer = _git(repo, "rev-parse", "HEAD")
+    assert tree.tree_revision(repo) == newer
+    _git(repo, "checkout", "-q", "--detach", old)
+    assert tree.tree_revision(repo) == old
+    _git(repo, "checkout", "-q", branch)
+    assert tree.tree_revision(repo) == newer
+    _git(repo, "pack-refs", "--all")  # the ref moves into packed-refs, then is moved there
+    _git(repo, "update-ref", f"refs/heads/{branch}", new)
+    assert tree.tree_revision(repo) == new == tree.tree_revision(repo)
+    assert len(calls) == 5
+
+
 def test_drone_builds_only_at_the_planned_tree(redis_client: redis.Redis, config: Config, tmp_path: Path) -> None:
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    (repo / "eb").write_text("old\n")
-    _git(repo, "add", "eb")
-    _git(repo, "commit", "-qm", "old")
-    old = _git(repo, "rev-parse", "HEAD")
-    (repo / "eb").write_text("new\n")
-    _git(repo, "commit", "-qam", "new")
-    new = _git(repo, "rev-parse", "HEAD")
+    repo, old, new = _git_repo(tmp_path / "repo")
     _git(repo, "checkout", "-q", "--detach", old)  # the drone's tree is a revision behind
     config = config.with_overrides(drone__repo=str(repo), drone__poll_interval=0.05)
     queue, registry = Queue(redis_client, config), DroneRegistry(redis_client, config)
