@@ -4,17 +4,20 @@ drone's repository to it.
 A repository's revision is its git commit when it is a git checkout, else its metadata
 timestamp (``metadata/timestamp.chk``, which ``emerge --sync`` over rsync writes, or
 ``metadata/timestamp``), else unknown (''). A job records the revision ``queue sync``
-resolved it from; a drone builds it only at that revision (swarmctl.drone.daemon).
+resolved it from; a drone builds it only at that revision (swarmctl.drone.daemon), its
+concurrent builds sharing the tree through a :class:`TreeGate`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger("swarmctl.tree")
@@ -142,3 +145,42 @@ def sync_tree(repo: Path, revision: str) -> bool:
         return False
     return tree_revision(repo) == revision
 
+
+class TreeGate:
+    """One drone's repositories, shared by its concurrent builds (drone.slots).
+
+    A repository is moved to another revision only under the gate's lock (one checkout at a
+    time per drone) and only while none of this drone's builds is using it: a build holds its
+    repository at its revision from the check until it ends. A build whose job needs another
+    revision than the running builds' is not made to wait (it could wait hours behind a long
+    build while holding a job another drone could take): its job goes back as tree-mismatch,
+    to a drone at that revision or to this one once its builds are done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[Path, int] = {}
+
+    @contextlib.contextmanager
+    def at(self, repo: Path, revision: str) -> Iterator[str]:
+        """Hold ``repo`` at ``revision`` for one build: yields '' when it is there (brought there
+        when no other build uses it), else why it is not (the build must not run)."""
+        with self._lock:
+            mine = tree_revision(repo)
+            problem = ""
+            if mine != revision:
+                if self._users.get(repo):
+                    problem = (f"is at {mine[:40] or 'an unknown revision'}, which another build of this "
+                               "drone is using")
+                elif not sync_tree(repo, revision):
+                    problem = f"is at {mine[:40] or 'an unknown revision'} and cannot be brought to it"
+            if not problem:
+                self._users[repo] = self._users.get(repo, 0) + 1
+        if problem:
+            yield problem
+            return
+        try:
+            yield ""
+        finally:
+            with self._lock:
+                self._users[repo] -= 1

@@ -201,6 +201,41 @@ def test_drone_builds_only_at_the_planned_tree(redis_client: redis.Redis, config
     assert "izar" in unknown.failed_on
 
 
+def test_two_slots_never_move_the_tree_under_a_running_build(redis_client: redis.Redis, config: Config,
+                                                             tmp_path: Path) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo, old, new = _git_repo(tmp_path / "repo")
+    _git(repo, "checkout", "-q", "--detach", old)
+    witness, release = tmp_path / "witness", tmp_path / "release"
+    script = tmp_path / "build.sh"  # reads the ebuild when it starts and again when it ends
+    script.write_text(f'echo "$1 start $(cat {repo}/eb)" >> {witness}\n'
+                      f'while [ ! -e {release} ]; do sleep 0.05; done\n'
+                      f'echo "$1 end $(cat {repo}/eb)" >> {witness}\n')
+    config = config.with_overrides(drone__repo=str(repo), drone__poll_interval=0.05, drone__slots=2)
+    queue, registry = Queue(redis_client, config), DroneRegistry(redis_client, config)
+    queue.add([JobSpec("app-misc/at-old-1")], tree=old)
+    queue.add([JobSpec("app-misc/at-new-1")], tree=new)
+    daemon = DroneDaemon(redis_client, config, "izar", registry.enroll("izar"),
+                         CommandBuilder(["sh", str(script), "{pn}"]), tmp_path / "state")
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    try:
+        # Both slots took a job; the one that came second was given back, not checked out.
+        assert wait_until(lambda: witness.exists() and redis_client.hget(keys.STATS, "tree-mismatch"), 30)
+        (first,) = [line.split()[0] for line in witness.read_text().splitlines()]
+        assert _git(repo, "rev-parse", "HEAD") == (old if first == "at-old" else new)
+        release.touch()
+        assert wait_until(lambda: queue.counts()["built"] == 2, 30)
+    finally:
+        release.touch()
+        daemon.stopping.set()
+        runner.join(30)
+    # Each build read its own revision from start to end; the second caught up once the first ended.
+    assert sorted(witness.read_text().splitlines()) == [
+        "at-new end new", "at-new start new", "at-old end old", "at-old start old"]
+
+
 def test_drones_declaring_targets_build_only_those(spawn: Spawner, redis_client: redis.Redis,
                                                    farm: tuple[Config, dict[str, str]], tmp_path: Path) -> None:
     config, env = farm
