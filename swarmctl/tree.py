@@ -5,7 +5,8 @@ A repository's revision is its git commit when it is a git checkout, else its me
 timestamp (``metadata/timestamp.chk``, which ``emerge --sync`` over rsync writes, or
 ``metadata/timestamp``), else unknown (''). A job records the revision ``queue sync``
 resolved it from; a drone builds it only at that revision (swarmctl.drone.daemon), its
-concurrent builds sharing the tree through a :class:`TreeGate`.
+concurrent builds sharing the tree through a :class:`TreeGate`. A sync at a new revision retires
+the waiting jobs whose ebuild the new tree lacks (swarmctl.queue.Queue.retree).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from swarmctl.atoms import split_cpv
 
 log = logging.getLogger("swarmctl.tree")
 
@@ -128,6 +131,14 @@ def _head_signature(repo: Path) -> tuple[object, ...] | None:
         signature += [_stat(gitdir / ref), _stat(common / ref)]
     return tuple(signature)
 
+
+
+def ebuild_present(repo: Path | None, cpv: str) -> bool:
+    """Does the repository at ``repo`` have an ebuild of ``cpv`` (``category/PF``)?"""
+    if repo is None:
+        return False
+    category, pn, pv = split_cpv(cpv)
+    return (Path(repo) / category / pn / f"{pn}-{pv}.ebuild").is_file()
 
 def sync_tree(repo: Path, revision: str) -> bool:
     """Bring a git repository to ``revision`` (fetching it when it is not there yet); True when the

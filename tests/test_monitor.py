@@ -287,7 +287,7 @@ def test_a_drone_that_cannot_build_shows_why(status: str, label: str, colour: st
                       last_heartbeat=999.0, heartbeat_age=1.0, failures=0, grounded_until=None, built=0,
                       revoked=False, hung=False, machine_id=None, host=None, problem=reason)
     snap = monitor.Snapshot(now=1000.0, counts={"needed": 3, "delegated": 0, "built": 0, "failed": 0,
-                                                "blocked": 0, "ready": 3, "waiting": 0},
+                                                "blocked": 0, "retired": 0, "ready": 3, "waiting": 0},
                             drones=[drone], events=[], rate_per_hour=0.0, critical_path=None, running={})
     console = Console(width=100, file=io.StringIO(), color_system="truecolor", force_terminal=True)
     segments = list(console.render(render_frame(snap, 100)))

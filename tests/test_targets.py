@@ -12,15 +12,20 @@ import pytest
 import redis
 
 from swarmctl import keys, metrics, tree
+from swarmctl.cli.queue_cmd import _retree
 from swarmctl.config import Config, load_config
 from swarmctl.drone.builders import CommandBuilder
 from swarmctl.drone.daemon import DroneDaemon
+from swarmctl.events import Events
 from swarmctl.exceptions import ConfigError
 from swarmctl.graph import JobSpec
+from swarmctl.integrity import suspects
 from swarmctl.queue import Queue, for_target
 from swarmctl.registry import DroneRegistry
+from swarmctl.resolver import Resolution, ResolvedPackage
 from swarmctl.status import as_json, gather_status
 from swarmctl.target_status import record_sync
+from swarmctl.targets import DEFAULT_TARGET
 from tests.helpers import Spawner, run_cli, wait_until
 
 TWO_TARGETS = """
@@ -234,6 +239,51 @@ def test_two_slots_never_move_the_tree_under_a_running_build(redis_client: redis
     # Each build read its own revision from start to end; the second caught up once the first ended.
     assert sorted(witness.read_text().splitlines()) == [
         "at-new end new", "at-new start new", "at-old end old", "at-old start old"]
+
+
+def test_a_new_tree_retires_the_waiting_jobs_it_lacks_and_restamps_the_rest(
+        redis_client: redis.Redis, config: Config, tmp_path: Path) -> None:
+    queue, registry = Queue(redis_client, config), DroneRegistry(redis_client, config)
+    token = registry.enroll("izar")
+    queue.add([JobSpec("app-misc/running-1")], tree="rev-a")
+    running = queue.claim("izar", token)
+    assert running is not None  # a running build keeps the revision its drone was handed
+    queue.add([JobSpec("dev-libs/old-1"), JobSpec("app-misc/top-1", build=["dev-libs/old-1"]),
+               JobSpec("app-misc/kept-1"), JobSpec("app-misc/gone-1")], tree="rev-a")
+    repo = tmp_path / "repo"  # the new tree: kept-1 is not in world but its ebuild is still there
+    (repo / "app-misc/kept").mkdir(parents=True)
+    (repo / "app-misc/kept/kept-1.ebuild").write_text("EAPI=8\n")
+    # Resolved at rev-b: top-1 now build-depends on new-1, old-1 is gone.
+    resolution = Resolution(needed=(ResolvedPackage("dev-libs/new-1"),
+                                    ResolvedPackage("app-misc/top-1", build_deps=("dev-libs/new-1",))))
+    specs = resolution.job_specs()
+    queue.add(specs, tree="rev-b")  # as queue sync does: add, then move what waits to the new tree
+    report = _retree(queue, [(DEFAULT_TARGET, resolution, "rev-b", repo)], specs)
+    assert sorted(report.retired) == ["app-misc/gone-1", "dev-libs/old-1"] and report.restored == []
+    assert sorted(report.restamped) == ["app-misc/kept-1", "app-misc/top-1"]
+    jobs = {j.cpv: j for j in queue.jobs()}
+    assert {c: (j.state, j.tree) for c, j in jobs.items()} == {
+        "app-misc/running-1": ("delegated", "rev-a"), "dev-libs/old-1": ("retired", "rev-a"),
+        "app-misc/gone-1": ("retired", "rev-a"), "app-misc/kept-1": ("needed", "rev-b"),
+        "app-misc/top-1": ("needed", "rev-b"), "dev-libs/new-1": ("needed", "rev-b")}
+    assert jobs["dev-libs/old-1"].reason == "gone from the tree at rev-b (planned at rev-a)"
+    retired = [e for e in Events(redis_client).since() if e.kind == "retired"]
+    assert sorted(e.job for e in retired) == ["app-misc/gone-1", "dev-libs/old-1"]
+    assert queue.counts()["retired"] == 2 == int(redis_client.hget(keys.STATS, "retired"))
+    # top-1 waits for new-1 (its edge in the new tree), never for the retired old-1.
+    assert not jobs["app-misc/top-1"].ready
+    built = []
+    while (claim := queue.claim("izar", token)) is not None:
+        built.append(claim.cpv)
+        queue.complete(claim.cpv, "izar", token, claim.lease, 1.0)
+    assert built.index("dev-libs/new-1") < built.index("app-misc/top-1") and "app-misc/gone-1" not in built
+    # A CPV back in a later tree is needed again; the running job is untouched throughout.
+    (repo / "app-misc/gone").mkdir()
+    (repo / "app-misc/gone/gone-1.ebuild").write_text("EAPI=8\n")
+    again = _retree(queue, [(DEFAULT_TARGET, Resolution(needed=()), "rev-c", repo)], [])
+    assert again.restored == ["app-misc/gone-1"] and again.retired == [] and again.restamped == []
+    assert queue.get("app-misc/gone-1").state == "needed" and queue.get("app-misc/running-1").tree == "rev-a"
+    assert suspects(redis_client)[0] == []  # the bookkeeping agrees with the facts
 
 
 def test_drones_declaring_targets_build_only_those(spawn: Spawner, redis_client: redis.Redis,
