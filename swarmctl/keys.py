@@ -33,6 +33,7 @@ READY = NAMESPACE + "queue:ready"        # zset: claimable jobs, best first
 SEQ = NAMESPACE + "queue:seq"            # counter: order of arrival (fifo)
 LISTING = NAMESPACE + "queue:listing"    # zset: every job by -priority (listing order, paged)
 NEEDS = NAMESPACE + "queue:needs"        # zset: jobs with a known memory need -> MiB (swarmctl.capacity)
+NEEDS_DISK = NAMESPACE + "queue:needs:disk"  # zset: the same jobs -> their build disk need, MiB
 DRONES = NAMESPACE + "drones"            # set: enrolled drone names
 HEARTBEATS = NAMESPACE + "heartbeats"    # zset: drone -> last heartbeat (ms)
 EVENTS = NAMESPACE + "events"            # stream: every state change

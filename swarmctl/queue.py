@@ -119,6 +119,8 @@ class Claim:
     estimate: float
     attempts: int
     tree: str = ""
+    #: Its queue priority: the critical-path chain in seconds from it (negative: FIFO order).
+    priority: float = 0.0
 
     @property
     def package(self) -> str:
@@ -279,7 +281,8 @@ class Queue:
                     for cpv in piece:
                         spec = new[cpv]
                         group = plan.group.get(cpv, "")
-                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS], client=pipe, args=[
+                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS, keys.NEEDS_DISK],
+                                         client=pipe, args=[
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
                             json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, [])),
@@ -484,7 +487,7 @@ class Queue:
                           *(free_mb or ("", "")), "" if speed is None else speed, " ".join(targets))
         if reply[0] == "ok":
             return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]),
-                         tree=reply[5] if len(reply) > 5 else "")
+                         tree=reply[5] if len(reply) > 5 else "", priority=float(reply[6]) if len(reply) > 6 else 0.0)
         if reply[0] == "grounded":
             raise Grounded(int(reply[1]) / 1000.0)
         if reply[0] == "unauthorized":
@@ -590,6 +593,7 @@ class Queue:
                     pipe.zrem(keys.ready(target), *[c for c in page if target_of(c) == target])
                 pipe.zrem(keys.LISTING, *page)
                 pipe.zrem(keys.NEEDS, *page)
+                pipe.zrem(keys.NEEDS_DISK, *page)
                 for state in keys.STATES:
                     pipe.srem(keys.state_set(state), *page)
                 for cpv in page:

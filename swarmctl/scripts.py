@@ -246,7 +246,8 @@ ADD = PRELUDE + """
 -- ARGV[11] why it is built ('' when not said: kept as its reason and in the 'added' event).
 -- KEYS[11] the listing zset (every job by -priority, for paged listing).
 -- ARGV[12] (optional) its needs: '<memory MiB> <disk MiB>' ('' or absent: unknown), recorded as the
--- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory).
+-- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory) and
+-- KEYS[13] (by disk).
 -- ARGV[13] where its estimate came from when not its own target's history ('' otherwise),
 -- ARGV[14] the revision of the tree it was planned from ('' unknown). Its target is in its name.
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
@@ -280,6 +281,7 @@ redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
 if need_mem then
   redis.call('HSET', jk, 'mem', need_mem, 'disk', need_disk)
   redis.call('ZADD', KEYS[12], tonumber(need_mem), cpv)
+  if KEYS[13] then redis.call('ZADD', KEYS[13], tonumber(need_disk), cpv) end
 end
 local pending = gate_on(cpv, lists[6])
 redis.call('HSET', jk, 'pending', pending)
@@ -325,7 +327,8 @@ CLAIM = PRELUDE + """
 -- it is never handed a job of another target, and they are recorded as its 'targets'.
 -- Idempotent: a retry of the same request (its reply was lost) gets the job that request
 -- already holds, with the same lease, instead of a second job.
--- Returns {'ok', job, lease, estimate, attempts, tree} | {'empty'} | {'grounded', until_ms}
+-- Returns {'ok', job, lease, estimate, attempts, tree, priority (its critical-path chain, s)}
+-- | {'empty'} | {'grounded', until_ms}
 -- | {'unauthorized'} | {'invalid', what}.
 local name = ARGV[1]
 local bad = bad_names({{1, 'drone'}, {7, 'claim session'}})
@@ -342,7 +345,8 @@ if last[1] == request and last[2] then
                        'claim_session', 'claim_seq')
   if j[1] == 'delegated' and j[2] == name and j[6] == session and j[7] == seq then
     emit(ARGV[6], 'claim_replayed', last[2], name, 'a retried claim got the job its lost reply held')
-    return {'ok', last[2], j[3], j[4] or '0', j[5] or '0', redis.call('HGET', job_key(last[2]), 'tree') or ''}
+    local extra = redis.call('HMGET', job_key(last[2]), 'tree', 'priority')
+    return {'ok', last[2], j[3], j[4] or '0', j[5] or '0', extra[1] or '', extra[2] or '0'}
   end
 end
 local targets = {}
@@ -356,14 +360,16 @@ local now = now_ms()
 local grounded = tonumber(redis.call('HGET', drone_key(name), 'grounded_until') or '0')
 if grounded > now then return {'grounded', tostring(grounded)} end
 
--- Is there another healthy drone that could take this job instead of us?
+-- Is there another healthy drone that could take this job instead of us? (Not one that claims
+-- nothing for now: misconfigured or low on disk.)
 local healthy = nil
 local function other_could_take(cpv)
   if healthy == nil then
     healthy = {}
     for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], now - tonumber(ARGV[5]), '+inf')) do
       local d = redis.call('HMGET', drone_key(other), 'grounded_until', 'revoked', 'status', 'targets')
-      if other ~= name and tonumber(d[1] or '0') <= now and d[2] ~= '1' and d[3] ~= 'misconfigured' then
+      if other ~= name and tonumber(d[1] or '0') <= now and d[2] ~= '1' and d[3] ~= 'misconfigured'
+          and d[3] ~= 'low-disk' then
         table.insert(healthy, {other, ' ' .. (d[4] or '""" + DEFAULT_TARGET + """') .. ' '})
       end
     end
@@ -444,8 +450,8 @@ redis.call('HSET', jk, 'drone', name, 'lease', ARGV[3], 'claimed_at', now, 'clai
 redis.call('HSET', drone_key(name), 'claim_request', request, 'claim_job', chosen)
 redis.call('SADD', drone_jobs_key(name), chosen)
 emit(ARGV[6], 'claimed', chosen, name, '')
-return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostring(attempts),
-        redis.call('HGET', jk, 'tree') or ''}
+local extra = redis.call('HMGET', jk, 'estimate', 'tree', 'priority')
+return {'ok', chosen, ARGV[3], extra[1] or '0', tostring(attempts), extra[2] or '', extra[3] or '0'}
 """
 
 COMPLETE = PRELUDE + """
@@ -630,7 +636,7 @@ return taken
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
                     "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir",
                     # every current build (JSON), and the drone's capacity (swarmctl.drone.slots)
-                    "tasks", "slots", "mem_total", "speed",
+                    "tasks", "slots", "mem_total", "speed", "cores", "disk_total",
                     # the build targets it builds and the revision of its tree (swarmctl.targets, .tree)
                     "targets", "tree")
 
@@ -639,7 +645,8 @@ HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "hos
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
                        "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20,
-                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16, "targets": 512, "tree": 128,
+                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16, "cores": 8, "disk_total": 16,
+                       "targets": 512, "tree": 128,
                        # the jobs a drone says it holds, and its claim session (see RECONCILE)
                        "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256
