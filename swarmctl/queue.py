@@ -138,6 +138,15 @@ class AddReport:
     broken: list[BrokenEdge] = field(default_factory=list)
 
 
+@dataclass
+class RetreeReport:
+    """What a sync's new tree revision did to the jobs planned at another one (Queue.retree)."""
+
+    retired: list[str] = field(default_factory=list)
+    restamped: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
+
+
 class InvalidArgument(SwarmError):
     """A script refused its arguments before writing anything."""
 
@@ -321,6 +330,44 @@ class Queue:
         if done and self.config.queue.policy != "fifo":
             self.reprioritize()
         return done
+
+    def retree(self, target: str, revision: str, present: Callable[[str], bool],
+               gates: dict[str, list[str]] | None = None) -> RetreeReport:
+        """Bring ``target``'s jobs planned at another tree revision to ``revision``, the one a sync
+        just resolved from (see scripts.RETREE): a waiting job whose CPV the new tree no longer has
+        (``present(cpv)`` is False) is retired with the reason; one still there takes the new
+        revision and, when ``gates`` names it, its edges in the new tree; a retired job whose CPV
+        is back is needed again. Running jobs keep theirs. One atomic call per job: a drone's
+        claim meanwhile gets either the job as it was or as it is now, never a retired one.
+        """
+        report = RetreeReport()
+        if not revision:
+            return report
+        names = sorted(c for c in self.redis.sunion(keys.state_set("needed"), keys.state_set("retired"))
+                       if target_of(c) == target)
+        for start in range(0, len(names), READ_PAGE):
+            page = names[start:start + READ_PAGE]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for cpv in page:
+                    pipe.hget(keys.job(cpv), "tree")
+                planned = pipe.execute()
+            moved = [c for c, tree in zip(page, planned, strict=True) if tree and tree != revision]
+            if not moved:
+                continue
+            with self.redis.pipeline(transaction=False) as pipe:  # each call atomic on its own
+                for cpv in moved:
+                    edges = (gates or {}).get(cpv)
+                    self.scripts.retree(keys=list(keys.QUEUE_KEYS), client=pipe, args=[
+                        cpv, revision, "present" if present(cpv_of(cpv)) else "gone", self._max_events,
+                        "" if edges is None else json.dumps([validate_job(d) for d in edges])])
+                replies = [refused(decode(r)) for r in pipe.execute()]
+            for cpv, reply in zip(moved, replies, strict=True):
+                found = {"retired": report.retired, "restamped": report.restamped, "restored": report.restored}
+                if reply[0] in found:
+                    found[reply[0]].append(cpv)
+        if gates and (report.restamped or report.restored) and self.config.queue.policy != "fifo":
+            self.reprioritize()  # new edges, new critical paths
+        return report
 
     def _queued(self, cpvs: list[str]) -> set[str] | None:
         """Which of ``cpvs`` are queued now; None when Redis cannot say."""

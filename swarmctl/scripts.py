@@ -88,7 +88,9 @@ local function ready_key(c)
 end
 local function bare_cpv(c) return (string.gsub(c, '{SEPARATOR}[^{SEPARATOR}]+$', '')) end
 local STATE_SET = {{needed = KEYS[2], delegated = KEYS[3], built = KEYS[4], failed = KEYS[5],
-                   blocked = KEYS[6]}}
+                   blocked = KEYS[6], retired = '{keys.state_set("retired")}'}}
+-- States that settle a job for what is gated on it (keys.SETTLED_STATES).
+local SETTLED = {{{", ".join(f"{s} = true" for s in keys.SETTLED_STATES)}}}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -129,7 +131,7 @@ local function group_of(cpv) return redis.call('HGET', job_key(cpv), 'group') or
 local function open_group(name)
   local j = redis.call('HMGET', job_key(name), 'unsettled', 'state')
   if j[1] then return tonumber(j[1]) > 0 end
-  if j[2] then return j[2] ~= 'built' end  -- queued before settle groups were stored
+  if j[2] then return not SETTLED[j[2]] end  -- queued before settle groups were stored
   return false
 end
 
@@ -176,6 +178,39 @@ local function reopen_need(holder, member, skip, reopened)
   if holder ~= skip and redis.call('SISMEMBER', needs_key(holder), member) == 1
       and redis.call('HINCRBY', job_key(holder), 'unsettled', 1) == 1 then
     table.insert(reopened, holder)
+  end
+end
+
+-- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
+-- its members and counts down the groups that need it, which may settle in turn.
+local function count_down(group)
+  local left = tonumber(redis.call('HGET', job_key(group), 'unsettled') or '1') - 1
+  redis.call('HSET', job_key(group), 'unsettled', left)
+  return left <= 0
+end
+-- A job built or retired: settle it for what is gated on it.
+local function settle(cpv)
+  local settled = {{}}
+  if count_down(group_of(cpv)) then settled[1] = group_of(cpv) end
+  local i = 1
+  while settled[i] do
+    local group = settled[i]
+    i = i + 1
+    local members = redis.call('SMEMBERS', members_key(group))
+    if #members == 0 then members = {{group}} end
+    for _, member in ipairs(members) do
+      for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
+        if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
+          redis.call('HINCRBY', job_key(dep), 'pending', -1)
+          make_ready_if_free(dep)
+        end
+      end
+      for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
+        if redis.call('SISMEMBER', needs_key(holder), member) == 1 and count_down(holder) then
+          table.insert(settled, holder)
+        end
+      end
+    end
   end
 end
 
@@ -453,35 +488,7 @@ if peak_rss and tonumber(peak_rss) > 0 then record.peak_rss = tonumber(peak_rss)
 if peak_disk and tonumber(peak_disk) > 0 then record.disk = tonumber(peak_disk) end
 redis.call('LPUSH', KEYS[11], cjson.encode(record))
 redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[8]) - 1)
--- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
--- its members and counts down the groups that need it, which may settle in turn.
-local function count_down(group)
-  local left = tonumber(redis.call('HGET', job_key(group), 'unsettled') or '1') - 1
-  redis.call('HSET', job_key(group), 'unsettled', left)
-  return left <= 0
-end
-local settled = {}
-if count_down(group_of(cpv)) then settled[1] = group_of(cpv) end
-local i = 1
-while settled[i] do
-  local group = settled[i]
-  i = i + 1
-  local members = redis.call('SMEMBERS', members_key(group))
-  if #members == 0 then members = {group} end
-  for _, member in ipairs(members) do
-    for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
-      if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
-        redis.call('HINCRBY', job_key(dep), 'pending', -1)
-        make_ready_if_free(dep)
-      end
-    end
-    for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
-      if redis.call('SISMEMBER', needs_key(holder), member) == 1 and count_down(holder) then
-        table.insert(settled, holder)
-      end
-    end
-  end
-end
+settle(cpv)
 emit(ARGV[7], 'built', cpv, name, ARGV[5])
 return {'ok'}
 """
@@ -820,6 +827,69 @@ emit(ARGV[3], 'rebuild', cpv, '', ARGV[2])
 return {'ok', pending}
 """
 
+RETREE = PRELUDE + """
+-- A queue sync resolved from a new tree revision: its verdict on one job planned at another one.
+-- ARGV[1] cpv, ARGV[2] the new revision, ARGV[3] 'present' or 'gone' (the job's CPV in the new
+-- tree), ARGV[4] events max, ARGV[5] gates JSON (the new tree's edges it waits for; '' keeps its
+-- gates). Only a job waiting (needed) or retired, planned at another recorded revision, changes:
+-- a delegated one is built at the revision its drone was handed.
+-- gone + needed: retired (out of the ready set, settled for whatever is gated on it, its reason,
+-- the 'retired' event and stat); present + needed: it takes the new revision (and edges);
+-- present + retired: needed again at the new revision (the 'restored' event).
+-- Returns {'retired'} | {'restamped', pending} | {'restored', pending} | {'kept', state}
+-- | {'missing'} | {'invalid', what}.
+local cpv, revision, verdict = ARGV[1], ARGV[2], ARGV[3]
+local bad = bad_names({{1, 'cpv'}, {2, 'revision'}}) or bad_number(4, 'events max', 1, true)
+if not bad and verdict ~= 'present' and verdict ~= 'gone' then
+  bad = refuse_arg("verdict must be 'present' or 'gone'", verdict)
+end
+if bad then return bad end
+local gates = nil
+if (ARGV[5] or '') ~= '' then
+  local list, refusal = json_names(5, 'gates')
+  if refusal then return refusal end
+  gates = list
+end
+local jk = job_key(cpv)
+local j = redis.call('HMGET', jk, 'state', 'tree')
+local state, planned = j[1], j[2] or ''
+if not state then return {'missing'} end
+if planned == '' or planned == revision or (state ~= 'needed' and state ~= 'retired')
+    or (state == 'retired' and verdict == 'gone') then
+  return {'kept', state}
+end
+if verdict == 'gone' then
+  local why = 'gone from the tree at ' .. revision .. ' (planned at ' .. planned .. ')'
+  redis.call('ZREM', ready_key(cpv), cpv)
+  set_state(cpv, 'retired')
+  redis.call('HSET', jk, 'reason', why)
+  settle(cpv)
+  redis.call('HINCRBY', KEYS[9], 'retired', 1)
+  emit(ARGV[4], 'retired', cpv, '', why)
+  return {'retired'}
+end
+redis.call('HSET', jk, 'tree', revision)
+if gates then
+  for _, gate in ipairs(redis.call('SMEMBERS', gates_key(cpv))) do
+    redis.call('SREM', dependents_key(gate), cpv)
+  end
+  redis.call('DEL', gates_key(cpv))
+  redis.call('HSET', jk, 'pending', gate_on(cpv, gates))
+end
+local kind = 'restamped'
+if state == 'retired' then
+  kind = 'restored'
+  set_state(cpv, 'needed')
+  redis.call('HSET', jk, 'reason', 'back in the tree at ' .. revision)
+  local group = group_of(cpv)
+  if redis.call('HINCRBY', job_key(group), 'unsettled', 1) == 1 then hold_back({group}, '') end
+  emit(ARGV[4], 'restored', cpv, '', 'back in the tree at ' .. revision)
+end
+local pending = tonumber(redis.call('HGET', jk, 'pending') or '0')
+if pending > 0 then redis.call('ZREM', ready_key(cpv), cpv) else make_ready_if_free(cpv) end
+return {kind, pending}
+"""
+
 PRIORITIES = PRELUDE + """
 -- Read only: the priority score of each job in ARGV ('' for one not queued). One call answers for
 -- thousands of jobs, far cheaper than as many HGETs.
@@ -865,7 +935,7 @@ else
     if #members == 0 then members = {cpv} end
     local want = 0
     for _, m in ipairs(members) do
-      if redis.call('HGET', job_key(m), 'state') ~= 'built' then want = want + 1 end
+      if not SETTLED[redis.call('HGET', job_key(m), 'state')] then want = want + 1 end
     end
     for _, need in ipairs(redis.call('SMEMBERS', needs_key(cpv))) do
       if redis.call('HEXISTS', job_key(need), 'state') == 1 and open_group(group_of(need)) then
@@ -940,6 +1010,7 @@ class Scripts:
         self.reconcile = client.register_script(RECONCILE)
         self.reset = client.register_script(RESET)
         self.rebuild = client.register_script(REBUILD)
+        self.retree = client.register_script(RETREE)
         self.repair = client.register_script(REPAIR)
         self.priorities = client.register_script(PRIORITIES)
         self.peek = client.register_script(PEEK)

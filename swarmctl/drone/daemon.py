@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -26,7 +27,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,7 +50,7 @@ from swarmctl.logtail import tail
 from swarmctl.queue import Claim, Queue, new_session
 from swarmctl.registry import DroneRegistry
 from swarmctl.targets import drone_targets
-from swarmctl.tree import sync_tree, tree_revision
+from swarmctl.tree import TreeGate, tree_revision
 
 log = logging.getLogger("swarmctl.drone")
 
@@ -117,6 +118,8 @@ class DroneDaemon:
         self.cores = cfg.cores or cores()
         slots = cfg.slots or max(1, self.cores // 4)
         self.slots = Slots(slots)
+        #: Its builds' shared repositories: one checkout at a time, never under a running build.
+        self.trees = TreeGate()
         if slots > 1 and hasattr(builder, "makeopts"):
             builder.makeopts = makeopts(self.cores)
         #: One CPU group per build, weighted by chain (drone/cpu_shares.py); None: pooled evenly.
@@ -511,13 +514,16 @@ class DroneDaemon:
         builder = self.builders.get(claim.target)
         try:
             self._with_redis("heartbeat", self.heartbeat_once)
-            if builder is None or not self._at_planned_tree(current):
+            if builder is None:
                 result = BuildResult(ok=False, fault="none", aborted=True,
-                                     reason=f"this drone does not build target {claim.target}" if builder is None
-                                     else current.cannot)
+                                     reason=f"this drone does not build target {claim.target}")
             else:
-                with on_process_start(partial(self._share_cores, current) if self.cpu_groups else None):
-                    result = builder.build(claim.package, log_path, current.abort)
+                with self._at_planned_tree(current) as ready:
+                    if not ready:
+                        result = BuildResult(ok=False, fault="none", aborted=True, reason=current.cannot)
+                    else:
+                        with on_process_start(partial(self._share_cores, current) if self.cpu_groups else None):
+                            result = builder.build(claim.package, log_path, current.abort)
         except Exception as exc:  # a builder bug is this drone's problem, never a lost job
             log.exception("builder crashed on %s", claim.cpv)
             result = BuildResult(ok=False, fault="drone", reason=f"builder error: {exc}")
@@ -548,20 +554,22 @@ class DroneDaemon:
             return Path(prefix.repo)
         return Path(self.config.drone.repo) if self.config.drone.repo else None
 
-    def _at_planned_tree(self, current: Current) -> bool:
+    @contextlib.contextmanager
+    def _at_planned_tree(self, current: Current) -> Iterator[bool]:
         """Is this drone's tree at the revision the job was planned from? Brings it there when it
-        can (a git tree); when it cannot, ``current.cannot`` says why and the job goes back."""
+        can (a git tree no other build of this drone is using: swarmctl.tree.TreeGate) and holds
+        it there for the build; when it cannot, ``current.cannot`` says why and the job goes back."""
         wanted = current.claim.tree
         repo = self.tree_repo(current.claim.target)
         if not wanted or repo is None:
-            return True  # planned before revisions were recorded, or no tree to compare
-        mine = tree_revision(repo)
-        if mine == wanted or sync_tree(repo, wanted):
-            return True
-        current.cannot = (f"tree-mismatch: {current.claim.cpv} was planned at tree {wanted[:40]}, this drone's "
-                          f"{repo} is at {mine[:40] or 'an unknown revision'} and cannot be brought to it")
-        log.warning("%s; giving the job back", current.cannot)
-        return False
+            yield True  # planned before revisions were recorded, or no tree to compare
+            return
+        with self.trees.at(repo, wanted) as problem:
+            if problem:
+                current.cannot = (f"tree-mismatch: {current.claim.cpv} was planned at tree {wanted[:40]}, this "
+                                  f"drone's {repo} {problem}")
+                log.warning("%s; giving the job back", current.cannot)
+            yield not problem
 
     def _out_of_space(self, log_path: Path) -> bool:
         """A build that failed on a full disk is this drone's fault, not the package's (no blame)."""
