@@ -320,8 +320,8 @@ JSON_SCHEMA: dict[str, Any] = {
                 {"type": "object", "required": ["time", "drifted", "failed", "current"], "additionalProperties": False,
                  "properties": {
                      "time": {"type": "number"},
-                     "drifted": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}},
-                                 "description": "host -> the tasks that would change it"},
+                     "drifted": {"type": "object", "description": "host -> the tasks that would change it",
+                                 "additionalProperties": {"type": "array", "items": {"type": "string"}}},
                      "failed": {"type": "object", "additionalProperties": {"type": "string"},
                                 "description": "host -> why it could not be checked"},
                      "current": {"type": "integer", "minimum": 0, "description": "hosts found unchanged"}}},
