@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from swarmctl import keys
 from swarmctl.ansible_exec import run_playbook
-from tests.ansible.helpers import BedSwarm
+from tests.ansible.helpers import SWARMCTL_BIN, BedSwarm
 from tests.helpers import run_cli
 from tests.testbed import TestBed
 from tests.testbed.fixtures import require_testbed
@@ -88,6 +89,18 @@ def test_drift_of_a_converged_drone_is_none_until_its_config_is_edited_and_its_s
 
             status = json.loads(swarm.cli("status", "--json", check=False).stdout)
             assert status["drift"]["drifted"] == report["drifted"] and status["drift"]["failed"] == {}
+
+            # The nightly (here on h1 itself, as on a binhost) runs the check too and records it; drift
+            # does not fail the run. Its runs stay in h1's own /var.
+            swarm.client.hdel(keys.FACTS, "drift_last")
+            swarmctl = f"env XDG_CACHE_HOME=/var/cache/drift-test {SWARMCTL_BIN} --config {swarm.config_path}"
+            nightly = run_playbook("nightly.yml", inventory, "h1", {
+                "target": "h1", "swarm_nightly_swarmctl": swarmctl, "swarm_nightly_sync_command": "true",
+                "swarm_nightly_queue_command": "true", "swarm_nightly_drift_inventory": str(inventory)},
+                tmp_path / "runs")
+            assert nightly.ok, nightly.summary
+            status = json.loads(swarm.cli("status", "--json", check=False).stdout)
+            assert status["drift"] is not None and status["drift"]["drifted"] == report["drifted"], status["drift"]
             line = swarm.cli("status", check=False).stdout
             assert "Drift: 1 host(s) drifted since" in line and "h1: Write the drone's config file" in line
         finally:
