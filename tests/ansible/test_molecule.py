@@ -1,4 +1,8 @@
-"""Each role's molecule scenario (no driver: test-bed hosts), run as `molecule test`."""
+"""Each role's molecule scenario (no driver: test-bed hosts), run as `molecule test`.
+
+The scenarios that run swarmctl daemons (their molecule.yml reads SWARM_MOLECULE_WHEEL) install it
+from a wheel of this checkout, built once per session (the ``swarm_wheel`` fixture).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,10 @@ from tests.testbed.fixtures import require_testbed
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+#: The wheel and its dependencies' wheels (a tar), for the scenarios' swarm_wheel/swarm_wheelhouse.
+WHEEL_ENV, WHEELHOUSE_ENV = "SWARM_MOLECULE_WHEEL", "SWARM_MOLECULE_WHEELHOUSE"
+#: A scenario waits for other test beds on the subnet before its own run (up to 10 minutes).
+SCENARIO_TIMEOUT = 900
 
 pytestmark = [pytest.mark.root, pytest.mark.molecule, pytest.mark.slow]
 
@@ -22,8 +30,9 @@ def test_every_role_has_a_scenario() -> None:
     assert roles and set(roles) <= set(SCENARIOS)
 
 
+@pytest.mark.timeout(SCENARIO_TIMEOUT + 60)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario: str) -> None:
+def test_molecule_scenario(scenario: str, request: pytest.FixtureRequest) -> None:
     require_testbed()
     bindir = os.path.dirname(sys.executable)
     build = ROOT / "build"
@@ -37,13 +46,16 @@ def test_molecule_scenario(scenario: str) -> None:
         ANSIBLE_FORCE_COLOR="0",
         NO_COLOR="1",
     )
+    if WHEEL_ENV in (ROOT / "molecule" / scenario / "molecule.yml").read_text():
+        wheel, wheelhouse = request.getfixturevalue("swarm_wheel")
+        env.update({WHEEL_ENV: str(wheel), WHEELHOUSE_ENV: str(wheelhouse)})
     proc = subprocess.run(
         [os.path.join(bindir, "molecule"), "test", "-s", scenario],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=SCENARIO_TIMEOUT,
         stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, f"molecule test -s {scenario} failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
