@@ -7,6 +7,7 @@ from a wheel of this checkout, built once per session (the ``swarm_wheel`` fixtu
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,13 +50,25 @@ def test_molecule_scenario(scenario: str, request: pytest.FixtureRequest) -> Non
     if WHEEL_ENV in (ROOT / "molecule" / scenario / "molecule.yml").read_text():
         wheel, wheelhouse = request.getfixturevalue("swarm_wheel")
         env.update({WHEEL_ENV: str(wheel), WHEELHOUSE_ENV: str(wheelhouse)})
-    proc = subprocess.run(
-        [os.path.join(bindir, "molecule"), "test", "-s", scenario],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SCENARIO_TIMEOUT,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, f"molecule test -s {scenario} failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    molecule = os.path.join(bindir, "molecule")
+    code, output = _run([molecule, "test", "-s", scenario], env, SCENARIO_TIMEOUT)
+    if code is None:  # timed out: its whole process group is gone; tear its bed down too
+        _run([molecule, "destroy", "-s", scenario], env, 120)
+    assert code == 0, f"molecule test -s {scenario} failed ({code}):\n{output[-6000:]}"
+
+
+def _run(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+    """Run molecule in a session of its own; on timeout kill all of it (exit code None).
+
+    Killing molecule alone would leave its ansible-playbook and the test bed it is starting.
+    """
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired as exc:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = exc.output or ""
+        return None, partial if isinstance(partial, str) else partial.decode(errors="replace")
