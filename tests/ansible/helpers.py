@@ -32,6 +32,20 @@ from tests.testbed import GATEWAY, TestBed  # noqa: E402
 SWARMCTL_BIN = str(Path(sys.executable).parent / "swarmctl")
 
 
+def build_wheel(dest: Path) -> tuple[Path, Path]:
+    """A wheel of this checkout, and a tar of its dependencies' wheels (the bed has no index).
+
+    What the roles install with ``swarm_wheel`` and ``swarm_wheelhouse`` (the ``swarm_wheel``
+    fixture of tests/ansible/conftest.py builds them once per test session).
+    """
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), str(ROOT)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheelhouse = dest.parent / "wheels.tar"
+    subprocess.run(["tar", "-cf", str(wheelhouse), "-C", str(dest), "."], check=True)
+    return next(dest.glob("build_swarm-*.whl")), wheelhouse
+
+
 class BedSwarm:
     """A real swarm around a test bed: Redis on the bridge, the CLI and orchestrator on the controller.
 

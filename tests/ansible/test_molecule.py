@@ -1,8 +1,13 @@
-"""Each role's molecule scenario (no driver: test-bed hosts), run as `molecule test`."""
+"""Each role's molecule scenario (no driver: test-bed hosts), run as `molecule test`.
+
+The scenarios that run swarmctl daemons (their molecule.yml reads SWARM_MOLECULE_WHEEL) install it
+from a wheel of this checkout, built once per session (the ``swarm_wheel`` fixture).
+"""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +18,10 @@ from tests.testbed.fixtures import require_testbed
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
+#: The wheel and its dependencies' wheels (a tar), for the scenarios' swarm_wheel/swarm_wheelhouse.
+WHEEL_ENV, WHEELHOUSE_ENV = "SWARM_MOLECULE_WHEEL", "SWARM_MOLECULE_WHEELHOUSE"
+#: A scenario waits for other test beds on the subnet before its own run (up to 10 minutes).
+SCENARIO_TIMEOUT = 900
 
 pytestmark = [pytest.mark.root, pytest.mark.molecule, pytest.mark.slow]
 
@@ -22,8 +31,9 @@ def test_every_role_has_a_scenario() -> None:
     assert roles and set(roles) <= set(SCENARIOS)
 
 
+@pytest.mark.timeout(SCENARIO_TIMEOUT + 60)
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_molecule_scenario(scenario: str) -> None:
+def test_molecule_scenario(scenario: str, request: pytest.FixtureRequest) -> None:
     require_testbed()
     bindir = os.path.dirname(sys.executable)
     build = ROOT / "build"
@@ -37,13 +47,28 @@ def test_molecule_scenario(scenario: str) -> None:
         ANSIBLE_FORCE_COLOR="0",
         NO_COLOR="1",
     )
-    proc = subprocess.run(
-        [os.path.join(bindir, "molecule"), "test", "-s", scenario],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        stdin=subprocess.DEVNULL,
-    )
-    assert proc.returncode == 0, f"molecule test -s {scenario} failed:\n{(proc.stdout + proc.stderr)[-6000:]}"
+    if WHEEL_ENV in (ROOT / "molecule" / scenario / "molecule.yml").read_text():
+        wheel, wheelhouse = request.getfixturevalue("swarm_wheel")
+        env.update({WHEEL_ENV: str(wheel), WHEELHOUSE_ENV: str(wheelhouse)})
+    molecule = os.path.join(bindir, "molecule")
+    code, output = _run([molecule, "test", "-s", scenario], env, SCENARIO_TIMEOUT)
+    if code is None:  # timed out: its whole process group is gone; tear its bed down too
+        _run([molecule, "destroy", "-s", scenario], env, 120)
+    assert code == 0, f"molecule test -s {scenario} failed ({code}):\n{output[-6000:]}"
+
+
+def _run(argv: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+    """Run molecule in a session of its own; on timeout kill all of it (exit code None).
+
+    Killing molecule alone would leave its ansible-playbook and the test bed it is starting.
+    """
+    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired as exc:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = exc.output or ""
+        return None, partial if isinstance(partial, str) else partial.decode(errors="replace")

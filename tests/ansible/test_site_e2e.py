@@ -13,8 +13,6 @@ restarts it through ansible-runner and drone-restart.yml; the others build the q
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -54,16 +52,6 @@ class Site:
     def events(self, kind: str, drone: str | None = None, after: float = 0.0) -> list[Event]:
         return [e for e in Events(self.client).since("0-0")
                 if e.kind == kind and (drone is None or e.drone == drone) and e.ts > after]
-
-
-def build_wheel(dest: Path) -> tuple[Path, Path]:
-    """A wheel of this checkout, and a tar of its dependencies' wheels (the bed has no index)."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), str(ROOT)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    wheelhouse = dest.parent / "wheels.tar"
-    subprocess.run(["tar", "-cf", str(wheelhouse), "-C", str(dest), "."], check=True)
-    return next(dest.glob("build_swarm-*.whl")), wheelhouse
 
 
 def inventory_vars(bed: TestBed, wheel: Path, password: str, cronie_prefix: Path) -> dict[int, dict[str, object]]:
@@ -110,14 +98,15 @@ def inventory_vars(bed: TestBed, wheel: Path, password: str, cronie_prefix: Path
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, cronie: Path) -> Iterator[Site]:  # noqa: F811
+def site(tmp_path_factory: pytest.TempPathFactory, cronie: Path,  # noqa: F811
+         request: pytest.FixtureRequest) -> Iterator[Site]:
     require_testbed()
     for tool, package in (("/usr/bin/redis-server", "redis-server"), ("/usr/bin/sudo", "sudo")):
         if not Path(tool).exists():
             pytest.skip(f"the binhost role installs Debian's redis-server and the drones need sudo: "
                         f"apt-get install {package}")
     work = tmp_path_factory.mktemp("site")
-    wheel, wheelhouse = build_wheel(work / "dist")
+    wheel, wheelhouse = request.getfixturevalue("swarm_wheel")  # after the skips: built once per session
     password = "site-e2e-" + wheel.stat().st_mtime_ns.to_bytes(8, "little").hex()
     with TestBed(5, "swsite", boot_timeout=60) as bed:
         inventory = bed.inventory(
