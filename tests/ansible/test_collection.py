@@ -36,6 +36,6 @@ def test_the_collection_builds_installs_and_its_playbooks_and_modules_work_by_na
     for playbook in ("site", "nightly"):
         _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "--syntax-check", f"{COLLECTION}.{playbook}"],
              tmp_path, env)
-    for module in ("swarm_build", "swarm_upload"):
+    for module in ("swarm_build", "swarm_upload", "swarm_cron_verify"):
         doc = _run([str(BIN / "ansible-doc"), "-t", "module", f"{COLLECTION}.{module}"], tmp_path, env)
         assert f"{COLLECTION}.{module}" in doc.stdout
