@@ -14,16 +14,19 @@ core-seconds, as fast as the cores it gets allow.
 How concurrent builds on one drone share its C cores:
 - ``share``: a fixed MAKEOPTS=-j(C/S) per build: a build gets at most C/S cores, idle shares stay
   idle;
-- ``pool``: every build may use every idle core (what swarmctl sets, MAKEOPTS=-jC -lC, or portage's
-  jobserver): the cores are water-filled among the running builds (a serial phase takes one);
-- ``ranked``: the longest chain's build takes all it can use, then the next (as if builds were
-  niced by their chain; not something the drone does today).
+- ``pool``: every build may use every idle core (MAKEOPTS=-jC -lC, what a drone without
+  drone.cpu_cgroup does; or portage's jobserver): the cores are water-filled evenly among the
+  running builds (a serial phase takes one);
+- ``strict``: the longest chain's build takes all it can use, then the next (for comparison);
+- ``chain``: the drone's policy with drone.cpu_cgroup (swarmctl/drone/cpu_shares.py, the same
+  ``core_shares`` function): the longest chain is entitled to C - (n - 1) cores, every other build
+  to one, water-filled in proportion to those shares as the kernel does with CPU weights.
 
 Fleets with 64 cores in all: 4 drones x 16 cores x 1, 2, 4 or 8 slots, and 16 x 4 cores x 1 slot.
 Lower bound for a fleet: max(critical path with every job on the largest drone alone, total
 core-seconds at one core each / total cores). Target: multi-slot within 1.10x of it.
 
-Heterogeneous: drones of 4, 8 and 32 GB (4, 8, 16 cores, 2 slots each), the longest packages
+Heterogeneous: drones of 4, 8 and 32 GB (4, 8, 16 cores, 2 slots each, chain shares), the longest packages
 needing 12 GB and the rest 0.3-3 GB by size; placements are counted as out-of-memory when a
 drone's running builds need more than it has (memory-aware: none; blind, for comparison: some).
 
@@ -48,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import require_data
 from swarmctl.config import load_config
 from swarmctl.dag import load_dag
+from swarmctl.drone.cpu_shares import core_shares
 from swarmctl.graph import break_cycles, critical_path, gates_of
 
 C_REF = 4
@@ -73,7 +77,7 @@ class Build:
     job: Job
     serial_left: float
     parallel_left: float
-    rank: float = 0.0  # its critical-path chain (the "ranked" sharing serves the longest first)
+    rank: float = 0.0  # its critical-path chain (the job's queue priority)
 
 
 @dataclass
@@ -116,22 +120,30 @@ def speeds(drone: Drone, sharing: str) -> list[float]:
     if sharing == "share":
         cap = max(1.0, drone.cores / drone.slots)
         return [min(d, cap) for d in demands]
-    if sharing == "ranked":  # the longest chain first takes what it can use, the next the rest, ...
+    if sharing == "strict":  # the longest chain first takes what it can use, the next the rest, ...
         left, alloc = float(drone.cores), [0.0] * len(demands)
         for i in sorted(range(len(demands)), key=lambda i: -drone.running[i].rank):
             alloc[i] = min(demands[i], left)
             left -= alloc[i]
         return alloc
-    # pool: water-fill the drone's cores among the demands
+    if sharing == "chain":  # the drone's policy (drone/cpu_shares.py), the kernel's weighted sharing
+        return water_fill(drone.cores, demands, core_shares([b.rank for b in drone.running], drone.cores))
+    return water_fill(drone.cores, demands, [1] * len(demands))  # pool: even weights
+
+
+def water_fill(cores: int, demands: list[float], shares: list[int]) -> list[float]:
+    """The kernel's weighted fair sharing: cores in proportion to the shares, what a build cannot
+    use passed on to the others in the same proportion."""
     alloc = [0.0] * len(demands)
-    left, open_ = float(drone.cores), list(range(len(demands)))
-    while open_ and left > 1e-9:
-        each = left / len(open_)
+    open_ = [i for i, d in enumerate(demands) if d > 0]
+    while open_:
+        left = cores - sum(alloc)
+        if left <= 1e-9:
+            break
+        total = sum(shares[i] for i in open_)
         still = []
         for i in open_:
-            give = min(each, demands[i] - alloc[i])
-            alloc[i] += give
-            left -= give
+            alloc[i] = min(demands[i], alloc[i] + left * shares[i] / total)
             if demands[i] - alloc[i] > 1e-9:
                 still.append(i)
         if len(still) == len(open_):
@@ -230,7 +242,7 @@ def main() -> int:
           f"parallel model p(T) = 0.95 T / (T + 300)", flush=True)
     fleets = (("4x4", 4, 16, 4), ("4x2", 4, 16, 2), ("4x8", 4, 16, 8), ("4x1", 4, 16, 1), ("16x1", 16, 4, 1))
     for label, count, cores, slots in fleets:
-        for sharing in (("share", "pool", "ranked") if slots > 1 else ("share",)):
+        for sharing in (("share", "pool", "strict", "chain") if slots > 1 else ("share",)):
             drones = fleet(count, cores, slots)
             makespan, used, _ = simulate(make_jobs(seconds), gates, drones, sharing, priority)
             bound = lower_bound(jobs, gates, drones)
@@ -248,9 +260,9 @@ def main() -> int:
     for aware in (True, False):
         drones = [Drone(d.name, d.cores, d.slots, d.memory_mb) for d in mixed]
         hjobs = make_jobs(seconds, memory)
-        makespan, used, oom = simulate(hjobs, gates, drones, "pool", priority, memory_aware=aware)
+        makespan, used, oom = simulate(hjobs, gates, drones, "chain", priority, memory_aware=aware)
         bound = lower_bound(hjobs, gates, drones)
-        results.append(Result("4/8/32 GB" + ("" if aware else " (memory-blind)"), "pool", len(drones),
+        results.append(Result("4/8/32 GB" + ("" if aware else " (memory-blind)"), "chain", len(drones),
                               sum(d.cores for d in drones), 2, round(makespan / 3600, 3), round(bound / 3600, 3),
                               round(makespan / bound, 3), round(used, 3), oom))
         r = results[-1]

@@ -112,28 +112,55 @@ def needs_for(cpvs: Iterable[str], history: History, constraints: dict[str, Need
 
 @dataclass(frozen=True)
 class Unfit:
+    """A queued job no enrolled drone could ever hold: what it needs, and the largest drone's."""
+
     cpv: str
     memory_mb: int
     largest_mb: int
+    disk_mb: int = 0
+    largest_disk_mb: int = 0
 
     @property
     def reason(self) -> str:
-        return (f"needs {self.memory_mb} MiB of memory; the largest enrolled drone has {self.largest_mb} MiB")
+        if self.memory_mb > self.largest_mb:
+            return f"needs {self.memory_mb} MiB of memory; the largest enrolled drone has {self.largest_mb} MiB"
+        if self.disk_mb > self.largest_disk_mb:
+            return (f"needs {self.disk_mb} MiB of build disk; the largest enrolled drone has "
+                    f"{self.largest_disk_mb} MiB")
+        return (f"needs {self.memory_mb} MiB of memory and {self.disk_mb} MiB of build disk; no enrolled drone "
+                f"has both (the largest: {self.largest_mb} MiB, {self.largest_disk_mb} MiB of disk)")
+
+
+def fits_some(memory_mb: int, disk_mb: int, drones: list[tuple[int | None, int | None]]) -> bool:
+    """Could one of the drones ((memory, disk) MiB, None: not reported, no limit) hold both needs?"""
+    return any((mem is None or memory_mb <= mem) and (disk is None or disk_mb <= disk) for mem, disk in drones)
 
 
 def unfit_jobs(client: redis.Redis, drones: list[DroneInfo], limit: int = 20) -> list[Unfit]:
-    """Open jobs whose memory need exceeds every enrolled drone's memory (none judged while no
-    drone has reported its memory)."""
-    sizes = [d.mem_total for d in drones if not d.revoked and d.mem_total]
-    if not sizes:
+    """Open jobs no single enrolled drone has the memory and the build disk for (its declared sizes;
+    a size no drone reports is not judged)."""
+    sizes = [(d.mem_total or None, d.disk_total or None) for d in drones if not d.revoked]
+    mems = [m for m, _ in sizes if m]
+    disks = [d for _, d in sizes if d]
+    if not mems and not disks:
         return []
-    largest = max(sizes)
-    heavy = client.zrangebyscore(keys.NEEDS, f"({largest}", "+inf", withscores=True)
-    if not heavy:
+    # Candidates: beyond the smallest drone's memory or disk (cheap: both needs are indexed).
+    suspects: set[str] = set()
+    if mems and all(m for m, _ in sizes):
+        suspects.update(client.zrangebyscore(keys.NEEDS, f"({min(mems)}", "+inf"))
+    if disks and all(d for _, d in sizes):
+        suspects.update(client.zrangebyscore(keys.NEEDS_DISK, f"({min(disks)}", "+inf"))
+    if not suspects:
         return []
+    ordered = sorted(suspects)
     with client.pipeline(transaction=False) as pipe:
-        for cpv, _ in heavy:
-            pipe.hget(keys.job(cpv), "state")
-        states = pipe.execute()
-    return [Unfit(cpv, int(mb), largest) for (cpv, mb), state in zip(heavy, states, strict=True)
-            if state == "needed"][:limit]
+        for cpv in ordered:
+            pipe.hmget(keys.job(cpv), "state", "mem", "disk")
+        rows = pipe.execute()
+    found = []
+    for cpv, (state, mem, disk) in zip(ordered, rows, strict=True):
+        need_mem, need_disk = int(mem or 0), int(disk or 0)
+        if state == "needed" and not fits_some(need_mem, need_disk, sizes):
+            found.append(Unfit(cpv, need_mem, max(mems, default=0), need_disk, max(disks, default=0)))
+    found.sort(key=lambda u: (-u.memory_mb, -u.disk_mb, u.cpv))
+    return found[:limit]

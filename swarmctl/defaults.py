@@ -153,8 +153,19 @@ SETTINGS: tuple[Setting, ...] = (
             "How fast this drone builds, relative to the others (e.g. its cores x their clock); 0: its "
             "core count. A slower drone leaves the longest critical-path job to a faster idle one.",
             min=0.0, max=1e6),
+    Setting("drone", "cores", 0, int,
+            "Cores this drone offers its builds (MAKEOPTS, the core shares, its default speed); 0: the "
+            "cores it may run on (its CPU affinity).", min=0, max=65536),
+    Setting("drone", "cpu_cgroup", "", str,
+            "A CPU cgroup directory the drone may manage (cgroup v2 with the cpu controller, or v1's cpu "
+            "hierarchy, e.g. /sys/fs/cgroup/cpu): each build of a multi-slot drone runs in its own group "
+            "and the longest critical-path chain gets the larger CPU share (drone/cpu_shares.py). Empty: "
+            "the cores are pooled evenly."),
     Setting("drone", "memory_mb", 0, int,
             "Memory this drone offers its builds, in MiB; 0: the host's total.", min=0, max=2**30),
+    Setting("drone", "build_disk_gb", 0.0, float,
+            "Build disk this drone offers its builds, in GiB (claims fit jobs' disk needs within it and "
+            "within what is free); 0: the size of its build directory's file system.", min=0.0, max=1e6),
     Setting("drone", "memory_margin_mb", 512, int,
             "MiB of memory a drone keeps free: it claims only jobs whose expected peak fits in its "
             "available memory less this and what its running builds are still expected to use.",

@@ -125,7 +125,7 @@ def _settled(jobs: dict[str, _Job]) -> tuple[dict[str, bool], dict[str, list[str
             if nxt is not None:  # a cycle through name: not settled
                 settled[name] = False
             else:
-                settled[name] = all(jobs[m].state == "built" for m in members[name]) and \
+                settled[name] = all(jobs[m].state in keys.SETTLED_STATES for m in members[name]) and \
                     all(settled[n] for n in needed(name))
             path.pop()
             on_path.discard(name)
@@ -151,7 +151,7 @@ def suspects(client: redis.Redis) -> tuple[list[str], dict[str, _Job]]:
         if listed.get(cpv) != {job.state}:
             wrong.add(cpv)
         if job.group == cpv and job.names_group:
-            want = sum(jobs[m].state != "built" for m in members.get(cpv, [cpv])) + \
+            want = sum(jobs[m].state not in keys.SETTLED_STATES for m in members.get(cpv, [cpv])) + \
                 sum(1 for n in job.needs if n in jobs and jobs[n].state is not None and open_group(jobs[n].group))
             if job.unsettled != want:
                 wrong.add(cpv)

@@ -33,6 +33,7 @@ READY = NAMESPACE + "queue:ready"        # zset: claimable jobs, best first
 SEQ = NAMESPACE + "queue:seq"            # counter: order of arrival (fifo)
 LISTING = NAMESPACE + "queue:listing"    # zset: every job by -priority (listing order, paged)
 NEEDS = NAMESPACE + "queue:needs"        # zset: jobs with a known memory need -> MiB (swarmctl.capacity)
+NEEDS_DISK = NAMESPACE + "queue:needs:disk"  # zset: the same jobs -> their build disk need, MiB
 DRONES = NAMESPACE + "drones"            # set: enrolled drone names
 HEARTBEATS = NAMESPACE + "heartbeats"    # zset: drone -> last heartbeat (ms)
 EVENTS = NAMESPACE + "events"            # stream: every state change
@@ -42,7 +43,10 @@ HEALING = NAMESPACE + "healing"          # hash: drone -> JSON of its heal recor
 FACTS = NAMESPACE + "meta"               # hash: swarm facts (sync time, world size, ...)
 TARGET_FACTS = NAMESPACE + "targets"     # hash: target -> JSON of its last sync (world, coverage, tree)
 
-STATES = ("needed", "delegated", "built", "failed", "blocked")
+STATES = ("needed", "delegated", "built", "failed", "blocked", "retired")
+#: States that settle a job for what is gated on it: built, or retired (its CPV left the tree
+#: before it was built: swarmctl.cli.queue_cmd sync; nothing will ever be built to wait for).
+SETTLED_STATES = ("built", "retired")
 #: The ``default`` target's ready set is READY; target T's is READY + READY_TARGET + T (built in
 #: Lua too, from the job's name: swarmctl.targets).
 READY_TARGET = ":"

@@ -8,6 +8,10 @@ swarmctl.cli.views.monitor renders a snapshot; swarmctl.cli.live refreshes it.
 The build rate comes from a :class:`BuiltRate` kept between frames: the first
 frame reads the window's events from the stream, later frames only the new
 ones.
+
+A farm with several build targets also gets each target's line (jobs, coverage,
+drones: swarmctl.target_status, as ``swarmctl status`` shows them); counting jobs
+per target scans the state sets, so that frame takes a few more round trips.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from swarmctl.events import Event, _event
 from swarmctl.facts import SwarmFacts
 from swarmctl.queue import queue_counts, read_counts
 from swarmctl.registry import DroneInfo, DroneRegistry
+from swarmctl.target_status import TargetStatus, gather_targets
+from swarmctl.targets import several
 
 #: Event kinds too frequent to be worth a line in the tail.
 QUIET_EVENTS = frozenset({"added", "claimed"})
@@ -116,6 +122,8 @@ class Snapshot:
     running: dict[str, RunningJob] = field(default_factory=dict)
     leader: str | None = None
     interval: float = 2.0
+    #: Each target's status when the farm has several (empty with one: the totals say it all).
+    targets: list[TargetStatus] = field(default_factory=list)
 
     @property
     def open_jobs(self) -> int:
@@ -214,5 +222,7 @@ def gather(client: redis.Redis, config: Config, rate: BuiltRate | None = None, t
     if config.queue.policy != "fifo":  # fifo scores are arrival order, not chain seconds
         chain = remaining_chain(top[0][1] if top else None, running.values(), now)
     events = [_event(i, f) for i, f in reversed(recent) if f.get("kind") not in QUIET_EVENTS][-tail:]
+    targets = gather_targets(client, config, counts, drones) if several(config.targets) else []
     return Snapshot(now=now, counts=counts, drones=drones, events=events, rate_per_hour=rate.per_hour(now),
-                    critical_path=chain, meta=SwarmFacts.from_hash(meta), running=running, leader=leader)
+                    critical_path=chain, meta=SwarmFacts.from_hash(meta), running=running, leader=leader,
+                    targets=targets)

@@ -119,6 +119,8 @@ class Claim:
     estimate: float
     attempts: int
     tree: str = ""
+    #: Its queue priority: the critical-path chain in seconds from it (negative: FIFO order).
+    priority: float = 0.0
 
     @property
     def package(self) -> str:
@@ -134,6 +136,15 @@ class AddReport:
     added: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     broken: list[BrokenEdge] = field(default_factory=list)
+
+
+@dataclass
+class RetreeReport:
+    """What a sync's new tree revision did to the jobs planned at another one (Queue.retree)."""
+
+    retired: list[str] = field(default_factory=list)
+    restamped: list[str] = field(default_factory=list)
+    restored: list[str] = field(default_factory=list)
 
 
 class InvalidArgument(SwarmError):
@@ -270,7 +281,8 @@ class Queue:
                     for cpv in piece:
                         spec = new[cpv]
                         group = plan.group.get(cpv, "")
-                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS], client=pipe, args=[
+                        self.scripts.add(keys=[*keys.QUEUE_KEYS, keys.LISTING, keys.NEEDS, keys.NEEDS_DISK],
+                                         client=pipe, args=[
                             cpv, estimates[cpv], "" if fifo else plan.chain[cpv], json.dumps(spec.build),
                             json.dumps(spec.run), json.dumps(plan.gates[cpv]), self._max_events,
                             json.dumps(spec.post), group, json.dumps(plan.needs.get(group or cpv, [])),
@@ -318,6 +330,44 @@ class Queue:
         if done and self.config.queue.policy != "fifo":
             self.reprioritize()
         return done
+
+    def retree(self, target: str, revision: str, present: Callable[[str], bool],
+               gates: dict[str, list[str]] | None = None) -> RetreeReport:
+        """Bring ``target``'s jobs planned at another tree revision to ``revision``, the one a sync
+        just resolved from (see scripts.RETREE): a waiting job whose CPV the new tree no longer has
+        (``present(cpv)`` is False) is retired with the reason; one still there takes the new
+        revision and, when ``gates`` names it, its edges in the new tree; a retired job whose CPV
+        is back is needed again. Running jobs keep theirs. One atomic call per job: a drone's
+        claim meanwhile gets either the job as it was or as it is now, never a retired one.
+        """
+        report = RetreeReport()
+        if not revision:
+            return report
+        names = sorted(c for c in self.redis.sunion(keys.state_set("needed"), keys.state_set("retired"))
+                       if target_of(c) == target)
+        for start in range(0, len(names), READ_PAGE):
+            page = names[start:start + READ_PAGE]
+            with self.redis.pipeline(transaction=False) as pipe:
+                for cpv in page:
+                    pipe.hget(keys.job(cpv), "tree")
+                planned = pipe.execute()
+            moved = [c for c, tree in zip(page, planned, strict=True) if tree and tree != revision]
+            if not moved:
+                continue
+            with self.redis.pipeline(transaction=False) as pipe:  # each call atomic on its own
+                for cpv in moved:
+                    edges = (gates or {}).get(cpv)
+                    self.scripts.retree(keys=list(keys.QUEUE_KEYS), client=pipe, args=[
+                        cpv, revision, "present" if present(cpv_of(cpv)) else "gone", self._max_events,
+                        "" if edges is None else json.dumps([validate_job(d) for d in edges])])
+                replies = [refused(decode(r)) for r in pipe.execute()]
+            for cpv, reply in zip(moved, replies, strict=True):
+                found = {"retired": report.retired, "restamped": report.restamped, "restored": report.restored}
+                if reply[0] in found:
+                    found[reply[0]].append(cpv)
+        if gates and (report.restamped or report.restored) and self.config.queue.policy != "fifo":
+            self.reprioritize()  # new edges, new critical paths
+        return report
 
     def _queued(self, cpvs: list[str]) -> set[str] | None:
         """Which of ``cpvs`` are queued now; None when Redis cannot say."""
@@ -437,7 +487,7 @@ class Queue:
                           *(free_mb or ("", "")), "" if speed is None else speed, " ".join(targets))
         if reply[0] == "ok":
             return Claim(cpv=reply[1], lease=reply[2], estimate=float(reply[3]), attempts=int(reply[4]),
-                         tree=reply[5] if len(reply) > 5 else "")
+                         tree=reply[5] if len(reply) > 5 else "", priority=float(reply[6]) if len(reply) > 6 else 0.0)
         if reply[0] == "grounded":
             raise Grounded(int(reply[1]) / 1000.0)
         if reply[0] == "unauthorized":
@@ -543,6 +593,7 @@ class Queue:
                     pipe.zrem(keys.ready(target), *[c for c in page if target_of(c) == target])
                 pipe.zrem(keys.LISTING, *page)
                 pipe.zrem(keys.NEEDS, *page)
+                pipe.zrem(keys.NEEDS_DISK, *page)
                 for state in keys.STATES:
                     pipe.srem(keys.state_set(state), *page)
                 for cpv in page:

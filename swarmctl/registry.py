@@ -73,9 +73,12 @@ class DroneInfo:
     problem: str | None = None
     #: Every current build: {"cpv", "started", "hung"}, oldest first (``task`` is the first).
     tasks: list[dict[str, Any]] = field(default_factory=list)
-    #: Builds it runs at once, and its memory in MiB (None: not reported, an older drone).
+    #: Builds it runs at once, and the cores, memory and build disk (MiB) it declares (None: not
+    #: reported, an older drone).
     slots: int | None = None
     mem_total: int | None = None
+    cores: int | None = None
+    disk_total: int | None = None
     #: Free bytes of its build dir and PKGDIR, as it last reported (None: not reported).
     disk_free_build: int | None = None
     disk_free_pkgdir: int | None = None
@@ -278,6 +281,7 @@ class DroneRegistry:
             problem=printable(row.get("problem") or None) if status in WAITING else None,
             disk_free_build=_count(num("disk_free_build")), disk_free_pkgdir=_count(num("disk_free_pkgdir")),
             tasks=parse_tasks(row, status), slots=_int(num("slots")), mem_total=_int(num("mem_total")),
+            cores=_int(num("cores")), disk_total=_int(num("disk_total")),
             targets=(printable(row.get("targets") or None) or DEFAULT_TARGET).split(),
             tree=printable(row.get("tree") or None),
         )

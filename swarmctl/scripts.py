@@ -88,7 +88,9 @@ local function ready_key(c)
 end
 local function bare_cpv(c) return (string.gsub(c, '{SEPARATOR}[^{SEPARATOR}]+$', '')) end
 local STATE_SET = {{needed = KEYS[2], delegated = KEYS[3], built = KEYS[4], failed = KEYS[5],
-                   blocked = KEYS[6]}}
+                   blocked = KEYS[6], retired = '{keys.state_set("retired")}'}}
+-- States that settle a job for what is gated on it (keys.SETTLED_STATES).
+local SETTLED = {{{", ".join(f"{s} = true" for s in keys.SETTLED_STATES)}}}
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -129,7 +131,7 @@ local function group_of(cpv) return redis.call('HGET', job_key(cpv), 'group') or
 local function open_group(name)
   local j = redis.call('HMGET', job_key(name), 'unsettled', 'state')
   if j[1] then return tonumber(j[1]) > 0 end
-  if j[2] then return j[2] ~= 'built' end  -- queued before settle groups were stored
+  if j[2] then return not SETTLED[j[2]] end  -- queued before settle groups were stored
   return false
 end
 
@@ -179,6 +181,39 @@ local function reopen_need(holder, member, skip, reopened)
   end
 end
 
+-- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
+-- its members and counts down the groups that need it, which may settle in turn.
+local function count_down(group)
+  local left = tonumber(redis.call('HGET', job_key(group), 'unsettled') or '1') - 1
+  redis.call('HSET', job_key(group), 'unsettled', left)
+  return left <= 0
+end
+-- A job built or retired: settle it for what is gated on it.
+local function settle(cpv)
+  local settled = {{}}
+  if count_down(group_of(cpv)) then settled[1] = group_of(cpv) end
+  local i = 1
+  while settled[i] do
+    local group = settled[i]
+    i = i + 1
+    local members = redis.call('SMEMBERS', members_key(group))
+    if #members == 0 then members = {{group}} end
+    for _, member in ipairs(members) do
+      for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
+        if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
+          redis.call('HINCRBY', job_key(dep), 'pending', -1)
+          make_ready_if_free(dep)
+        end
+      end
+      for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
+        if redis.call('SISMEMBER', needs_key(holder), member) == 1 and count_down(holder) then
+          table.insert(settled, holder)
+        end
+      end
+    end
+  end
+end
+
 -- Settle groups that were settled and are open again hold back every job gated on one of their
 -- members, and reopen the groups that need those members, transitively.
 local function hold_back(reopened, skip)
@@ -211,7 +246,8 @@ ADD = PRELUDE + """
 -- ARGV[11] why it is built ('' when not said: kept as its reason and in the 'added' event).
 -- KEYS[11] the listing zset (every job by -priority, for paged listing).
 -- ARGV[12] (optional) its needs: '<memory MiB> <disk MiB>' ('' or absent: unknown), recorded as the
--- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory).
+-- job's 'mem'/'disk' and, when it states any, in KEYS[12] (the needs zset, by memory) and
+-- KEYS[13] (by disk).
 -- ARGV[13] where its estimate came from when not its own target's history ('' otherwise),
 -- ARGV[14] the revision of the tree it was planned from ('' unknown). Its target is in its name.
 -- Returns {'added', pending} | {'exists', state} | {'invalid', what}.
@@ -245,6 +281,7 @@ redis.call('ZADD', KEYS[11], -tonumber(score), cpv)
 if need_mem then
   redis.call('HSET', jk, 'mem', need_mem, 'disk', need_disk)
   redis.call('ZADD', KEYS[12], tonumber(need_mem), cpv)
+  if KEYS[13] then redis.call('ZADD', KEYS[13], tonumber(need_disk), cpv) end
 end
 local pending = gate_on(cpv, lists[6])
 redis.call('HSET', jk, 'pending', pending)
@@ -290,7 +327,8 @@ CLAIM = PRELUDE + """
 -- it is never handed a job of another target, and they are recorded as its 'targets'.
 -- Idempotent: a retry of the same request (its reply was lost) gets the job that request
 -- already holds, with the same lease, instead of a second job.
--- Returns {'ok', job, lease, estimate, attempts, tree} | {'empty'} | {'grounded', until_ms}
+-- Returns {'ok', job, lease, estimate, attempts, tree, priority (its critical-path chain, s)}
+-- | {'empty'} | {'grounded', until_ms}
 -- | {'unauthorized'} | {'invalid', what}.
 local name = ARGV[1]
 local bad = bad_names({{1, 'drone'}, {7, 'claim session'}})
@@ -307,7 +345,8 @@ if last[1] == request and last[2] then
                        'claim_session', 'claim_seq')
   if j[1] == 'delegated' and j[2] == name and j[6] == session and j[7] == seq then
     emit(ARGV[6], 'claim_replayed', last[2], name, 'a retried claim got the job its lost reply held')
-    return {'ok', last[2], j[3], j[4] or '0', j[5] or '0', redis.call('HGET', job_key(last[2]), 'tree') or ''}
+    local extra = redis.call('HMGET', job_key(last[2]), 'tree', 'priority')
+    return {'ok', last[2], j[3], j[4] or '0', j[5] or '0', extra[1] or '', extra[2] or '0'}
   end
 end
 local targets = {}
@@ -321,14 +360,16 @@ local now = now_ms()
 local grounded = tonumber(redis.call('HGET', drone_key(name), 'grounded_until') or '0')
 if grounded > now then return {'grounded', tostring(grounded)} end
 
--- Is there another healthy drone that could take this job instead of us?
+-- Is there another healthy drone that could take this job instead of us? (Not one that claims
+-- nothing for now: misconfigured or low on disk.)
 local healthy = nil
 local function other_could_take(cpv)
   if healthy == nil then
     healthy = {}
     for _, other in ipairs(redis.call('ZRANGEBYSCORE', KEYS[8], now - tonumber(ARGV[5]), '+inf')) do
       local d = redis.call('HMGET', drone_key(other), 'grounded_until', 'revoked', 'status', 'targets')
-      if other ~= name and tonumber(d[1] or '0') <= now and d[2] ~= '1' and d[3] ~= 'misconfigured' then
+      if other ~= name and tonumber(d[1] or '0') <= now and d[2] ~= '1' and d[3] ~= 'misconfigured'
+          and d[3] ~= 'low-disk' then
         table.insert(healthy, {other, ' ' .. (d[4] or '""" + DEFAULT_TARGET + """') .. ' '})
       end
     end
@@ -409,8 +450,8 @@ redis.call('HSET', jk, 'drone', name, 'lease', ARGV[3], 'claimed_at', now, 'clai
 redis.call('HSET', drone_key(name), 'claim_request', request, 'claim_job', chosen)
 redis.call('SADD', drone_jobs_key(name), chosen)
 emit(ARGV[6], 'claimed', chosen, name, '')
-return {'ok', chosen, ARGV[3], redis.call('HGET', jk, 'estimate') or '0', tostring(attempts),
-        redis.call('HGET', jk, 'tree') or ''}
+local extra = redis.call('HMGET', jk, 'estimate', 'tree', 'priority')
+return {'ok', chosen, ARGV[3], extra[1] or '0', tostring(attempts), extra[2] or '', extra[3] or '0'}
 """
 
 COMPLETE = PRELUDE + """
@@ -447,35 +488,7 @@ if peak_rss and tonumber(peak_rss) > 0 then record.peak_rss = tonumber(peak_rss)
 if peak_disk and tonumber(peak_disk) > 0 then record.disk = tonumber(peak_disk) end
 redis.call('LPUSH', KEYS[11], cjson.encode(record))
 redis.call('LTRIM', KEYS[11], 0, tonumber(ARGV[8]) - 1)
--- One member fewer keeps its settle group open; a group that settles releases the jobs gated on
--- its members and counts down the groups that need it, which may settle in turn.
-local function count_down(group)
-  local left = tonumber(redis.call('HGET', job_key(group), 'unsettled') or '1') - 1
-  redis.call('HSET', job_key(group), 'unsettled', left)
-  return left <= 0
-end
-local settled = {}
-if count_down(group_of(cpv)) then settled[1] = group_of(cpv) end
-local i = 1
-while settled[i] do
-  local group = settled[i]
-  i = i + 1
-  local members = redis.call('SMEMBERS', members_key(group))
-  if #members == 0 then members = {group} end
-  for _, member in ipairs(members) do
-    for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
-      if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
-        redis.call('HINCRBY', job_key(dep), 'pending', -1)
-        make_ready_if_free(dep)
-      end
-    end
-    for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
-      if redis.call('SISMEMBER', needs_key(holder), member) == 1 and count_down(holder) then
-        table.insert(settled, holder)
-      end
-    end
-  end
-end
+settle(cpv)
 emit(ARGV[7], 'built', cpv, name, ARGV[5])
 return {'ok'}
 """
@@ -623,7 +636,7 @@ return taken
 HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "host", "pid", "version",
                     "machine_id_seen", "clock", "problem", "disk_free_build", "disk_free_pkgdir",
                     # every current build (JSON), and the drone's capacity (swarmctl.drone.slots)
-                    "tasks", "slots", "mem_total", "speed",
+                    "tasks", "slots", "mem_total", "speed", "cores", "disk_total",
                     # the build targets it builds and the revision of its tree (swarmctl.targets, .tree)
                     "targets", "tree")
 
@@ -632,7 +645,8 @@ HEARTBEAT_FIELDS = ("status", "task", "task_started", "cpu", "mem", "hung", "hos
 HEARTBEAT_FIELD_MAX = {"status": 16, "task": 256, "task_started": 32, "cpu": 16, "mem": 16, "hung": 1,
                        "host": 253, "pid": 16, "version": 64, "machine_id_seen": 64, "clock": 32,
                        "problem": 512, "disk_free_build": 20, "disk_free_pkgdir": 20,
-                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16, "targets": 512, "tree": 128,
+                       "tasks": 8192, "slots": 8, "mem_total": 16, "speed": 16, "cores": 8, "disk_total": 16,
+                       "targets": 512, "tree": 128,
                        # the jobs a drone says it holds, and its claim session (see RECONCILE)
                        "held": 4096, "held_session": 64}
 DEFAULT_FIELD_MAX = 256
@@ -813,6 +827,69 @@ emit(ARGV[3], 'rebuild', cpv, '', ARGV[2])
 return {'ok', pending}
 """
 
+RETREE = PRELUDE + """
+-- A queue sync resolved from a new tree revision: its verdict on one job planned at another one.
+-- ARGV[1] cpv, ARGV[2] the new revision, ARGV[3] 'present' or 'gone' (the job's CPV in the new
+-- tree), ARGV[4] events max, ARGV[5] gates JSON (the new tree's edges it waits for; '' keeps its
+-- gates). Only a job waiting (needed) or retired, planned at another recorded revision, changes:
+-- a delegated one is built at the revision its drone was handed.
+-- gone + needed: retired (out of the ready set, settled for whatever is gated on it, its reason,
+-- the 'retired' event and stat); present + needed: it takes the new revision (and edges);
+-- present + retired: needed again at the new revision (the 'restored' event).
+-- Returns {'retired'} | {'restamped', pending} | {'restored', pending} | {'kept', state}
+-- | {'missing'} | {'invalid', what}.
+local cpv, revision, verdict = ARGV[1], ARGV[2], ARGV[3]
+local bad = bad_names({{1, 'cpv'}, {2, 'revision'}}) or bad_number(4, 'events max', 1, true)
+if not bad and verdict ~= 'present' and verdict ~= 'gone' then
+  bad = refuse_arg("verdict must be 'present' or 'gone'", verdict)
+end
+if bad then return bad end
+local gates = nil
+if (ARGV[5] or '') ~= '' then
+  local list, refusal = json_names(5, 'gates')
+  if refusal then return refusal end
+  gates = list
+end
+local jk = job_key(cpv)
+local j = redis.call('HMGET', jk, 'state', 'tree')
+local state, planned = j[1], j[2] or ''
+if not state then return {'missing'} end
+if planned == '' or planned == revision or (state ~= 'needed' and state ~= 'retired')
+    or (state == 'retired' and verdict == 'gone') then
+  return {'kept', state}
+end
+if verdict == 'gone' then
+  local why = 'gone from the tree at ' .. revision .. ' (planned at ' .. planned .. ')'
+  redis.call('ZREM', ready_key(cpv), cpv)
+  set_state(cpv, 'retired')
+  redis.call('HSET', jk, 'reason', why)
+  settle(cpv)
+  redis.call('HINCRBY', KEYS[9], 'retired', 1)
+  emit(ARGV[4], 'retired', cpv, '', why)
+  return {'retired'}
+end
+redis.call('HSET', jk, 'tree', revision)
+if gates then
+  for _, gate in ipairs(redis.call('SMEMBERS', gates_key(cpv))) do
+    redis.call('SREM', dependents_key(gate), cpv)
+  end
+  redis.call('DEL', gates_key(cpv))
+  redis.call('HSET', jk, 'pending', gate_on(cpv, gates))
+end
+local kind = 'restamped'
+if state == 'retired' then
+  kind = 'restored'
+  set_state(cpv, 'needed')
+  redis.call('HSET', jk, 'reason', 'back in the tree at ' .. revision)
+  local group = group_of(cpv)
+  if redis.call('HINCRBY', job_key(group), 'unsettled', 1) == 1 then hold_back({group}, '') end
+  emit(ARGV[4], 'restored', cpv, '', 'back in the tree at ' .. revision)
+end
+local pending = tonumber(redis.call('HGET', jk, 'pending') or '0')
+if pending > 0 then redis.call('ZREM', ready_key(cpv), cpv) else make_ready_if_free(cpv) end
+return {kind, pending}
+"""
+
 PRIORITIES = PRELUDE + """
 -- Read only: the priority score of each job in ARGV ('' for one not queued). One call answers for
 -- thousands of jobs, far cheaper than as many HGETs.
@@ -858,7 +935,7 @@ else
     if #members == 0 then members = {cpv} end
     local want = 0
     for _, m in ipairs(members) do
-      if redis.call('HGET', job_key(m), 'state') ~= 'built' then want = want + 1 end
+      if not SETTLED[redis.call('HGET', job_key(m), 'state')] then want = want + 1 end
     end
     for _, need in ipairs(redis.call('SMEMBERS', needs_key(cpv))) do
       if redis.call('HEXISTS', job_key(need), 'state') == 1 and open_group(group_of(need)) then
@@ -933,6 +1010,7 @@ class Scripts:
         self.reconcile = client.register_script(RECONCILE)
         self.reset = client.register_script(RESET)
         self.rebuild = client.register_script(REBUILD)
+        self.retree = client.register_script(RETREE)
         self.repair = client.register_script(REPAIR)
         self.priorities = client.register_script(PRIORITIES)
         self.peek = client.register_script(PEEK)

@@ -4,6 +4,7 @@ that respect what a job needs (memory, disk) against what a drone has free."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections import Counter
 from pathlib import Path
@@ -13,8 +14,9 @@ import redis
 from prometheus_client import generate_latest
 
 from swarmctl import keys, metrics
-from swarmctl.capacity import load_constraints
-from swarmctl.config import Config
+from swarmctl.capacity import load_constraints, unfit_jobs
+from swarmctl.config import Config, load_config
+from swarmctl.drone.cpu_shares import core_shares, weights
 from swarmctl.events import Events
 from swarmctl.exceptions import ConfigError
 from swarmctl.graph import JobSpec
@@ -165,3 +167,92 @@ def test_a_slower_drone_leaves_the_longest_chain_to_a_faster_idle_one(queue: Que
     registry.heartbeat("fast", tokens["fast"], {"status": "building", "speed": 32})
     second = queue.claim("slow", tokens["slow"], speed=4)
     assert second is not None and second.cpv == "dev-qt/long2-5"
+
+
+def test_a_low_disk_drone_does_not_count_as_one_that_could_take_a_job(queue: Queue, registry: DroneRegistry) -> None:
+    tokens = {name: registry.enroll(name) for name in ("izar", "tarn")}
+    for name in tokens:
+        registry.heartbeat(name, tokens[name], {"status": "idle"})
+    queue.add([JobSpec("app-misc/flaky-1", estimate=10)])
+    first = queue.claim("izar", tokens["izar"])
+    assert first is not None and first.priority == 10.0  # the claim carries its chain (the drone's core shares)
+    queue.fail(first.cpv, "izar", tokens["izar"], first.lease, "build", "flaky")
+    assert queue.claim("izar", tokens["izar"]) is None  # left for tarn, which could take it
+    # tarn is short of disk: it claims nothing, so izar may retry what it failed rather than wait.
+    registry.heartbeat("tarn", tokens["tarn"], {"status": "low-disk", "problem": "build dir: 1 GiB free"})
+    again = queue.claim("izar", tokens["izar"])
+    assert again is not None and again.cpv == first.cpv
+
+
+def test_core_shares_give_the_longest_chain_all_but_one_core_per_other_build() -> None:
+    assert core_shares([], 16) == []
+    assert core_shares([300.0], 16) == [16]
+    assert core_shares([50.0, 9000.0, 120.0, 9000.0], 16) == [1, 13, 1, 1]  # the first of equal chains
+    assert core_shares([5.0, 6.0, 7.0], 2) == [1, 1, 1]  # more builds than cores: one each
+    assert weights(core_shares([1.0, 2.0], 16), "v2") == [100, 1500]
+    assert weights([13, 1], "v1") == [13 * 1024, 1024]
+
+
+def test_unfit_judges_memory_and_disk_on_the_same_drone(
+        redis_client: redis.Redis, registry: DroneRegistry, swarm_env: dict[str, str], tmp_path: Path) -> None:
+    constraints = tmp_path / "constraints.yaml"
+    constraints.write_text("app-misc/wide: {disk_mb: 9000}\napp-misc/both: {memory_mb: 3000, disk_mb: 3000}\n"
+                           "app-misc/fits: {memory_mb: 3000, disk_mb: 900}\n")
+    queue = Queue(redis_client, load_config(environ={**swarm_env, "SWARM_QUEUE_CONSTRAINTS_FILE": str(constraints)}))
+    queue.add([JobSpec(c) for c in ("app-misc/wide-1", "app-misc/both-1", "app-misc/fits-1")])
+    # A big-memory drone with little disk, and a big-disk one with little memory.
+    for name, mem, disk in (("izar", 4000, 1000), ("tarn", 1000, 4000)):
+        registry.heartbeat(name, registry.enroll(name), {"status": "idle", "mem_total": mem, "disk_total": disk})
+    found = {u.cpv: u.reason for u in unfit_jobs(redis_client, registry.list())}
+    assert found == {
+        "app-misc/wide-1": "needs 9000 MiB of build disk; the largest enrolled drone has 4000 MiB",
+        "app-misc/both-1": "needs 3000 MiB of memory and 3000 MiB of build disk; no enrolled drone has both "
+                           "(the largest: 4000 MiB, 4000 MiB of disk)"}
+
+
+def _cpu_cgroup_root() -> Path | None:
+    """A CPU cgroup directory this test may manage: v2 with the cpu controller, else v1's."""
+    v2 = Path("/sys/fs/cgroup")
+    controllers = v2 / "cgroup.controllers"
+    root = v2 if controllers.exists() and "cpu" in controllers.read_text().split() else v2 / "cpu"
+    return root if (root / "cgroup.procs").exists() and os.access(root, os.W_OK) else None
+
+
+def test_cores_shared_by_chain_in_cpu_groups_and_command_builds_record_their_disk(
+        spawn: Spawner, queue: Queue, registry: DroneRegistry, redis_client: redis.Redis, tmp_path: Path) -> None:
+    root = _cpu_cgroup_root()
+    if root is None:
+        pytest.skip("needs a writable CPU cgroup (root, cgroup v1 cpu or v2 with the cpu controller)")
+    queue.add([JobSpec("app-misc/long-1", estimate=600), JobSpec("app-misc/short-1", estimate=10)])
+    command = "sh -c 'head -c 3000000 /dev/zero > blob; sleep 4' {pn}"
+    drone, _ = start_drone(spawn, registry, "izar", command, 2, SWARM_DRONE_CPU_CGROUP=str(root),
+                           SWARM_DRONE_CORES="8", SWARM_DRONE_STATE_DIR=str(tmp_path / "izar"))
+    mine = root / "swarm-izar"
+    weight = "cpu.weight" if (root / "cgroup.controllers").exists() else "cpu.shares"
+    unit = 100 if weight == "cpu.weight" else 1024
+
+    def shares() -> dict[str, int]:
+        """Each running build's package -> its group's weight."""
+        found = {}
+        for group in mine.glob("build-*"):
+            try:
+                pids = (group / "cgroup.procs").read_text().split()
+                value = int((group / weight).read_text())
+                names = {Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[-2].decode() for pid in pids}
+            except (OSError, IndexError, ValueError):
+                continue
+            found.update({n: value for n in names if n in ("long", "short")})
+        return found
+
+    # The longest chain is entitled to 8 - 1 cores, the other build to one.
+    wait_for(lambda: shares() == {"long": 7 * unit, "short": unit}, 20, "each build in its CPU group, by chain")
+    # Each command build's working directory is its build disk, recorded beside its peak memory.
+    assert wait_until(lambda: queue.counts()["built"] == 2, 30)
+    (record,) = History(redis_client).records("app-misc/long")
+    assert record.disk is not None and record.disk >= 3_000_000 and record.peak_rss
+    drone.send_signal(signal.SIGTERM)
+    assert drone.wait(timeout=20) == 0
+    assert not mine.exists()  # its groups are gone with it
+    assert not list((tmp_path / "izar" / "work").iterdir())  # and the working directories
+    (izar,) = registry.list()
+    assert izar.cores == 8 and izar.disk_total and izar.disk_total > 0

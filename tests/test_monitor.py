@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import time
+from pathlib import Path
 
 import pytest
 import redis
@@ -12,11 +13,12 @@ from rich.console import Console
 from swarmctl import keys, monitor
 from swarmctl.cli.live import run_live
 from swarmctl.cli.views.monitor import render_frame
-from swarmctl.config import Config
+from swarmctl.config import Config, load_config
 from swarmctl.events import Event
 from swarmctl.graph import JobSpec
-from swarmctl.queue import Queue
+from swarmctl.queue import Queue, for_target
 from swarmctl.registry import DroneInfo, DroneRegistry
+from swarmctl.target_status import record_sync
 from tests.helpers import run_cli
 
 LONG_CPV = "dev-python/an-extraordinarily-long-package-name-that-never-fits-any-column-1.2.3_pre20240101-r7"
@@ -287,10 +289,29 @@ def test_a_drone_that_cannot_build_shows_why(status: str, label: str, colour: st
                       last_heartbeat=999.0, heartbeat_age=1.0, failures=0, grounded_until=None, built=0,
                       revoked=False, hung=False, machine_id=None, host=None, problem=reason)
     snap = monitor.Snapshot(now=1000.0, counts={"needed": 3, "delegated": 0, "built": 0, "failed": 0,
-                                                "blocked": 0, "ready": 3, "waiting": 0},
+                                                "blocked": 0, "retired": 0, "ready": 3, "waiting": 0},
                             drones=[drone], events=[], rate_per_hour=0.0, critical_path=None, running={})
     console = Console(width=100, file=io.StringIO(), color_system="truecolor", force_terminal=True)
     segments = list(console.render(render_frame(snap, 100)))
     cell = next(s for s in segments if s.text.strip() == label)
     assert cell.style is not None and cell.style.color is not None and cell.style.color.name == colour
     assert reason in text_of(render_frame(snap, 100), 100)
+
+
+def test_several_targets_get_a_line_each(redis_client: redis.Redis, config: Config, swarm_env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    path = tmp_path / "swarm.yml"
+    path.write_text("targets:\n  desktop:\n    make_conf: {USE: X}\n  server:\n    make_conf: {USE: -X}\n")
+    farm = load_config(environ={**swarm_env, "SWARM_CONFIG": str(path)})
+    queue, registry = Queue(redis_client, farm), DroneRegistry(redis_client, farm)
+    queue.add(for_target([JobSpec("app-misc/a-1"), JobSpec("app-misc/b-1")], "desktop")
+              + for_target([JobSpec("app-misc/a-1")], "server"))
+    record_sync(redis_client, "desktop", 4, 2, "rev-a")
+    registry.heartbeat("dsk", registry.enroll("dsk"), {"status": "idle", "targets": "desktop"})
+    text = text_of(render_frame(monitor.gather(redis_client, farm), 140), 140)
+    assert "Needed: 3" in text  # the totals as before, then a line per target as in swarmctl status
+    assert ("Target desktop: 2 needed, 0 building, 0 built, 0 failed/blocked; 50.0% available (2/4); "
+            "1/1 drone(s) available") in text
+    assert "Target server: 1 needed, 0 building, 0 built, 0 failed/blocked; coverage unknown; 0/0 drone(s)" in text
+    single = monitor.gather(redis_client, config)  # one target: the view is unchanged
+    assert single.targets == [] and "Target " not in text_of(render_frame(single, 140), 140)

@@ -138,7 +138,7 @@ def test_concurrent_adds_add_each_job_once(redis_client: redis.Redis, redis_url:
     assert sum(added) == 200
     queue = _queue(redis_url)
     assert queue.counts() | {"ready": 1} == {"needed": 200, "delegated": 0, "built": 0, "failed": 0,
-                                             "blocked": 0, "ready": 1, "waiting": 199}
+                                             "blocked": 0, "retired": 0, "ready": 1, "waiting": 199}
     assert queue.counts()["ready"] == 1  # only the chain's head is claimable
 
 
@@ -518,3 +518,44 @@ def test_claims_racing_with_memory_limits_hand_each_job_once_and_only_where_it_f
     assert sorted(c for r in results for c in r) == sorted(big + small)  # every job once
     assert not [c for n, r in by_drone.items() if sizes[n][0] < 1000 for c in r if c in big]
     assert sum(1 for n, r in by_drone.items() if sizes[n][0] < 1000 and r) >= 2  # small drones did work too
+
+
+def _retree_once(url: str, gone: list[str], start: mp.Barrier) -> tuple[list[str], list[str]]:
+    queue = _queue(url)
+    start.wait()
+    report = queue.retree("default", "rev-b", lambda cpv: cpv not in gone)
+    return report.retired, report.restamped
+
+
+def _claim_noting_tree(url: str, name: str, token: str, start: mp.Barrier) -> list[tuple[str, str]]:
+    queue = _queue(url)
+    start.wait()
+    taken = []
+    while len(taken) < 100 and (claim := queue.claim(name, token)) is not None:  # leaves 100 jobs at least
+        taken.append((claim.cpv, claim.tree))
+    return taken
+
+
+def test_a_tree_sync_racing_claims_never_hands_out_a_retired_job(redis_client: redis.Redis, redis_url: str) -> None:
+    queue = _queue(redis_url)
+    cpvs = [f"app-misc/t{i}-1" for i in range(400)]
+    gone = cpvs[1::2]
+    queue.add([JobSpec(c, estimate=1) for c in cpvs], tree="rev-a")
+    tokens = _enroll_all(redis_client, 3)
+    with start_line(5) as barrier, CTX.Pool(5) as pool:
+        syncs = [pool.apply_async(_retree_once, (redis_url, gone, barrier)) for _ in range(2)]
+        claims = pool.starmap(_claim_noting_tree, [(redis_url, n, t, barrier) for n, t in tokens.items()])
+        outcomes = [s.get() for s in syncs]
+    taken = dict(c for drone in claims for c in drone)
+    retired = [c for r, _ in outcomes for c in r]
+    assert len(taken) == sum(map(len, claims))  # each job handed out once
+    assert sorted(retired) == sorted(set(retired)) == sorted(set(gone) - set(taken))  # each retired once
+    assert taken and retired  # both sides won some
+    jobs = {j.cpv: j for j in queue.jobs()}
+    # A claimed job carries the revision it has in the queue; a gone one only the one it was planned at.
+    assert all(jobs[c].state == "delegated" and jobs[c].tree == tree for c, tree in taken.items())
+    assert all(taken[c] == "rev-a" for c in gone if c in taken)
+    assert all(jobs[c].state == "retired" and jobs[c].tree == "rev-a" for c in retired)
+    assert all((jobs[c].state, jobs[c].tree) == ("needed", "rev-b") for c in set(cpvs) - set(gone) - set(taken))
+    assert int(redis_client.hget(keys.STATS, "retired")) == len(retired) == len(
+        [e for e in Events(redis_client).since() if e.kind == "retired"])

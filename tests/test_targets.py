@@ -11,16 +11,21 @@ from pathlib import Path
 import pytest
 import redis
 
-from swarmctl import keys, metrics
+from swarmctl import keys, metrics, tree
+from swarmctl.cli.queue_cmd import _retree
 from swarmctl.config import Config, load_config
 from swarmctl.drone.builders import CommandBuilder
 from swarmctl.drone.daemon import DroneDaemon
+from swarmctl.events import Events
 from swarmctl.exceptions import ConfigError
 from swarmctl.graph import JobSpec
+from swarmctl.integrity import suspects
 from swarmctl.queue import Queue, for_target
 from swarmctl.registry import DroneRegistry
+from swarmctl.resolver import Resolution, ResolvedPackage
 from swarmctl.status import as_json, gather_status
 from swarmctl.target_status import record_sync
+from swarmctl.targets import DEFAULT_TARGET
 from tests.helpers import Spawner, run_cli, wait_until
 
 TWO_TARGETS = """
@@ -133,19 +138,52 @@ def _git(repo: Path, *args: str) -> str:
                           ).stdout.strip()
 
 
+def _git_repo(path: Path) -> tuple[Path, str, str]:
+    """A git repository with two commits (old, new) of one file ``eb``; HEAD at new."""
+    path.mkdir()
+    _git(path, "init", "-q")
+    (path / "eb").write_text("old\n")
+    _git(path, "add", "eb")
+    _git(path, "commit", "-qm", "old")
+    old = _git(path, "rev-parse", "HEAD")
+    (path / "eb").write_text("new\n")
+    _git(path, "commit", "-qam", "new")
+    return path, old, _git(path, "rev-parse", "HEAD")
+
+
+def test_tree_revision_asks_git_only_when_the_tree_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo, old, new = _git_repo(tmp_path / "repo")
+    branch = _git(repo, "symbolic-ref", "--short", "HEAD")
+    calls: list[tuple[str, ...]] = []
+    real_git = tree._git
+
+    def counted(where: Path, *args: str) -> subprocess.CompletedProcess[str] | None:
+        calls.append(args)
+        return real_git(where, *args)
+
+    monkeypatch.setattr(tree, "_git", counted)
+    assert [tree.tree_revision(repo) for _ in range(5)] == [new] * 5
+    assert len(calls) == 1  # an unchanged tree: stats, not a subprocess per heartbeat
+    (repo / "eb").write_text("newer\n")
+    _git(repo, "commit", "-qam", "newer")  # changes done from outside are seen at once
+    newer = _git(repo, "rev-parse", "HEAD")
+    assert tree.tree_revision(repo) == newer
+    _git(repo, "checkout", "-q", "--detach", old)
+    assert tree.tree_revision(repo) == old
+    _git(repo, "checkout", "-q", branch)
+    assert tree.tree_revision(repo) == newer
+    _git(repo, "pack-refs", "--all")  # the ref moves into packed-refs, then is moved there
+    _git(repo, "update-ref", f"refs/heads/{branch}", new)
+    assert tree.tree_revision(repo) == new == tree.tree_revision(repo)
+    assert len(calls) == 5
+
+
 def test_drone_builds_only_at_the_planned_tree(redis_client: redis.Redis, config: Config, tmp_path: Path) -> None:
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    (repo / "eb").write_text("old\n")
-    _git(repo, "add", "eb")
-    _git(repo, "commit", "-qm", "old")
-    old = _git(repo, "rev-parse", "HEAD")
-    (repo / "eb").write_text("new\n")
-    _git(repo, "commit", "-qam", "new")
-    new = _git(repo, "rev-parse", "HEAD")
+    repo, old, new = _git_repo(tmp_path / "repo")
     _git(repo, "checkout", "-q", "--detach", old)  # the drone's tree is a revision behind
     config = config.with_overrides(drone__repo=str(repo), drone__poll_interval=0.05)
     queue, registry = Queue(redis_client, config), DroneRegistry(redis_client, config)
@@ -166,6 +204,86 @@ def test_drone_builds_only_at_the_planned_tree(redis_client: redis.Redis, config
     unknown = queue.get("app-misc/unknown-1")
     assert unknown.state == "needed" and unknown.attempts == 0  # handed back, never a failure
     assert "izar" in unknown.failed_on
+
+
+def test_two_slots_never_move_the_tree_under_a_running_build(redis_client: redis.Redis, config: Config,
+                                                             tmp_path: Path) -> None:
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    repo, old, new = _git_repo(tmp_path / "repo")
+    _git(repo, "checkout", "-q", "--detach", old)
+    witness, release = tmp_path / "witness", tmp_path / "release"
+    script = tmp_path / "build.sh"  # reads the ebuild when it starts and again when it ends
+    script.write_text(f'echo "$1 start $(cat {repo}/eb)" >> {witness}\n'
+                      f'while [ ! -e {release} ]; do sleep 0.05; done\n'
+                      f'echo "$1 end $(cat {repo}/eb)" >> {witness}\n')
+    config = config.with_overrides(drone__repo=str(repo), drone__poll_interval=0.05, drone__slots=2)
+    queue, registry = Queue(redis_client, config), DroneRegistry(redis_client, config)
+    queue.add([JobSpec("app-misc/at-old-1")], tree=old)
+    queue.add([JobSpec("app-misc/at-new-1")], tree=new)
+    daemon = DroneDaemon(redis_client, config, "izar", registry.enroll("izar"),
+                         CommandBuilder(["sh", str(script), "{pn}"]), tmp_path / "state")
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    try:
+        # Both slots took a job; the one that came second was given back, not checked out.
+        assert wait_until(lambda: witness.exists() and redis_client.hget(keys.STATS, "tree-mismatch"), 30)
+        (first,) = [line.split()[0] for line in witness.read_text().splitlines()]
+        assert _git(repo, "rev-parse", "HEAD") == (old if first == "at-old" else new)
+        release.touch()
+        assert wait_until(lambda: queue.counts()["built"] == 2, 30)
+    finally:
+        release.touch()
+        daemon.stopping.set()
+        runner.join(30)
+    # Each build read its own revision from start to end; the second caught up once the first ended.
+    assert sorted(witness.read_text().splitlines()) == [
+        "at-new end new", "at-new start new", "at-old end old", "at-old start old"]
+
+
+def test_a_new_tree_retires_the_waiting_jobs_it_lacks_and_restamps_the_rest(
+        redis_client: redis.Redis, config: Config, tmp_path: Path) -> None:
+    queue, registry = Queue(redis_client, config), DroneRegistry(redis_client, config)
+    token = registry.enroll("izar")
+    queue.add([JobSpec("app-misc/running-1")], tree="rev-a")
+    running = queue.claim("izar", token)
+    assert running is not None  # a running build keeps the revision its drone was handed
+    queue.add([JobSpec("dev-libs/old-1"), JobSpec("app-misc/top-1", build=["dev-libs/old-1"]),
+               JobSpec("app-misc/kept-1"), JobSpec("app-misc/gone-1")], tree="rev-a")
+    repo = tmp_path / "repo"  # the new tree: kept-1 is not in world but its ebuild is still there
+    (repo / "app-misc/kept").mkdir(parents=True)
+    (repo / "app-misc/kept/kept-1.ebuild").write_text("EAPI=8\n")
+    # Resolved at rev-b: top-1 now build-depends on new-1, old-1 is gone.
+    resolution = Resolution(needed=(ResolvedPackage("dev-libs/new-1"),
+                                    ResolvedPackage("app-misc/top-1", build_deps=("dev-libs/new-1",))))
+    specs = resolution.job_specs()
+    queue.add(specs, tree="rev-b")  # as queue sync does: add, then move what waits to the new tree
+    report = _retree(queue, [(DEFAULT_TARGET, resolution, "rev-b", repo)], specs)
+    assert sorted(report.retired) == ["app-misc/gone-1", "dev-libs/old-1"] and report.restored == []
+    assert sorted(report.restamped) == ["app-misc/kept-1", "app-misc/top-1"]
+    jobs = {j.cpv: j for j in queue.jobs()}
+    assert {c: (j.state, j.tree) for c, j in jobs.items()} == {
+        "app-misc/running-1": ("delegated", "rev-a"), "dev-libs/old-1": ("retired", "rev-a"),
+        "app-misc/gone-1": ("retired", "rev-a"), "app-misc/kept-1": ("needed", "rev-b"),
+        "app-misc/top-1": ("needed", "rev-b"), "dev-libs/new-1": ("needed", "rev-b")}
+    assert jobs["dev-libs/old-1"].reason == "gone from the tree at rev-b (planned at rev-a)"
+    retired = [e for e in Events(redis_client).since() if e.kind == "retired"]
+    assert sorted(e.job for e in retired) == ["app-misc/gone-1", "dev-libs/old-1"]
+    assert queue.counts()["retired"] == 2 == int(redis_client.hget(keys.STATS, "retired"))
+    # top-1 waits for new-1 (its edge in the new tree), never for the retired old-1.
+    assert not jobs["app-misc/top-1"].ready
+    built = []
+    while (claim := queue.claim("izar", token)) is not None:
+        built.append(claim.cpv)
+        queue.complete(claim.cpv, "izar", token, claim.lease, 1.0)
+    assert built.index("dev-libs/new-1") < built.index("app-misc/top-1") and "app-misc/gone-1" not in built
+    # A CPV back in a later tree is needed again; the running job is untouched throughout.
+    (repo / "app-misc/gone").mkdir()
+    (repo / "app-misc/gone/gone-1.ebuild").write_text("EAPI=8\n")
+    again = _retree(queue, [(DEFAULT_TARGET, Resolution(needed=()), "rev-c", repo)], [])
+    assert again.restored == ["app-misc/gone-1"] and again.retired == [] and again.restamped == []
+    assert queue.get("app-misc/gone-1").state == "needed" and queue.get("app-misc/running-1").tree == "rev-a"
+    assert suspects(redis_client)[0] == []  # the bookkeeping agrees with the facts
 
 
 def test_drones_declaring_targets_build_only_those(spawn: Spawner, redis_client: redis.Redis,

@@ -56,8 +56,14 @@ options:
     default: []
 attributes:
   check_mode:
-    support: full
-    details: Runs C(emerge --pretend) and reports what would be merged and built.
+    support: partial
+    details:
+      - Runs C(emerge --pretend) in the prefix and reports what would be merged and built; nothing
+        is built and the prefix is neither created nor refreshed.
+      - When O(prefix) does not exist yet and O(repo) is given (a real run would create it), there
+        is nothing to ask C(emerge --pretend). The module then reports that it would create the
+        prefix and build O(cpv) (C(changed=true), RV(plan) empty). Whether the build would succeed
+        is not known before it runs.
   diff_mode:
     support: none
 requirements:
@@ -119,7 +125,9 @@ duration:
   returned: when not in check mode
   type: float
 plan:
-  description: What emerge would merge (C(kind) is C(ebuild) for a source build, C(binary) for a binary).
+  description:
+    - What emerge would merge (C(kind) is C(ebuild) for a source build, C(binary) for a binary).
+    - Empty when the prefix does not exist yet (see the check mode attribute).
   returned: check mode
   type: list
   elements: dict
@@ -176,6 +184,11 @@ def main():
     result["cpv"] = cpv
 
     prefix = None
+    if params["prefix"] and module.check_mode and params["repo"]:
+        try:
+            load_prefix(Path(params["prefix"]))
+        except (OSError, ValueError):
+            _would_create_prefix(module, result, cpv, params)
     if params["prefix"]:
         try:
             if params["repo"] and not module.check_mode:
@@ -225,6 +238,16 @@ def main():
         module.fail_json(msg=result["reason"], **result)
     result["changed"] = True
     module.exit_json(**result)
+
+
+def _would_create_prefix(module, result, cpv, params):
+    """Check mode on a host without the prefix yet: a real run would create it from the repo and build."""
+    if not Path(params["repo"]).is_dir():
+        module.fail_json(msg=f"portage prefix: the ebuild repository {params['repo']} does not exist",
+                         fault="drone", **_without(result, "fault"))
+    result.update(ok=True, changed=True, plan=[], would_build=[cpv],
+                  log_path=params["log_path"] or _default_log(params["prefix"], cpv))
+    module.exit_json(msg=f"would create the prefix {params['prefix']} from {params['repo']} and build {cpv}", **result)
 
 
 def _without(data, *keys):

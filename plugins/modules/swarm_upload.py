@@ -64,8 +64,14 @@ options:
     default: 30.0
 attributes:
   check_mode:
-    support: full
-    details: Computes size and SHA256 and reports the upload that would happen; nothing is sent.
+    support: partial
+    details:
+      - Computes size and SHA256 and looks the package up in the binhost's staging index (the index
+        uploads are published into); nothing is sent. Already there with the same SHA256 is
+        C(changed=false) and C(code=duplicate), as a real run would report it.
+      - Whether the binhost would accept the upload (token, lease, free space, content checks) is
+        only known by uploading; when the index cannot be read the module warns and reports the
+        upload as a change.
   diff_mode:
     support: none
 requirements:
@@ -88,7 +94,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 code:
-  description: C(published), C(duplicate) (same build already there), or the refusal code.
+  description:
+    - C(published), C(duplicate) (same build already there), or the refusal code.
+    - In check mode C(check_mode) (the upload would happen) or C(duplicate).
   returned: always
   type: str
   sample: published
@@ -174,8 +182,17 @@ def main():
         module.fail_json(msg=str(exc), **result)
 
     if module.check_mode:
-        result.update(changed=True, code="check_mode", outcome="ok",
-                      reason=f"would upload {path.name} ({artifact.size} bytes) to {params['binhost_url']}")
+        would = f"would upload {path.name} ({artifact.size} bytes) to {params['binhost_url']}"
+        try:
+            already = client.published(params["cpv"], artifact.sha256)
+        except (OSError, ValueError) as exc:
+            module.warn(f"cannot tell whether the binhost already has {params['cpv']}: {exc}")
+            already = False
+        if already:
+            result.update(code="duplicate", outcome="ok",
+                          reason=f"{params['cpv']} with this sha256 is already published")
+        else:
+            result.update(changed=True, code="check_mode", outcome="ok", reason=would)
         module.exit_json(msg=result["reason"], **result)
 
     verdict = client.upload(path, params["cpv"], params["lease"], sha256=artifact.sha256, size=artifact.size,

@@ -18,7 +18,9 @@ import os
 import select
 import socket
 import time
+import urllib.error
 import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +167,28 @@ class BinhostClient:
                                  attempts=attempt)
         finally:
             conn.close()
+
+    def published(self, cpv: str, sha256: str) -> bool:
+        """Whether the binhost's staging index (where uploads are published) already lists ``cpv``
+        with this content: an upload of it would be answered ``duplicate`` (same content).
+
+        Raises:
+            OSError: The index could not be fetched (network, HTTP error other than 404).
+            ValueError: The index does not parse.
+        """
+        from swarmctl.binhost.generations import staging_url
+        from swarmctl.binhost.index import UPLOAD_SHA256_KEY, PackagesIndex
+
+        try:
+            with urllib.request.urlopen(staging_url(self.url) + "/Packages", timeout=self.timeout) as reply:
+                text = reply.read().decode("utf-8")
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:  # nothing published yet
+                return False
+            raise
+        index = PackagesIndex.parse(text)
+        return any(sha256 in (index.entries[path].get("SHA256"), index.entries[path].get(UPLOAD_SHA256_KEY))
+                   for path in index.paths_of(cpv))
 
     def _connection(self) -> http.client.HTTPConnection:
         parts = self._parts

@@ -9,6 +9,7 @@ Layout inside PKGDIR (hidden entries are never served as files)::
                                    and generation.json (id, created, tree, packages,
                                    signing key, gate results, state)
     .swarm-generations/published.json   the publication history, oldest first
+    .swarm-gc/run-*/               files gc set aside under the index lock, unlinked after it
 
 Package files are shared by every index. A binhost that was never promoted has no
 staging index: uploads go straight to ``PKGDIR/Packages`` as before. The first

@@ -11,19 +11,30 @@
   their files go once no kept generation names them;
 - every other package file (named by no index left) goes.
 
-It all happens under the publish lock (no promote or rollback meanwhile) and the
-index lock (no upload links or indexes a file meanwhile); the staging index is
-written before any file is unlinked, so a crash leaves at worst an unreferenced file.
+Deciding happens under the publish lock (no promote or rollback meanwhile) and the
+index lock (no upload links or indexes a file meanwhile): the staging index is
+written, then every file picked is renamed aside into ``PKGDIR/.swarm-gc/`` (hidden,
+never served) and the category directories left empty are removed. Only then, with
+both locks released, are the set-aside files unlinked: a publish waits for the
+decision and the renames, never for the unlinks of a big collection. A file set
+aside is out of its path before the lock goes, so an upload of the same path links a
+new file there (it cannot adopt one about to be unlinked). A crash leaves at worst
+an unreferenced file or a set-aside directory, which the next gc deletes.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from swarmctl.binhost import generations as gens
 from swarmctl.binhost.index import INDEX_NAME, IndexStore, _package_files, index_paths
+
+#: Where gc moves the files it deletes, under the index lock, to unlink them after it.
+GC_DIR = ".swarm-gc"
 
 
 @dataclass
@@ -49,6 +60,9 @@ def gc(pkgdir: Path, *, keep_generations: int, keep_instances: int, dry_run: boo
     pkgdir = Path(pkgdir)
     plan = GcPlan()
     with gens.publish_lock(pkgdir):
+        # Set aside by a gc that died before unlinking (or one unlinking now: deleting its files
+        # twice is harmless, everything in there is garbage).
+        leftovers = sorted((pkgdir / GC_DIR).glob("run-*"))
         ids = gens.generation_ids(pkgdir)
         keep = set(ids[-keep_generations:]) if keep_generations > 0 else set()
         keep |= {i for i in (gens.published_id(pkgdir), gens.previous_id(pkgdir)) if i is not None}
@@ -82,11 +96,10 @@ def gc(pkgdir: Path, *, keep_generations: int, keep_instances: int, dry_run: boo
                 for rel_path in plan.unstaged:
                     staging.remove(rel_path)
                 store.save(staging)
-            for rel_path, _ in plan.files:
-                (pkgdir / rel_path).unlink(missing_ok=True)
-                _prune_empty(pkgdir, (pkgdir / rel_path).parent)
+            aside = _set_aside(pkgdir, [rel_path for rel_path, _ in plan.files])
         for gen_id in plan.generations:
             shutil.rmtree(gens.gen_dir(pkgdir, gen_id), ignore_errors=True)
+    _discard(aside, leftovers)
     return plan
 
 
@@ -98,3 +111,23 @@ def _prune_empty(pkgdir: Path, directory: Path) -> None:
         except OSError:
             return
         directory = directory.parent
+
+
+def _set_aside(pkgdir: Path, rel_paths: list[str]) -> Path:
+    """Move ``rel_paths`` into a new directory below ``PKGDIR/.swarm-gc`` (call under the index lock;
+    renames within one file system), and remove the directories they leave empty."""
+    (pkgdir / GC_DIR).mkdir(exist_ok=True)
+    aside = Path(tempfile.mkdtemp(prefix="run-", dir=pkgdir / GC_DIR))
+    for number, rel_path in enumerate(rel_paths):
+        try:
+            os.rename(pkgdir / rel_path, aside / f"{number}.gpkg.tar")
+        except FileNotFoundError:
+            continue
+        _prune_empty(pkgdir, (pkgdir / rel_path).parent)
+    return aside
+
+
+def _discard(aside: Path, leftovers: list[Path]) -> None:
+    """Unlink what was set aside (no lock held: nothing else uses these names)."""
+    for directory in (*leftovers, aside):
+        shutil.rmtree(directory, ignore_errors=True)

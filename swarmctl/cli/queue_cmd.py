@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,7 +18,7 @@ from swarmctl.dag import load_dag
 from swarmctl.exceptions import ConfigError
 from swarmctl.graph import BrokenEdge, JobSpec
 from swarmctl.keys import STATES
-from swarmctl.queue import AddReport, Queue, for_target
+from swarmctl.queue import AddReport, Queue, RetreeReport, for_target
 from swarmctl.targets import job_name, validate_job
 
 #: Broken cycle edges listed one by one; beyond that only counted by kind.
@@ -150,8 +151,8 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
         # Without a binhost every package counts as missing: coverage would read 0 %.
         terminal.note("no binhost to compare with (--binhost, binhost.dir or binhost.url): "
                       "every package counts as missing")
-    specs = [job for name, resolution, tree in planned for job in for_target(resolution.job_specs(), name)]
-    trees = {tree for _, _, tree in planned}
+    specs = [job for name, resolution, tree, _ in planned for job in for_target(resolution.job_specs(), name)]
+    trees = {tree for _, _, tree, _ in planned}
     # One revision per batch: with several trees (targets resolved from different repositories), each its own.
     if dry_run:
         report = AddReport()
@@ -159,20 +160,21 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
         report = _add_counted(app, specs, quiet or as_json, tree=next(iter(trees), ""))
     else:
         report = AddReport()
-        for name, resolution, tree in planned:
+        for name, resolution, tree, _ in planned:
             part = _add_counted(app, for_target(resolution.job_specs(), name), quiet or as_json, tree=tree)
             report.added += part.added
             report.existing += part.existing
             report.broken += part.broken
     rebuilt = [] if dry_run else _rebuild_stale(app.queue, specs, report)
-    world = sum(len(r.needed) for _, r, _ in planned)
-    available = sum(len(r.needed) - len(r.missing) for _, r, _ in planned)
-    outdated = [(name, p) for name, r, _ in planned for p in r.outdated]
+    retreed = RetreeReport() if dry_run else _retree(app.queue, planned, specs)
+    world = sum(len(r.needed) for _, r, _, _ in planned)
+    available = sum(len(r.needed) - len(r.missing) for _, r, _, _ in planned)
+    outdated = [(name, p) for name, r, _, _ in planned for p in r.outdated]
     if not dry_run:
         meta = FactStore(app.client)
         meta.set_world_size(world)
         meta.set_binhost(available, world)
-        for name, resolution, tree in planned:
+        for name, resolution, tree, _ in planned:
             record_sync(app.client, name, len(resolution.needed), len(resolution.needed) - len(resolution.missing),
                         tree)
     already = [c for c in report.existing if c not in rebuilt]
@@ -180,8 +182,9 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
                "missing": [job.cpv for job in specs],
                "stale": {job_name(p.cpv, name): p.stale for name, p in outdated}, "added": report.added,
                "rebuild": rebuilt, "already_queued": already, "dry_run": dry_run,
+               "retired": retreed.retired, "restamped": len(retreed.restamped), "restored": retreed.restored,
                "targets": {name: {"world": len(r.needed), "available": len(r.needed) - len(r.missing), "tree": tree}
-                           for name, r, tree in planned}}
+                           for name, r, tree, _ in planned}}
     if as_json:
         terminal.print_json(summary)
         return
@@ -193,6 +196,11 @@ def sync(app: AppContext, world_file: str | None, binhost: str | None, prefix: s
                 + (f" ({len(names)} targets)" if len(names) > 1 else ""))
     for name, package in outdated:
         terminal.note(f"{job_name(package.cpv, name)}: {package.stale}")
+    for job in retreed.retired:
+        terminal.note(f"{job}: retired, gone from the tree it was planned from")
+    if retreed.restamped or retreed.restored:
+        terminal.note(f"{len(retreed.restamped) + len(retreed.restored)} waiting job(s) moved to the new tree "
+                      f"revision ({len(retreed.restored)} back from retired)")
     _report_cycles(report.broken)
 
 
@@ -209,11 +217,30 @@ def _rebuild_stale(queue: Queue, specs: list[JobSpec], report: AddReport) -> lis
     return queue.rebuild(stale, {cpv: sorted(found) for cpv, found in gates.items()})
 
 
-def _resolve_target(app: AppContext, name: str, world_file: str | None, source: str | None, prefix: str | None,
-                    quiet: bool) -> tuple[str, Any, str]:
-    """(target, its resolution, the tree revision it was resolved from)."""
-    from pathlib import Path
+def _retree(queue: Queue, planned: list[tuple[str, Any, str, Path | None]], specs: list[JobSpec]) -> RetreeReport:
+    """Jobs waiting at an older tree revision: those whose CPV the new tree lacks are retired, the
+    others take the new revision and their edges in it (Queue.retree). A CPV is still there when
+    world needs it now or its ebuild is in the repository the revision is of."""
+    from swarmctl.tree import ebuild_present
 
+    edges = {s.cpv: s.build for s in specs}
+    report = RetreeReport()
+    for name, resolution, tree, repo in planned:
+        needed = {p.cpv for p in resolution.needed}
+
+        def present(cpv: str, needed: set[str] = needed, repo: Path | None = repo) -> bool:
+            return cpv in needed or ebuild_present(repo, cpv)
+
+        part = queue.retree(name, tree, present, edges)
+        report.retired += part.retired
+        report.restamped += part.restamped
+        report.restored += part.restored
+    return report
+
+
+def _resolve_target(app: AppContext, name: str, world_file: str | None, source: str | None, prefix: str | None,
+                    quiet: bool) -> tuple[str, Any, str, Path | None]:
+    """(target, its resolution, the tree revision it was resolved from, the repository it is of)."""
     from swarmctl.nightly import nightly_world_path
     from swarmctl.portage_env.prefix import load_prefix
     from swarmctl.resolver import PackageResolver
@@ -248,7 +275,7 @@ def _resolve_target(app: AppContext, name: str, world_file: str | None, source: 
     with terminal.progress(quiet) as progress:
         progress(f"resolving {world if isinstance(world, Path) else 'the world of ' + name} with portage", 0, None)
         resolution = PackageResolver(portage_prefix).resolve(world, area)
-    return name, resolution, tree_revision(repo)
+    return name, resolution, tree_revision(repo), repo
 
 
 @queue.command("list")

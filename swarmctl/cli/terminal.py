@@ -48,6 +48,7 @@ STATE_STYLE = {
     "built": "dim green",
     "failed": "red",
     "blocked": "bold red",
+    "retired": "grey50",
 }
 EVENT_STYLE = {
     "built": "green",

@@ -15,7 +15,8 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -57,6 +58,21 @@ class Usage:
 
 #: The usage of the build each thread supervises now (a drone runs several; see drone/slots.py).
 _LIVE: dict[int, Usage] = {}
+#: Called with the pid of each build process a thread starts (the drone's CPU groups, cpu_shares.py).
+_ON_START: dict[int, Callable[[int], None]] = {}
+
+
+@contextmanager
+def on_process_start(hook: Callable[[int], None] | None) -> Iterator[None]:
+    """Within this block, ``hook(pid)`` is called for each build process this thread starts."""
+    if hook is None:
+        yield
+        return
+    _ON_START[threading.get_ident()] = hook
+    try:
+        yield
+    finally:
+        _ON_START.pop(threading.get_ident(), None)
 
 
 def live_usage(thread: threading.Thread | None) -> Usage | None:
@@ -196,6 +212,9 @@ def run_supervised(argv: Sequence[str], log_path: Path, abort: threading.Event,
         except OSError as exc:
             log.write(f"swarmctl: cannot start {argv[0]}: {exc.strerror or exc}\n".encode())
             return None, f"cannot start {argv[0]}: {exc.strerror or exc}"
+        hook = _ON_START.get(threading.get_ident())
+        if hook is not None:
+            hook(proc.pid)
         try:
             ps = psutil.Process(proc.pid)
         except psutil.Error:
@@ -274,6 +293,14 @@ class CommandBuilder:
         self.allow_env = list(allow_env)
         #: MAKEOPTS for each build, set by a drone running several at once (drone/slots.py).
         self.makeopts: str | None = None
+        #: Where each build gets a fresh working directory (its cwd, measured as its build disk and
+        #: removed afterwards); None: the drone's own cwd, unmeasured. The drone sets its state dir's.
+        self.work_dir: Path | None = None
+
+    @property
+    def build_dir(self) -> Path | None:
+        """Where builds take their disk (the working directories), when set."""
+        return self.work_dir
 
     def preflight(self) -> PreflightResult:
         return CommandPreflight(self.template, build_environment(None, self.allow_env)).check()
@@ -287,7 +314,15 @@ class CommandBuilder:
         if self.makeopts and "MAKEOPTS" not in env:
             env["MAKEOPTS"] = self.makeopts
         usage = Usage()
-        code, problem = run_supervised(argv, log_path, abort, env=env, watchdog=self.watchdog, usage=usage)
+        cwd = self._fresh_dir(cpv)
+        try:
+            code, problem = run_supervised(argv, log_path, abort, env=env, watchdog=self.watchdog, usage=usage,
+                                           cwd=cwd, disk_dir=cwd)
+            if cwd is not None:  # its size at the end counts too (a build shorter than one sample)
+                usage.peak_disk = max(usage.peak_disk, dir_size(cwd))
+        finally:
+            if cwd is not None:
+                shutil.rmtree(cwd, ignore_errors=True)
         if problem == "aborted":
             return BuildResult(ok=False, fault="none", reason="aborted", aborted=True, usage=usage)
         if problem == "hung":
@@ -297,3 +332,12 @@ class CommandBuilder:
         if code != 0:
             return BuildResult(ok=False, fault="build", reason=f"command exited {code}", usage=usage)
         return BuildResult(ok=True, usage=usage)
+
+    def _fresh_dir(self, cpv: str) -> Path | None:
+        """An empty working directory for one build of ``cpv`` (several may run at once)."""
+        if self.work_dir is None:
+            return None
+        path = self.work_dir / f"{cpv.replace('/', '_')}.{threading.get_ident()}"
+        shutil.rmtree(path, ignore_errors=True)  # left by a build the drone died in
+        path.mkdir(parents=True)
+        return path

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -26,7 +27,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,7 +39,8 @@ from swarmctl import __version__, keys
 from swarmctl.backoff import delays
 from swarmctl.config import Config
 from swarmctl.connection import TRANSIENT
-from swarmctl.drone.builders import Builder, BuildResult
+from swarmctl.drone.builders import Builder, BuildResult, on_process_start
+from swarmctl.drone.cpu_shares import CpuGroups
 from swarmctl.drone.disk import GIB, DroneDisk
 from swarmctl.drone.logs import BuildLogs
 from swarmctl.drone.slots import Current, Slots, cores, makeopts
@@ -47,7 +50,7 @@ from swarmctl.logtail import tail
 from swarmctl.queue import Claim, Queue, new_session
 from swarmctl.registry import DroneRegistry
 from swarmctl.targets import drone_targets
-from swarmctl.tree import sync_tree, tree_revision
+from swarmctl.tree import TreeGate, tree_revision
 
 log = logging.getLogger("swarmctl.drone")
 
@@ -75,6 +78,16 @@ def machine_id() -> str | None:
     return None
 
 
+def _fs_total_mb(path: Path) -> int:
+    """Size in MiB of the file system holding ``path`` (its nearest existing parent); 0: unknown."""
+    for candidate in (path, *path.parents):
+        try:
+            return shutil.disk_usage(candidate).total // (1024 * 1024)
+        except OSError:
+            continue
+    return 0
+
+
 class DroneDaemon:
     """One build machine's worker loop."""
 
@@ -100,10 +113,20 @@ class DroneDaemon:
         self.stopping = threading.Event()
         self.aborting = threading.Event()
         self.finished = threading.Event()
-        slots = cfg.slots or max(1, cores() // 4)
+        # What it declares (drone.cores, memory_mb, build_disk_gb; else what the host has) is what
+        # its heartbeat reports and its claims are fitted to.
+        self.cores = cfg.cores or cores()
+        slots = cfg.slots or max(1, self.cores // 4)
         self.slots = Slots(slots)
+        #: Its builds' shared repositories: one checkout at a time, never under a running build.
+        self.trees = TreeGate()
         if slots > 1 and hasattr(builder, "makeopts"):
-            builder.makeopts = makeopts()
+            builder.makeopts = makeopts(self.cores)
+        #: One CPU group per build, weighted by chain (drone/cpu_shares.py); None: pooled evenly.
+        self.cpu_groups = CpuGroups(cfg.cpu_cgroup, name) if cfg.cpu_cgroup and slots > 1 else None
+        if hasattr(builder, "work_dir") and getattr(builder, "work_dir", None) is None:
+            builder.work_dir = state_dir / "work"  # the command builder's per-build directories
+            builder.work_dir.mkdir(parents=True, exist_ok=True)
         # Claims are numbered within this process's session, one in flight at a time; a retry
         # after a lost reply sends the same number again (idempotent). ``settled`` is the last
         # number whose reply has been handled: its job, if any, is in a slot (or already
@@ -115,9 +138,10 @@ class DroneDaemon:
         self.grounded_until = 0.0
         self.started_builds = 0
         self.mem_total = cfg.memory_mb or psutil.virtual_memory().total // (1024 * 1024)
-        self.speed = cfg.speed or float(cores())
+        self.speed = cfg.speed or float(self.cores)
         # Where builds take their disk: the builder's build directory, else this drone's state.
         self.build_dir = Path(getattr(builder, "build_dir", None) or state_dir)
+        self.disk_total = int(cfg.build_disk_gb * 1024) or _fs_total_mb(self.build_dir)
         self.machine_id = machine_id()
         self.builds = 0
         #: Why this drone cannot build (its builder's preflight failed), or None.
@@ -186,6 +210,8 @@ class DroneDaemon:
             "tasks": self.slots.tasks_json(),
             "slots": self.slots.size,
             "mem_total": self.mem_total,
+            "cores": self.cores,
+            "disk_total": self.disk_total,
             "speed": f"{self.speed:g}",
             "cpu": f"{psutil.cpu_percent(None):.1f}",
             "mem": f"{memory.percent:.1f}",
@@ -429,6 +455,8 @@ class DroneDaemon:
             self._take(None, self.claim_seq)
             self.slots.abort_all()  # only builds left by an error on the way out
             self.slots.join()
+            if self.cpu_groups is not None:
+                self.cpu_groups.close()
             self.finished.set()
             beat.join(timeout=5)
             self._sign_off()
@@ -445,7 +473,18 @@ class DroneDaemon:
     def _free_mb(self) -> tuple[int, int]:
         """What a new build may have: a claim gets only a job whose needs fit (swarmctl.capacity)."""
         cfg = self.config.drone
-        return self.slots.free_mb(self.mem_total, cfg.memory_margin_mb, self.build_dir, cfg.preflight_min_free_mb)
+        return self.slots.free_mb(self.mem_total, cfg.memory_margin_mb, self.build_dir, cfg.preflight_min_free_mb,
+                                  self.disk_total)
+
+    def _share_cores(self, current: Current, pid: int) -> None:
+        """A build's process started: into its own CPU group, and every build's share rewritten."""
+        if self.cpu_groups is not None:
+            self.cpu_groups.join(current.claim.cpv, pid)
+            self._reweigh()
+
+    def _reweigh(self) -> None:
+        if self.cpu_groups is not None:
+            self.cpu_groups.apply({c.claim.cpv: c.claim.priority for c in self.slots.running()}, self.cores)
 
     def _needs(self, cpv: str) -> tuple[int, int]:
         """The job's expected (memory, disk) in bytes, reserved while it builds (0: unknown)."""
@@ -475,12 +514,16 @@ class DroneDaemon:
         builder = self.builders.get(claim.target)
         try:
             self._with_redis("heartbeat", self.heartbeat_once)
-            if builder is None or not self._at_planned_tree(current):
+            if builder is None:
                 result = BuildResult(ok=False, fault="none", aborted=True,
-                                     reason=f"this drone does not build target {claim.target}" if builder is None
-                                     else current.cannot)
+                                     reason=f"this drone does not build target {claim.target}")
             else:
-                result = builder.build(claim.package, log_path, current.abort)
+                with self._at_planned_tree(current) as ready:
+                    if not ready:
+                        result = BuildResult(ok=False, fault="none", aborted=True, reason=current.cannot)
+                    else:
+                        with on_process_start(partial(self._share_cores, current) if self.cpu_groups else None):
+                            result = builder.build(claim.package, log_path, current.abort)
         except Exception as exc:  # a builder bug is this drone's problem, never a lost job
             log.exception("builder crashed on %s", claim.cpv)
             result = BuildResult(ok=False, fault="drone", reason=f"builder error: {exc}")
@@ -494,6 +537,9 @@ class DroneDaemon:
             self._report(current, result, duration, log_path)
         finally:
             self.slots.remove(current)
+            if self.cpu_groups is not None:
+                self.cpu_groups.leave(claim.cpv)
+                self._reweigh()
             with self._held_lock:
                 self.builds += 1
                 idle = not self.slots.running()
@@ -508,20 +554,22 @@ class DroneDaemon:
             return Path(prefix.repo)
         return Path(self.config.drone.repo) if self.config.drone.repo else None
 
-    def _at_planned_tree(self, current: Current) -> bool:
+    @contextlib.contextmanager
+    def _at_planned_tree(self, current: Current) -> Iterator[bool]:
         """Is this drone's tree at the revision the job was planned from? Brings it there when it
-        can (a git tree); when it cannot, ``current.cannot`` says why and the job goes back."""
+        can (a git tree no other build of this drone is using: swarmctl.tree.TreeGate) and holds
+        it there for the build; when it cannot, ``current.cannot`` says why and the job goes back."""
         wanted = current.claim.tree
         repo = self.tree_repo(current.claim.target)
         if not wanted or repo is None:
-            return True  # planned before revisions were recorded, or no tree to compare
-        mine = tree_revision(repo)
-        if mine == wanted or sync_tree(repo, wanted):
-            return True
-        current.cannot = (f"tree-mismatch: {current.claim.cpv} was planned at tree {wanted[:40]}, this drone's "
-                          f"{repo} is at {mine[:40] or 'an unknown revision'} and cannot be brought to it")
-        log.warning("%s; giving the job back", current.cannot)
-        return False
+            yield True  # planned before revisions were recorded, or no tree to compare
+            return
+        with self.trees.at(repo, wanted) as problem:
+            if problem:
+                current.cannot = (f"tree-mismatch: {current.claim.cpv} was planned at tree {wanted[:40]}, this "
+                                  f"drone's {repo} {problem}")
+                log.warning("%s; giving the job back", current.cannot)
+            yield not problem
 
     def _out_of_space(self, log_path: Path) -> bool:
         """A build that failed on a full disk is this drone's fault, not the package's (no blame)."""

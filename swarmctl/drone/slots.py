@@ -4,13 +4,13 @@ One claim loop fills the slots; each build runs in its own thread with its own l
 abort event and hung flag. The slots' lock is also the daemon's lock over what it holds, so a
 heartbeat never sees a job between "claimed" and "held".
 
-Cores: each build of a multi-slot drone gets ``MAKEOPTS=-jC -lC`` (C = the drone's cores): any
-build may use every core the others leave idle, and make starts no new job while the load is at
-C. A fixed share (-j(C/S)) leaves the cores of a configure-bound build idle: on the KDE graph it
-doubled the makespan (bench/capacity.py: 2.0x the lower bound against 1.2x pooled, docs/
-benchmarks.md). Portage's jobserver (FEATURES=jobserver-token) pools the same way with exact
-tokens instead of the load average, but needs a recent portage on every drone; an operator who
-has it sets MAKEOPTS in the drone's environment (drone.build_env), which wins over this default.
+Cores: each build of a multi-slot drone gets ``MAKEOPTS=-jC -lC`` (C = the drone's declared
+cores): any build may use every core the others leave idle, and make starts no new job while the
+load is at C. Which build gets the contended cores is drone/cpu_shares.py's (the longest chain,
+through CPU cgroups, with drone.cpu_cgroup; else evenly). A fixed share (-j(C/S)) leaves the cores
+of a configure-bound build idle: on the KDE graph it doubled the makespan (bench/capacity.py,
+docs/benchmarks.md). An operator with portage's jobserver sets MAKEOPTS in the drone's
+environment (drone.build_env), which wins over this default.
 Memory stays bounded by the claims: a build's needs are its recorded peaks under this setting.
 """
 
@@ -144,15 +144,18 @@ class Slots:
             text = longer
         return text
 
-    def free_mb(self, total_mb: int, margin_mb: int, disk_dir: Path, disk_margin_mb: int) -> tuple[int, int]:
+    def free_mb(self, total_mb: int, margin_mb: int, disk_dir: Path, disk_margin_mb: int,
+                disk_total_mb: int = 0) -> tuple[int, int]:
         """(memory, build disk) in MiB a new build may use now.
 
         Memory: the least of what the drone offers (``total_mb``) less what its running builds
         are expected to peak at (or use now, if more), and what the host has available less
-        what those builds are still expected to grow into; then the margin. Disk: the free space
-        of ``disk_dir`` less the running builds' expected growth, less its margin.
+        what those builds are still expected to grow into; then the margin. Disk: the same with
+        the build disk the drone offers (``disk_total_mb``, 0: no limit beyond the free space) and
+        the free space of ``disk_dir``, less its margin.
         """
         offered, available = total_mb * MB, psutil.virtual_memory().available
+        disk_offered = disk_total_mb * MB if disk_total_mb else None
         try:
             disk = shutil.disk_usage(disk_dir).free
         except OSError:
@@ -163,4 +166,8 @@ class Slots:
             offered -= max(current.expected_rss, rss)
             available -= max(0, current.expected_rss - rss)
             disk -= max(0, current.expected_disk - used_disk)
+            if disk_offered is not None:
+                disk_offered -= max(current.expected_disk, used_disk)
+        if disk_offered is not None:
+            disk = min(disk, disk_offered)
         return (max(0, min(offered, available) // MB - margin_mb), max(0, disk // MB - disk_margin_mb))

@@ -61,9 +61,12 @@ def test_swarm_build_check_mode_then_build(sample_repo: Path, tmp_path: Path) ->
     prefix = tmp_path / "prefix"
     rc, plan = run_module(tmp_path, "swarm_build", {"cpv": "app-misc/hello-1", "prefix": str(prefix),
                                                    "repo": str(sample_repo)}, check=True)
-    # check mode must not create the prefix; without one it reports the problem honestly
+    # check mode on a host without the prefix: a real run would create it and build; nothing is made
     assert not prefix.exists()
-    assert rc != 0 and "prefix" in plan["msg"]
+    assert rc == 0 and plan["changed"] and plan["would_build"] == ["app-misc/hello-1"] and plan["plan"] == [], plan
+    rc, missing = run_module(tmp_path, "swarm_build", {"cpv": "app-misc/hello-1", "prefix": str(prefix)}, check=True)
+    # without a repo a real run fails too: check mode says so, in one line
+    assert rc != 0 and "prefix" in missing["msg"] and "Traceback" not in json.dumps(missing)
     rc, built = run_module(tmp_path, "swarm_build", {"cpv": "app-misc/hello-1", "prefix": str(prefix),
                                                     "repo": str(sample_repo)})
     assert rc == 0 and built["changed"] and built["ok"], built
@@ -87,12 +90,20 @@ def test_swarm_upload(drone, redis_client, config, pkgdir: Path, serve, tmp_path
     args = {"path": str(package), "cpv": "app-misc/hello-1", "binhost_url": server.url, "drone": "d1",
             "token": token, "lease": claim.lease, "duration": 2.5}
     rc, would = run_module(tmp_path, "swarm_upload", args, check=True)
-    assert rc == 0 and would["changed"] and not (pkgdir / "Packages").exists()
+    assert rc == 0 and would["changed"] and would["code"] == "check_mode" and not (pkgdir / "Packages").exists()
     rc, sent = run_module(tmp_path, "swarm_upload", args)
     assert rc == 0 and sent["changed"] and sent["code"] == "published" and sent["queue"] == "ok", sent
     assert token not in json.dumps(sent)  # no_log
     assert queue.get("app-misc/hello-1").state == "built"
     rc, again = run_module(tmp_path, "swarm_upload", args)
     assert rc == 0 and not again["changed"] and again["code"] == "duplicate"
+    # check mode asks the binhost: the same content is there, so a real run would change nothing ...
+    rc, checked = run_module(tmp_path, "swarm_upload", args, check=True)
+    assert rc == 0 and not checked["changed"] and checked["code"] == "duplicate", checked
+    # ... while other bytes for the same CPV would be uploaded (a tar padded with one more block)
+    other = tmp_path / "other.gpkg.tar"
+    other.write_bytes(package.read_bytes() + bytes(512))
+    rc, differs = run_module(tmp_path, "swarm_upload", {**args, "path": str(other)}, check=True)
+    assert rc == 0 and differs["changed"] and differs["code"] == "check_mode", differs
     rc, refused = run_module(tmp_path, "swarm_upload", {**args, "token": "wrong", "attempts": 1})
     assert rc != 0 and refused["code"] == "unauthorized"

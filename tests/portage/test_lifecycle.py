@@ -13,12 +13,14 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from swarmctl.binhost import generations as gens
-from swarmctl.binhost.index import FileDigests, IndexStore, PackagesIndex, emaint_check, reindex, verify
+from swarmctl.binhost import retention
+from swarmctl.binhost.index import FileDigests, IndexStore, PackagesIndex, emaint_check, index_paths, reindex, verify
 from swarmctl.binhost.publish import Publisher
 from swarmctl.binhost.retention import gc
 from swarmctl.binhost.signing import KEYS_NAME, Keyring
@@ -181,7 +183,8 @@ def test_a_failing_smoke_install_blocks_the_promote(binhost, hello_builds, pkgdi
     assert "smoke install" in attention[0].message
 
 
-def test_gc_deletes_only_what_no_kept_generation_names(binhost, hello_builds, pkgdir, swarm_env) -> None:  # type: ignore[no-untyped-def]
+def test_gc_deletes_only_what_no_kept_generation_names(binhost, hello_builds, pkgdir, swarm_env,  # type: ignore[no-untyped-def]
+                                                        monkeypatch) -> None:
     publisher = binhost
     old = publisher.publish_file(hello_builds[0], HELLO)
     assert gens.promote(pkgdir).published  # 2: build A
@@ -213,3 +216,29 @@ def test_gc_deletes_only_what_no_kept_generation_names(binhost, hello_builds, pk
     assert reindex(pkgdir) == len(staged) == 4
     assert set(PackagesIndex.read(gens.staging_index(pkgdir)).entries) == staged
     assert (pkgdir / "Packages").read_bytes() == published
+
+    # gc unlinks with the index lock released: a publish (of the very file it deletes) goes on meanwhile.
+    publisher.publish_file(hello_builds[0], HELLO)  # build A staged again: unstaged and deleted below
+    unlinking, proceed = threading.Event(), threading.Event()
+    real_discard = retention._discard
+
+    def slow_discard(*args: Path | list[Path]) -> None:
+        unlinking.set()
+        assert proceed.wait(60)
+        real_discard(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(retention, "_discard", slow_discard)
+    with ThreadPoolExecutor(2) as pool:
+        collecting = pool.submit(gc, pkgdir, keep_generations=1, keep_instances=1)
+        try:
+            assert unlinking.wait(60) and not (pkgdir / old.rel_path).exists()
+            again = pool.submit(publisher.publish_file, hello_builds[0], HELLO).result(timeout=60)
+        finally:
+            proceed.set()
+        assert [p for p, _ in collecting.result(timeout=60).files] == [old.rel_path] == [again.rel_path]
+    assert not list((pkgdir / retention.GC_DIR).iterdir())
+    indexes = [pkgdir / "Packages", gens.staging_index(pkgdir),
+               *(gens.gen_dir(pkgdir, i) / "Packages" for i in gens.generation_ids(pkgdir))]
+    assert old.rel_path in index_paths(gens.staging_index(pkgdir))
+    assert all((pkgdir / rel_path).is_file() for index in indexes for rel_path in index_paths(index))
+    assert verify(pkgdir, check_signatures=True).problems == []

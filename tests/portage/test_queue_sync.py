@@ -7,11 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
+import redis
 
+from swarmctl.config import load_config
 from swarmctl.drone.portage_builder import PortageBuilder
 from swarmctl.graph import JobSpec
 from swarmctl.overlay import DEFAULT_CPVS
 from swarmctl.portage_env.prefix import make_prefix
+from swarmctl.queue import Queue
 from tests.helpers import run_cli
 from tests.portage.helpers import copy_overlay_with
 
@@ -92,16 +95,17 @@ def test_a_config_change_queues_that_package_and_what_depends_on_its_subslot(
 
 
 def test_sync_queues_every_target_at_the_tree_revision_it_resolved(drone, pkgdir: Path, swarm_env: dict[str, str],
-                                                                   tmp_path: Path) -> None:
+                                                                   tmp_path: Path, redis_client: redis.Redis) -> None:
     stamp = drone.prefix.repo / "metadata" / "timestamp.chk"  # the session's repository: taken away after
     stamp.write_text("Tue, 01 Dec 2026 00:45:01 +0000\n")
     try:
-        _sync_two_targets(drone, pkgdir, swarm_env, tmp_path)
+        _sync_two_targets(drone, pkgdir, swarm_env, tmp_path, redis_client)
     finally:
         stamp.unlink()
 
 
-def _sync_two_targets(drone, pkgdir: Path, swarm_env: dict[str, str], tmp_path: Path) -> None:
+def _sync_two_targets(drone, pkgdir: Path, swarm_env: dict[str, str], tmp_path: Path,
+                      redis_client: redis.Redis) -> None:
     config = tmp_path / "swarm.yml"
     config.write_text("targets:\n  desktop: {world: [app-misc/hello]}\n  server: {world: [app-misc/hello]}\n")
     env = {**swarm_env, "SWARM_CONFIG": str(config)}
@@ -115,3 +119,13 @@ def _sync_two_targets(drone, pkgdir: Path, swarm_env: dict[str, str], tmp_path: 
     assert again["added"] == [] and again["already_queued"] == ["app-misc/hello-1@server"]
     status = json.loads(run_cli(["status", "--json"], env, check=False).stdout)
     assert {t["name"]: t["world"] for t in status["targets"]} == {"desktop": 1, "server": 1}
+    # The tree moves on; a job planned at the old revision whose package has left it is retired.
+    old = first["targets"]["server"]["tree"]
+    Queue(redis_client, load_config(environ=env)).add([JobSpec("app-misc/vanished-1@server")], tree=old)
+    (drone.prefix.repo / "metadata" / "timestamp.chk").write_text("Tue, 01 Dec 2026 03:10:00 +0000\n")
+    moved = json.loads(run_cli([*args, "--target", "server"], env).stdout)
+    assert moved["retired"] == ["app-misc/vanished-1@server"] and moved["restamped"] == 1
+    jobs = {j["cpv"]: j for j in json.loads(run_cli(["queue", "list", "--json", "--target", "server"], env).stdout)}
+    assert jobs["app-misc/vanished-1@server"]["state"] == "retired"
+    assert "gone from the tree at Tue, 01 Dec 2026 03:10:00" in jobs["app-misc/vanished-1@server"]["reason"]
+    assert jobs["app-misc/hello-1@server"]["tree"] == "Tue, 01 Dec 2026 03:10:00 +0000"

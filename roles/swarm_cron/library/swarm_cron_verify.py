@@ -17,7 +17,7 @@ description:
     user field when the daemon is dcron, which would run the user name as a command.
   - Checks the syntax of the file with C(crontab -T) (after removing the user fields).
   - Asks C(cronnext) for the next run of each job and fails when a job is not scheduled,
-    or is scheduled for a user that does not exist.
+    or is scheduled for a user that does not exist, or when C(cronnext) itself fails.
   - Read-only; never changes anything.
 version_added: "0.1.0"
 options:
@@ -27,12 +27,45 @@ options:
     required: true
   jobs:
     description:
-      - Jobs that must be scheduled. C(match) is a substring of the job's command
-        (as C(cronnext -j) matches it); C(user) the user it must run as; C(requires) the
-        files the command calls (program, playbook, inventory), which must exist.
+      - Jobs that must be scheduled. The entries of the swarm_cron role's C(swarm_cron_jobs) can be
+        given as they are (their schedule keys are accepted and not checked here).
     type: list
     elements: dict
     required: true
+    suboptions:
+      match:
+        description: A substring of the job's command, as C(cronnext) lists it; the job must be there.
+        type: str
+        required: true
+      user:
+        description: The user the job must run as (any existing user when omitted).
+        type: str
+      requires:
+        description: Files the command calls (program, playbook, inventory); each must exist.
+        type: list
+        elements: path
+        default: []
+      name:
+        description: The job's name (the role's; not checked).
+        type: str
+      job:
+        description: The job's command (the role's; C(match) is what is checked).
+        type: str
+      minute:
+        description: Schedule field (the role's; not checked, cronnext computes the next run).
+        type: str
+      hour:
+        description: Schedule field (not checked).
+        type: str
+      day:
+        description: Schedule field (not checked).
+        type: str
+      month:
+        description: Schedule field (not checked).
+        type: str
+      weekday:
+        description: Schedule field (not checked).
+        type: str
   expect_daemon:
     description: Daemon that must be running.
     type: str
@@ -194,7 +227,12 @@ def main():
     module = AnsibleModule(
         argument_spec=dict(
             cron_file=dict(type="path", required=True),
-            jobs=dict(type="list", elements="dict", required=True),
+            jobs=dict(type="list", elements="dict", required=True, options=dict(
+                match=dict(type="str", required=True),
+                user=dict(type="str"),
+                requires=dict(type="list", elements="path", default=[]),
+                **{key: dict(type="str") for key in ("name", "job", "minute", "hour", "day", "month", "weekday")},
+            )),
             expect_daemon=dict(type="str", choices=["cronie", "dcron", "any"], default="cronie"),
             crontab=dict(type="path", default="crontab"),
             cronnext=dict(type="path", default="cronnext"),
@@ -244,7 +282,10 @@ def main():
         else:
             rc, out, err = module.run_command([cronnext, "-c"])
             entries = parse_cronnext(out)
-            for job in p["jobs"]:
+            if rc != 0:
+                detail = " ".join((err or out).split())[:300] or "no output"
+                problems.append(f"cronnext -c failed (exit {rc}): {detail}: cannot prove the jobs are scheduled")
+            for job in p["jobs"] if rc == 0 else []:
                 match = str(job.get("match", ""))
                 want_user = job.get("user")
                 hits = [e for e in entries if match and match in e.get("cmd", "")]

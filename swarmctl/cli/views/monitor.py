@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from swarmctl.cli import terminal
+from swarmctl.cli.views.status import target_line
 from swarmctl.humanize import ago, duration, percent, stamp
 from swarmctl.monitor import Eta, Snapshot
 from swarmctl.registry import DroneInfo
@@ -117,7 +118,8 @@ def _eta_text(eta: Eta | None) -> str:
 
 
 def header_lines(snapshot: Snapshot, inner: int) -> list[Text]:
-    """Queue counts, rate and ETA, then the slower-moving facts, packed to the width."""
+    """Queue counts, rate and ETA, then the slower-moving facts, packed to the width; then a line
+    per target when there are several."""
     c = snapshot.counts
     trouble = terminal.COUNT_STYLE
     items = [
@@ -141,8 +143,11 @@ def header_lines(snapshot: Snapshot, inner: int) -> list[Text]:
         facts.append(terminal.labelled("Binary", f"{meta.binhost_percent:.1f}%"))
     facts.append(terminal.labelled("Leader", snapshot.leader or "none",
                                    "" if snapshot.leader else terminal.SEVERITY_STYLE["critical"]))
+    # Several targets: a line each, as in ``swarmctl status``.
+    targets = [terminal.fit(terminal.labelled(f"Target {t.name}", "").append_text(target_line(t)), inner)
+               for t in snapshot.targets if len(snapshot.targets) > 1]
     return terminal.pack_line(items, inner, sep="   ") + [
-        Text.assemble(*_dim(line)) for line in terminal.pack_line(facts, inner, sep="   ")]
+        Text.assemble(*_dim(line)) for line in terminal.pack_line(facts, inner, sep="   ")] + targets
 
 
 def _dim(line: Text) -> tuple[Text]:

@@ -42,6 +42,8 @@ def render_status(report: StatusReport) -> Group:
     queue.append(f"{q['failed']} failed", style=terminal.STATE_STYLE["failed"] if q["failed"] else "")
     queue.append(", ")
     queue.append(f"{q['blocked']} blocked", style=terminal.STATE_STYLE["blocked"] if q["blocked"] else "")
+    if q.get("retired"):  # gone from the tree before they were built (queue sync)
+        queue.append(f", {q['retired']} retired", style=terminal.STATE_STYLE["retired"])
     rows: list[tuple[str, Text | str]] = [("Sync", sync), ("World", world), ("Binary", binary), ("Swarm", drones),
                                           ("Queue", queue)]
     if len(report.targets) > 1:
