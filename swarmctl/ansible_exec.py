@@ -13,6 +13,7 @@ mark the tasks that handle tokens ``no_log: true``.
 
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -52,6 +53,7 @@ class PlaybookResult:
         summary: One line for logs: the playbook, the status and each host's line.
         artifact_dir: Where ansible-runner kept this run's artifacts (events, stdout).
         changed: Per host, the names of the tasks that changed something (or would, in check mode).
+        diffs: Per host and changed task, one short line per file or state it changes (``--diff``).
     """
 
     ok: bool
@@ -61,6 +63,7 @@ class PlaybookResult:
     summary: str
     artifact_dir: Path | None = field(default=None, compare=False)
     changed: dict[str, list[str]] = field(default_factory=dict, compare=False)
+    diffs: dict[str, dict[str, list[str]]] = field(default_factory=dict, compare=False)
 
 
 def run_playbook(
@@ -75,6 +78,7 @@ def run_playbook(
     playbook_dir: str | Path | None = None,
     single_host: bool = False,
     collections_path: str | Path | None = None,
+    check: bool = False,
 ) -> PlaybookResult:
     """Run ``playbook`` against ``limit`` in ``inventory`` and summarise it per host.
 
@@ -94,6 +98,8 @@ def run_playbook(
             is a refusal and Ansible never starts.
         collections_path: Where collections are installed (ANSIBLE_COLLECTIONS_PATH, before
             the environment's own).
+        check: Run in check and diff mode (``--check --diff``): nothing changes; the result's
+            ``changed`` and ``diffs`` say what would.
 
     Returns:
         The run's :class:`PlaybookResult`. Ansible failures are results, not exceptions.
@@ -138,6 +144,7 @@ def run_playbook(
         rotate_artifacts=keep_artifacts,
         timeout=timeout,
         ident="run",
+        cmdline="--check --diff" if check else None,
     )
     rc = runner.rc if isinstance(runner.rc, int) else 1
     status = str(runner.status)
@@ -154,7 +161,7 @@ def run_playbook(
     (data_dir / "env" / "extravars").unlink(missing_ok=True)
     _prune(root, keep_artifacts, data_dir)
     return PlaybookResult(ok=ok, rc=rc, status=status, hosts=hosts, summary=summary, artifact_dir=artifact_dir,
-                          changed=changed_tasks(runner.events))
+                          changed=changed_tasks(runner.events), diffs=diff_summaries(runner.events))
 
 
 _RESOLVE_SCRIPT = """
@@ -255,12 +262,67 @@ def changed_tasks(events: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for ev in events:
         data = ev.get("event_data") or {}
-        if ev.get("event") == "runner_on_ok" and (data.get("res") or {}).get("changed") and data.get("host"):
+        if ev.get("event") == "runner_on_ok" and _changed(ev) and data.get("host"):
             names = found.setdefault(data["host"], [])
             task = (data.get("task") or "").strip()
             if task not in names:
                 names.append(task)
     return found
+
+
+def _changed(ev: Mapping[str, Any]) -> bool:
+    res = (ev.get("event_data") or {}).get("res") or {}
+    if res.get("censored"):  # no_log hides "changed" too; the event's own output line still says it
+        return str(ev.get("stdout") or "").lstrip().startswith("changed:")
+    return bool(res.get("changed"))
+
+
+def diff_summaries(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, list[str]]]:
+    """Per host and changed task, one line per part of its ``--diff``: what, and how much.
+
+    Only counts and states, never contents: a diff of a file may hold a secret (tasks that
+    write secrets are ``no_log`` and have no diff at all, but a summary must not depend on it).
+    Ansible sends each diff as a ``runner_on_file_diff`` event before the task's result.
+    """
+    parts: dict[tuple[str, str], list[Any]] = {}
+    found: dict[str, dict[str, list[str]]] = {}
+    for ev in events:
+        data = ev.get("event_data") or {}
+        host, task = data.get("host"), (data.get("task") or "").strip()
+        if not host:
+            continue
+        diff = data.get("diff") if ev.get("event") == "runner_on_file_diff" else (data.get("res") or {}).get("diff")
+        parts.setdefault((host, task), []).extend(diff if isinstance(diff, list) else [diff] if diff else [])
+        if ev.get("event") == "runner_on_ok" and _changed(ev):
+            # The same diff comes twice: as its own event and in the result.
+            lines = list(dict.fromkeys(line for part in parts.pop((host, task), []) if isinstance(part, Mapping)
+                                       for line in [_diff_line(part)] if line))
+            if lines:
+                found.setdefault(host, {})[task] = lines
+    return found
+
+
+def _diff_line(part: Mapping[str, Any]) -> str:
+    """``/etc/x: +2 -1 lines``, ``/etc/y: state absent -> file``, or ``(prepared)``."""
+    what = str(part.get("after_header") or part.get("before_header") or "").strip()
+    before, after = part.get("before"), part.get("after")
+    if isinstance(before, str) and isinstance(after, str):
+        old, new = before.splitlines(), after.splitlines()
+        changes = list(difflib.unified_diff(old, new, lineterm="", n=0))[2:]
+        added = sum(1 for c in changes if c.startswith("+"))
+        removed = sum(1 for c in changes if c.startswith("-"))
+        how = f"+{added} -{removed} lines" if added or removed else ""
+    elif isinstance(before, Mapping) and isinstance(after, Mapping):
+        how = ", ".join(f"{k} {before.get(k)} -> {after.get(k)}" for k in sorted(set(before) | set(after), key=str)
+                        if before.get(k) != after.get(k) and k != "path")
+    elif part.get("prepared"):
+        how = "(prepared)"
+    else:
+        return ""
+    if not how:
+        return ""
+    line = f"{what}: {how}" if what else how
+    return line if len(line) <= MAX_MSG else line[: MAX_MSG - 3] + "..."
 
 
 def mask(text: str, secrets: Iterable[str]) -> str:

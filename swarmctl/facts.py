@@ -2,7 +2,8 @@
 
 They live in one Redis hash (``swarmctl.keys.FACTS``) written by whoever learns
 them -- the nightly playbook (sync time, STARTED/FINISHED/FAILED), the resolver
-(world size, binhost coverage), the cron verification (is the job scheduled?)
+(world size, binhost coverage), the cron verification (is the job scheduled?), the
+drift check (``swarmctl drift``: which hosts are no longer what the playbooks made them)
 -- and read by ``swarmctl status``, ``monitor``, ``doctor`` and the metrics
 exporter. Reads are tolerant: a missing or malformed field reads as unknown,
 never as an error, because a status command must work on a half-set-up swarm.
@@ -29,7 +30,8 @@ BINHOST_TOTAL = "binhost_total"
 BINHOST_AVAILABLE = "binhost_available"
 NIGHTLY_LAST = "nightly_last"
 CRON_VERIFY = "cron_verify"
-FIELDS = (SYNC_TIME, WORLD_SIZE, BINHOST_TOTAL, BINHOST_AVAILABLE, NIGHTLY_LAST, CRON_VERIFY)
+DRIFT_LAST = "drift_last"
+FIELDS = (SYNC_TIME, WORLD_SIZE, BINHOST_TOTAL, BINHOST_AVAILABLE, NIGHTLY_LAST, CRON_VERIFY, DRIFT_LAST)
 
 
 def _int(value: str | None) -> int | None:
@@ -71,6 +73,35 @@ class CronCheck:
 
 
 @dataclass(frozen=True)
+class DriftCheck:
+    """The last ``swarmctl drift``: when, which hosts would change (and how), which could not be checked."""
+
+    time: float
+    drifted: dict[str, list[str]]
+    failed: dict[str, str]
+    current: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DriftCheck | None:
+        when = parse_time((data or {}).get("time"))
+        if data is None or when is None:
+            return None
+        drifted, failed = data.get("drifted"), data.get("failed")
+        return cls(when,
+                   {str(h): [str(t) for t in tasks] for h, tasks in drifted.items() if isinstance(tasks, list)}
+                   if isinstance(drifted, dict) else {},
+                   {str(h): str(why) for h, why in failed.items()} if isinstance(failed, dict) else {},
+                   _int(str(data.get("current", 0))) or 0)
+
+    @property
+    def clean(self) -> bool:
+        return not self.drifted and not self.failed
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class SwarmFacts:
     """Everything in the facts hash, parsed; None means "nobody has recorded it yet"."""
 
@@ -80,6 +111,7 @@ class SwarmFacts:
     binhost_available: int | None = None
     nightly_last: NightlyMark | None = None
     cron_verify: CronCheck | None = None
+    drift: DriftCheck | None = None
 
     @classmethod
     def from_hash(cls, data: dict[str, str]) -> SwarmFacts:
@@ -90,6 +122,7 @@ class SwarmFacts:
             binhost_available=_int(data.get(BINHOST_AVAILABLE)),
             nightly_last=NightlyMark.from_dict(_json(data.get(NIGHTLY_LAST))),
             cron_verify=CronCheck.from_dict(_json(data.get(CRON_VERIFY))),
+            drift=DriftCheck.from_dict(_json(data.get(DRIFT_LAST))),
         )
 
     @property
@@ -150,4 +183,11 @@ class FactStore:
         """Record the result of checking that the nightly cron job is scheduled."""
         check = CronCheck(bool(ok), self._now() if when is None else when, detail)
         self._set({CRON_VERIFY: json.dumps(check.as_dict(), sort_keys=True)}, pipeline)
+        return check
+
+    def record_drift(self, drifted: dict[str, list[str]], failed: dict[str, str], current: int,
+                     when: float | None = None, pipeline: redis.client.Pipeline | None = None) -> DriftCheck:
+        """Record a drift check: the tasks that would change each drifted host, the hosts not checked."""
+        check = DriftCheck(self._now() if when is None else when, drifted, failed, current)
+        self._set({DRIFT_LAST: json.dumps(check.as_dict(), sort_keys=True)}, pipeline)
         return check

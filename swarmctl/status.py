@@ -285,6 +285,7 @@ def as_json(report: StatusReport) -> dict[str, Any]:
         "targets": [t.as_dict() for t in report.targets],
         "report": None if report.report_path is None else {"path": report.report_path,
                                                             "time": report.report_time},
+        "drift": meta.drift.as_dict() if meta.drift else None,
         "attention": [a.as_dict() for a in report.attention],
         "exit_code": exit_code(report.attention),
     }
@@ -300,8 +301,8 @@ JSON_SCHEMA: dict[str, Any] = {
     "$id": SCHEMA_ID,
     "title": "swarmctl status --json",
     "type": "object",
-    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "targets", "report", "attention",
-                 "exit_code"],
+    "required": ["schema", "time", "sync", "world", "binary", "swarm", "queue", "targets", "report", "drift",
+                 "attention", "exit_code"],
     "additionalProperties": False,
     "properties": {
         "schema": {"const": SCHEMA_ID},
@@ -311,6 +312,20 @@ JSON_SCHEMA: dict[str, Any] = {
             "required": ["path", "time"],
             "additionalProperties": False,
             "properties": {"path": {"type": "string"}, "time": {"type": "number"}},
+        },
+        "drift": {
+            "description": "the last drift check (swarmctl drift): hosts that are no longer what site.yml made them",
+            "oneOf": [
+                {"type": "null"},
+                {"type": "object", "required": ["time", "drifted", "failed", "current"], "additionalProperties": False,
+                 "properties": {
+                     "time": {"type": "number"},
+                     "drifted": {"type": "object", "description": "host -> the tasks that would change it",
+                                 "additionalProperties": {"type": "array", "items": {"type": "string"}}},
+                     "failed": {"type": "object", "additionalProperties": {"type": "string"},
+                                "description": "host -> why it could not be checked"},
+                     "current": {"type": "integer", "minimum": 0, "description": "hosts found unchanged"}}},
+            ],
         },
         "time": {"type": "number", "description": "Redis server time, epoch seconds"},
         "sync": {

@@ -14,10 +14,11 @@ import redis
 from rich.console import Console
 
 from swarmctl import keys
-from swarmctl.cli.views.status import render_status
+from swarmctl.cli.views.status import drift_line, render_status
 from swarmctl.config import Config, load_config
 from swarmctl.facts import FactStore, SwarmFacts
 from swarmctl.graph import JobSpec
+from swarmctl.humanize import stamp
 from swarmctl.nightly import parse_time, read_nightly_file
 from swarmctl.queue import Queue
 from swarmctl.registry import DroneRegistry
@@ -211,7 +212,8 @@ def test_unreachable_redis_exits_2(swarm_env: dict[str, str]) -> None:
 
 def test_meta_reads_are_tolerant(redis_client: redis.Redis) -> None:
     redis_client.hset(keys.FACTS, mapping={"sync_time": "yesterday", "world_size": "many", "nightly_last": "{",
-                                          "cron_verify": json.dumps({"ok": True})})
+                                          "cron_verify": json.dumps({"ok": True}),
+                                          "drift_last": json.dumps({"drifted": {"h1": ["x"]}})})
     assert FactStore(redis_client).read() == SwarmFacts()
     assert parse_time("2026-01-23T02:00:00Z") == pytest.approx(1769133600.0)
     assert parse_time(" 12.5 ") == 12.5 and parse_time(True) is None
@@ -273,3 +275,25 @@ def test_a_binhost_below_its_free_space_floor_is_red(config: Config, tmp_path: P
     assert "MiB free" in attention[0].message and "507" in attention[0].message
     config.binhost.min_free_mb = 0
     assert binhost_attention(config) == []
+
+
+def test_drift_shows_only_when_the_last_check_found_some(redis_client: redis.Redis, config: Config,
+                                                          swarm_env: dict[str, str]) -> None:
+    healthy(redis_client, config)
+    meta = FactStore(redis_client)
+    assert drift_line(None) is None
+    clean = meta.record_drift({}, {}, 3)
+    assert drift_line(clean) is None
+    assert "Drift" not in text_of(render_status(gather_status(redis_client, config)))
+    assert status_json(swarm_env, 0)["drift"] == {"time": clean.time, "drifted": {}, "failed": {}, "current": 3}
+
+    when = time.time() - 3600
+    meta.record_drift({"h3": ["Write the drone's config file.", "Ensure the service is started.", "a", "b"],
+                       "h4": ["Install the service definition."]}, {"h5": "unreachable ok=0"}, 1, when=when)
+    text = text_of(render_status(gather_status(redis_client, config)), width=400)
+    assert (f"Drift: 2 host(s) drifted since {stamp(when)} (h3: Write the drone's config file.; "
+            "Ensure the service is started.; a; ..., h4: Install the service definition.); "
+            f"1 host(s) not checked at {stamp(when)} (h5)") in text
+    data = status_json(swarm_env, 0)  # drift is shown, it does not change status's exit code
+    assert data["drift"]["drifted"]["h4"] == ["Install the service definition."]
+    assert data["drift"]["failed"] == {"h5": "unreachable ok=0"} and data["drift"]["time"] == when

@@ -6,6 +6,7 @@ from rich.console import Group
 from rich.text import Text
 
 from swarmctl.cli import terminal
+from swarmctl.facts import DriftCheck
 from swarmctl.humanize import ago, stamp
 from swarmctl.status import StatusReport
 from swarmctl.target_status import TargetStatus
@@ -48,6 +49,9 @@ def render_status(report: StatusReport) -> Group:
                                           ("Queue", queue)]
     if len(report.targets) > 1:
         rows += [(f"Target {t.name}", target_line(t)) for t in report.targets]
+    drift = drift_line(meta.drift)
+    if drift is not None:
+        rows.append(("Drift", drift))
     if report.report_path is not None:
         rows.append(("Report", Text(f"{report.report_path} (written {stamp(report.report_time)})")))
     lines = [terminal.labelled(label, "").append_text(value if isinstance(value, Text) else Text(value))
@@ -62,6 +66,21 @@ def render_status(report: StatusReport) -> Group:
     else:
         lines.append(Text("all well", style=terminal.SEVERITY_STYLE["ok"]))
     return Group(*lines)
+
+
+def drift_line(check: DriftCheck | None, tasks_shown: int = 3) -> Text | None:
+    """``2 host(s) drifted since <time> (h3: task; task, h4: task)``; None when the last check was clean."""
+    if check is None or check.clean:
+        return None
+    warn = terminal.SEVERITY_STYLE["warning"]
+    parts = []
+    if check.drifted:
+        hosts = ", ".join(f"{host}: {'; '.join(tasks[:tasks_shown])}{'; ...' if len(tasks) > tasks_shown else ''}"
+                          for host, tasks in check.drifted.items())
+        parts.append(f"{len(check.drifted)} host(s) drifted since {stamp(check.time)} ({hosts})")
+    if check.failed:
+        parts.append(f"{len(check.failed)} host(s) not checked at {stamp(check.time)} ({', '.join(check.failed)})")
+    return Text("; ".join(parts), style=warn)
 
 
 def target_line(target: TargetStatus) -> Text:
