@@ -122,7 +122,8 @@ def inventory_vars(bed: TestBed, password: str, cronie_prefix: Path) -> dict[int
             "swarm_cron_install_method": "prefix", "swarm_cron_prefix": str(cronie_prefix),
             "swarm_cron_nightly_playbook_dir": "/var/lib/build-swarm/playbooks",
             "swarm_cron_jobs": [{**nightly, "minute": "*", "hour": "*"}],
-            "swarm_cron_nightly_vars": {"swarm_nightly_sync_command": "true"},
+            # (No drift check: the binhost has no inventory of, nor SSH access to, the others.)
+            "swarm_cron_nightly_vars": {"swarm_nightly_sync_command": "true", "swarm_nightly_drift": False},
             "swarm_swarmctl_command": f"{SWARMCTL} --config {BINHOST_CONFIG}",
             "swarm_client_binhost_url": f"http://{binhost}:8770",
             "swarm_client_prefix": CLIENT,
