@@ -37,6 +37,8 @@ SECRET_NAME_RE = re.compile(r"token|passw|secret|key|vault|credential", re.IGNOR
 MASK = "********"
 #: Longest failure message kept per host in a summary line.
 MAX_MSG = 240
+#: A collection playbook's fully qualified name (``build_swarm.swarm.site``), run by that name.
+PLAYBOOK_FQCN_RE = re.compile(r"(?![^.]*\.ya?ml$)[A-Za-z_]\w*\.[A-Za-z_]\w*\.[A-Za-z_]\w*")
 
 
 @dataclass(frozen=True)
@@ -75,13 +77,15 @@ def run_playbook(
     timeout: int | None = None,
     playbook_dir: str | Path | None = None,
     single_host: bool = False,
+    collections_path: str | Path | None = None,
     check: bool = False,
 ) -> PlaybookResult:
     """Run ``playbook`` against ``limit`` in ``inventory`` and summarise it per host.
 
     Args:
-        playbook: Path of the playbook, or a bare name (``drone-restart.yml``) looked up in
-            ``playbook_dir`` (default: the package's, see :mod:`swarmctl.ansible_assets`).
+        playbook: Path of the playbook, a bare name (``drone-restart.yml``) looked up in
+            ``playbook_dir`` (default: the package's, see :mod:`swarmctl.ansible_assets`), or
+            an installed collection's playbook by its fully qualified name (``ns.coll.site``).
         inventory: Inventory file or directory.
         limit: Ansible host pattern the run is limited to (e.g. one drone's name).
         extra_vars: Extra variables; written to a mode-0600 file, never put on a command line.
@@ -92,6 +96,8 @@ def run_playbook(
         single_host: ``limit`` must name exactly one host of the inventory, by its own name:
             checked before anything runs (see :func:`single_host_problem`), else the result
             is a refusal and Ansible never starts.
+        collections_path: Where collections are installed (ANSIBLE_COLLECTIONS_PATH, before
+            the environment's own).
         check: Run in check and diff mode (``--check --diff``): nothing changes; the result's
             ``changed`` and ``diffs`` say what would.
 
@@ -103,30 +109,34 @@ def run_playbook(
     """
     import ansible_runner  # slow import: only when a playbook really runs
 
-    play_path = _resolve_playbook(playbook, playbook_dir)
+    if PLAYBOOK_FQCN_RE.fullmatch(playbook):
+        play_path, play_name, play_stem = None, playbook, playbook.rsplit(".", 1)[1]
+    else:
+        play_path = _resolve_playbook(playbook, playbook_dir)
+        play_name, play_stem = play_path.name, play_path.stem
     inv_path = Path(inventory).resolve()
     if not inv_path.exists():
         raise FileNotFoundError(f"inventory not found: {inv_path}")
     if single_host:
         problem = single_host_problem(inv_path, limit)
         if problem:
-            summary = f"{play_path.name} [{limit}]: REFUSED: {problem}; nothing was run"
+            summary = f"{play_name} [{limit}]: REFUSED: {problem}; nothing was run"
             log.warning("%s", summary)
             return PlaybookResult(ok=False, rc=-1, status="refused", hosts={}, summary=summary)
     root = Path(private_data_dir_root)
     root.mkdir(parents=True, exist_ok=True)
-    data_dir = root / f"{time.strftime('%Y%m%dT%H%M%S')}-{play_path.stem}-{uuid.uuid4().hex[:8]}"
+    data_dir = root / f"{time.strftime('%Y%m%dT%H%M%S')}-{play_stem}-{uuid.uuid4().hex[:8]}"
     (data_dir / "env").mkdir(parents=True)
     (data_dir / "tmp").mkdir()
     os.chmod(data_dir, 0o700)
     _write_private(data_dir / "env" / "extravars", unsafe_yaml(dict(extra_vars)))
 
     secrets = _secret_values(extra_vars)
-    envvars = _environment(data_dir, play_path)
-    log.info("running %s on %s (data dir %s)", play_path.name, limit, data_dir)
+    envvars = _environment(data_dir, play_path, collections_path)
+    log.info("running %s on %s (data dir %s)", play_name, limit, data_dir)
     runner = ansible_runner.run(
         private_data_dir=str(data_dir),
-        playbook=str(play_path),
+        playbook=str(play_path or play_name),
         inventory=str(inv_path),
         limit=limit,
         envvars=envvars,
@@ -141,7 +151,7 @@ def run_playbook(
     hosts = summarize_events(runner.events, runner.stats or {})
     hosts = {h: mask(line, secrets) for h, line in hosts.items()}
     ok = status == "successful" and rc == 0
-    summary = f"{play_path.name} [{limit}]: {status} rc={rc}"
+    summary = f"{play_name} [{limit}]: {status} rc={rc}"
     if hosts:
         summary += "; " + "; ".join(f"{h}: {line}" for h, line in sorted(hosts.items()))
     elif not ok:
@@ -362,7 +372,8 @@ def _resolve_playbook(playbook: str, playbook_dir: str | Path | None) -> Path:
     return path
 
 
-def _environment(data_dir: Path, play_path: Path) -> dict[str, str]:
+def _environment(data_dir: Path, play_path: Path | None, collections_path: str | Path | None = None,
+                 ) -> dict[str, str]:
     """Environment of ansible-playbook: our venv first on PATH, UTF-8, temp inside the data dir."""
     bindir = os.path.dirname(sys.executable)
     path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -379,14 +390,16 @@ def _environment(data_dir: Path, play_path: Path) -> dict[str, str]:
         # The ssh plugin retries a failed connection with exponential backoff.
         "ANSIBLE_SSH_RETRIES": os.environ.get("ANSIBLE_SSH_RETRIES", "2"),
     }
-    # The package's roles and modules are always found (playbooks outside it may use them).
+    # The package's roles and modules are found by playbooks run from a path (those outside it may use them).
     assets = ansible_assets.find_assets()
     search: dict[str, list[Path]] = {
-        "ANSIBLE_ROLES_PATH": [play_path.parent / "roles", play_path.parent.parent / "roles"],
+        # A collection's playbook finds its own roles; one from a path, those beside it.
+        "ANSIBLE_ROLES_PATH": [play_path.parent / "roles", play_path.parent.parent / "roles"] if play_path else [],
         "ANSIBLE_LIBRARY": [],
         "ANSIBLE_MODULE_UTILS": [],
+        "ANSIBLE_COLLECTIONS_PATH": [Path(collections_path)] if collections_path else [],
     }
-    if assets:
+    if assets and play_path is not None:  # an installed collection brings its own
         search["ANSIBLE_ROLES_PATH"].append(assets.roles)
         search["ANSIBLE_LIBRARY"].append(assets.modules)
         search["ANSIBLE_MODULE_UTILS"].append(assets.module_utils)

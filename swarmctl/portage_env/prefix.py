@@ -48,7 +48,7 @@ import grp
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -404,3 +404,36 @@ def _write_if_changed(path: Path, text: str) -> None:
         if path.read_text(encoding="utf-8") == text:
             return
     write_atomic(path, text, fsync=False)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """``python -m swarmctl.portage_env.prefix ROOT``: make (or refresh) a prefix from the shell.
+
+    What the swarm_client role runs on a host without a Gentoo system of its own: a client
+    prefix whose portage verifies signatures as by default (gpg as nobody, keyring from the role).
+    """
+    import argparse
+
+    from swarmctl.overlay import overlay_source
+
+    parser = argparse.ArgumentParser(prog="python -m swarmctl.portage_env.prefix",
+                                     description="Make a self-contained portage prefix (idempotent).")
+    parser.add_argument("root", type=Path, help="the prefix directory (EPREFIX)")
+    parser.add_argument("--repo", type=Path, help="ebuild repository (default: the bundled sample overlay)")
+    parser.add_argument("--profile", default="default/linux/amd64", help="profile inside REPO/profiles")
+    parser.add_argument("--binhost", help="binhost base URL for binrepos.conf (default: none written)")
+    parser.add_argument("--verify-as-nobody", action="store_true",
+                        help="verify binary package signatures as portage does for root (gpg as nobody)")
+    ns = parser.parse_args(args)
+    try:
+        prefix = make_prefix(ns.root, ns.repo or overlay_source(), ns.binhost, profile=ns.profile,
+                             verify_as_nobody=ns.verify_as_nobody)
+    except (OSError, ValueError) as exc:
+        print(f"prefix {ns.root}: {exc}", file=sys.stderr)
+        return 1
+    print(prefix.root)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

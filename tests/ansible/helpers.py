@@ -30,15 +30,34 @@ from tests.testbed import GATEWAY, TestBed  # noqa: E402
 
 #: The swarmctl the test-bed hosts run (this checkout's venv, visible inside every host).
 SWARMCTL_BIN = str(Path(sys.executable).parent / "swarmctl")
+#: The collection galaxy.yml makes of this checkout, and the FQCN prefix of its playbooks.
+COLLECTION = "build_swarm.swarm"
+
+
+def install_collection(work: Path) -> Path:
+    """Build this checkout into a collection artifact (``ansible-galaxy collection build``) and
+    install it under ``work``; returns the collections path to run its playbooks by FQCN from."""
+    tools = Path(sys.executable).parent
+    env = {"PATH": f"{tools}:/usr/bin:/bin", "HOME": str(work), "LC_ALL": "C.UTF-8"}
+    work.mkdir(parents=True, exist_ok=True)
+
+    def galaxy(*args: str) -> None:
+        proc = subprocess.run([str(tools / "ansible-galaxy"), "collection", *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    galaxy("build", "--output-path", str(work), str(ROOT))
+    galaxy("install", "-p", str(work / "collections"), str(next(work.glob("build_swarm-swarm-*.tar.gz"))))
+    return work / "collections"
 
 
 def build_wheel(dest: Path) -> tuple[Path, Path]:
-    """A wheel of this checkout, and a tar of its dependencies' wheels (the bed has no index).
+    """A wheel of this checkout, and a tar of its dependencies' wheels with portage (the bed has no index).
 
     What the roles install with ``swarm_wheel`` and ``swarm_wheelhouse`` (the ``swarm_wheel``
     fixture of tests/ansible/conftest.py builds them once per test session).
     """
-    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), str(ROOT)],
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dest), f"{ROOT}[portage]"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheelhouse = dest.parent / "wheels.tar"

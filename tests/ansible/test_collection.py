@@ -7,6 +7,8 @@ import sys
 import tarfile
 from pathlib import Path
 
+from tests.ansible.helpers import COLLECTION, install_collection
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -19,14 +21,12 @@ def _run(argv: list[str], cwd: Path, env_extra: dict[str, str] | None = None) ->
 
 
 def test_the_collection_builds_installs_and_its_playbooks_and_modules_work_by_name(tmp_path: Path) -> None:
-    _run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(tmp_path), str(ROOT)], tmp_path)
+    installed = install_collection(tmp_path)
     artifact = next(tmp_path.glob("build_swarm-swarm-*.tar.gz"))
     with tarfile.open(artifact) as tar:
         names = tar.getnames()
     assert "roles/swarm_drone/tasks/heal_access.yml" in names and "plugins/modules/swarm_build.py" in names
     assert "playbooks/site.yml" in names and not [n for n in names if n.startswith(("swarmctl/", "tests/", ".venv"))]
-    installed = tmp_path / "collections"
-    _run([str(BIN / "ansible-galaxy"), "collection", "install", "-p", str(installed), str(artifact)], tmp_path)
     # From a directory with no checkout in sight: the playbooks (and the roles they name) and the
     # modules are found by their fully qualified names.
     inventory = tmp_path / "hosts.yml"
@@ -34,8 +34,8 @@ def test_the_collection_builds_installs_and_its_playbooks_and_modules_work_by_na
     env = {"ANSIBLE_COLLECTIONS_PATH": str(installed)}
     # (A playbook's FQCN must be a Python identifier: drone-restart.yml is run by path, as swarmctl does.)
     for playbook in ("site", "nightly"):
-        _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "--syntax-check", f"build_swarm.swarm.{playbook}"],
+        _run([str(BIN / "ansible-playbook"), "-i", str(inventory), "--syntax-check", f"{COLLECTION}.{playbook}"],
              tmp_path, env)
-    for module in ("swarm_build", "swarm_upload"):
-        doc = _run([str(BIN / "ansible-doc"), "-t", "module", f"build_swarm.swarm.{module}"], tmp_path, env)
-        assert f"build_swarm.swarm.{module}" in doc.stdout
+    for module in ("swarm_build", "swarm_upload", "swarm_cron_verify"):
+        doc = _run([str(BIN / "ansible-doc"), "-t", "module", f"{COLLECTION}.{module}"], tmp_path, env)
+        assert f"{COLLECTION}.{module}" in doc.stdout

@@ -122,7 +122,9 @@ def _playbook(redis_port: int, binhost_port: int, token: str, pkgdir: Path, rele
                 "swarm_binhost_install_method": "path", "swarm_binhost_swarmctl_path": SWARMCTL,
                 "swarm_binhost_redis_manage": False, "swarm_binhost_firewall_manage": False,
                 "swarm_binhost_redis_url": f"redis://127.0.0.1:{redis_port}/0", "swarm_binhost_pkgdir": str(pkgdir),
-                "swarm_binhost_listen_address": "127.0.0.1", "swarm_binhost_port": binhost_port}},
+                "swarm_binhost_listen_address": "127.0.0.1", "swarm_binhost_port": binhost_port,
+                # The services are the point here; the signing key is test_site_e2e's.
+                "swarm_binhost_key_init": False}},
             {"role": "swarm_orchestrator", "vars": {
                 "swarm_orchestrator_install_method": "path", "swarm_orchestrator_swarmctl_path": SWARMCTL,
                 "swarm_orchestrator_healing": False,

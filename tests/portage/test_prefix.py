@@ -73,6 +73,20 @@ def test_bad_repo_and_url_are_refused(tmp_path: Path, sample_repo: Path) -> None
         make_prefix(tmp_path / "e", sample_repo, "ftp://x")
 
 
+def test_the_module_makes_a_client_prefix_and_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    made = subprocess.run([sys.executable, "-m", "swarmctl.portage_env.prefix", str(tmp_path / "c"),
+                           "--verify-as-nobody"], capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0 and made.stdout.strip() == str(tmp_path / "c"), made.stderr
+    prefix = load_prefix(tmp_path / "c")
+    assert prefix.repo_name == "swarm-sample" and prefix.binhost_url is None  # the bundled overlay, no binhost yet
+    assert "GPG_VERIFY_USER_DROP" not in (prefix.config_dir / "make.conf").read_text()  # gpg as nobody, as portage
+    bad = subprocess.run([sys.executable, "-m", "swarmctl.portage_env.prefix", str(tmp_path / "d"),
+                          "--repo", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip() == (f"prefix {tmp_path / 'd'}: {tmp_path} is not an ebuild repository "
+                                  "(no profiles/repo_name)")
+
+
 def test_prefix_builds_real_package_whose_elf_runs(drone) -> None:
     greeter = drone.results["app-misc/greeter-1"].artifacts[0]
     assert greeter.path.name == "greeter-1-1.gpkg.tar" and greeter.size > 0

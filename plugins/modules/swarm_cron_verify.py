@@ -1,0 +1,1 @@
+../../roles/swarm_cron/library/swarm_cron_verify.py
