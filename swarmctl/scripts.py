@@ -188,53 +188,49 @@ local function count_down(group)
   redis.call('HSET', job_key(group), 'unsettled', left)
   return left <= 0
 end
--- A job built or retired: settle it for what is gated on it.
-local function settle(cpv)
-  local settled = {{}}
-  if count_down(group_of(cpv)) then settled[1] = group_of(cpv) end
+-- Walk settle groups breadth first from `groups` (a list the callbacks may append to): for each
+-- member of each group, on_gated(dep) for every job gated on that member, then
+-- on_holder(holder, member) for every group that needs it.
+local function walk_groups(groups, on_gated, on_holder)
   local i = 1
-  while settled[i] do
-    local group = settled[i]
+  while groups[i] do
+    local group = groups[i]
     i = i + 1
     local members = redis.call('SMEMBERS', members_key(group))
     if #members == 0 then members = {{group}} end
     for _, member in ipairs(members) do
       for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
-        if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
-          redis.call('HINCRBY', job_key(dep), 'pending', -1)
-          make_ready_if_free(dep)
-        end
+        if redis.call('SISMEMBER', gates_key(dep), member) == 1 then on_gated(dep) end
       end
       for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
-        if redis.call('SISMEMBER', needs_key(holder), member) == 1 and count_down(holder) then
-          table.insert(settled, holder)
-        end
+        on_holder(holder, member)
       end
     end
   end
+end
+-- A job built or retired: settle it for what is gated on it.
+local function settle(cpv)
+  local settled = {{}}
+  if count_down(group_of(cpv)) then settled[1] = group_of(cpv) end
+  walk_groups(settled, function(dep)
+    redis.call('HINCRBY', job_key(dep), 'pending', -1)
+    make_ready_if_free(dep)
+  end, function(holder, member)
+    if redis.call('SISMEMBER', needs_key(holder), member) == 1 and count_down(holder) then
+      table.insert(settled, holder)
+    end
+  end)
 end
 
 -- Settle groups that were settled and are open again hold back every job gated on one of their
 -- members, and reopen the groups that need those members, transitively.
 local function hold_back(reopened, skip)
-  local r = 1
-  while reopened[r] do
-    local again = reopened[r]
-    r = r + 1
-    local members = redis.call('SMEMBERS', members_key(again))
-    if #members == 0 then members = {{again}} end
-    for _, member in ipairs(members) do
-      for _, dep in ipairs(redis.call('SMEMBERS', dependents_key(member))) do
-        if redis.call('SISMEMBER', gates_key(dep), member) == 1 then
-          redis.call('HINCRBY', job_key(dep), 'pending', 1)
-          redis.call('ZREM', ready_key(dep), dep)
-        end
-      end
-      for _, holder in ipairs(redis.call('SMEMBERS', holders_key(member))) do
-        reopen_need(holder, member, skip, reopened)
-      end
-    end
-  end
+  walk_groups(reopened, function(dep)
+    redis.call('HINCRBY', job_key(dep), 'pending', 1)
+    redis.call('ZREM', ready_key(dep), dep)
+  end, function(holder, member)
+    reopen_need(holder, member, skip, reopened)
+  end)
 end
 """
 
