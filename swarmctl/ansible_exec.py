@@ -67,7 +67,7 @@ class PlaybookResult:
 
 
 def run_playbook(
-    playbook: str,
+    playbook: str | Path,
     inventory: str | Path,
     limit: str,
     extra_vars: Mapping[str, Any],
@@ -109,7 +109,7 @@ def run_playbook(
     """
     import ansible_runner  # slow import: only when a playbook really runs
 
-    if PLAYBOOK_FQCN_RE.fullmatch(playbook):
+    if isinstance(playbook, str) and PLAYBOOK_FQCN_RE.fullmatch(playbook):
         play_path, play_name, play_stem = None, playbook, playbook.rsplit(".", 1)[1]
     else:
         play_path = _resolve_playbook(playbook, playbook_dir)
@@ -361,7 +361,7 @@ def _result_message(res: Mapping[str, Any]) -> str:
     return text if len(text) <= MAX_MSG else text[: MAX_MSG - 3] + "..."
 
 
-def _resolve_playbook(playbook: str, playbook_dir: str | Path | None) -> Path:
+def _resolve_playbook(playbook: str | Path, playbook_dir: str | Path | None) -> Path:
     path = Path(playbook)
     if not path.is_absolute() and not path.exists():
         base = Path(playbook_dir) if playbook_dir else ansible_assets.playbook_dir()

@@ -24,6 +24,7 @@ import io
 import json
 import sys
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -212,16 +213,21 @@ def test_site_yml_alone_brings_up_a_swarm_that_builds_and_heals_itself(site: Sit
 
     # Cron fires the nightly playbook, which queues the world (nobody runs `queue add`); the
     # drones build it; h5 is grounded and restarted by the orchestrator.
-    pid_before = wait_for(lambda: _pid(bed, 5), 10, "h5's drone process")
     grounded = wait_for(lambda: site.events("grounded", BROKEN), 240,
                         "the nightly's jobs and the breaker to ground h5")[0]
     wait_for(lambda: site.events("restarted", BROKEN, grounded.ts), 120, "the orchestrator to restart h5 over SSH")
     history = [(e.ts, e.kind, e.drone, e.reason) for e in Events(client).since("0-0")]
     restarting = site.events("restarting", BROKEN, grounded.ts - 1)
     assert restarting and restarting[0].reason.startswith("level 2, by orchestrator"), history
+    # The service really restarted: h5's drone process (the one heartbeating) was started after the
+    # orchestrator's restart began. Compared by start time, not with a PID taken earlier: the nightly
+    # may fire (and h5 be grounded and restarted) before this test gets here.
     pid_after = wait_for(lambda: _pid(bed, 5), 20, "h5's new drone process")
-    assert pid_after != pid_before, f"the service really restarted: a new process; events: {history}"
-    wait_for(lambda: client.hget(keys.drone(BROKEN), "pid") == str(pid_after), 20, "the new process's heartbeat")
+    started = _started_at(bed, 5, pid_after)
+    assert started is not None and started >= restarting[0].ts - 1.5, \
+        f"h5's drone process {pid_after} started at {started}, before the restart; events: {history}"
+    wait_for(lambda: client.hget(keys.drone(BROKEN), "pid") in {str(p) for p in _pids(bed, 5, PATTERN)}, 20,
+             "the new process's heartbeat")
     assert "Accepted publickey for swarm-heal" in (bed.host(5).hostdir / "sshd.log").read_text()
     broken = [e for e in Events(client).since("0-0") if e.drone == BROKEN and "broken-on-purpose" in (e.reason or "")]
     assert broken, f"h5's builds fail for its broken setting: {history}"
@@ -288,6 +294,12 @@ def _published(binhost: str) -> set[str]:
     except (urllib.error.URLError, OSError):
         return set()
     return {line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("CPV: ")}
+
+
+def _started_at(bed: TestBed, i: int, pid: int) -> float | None:
+    """When process ``pid`` of bed host ``i`` started (epoch seconds), from its age."""
+    proc = bed.run(i, ["ps", "-o", "etimes=", "-p", str(pid)])
+    return time.time() - int(proc.stdout) if proc.returncode == 0 and proc.stdout.strip().isdigit() else None
 
 
 def _pid(bed: TestBed, i: int) -> int | None:
