@@ -222,7 +222,7 @@ def test_site_yml_alone_brings_up_a_swarm_that_builds_and_heals_itself(site: Sit
     # The service really restarted: h5's drone process (the one heartbeating) was started after the
     # orchestrator's restart began. Compared by start time, not with a PID taken earlier: the nightly
     # may fire (and h5 be grounded and restarted) before this test gets here.
-    pid_after = wait_for(lambda: _pid(bed, 5), 20, "h5's new drone process")
+    pid_after = wait_for(lambda: min(_pids(bed, 5, PATTERN), default=None), 20, "h5's new drone process")
     started = _started_at(bed, 5, pid_after)
     assert started is not None and started >= restarting[0].ts - 1.5, \
         f"h5's drone process {pid_after} started at {started}, before the restart; events: {history}"
@@ -300,11 +300,6 @@ def _started_at(bed: TestBed, i: int, pid: int) -> float | None:
     """When process ``pid`` of bed host ``i`` started (epoch seconds), from its age."""
     proc = bed.run(i, ["ps", "-o", "etimes=", "-p", str(pid)])
     return time.time() - int(proc.stdout) if proc.returncode == 0 and proc.stdout.strip().isdigit() else None
-
-
-def _pid(bed: TestBed, i: int) -> int | None:
-    proc = bed.run(i, ["pgrep", "-f", "--", PATTERN])
-    return int(proc.stdout.split()[0]) if proc.returncode == 0 and proc.stdout.strip() else None
 
 
 def _http_status(url: str) -> int:
